@@ -1,0 +1,76 @@
+"""Shared helpers for the test suite: small configs and a brute-force reference network."""
+
+import numpy as np
+import pytest
+
+from vxsim import config as config_mod
+from vxsim.engines import base
+
+
+def small_config(**keys):
+    """A Config from the default with --set style overrides given as keyword pairs.
+
+    small_config(network__depth=20) sets network.depth = 20.
+    """
+    items = []
+    for key, value in keys.items():
+        items.append(f"{key.replace('__', '.')}={_toml(value)}")
+    return config_mod.load(overrides=items)
+
+
+def _toml(value):
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def reference_network(config, width, sample, act, param, sigma_w2, sigma_b2):
+    """One network at a time with materialised W^l and b^l, float64, no renormalisation.
+
+    Returns per layer l = 1..L: log q^l, c^l, log |J v0|^2/|v0|^2 and
+    log |dE/dh^l|^2/|dE/dh^L|^2 from the explicit backward recursion.
+    """
+    L = config.depth
+    x1, x2, v0 = base.inputs(config, width, sample)
+    Ws = [
+        np.sqrt(sigma_w2 / width) * base.weights(config, width, sample, l, np.float64)
+        for l in range(1, L + 1)
+    ]
+    bs = [np.sqrt(sigma_b2) * base.bias(config, width, sample, l) for l in range(1, L + 1)]
+    h1s, h2s = [], []
+    a1, a2, t = x1, x2, v0
+    log_t = []
+    for l in range(L):
+        h1 = Ws[l] @ a1 + bs[l]
+        h2 = Ws[l] @ a2 + bs[l]
+        t = Ws[l] @ t
+        h1s.append(h1)
+        h2s.append(h2)
+        log_t.append(np.log(t @ t) - np.log(v0 @ v0))
+        a1, a2 = act.phi(h1, param), act.phi(h2, param)
+        t = act.dphi(h1, param) * t
+    log_q = np.array([np.log(np.mean(h * h)) for h in h1s])
+    corr = np.array([(a @ b) / np.sqrt((a @ a) * (b @ b)) for a, b in zip(h1s, h2s, strict=True)])
+    g = base.output_direction(config, width, sample)
+    log_g = np.zeros(L)
+    g0 = np.log(g @ g)
+    for l in range(L - 1, 0, -1):  # g^{l} (0-based index l-1) from g^{l+1}
+        g = act.dphi(h1s[l - 1], param) * (Ws[l].T @ g)
+        log_g[l - 1] = np.log(g @ g) - g0
+    return {
+        "log_q": log_q,
+        "corr": corr,
+        "log_tangent_norm": np.array(log_t),
+        "log_grad_norm": log_g,
+    }
+
+
+@pytest.fixture
+def tmp_out(tmp_path):
+    return str(tmp_path / "out.h5")

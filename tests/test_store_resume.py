@@ -1,0 +1,175 @@
+"""HDF5 results: layout for xarray, resume after SIGKILL, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import small_config
+
+import vxsim
+from vxsim.errors import VxsimError
+from vxsim.store.summary import summarise_file
+
+SLOW_KEYS = [
+    "--set",
+    "network.width=64",
+    "--set",
+    "network.depth=300",
+    "--set",
+    "monte_carlo.samples=6",
+    "--set",
+    "grid.sigma_w2=[0.8,1.5,3.0]",
+    "--set",
+    'measure.mode="both"',
+    "--backend",
+    "numpy",
+    "-q",
+]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _vxsim(*args, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-m", "vxsim", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _units_done(path):
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return int(f["completed"][...].sum())
+    except (OSError, KeyError):
+        return 0
+
+
+def _contents(path):
+    """Every dataset and the physics attributes (not timestamps or backend)."""
+    with h5py.File(path, "r") as f:
+        data = {name: f[name][...] for name in f if isinstance(f[name], h5py.Dataset)}
+        attrs = {k: f.attrs[k] for k in ("config", "seed", "status", "vxsim_version")}
+    return data, attrs
+
+
+def _assert_same_file(a, b):
+    da, aa = _contents(a)
+    db, ab = _contents(b)
+    assert aa == ab
+    assert set(da) == set(db)
+    for name in da:
+        np.testing.assert_array_equal(da[name], db[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    ref = str(tmp_path_factory.mktemp("ref") / "ref.h5")
+    p = _vxsim("sweep", "-o", ref, *SLOW_KEYS)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    return ref
+
+
+@pytest.mark.parametrize("kill_when", ["after_first_unit", "early", "late"])
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_when):
+    """Killed at several moments (inside a unit, between flush and flag, ...), then resumed."""
+    out = str(tmp_path / "killed.h5")
+    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
+    start = time.time()
+    if kill_when == "after_first_unit":
+        while _units_done(out) < 1 and time.time() - start < 120:
+            time.sleep(0.01)
+    else:
+        time.sleep({"early": 0.8, "late": 2.5}[kill_when])
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done_at_kill = _units_done(out)
+    assert done_at_kill < 6, "the sweep finished before it could be killed; make it slower"
+
+    p = _vxsim("sweep", "-o", out, "--resume", *SLOW_KEYS)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    _assert_same_file(uninterrupted, out)
+
+
+def test_resume_computes_no_finished_unit_twice(tmp_out, monkeypatch):
+    cfg = small_config(
+        network__width=16, network__depth=20, monte_carlo__samples=3, engine__backend="numpy"
+    )
+    from vxsim.engines import numpy_ref
+
+    calls = []
+    real = numpy_ref.run_unit
+
+    def counting(config, width, sample):
+        calls.append(sample)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # dies during the second unit
+        return real(config, width, sample)
+
+    monkeypatch.setattr(numpy_ref, "run_unit", counting)
+    with pytest.raises(KeyboardInterrupt):
+        vxsim.run_sweep(cfg, tmp_out)
+    assert summarise_file(tmp_out)["units_done"] == 1
+    monkeypatch.setattr(numpy_ref, "run_unit", lambda c, w, s: calls.append(s) or real(c, w, s))
+    vxsim.run_sweep(cfg, tmp_out, resume=True)
+    assert calls == [0, 1, 1, 2]
+    assert summarise_file(tmp_out)["status"] == "complete"
+
+
+def test_resume_with_other_config_is_refused(tmp_out):
+    cfg = small_config(network__width=16, network__depth=20, monte_carlo__samples=1)
+    vxsim.run_sweep(cfg, tmp_out, backend="numpy")
+    other = small_config(network__width=16, network__depth=30, monte_carlo__samples=1)
+    with pytest.raises(VxsimError, match=r"network\.depth \(file: 20, now: 30\)"):
+        vxsim.run_sweep(other, tmp_out, backend="numpy", resume=True)
+
+
+def test_existing_output_is_not_overwritten(tmp_out):
+    cfg = small_config(network__width=8, network__depth=5, monte_carlo__samples=1)
+    vxsim.run_sweep(cfg, tmp_out, backend="numpy")
+    before = open(tmp_out, "rb").read()
+    with pytest.raises(VxsimError, match="exists"):
+        vxsim.run_sweep(cfg, tmp_out, backend="numpy")
+    assert open(tmp_out, "rb").read() == before
+    vxsim.run_sweep(cfg, tmp_out, backend="numpy", overwrite=True)
+
+
+def test_xarray_opens_with_coordinates(tmp_out):
+    cfg = small_config(
+        network__width=[8, 16],
+        network__depth=12,
+        monte_carlo__samples=2,
+        measure__mode="both",
+        measure__record={"every": 3},
+    )
+    vxsim.run_sweep(cfg, tmp_out, backend="numpy")
+    ds = vxsim.open_results(tmp_out)
+    assert list(ds["log_q"].dims) == [
+        "width",
+        "activation",
+        "sigma_w2",
+        "sigma_b2",
+        "sample",
+        "layer",
+    ]
+    assert ds["width"].values.tolist() == [8, 16]
+    assert ds["activation"].values.tolist() == ["tanh", "relu"]
+    assert ds["layer"].values.tolist() == [3, 6, 9, 12]
+    np.testing.assert_allclose(ds["sigma_w2"].values, np.linspace(0.5, 4.0, 15))
+    assert set(ds["mode"].values.tolist()) == {"jvp", "vjp"}
+    rate = ds["growth_rate_quenched"].sel(mode="jvp", width=16, activation="relu")
+    assert rate.dims == ("sigma_w2", "sigma_b2")
+    assert json.loads(ds.attrs["config"])["network"]["depth"] == 12
+    for key in ("vxsim_version", "backend", "seed", "created", "config"):
+        assert key in ds.attrs
+    with h5py.File(tmp_out) as f:  # the finished file is chunked and compressed
+        assert f["log_q"].compression == "gzip" and f["log_q"].chunks is not None

@@ -1,0 +1,28 @@
+"""vxsim: where very deep random networks stop passing gradients.
+
+>>> import vxsim
+>>> cfg = vxsim.load_config(overrides=["network.depth=100"])
+>>> path = vxsim.run_sweep(cfg, "out.h5")
+>>> ds = vxsim.open_results(path)          # an xarray Dataset
+"""
+
+__version__ = "0.1.0"
+
+from .config import load as load_config  # noqa: E402
+from .errors import ConfigError, VxsimError  # noqa: E402
+
+__all__ = ["ConfigError", "VxsimError", "__version__", "load_config", "open_results", "run_sweep"]
+
+
+def run_sweep(config, output, **kwargs):
+    """Run a sweep (a Config, a TOML path, or None for the default) into ``output``."""
+    from .sweep import run_sweep as _run
+
+    return _run(config, output, **kwargs)
+
+
+def open_results(path, group=None):
+    """An xarray Dataset of a results file (needs xarray and h5netcdf)."""
+    from .store.hdf5 import open_results as _open
+
+    return _open(path, group=group)

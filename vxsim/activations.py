@@ -1,0 +1,258 @@
+"""The activation registry: phi, phi' and phi'' once, for every backend.
+
+Each entry holds
+* ``phi``, ``dphi``, ``d2phi``: functions of (x, a), ``a`` the activation's
+  parameter (leaky slope, ELU alpha; ignored by the others), written with NumPy
+  ufuncs and boolean masks so that they run on arrays in the NumPy engine and
+  in theory code, and on scalars inside Numba kernels (``register_jitable``);
+* ``c``: the same three as C expressions in ``x`` and ``a`` (double precision,
+  <math.h> names), pasted into the CUDA kernels;
+* ``kinks``: where phi, phi' or phi'' jump (for the theory's quadrature),
+  as a function of ``a``;
+* ``homogeneous``: phi(s x) = s phi(x) for s > 0, so pre-activations can be
+  renormalised every layer without changing phi' (DESIGN.md 2.3c).
+
+Adding an activation is one ``register(...)`` call in this file.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import types
+from numba.extending import overload, register_jitable
+from scipy import special
+
+SELU_LAMBDA = 1.0507009873554805
+SELU_ALPHA = 1.6732632423543772
+INV_SQRT_2PI = 0.3989422804014327
+TWO_OVER_SQRT_PI = 1.1283791670955126
+INV_SQRT2 = 0.7071067811865476
+
+
+def erf(x):
+    """Error function on arrays (SciPy) and, through the overload below, on Numba scalars."""
+    return special.erf(x)
+
+
+@overload(erf)
+def _erf_numba(x):
+    if isinstance(x, types.Float):
+        return lambda x: math.erf(x)
+    return None
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    phi: object
+    dphi: object
+    d2phi: object
+    c: dict
+    default_param: float = 0.0
+    kinks: object = lambda a: ()
+    homogeneous: bool = False
+    aliases: tuple = field(default=())
+
+    @property
+    def takes_param(self):
+        return self.default_param != 0.0
+
+
+REGISTRY: dict = {}
+
+
+def register(name, phi, dphi, d2phi, c, **kw):
+    """Add an activation; the three functions become usable inside Numba kernels."""
+    act = Activation(
+        name, register_jitable(phi), register_jitable(dphi), register_jitable(d2phi), c, **kw
+    )
+    REGISTRY[name] = act
+    for alias in act.aliases:
+        REGISTRY[alias] = act
+    return act
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+_sigmoid = register_jitable(_sigmoid)
+
+register(
+    "tanh",
+    lambda x, a: np.tanh(x),
+    lambda x, a: 1.0 - np.tanh(x) ** 2,
+    lambda x, a: -2.0 * np.tanh(x) * (1.0 - np.tanh(x) ** 2),
+    c=dict(
+        phi="tanh(x)",
+        dphi="1.0 - tanh(x) * tanh(x)",
+        d2phi="-2.0 * tanh(x) * (1.0 - tanh(x) * tanh(x))",
+    ),
+)
+register(
+    "relu",
+    lambda x, a: np.maximum(x, 0.0),
+    lambda x, a: (x > 0.0) * 1.0,
+    lambda x, a: x * 0.0,
+    c=dict(phi="(x > 0.0 ? x : 0.0)", dphi="(x > 0.0 ? 1.0 : 0.0)", d2phi="0.0"),
+    kinks=lambda a: (0.0,),
+    homogeneous=True,
+)
+register(
+    "leaky_relu",
+    lambda x, a: np.maximum(x, 0.0) + a * np.minimum(x, 0.0),
+    lambda x, a: (x > 0.0) * 1.0 + (x <= 0.0) * a,
+    lambda x, a: x * 0.0,
+    c=dict(phi="(x > 0.0 ? x : a * x)", dphi="(x > 0.0 ? 1.0 : a)", d2phi="0.0"),
+    default_param=0.01,
+    kinks=lambda a: (0.0,),
+    homogeneous=True,
+)
+register(
+    "linear",
+    lambda x, a: x * 1.0,
+    lambda x, a: x * 0.0 + 1.0,
+    lambda x, a: x * 0.0,
+    c=dict(phi="x", dphi="1.0", d2phi="0.0"),
+    homogeneous=True,
+)
+register(
+    "elu",
+    lambda x, a: (x > 0.0) * x + (x <= 0.0) * a * np.expm1(np.minimum(x, 0.0)),
+    lambda x, a: (x > 0.0) * 1.0 + (x <= 0.0) * a * np.exp(np.minimum(x, 0.0)),
+    lambda x, a: (x <= 0.0) * a * np.exp(np.minimum(x, 0.0)),
+    c=dict(
+        phi="(x > 0.0 ? x : a * expm1(x))",
+        dphi="(x > 0.0 ? 1.0 : a * exp(x))",
+        d2phi="(x > 0.0 ? 0.0 : a * exp(x))",
+    ),
+    default_param=1.0,
+    kinks=lambda a: (0.0,),
+)
+register(
+    "selu",
+    lambda x, a: (
+        SELU_LAMBDA * ((x > 0.0) * x + (x <= 0.0) * SELU_ALPHA * np.expm1(np.minimum(x, 0.0)))
+    ),
+    lambda x, a: (
+        SELU_LAMBDA * ((x > 0.0) * 1.0 + (x <= 0.0) * SELU_ALPHA * np.exp(np.minimum(x, 0.0)))
+    ),
+    lambda x, a: SELU_LAMBDA * (x <= 0.0) * SELU_ALPHA * np.exp(np.minimum(x, 0.0)),
+    c=dict(
+        phi=f"{SELU_LAMBDA!r} * (x > 0.0 ? x : {SELU_ALPHA!r} * expm1(x))",
+        dphi=f"{SELU_LAMBDA!r} * (x > 0.0 ? 1.0 : {SELU_ALPHA!r} * exp(x))",
+        d2phi=f"{SELU_LAMBDA!r} * (x > 0.0 ? 0.0 : {SELU_ALPHA!r} * exp(x))",
+    ),
+    kinks=lambda a: (0.0,),
+)
+register(
+    "gelu",
+    lambda x, a: 0.5 * x * (1.0 + erf(x * INV_SQRT2)),
+    lambda x, a: 0.5 * (1.0 + erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * np.exp(-0.5 * x * x),
+    lambda x, a: INV_SQRT_2PI * np.exp(-0.5 * x * x) * (2.0 - x * x),
+    c=dict(
+        phi=f"0.5 * x * (1.0 + erf(x * {INV_SQRT2!r}))",
+        dphi=f"0.5 * (1.0 + erf(x * {INV_SQRT2!r})) + x * {INV_SQRT_2PI!r} * exp(-0.5 * x * x)",
+        d2phi=f"{INV_SQRT_2PI!r} * exp(-0.5 * x * x) * (2.0 - x * x)",
+    ),
+)
+register(
+    "silu",
+    lambda x, a: x * _sigmoid(x),
+    lambda x, a: _sigmoid(x) * (1.0 + x * (1.0 - _sigmoid(x))),
+    lambda x, a: _sigmoid(x) * (1.0 - _sigmoid(x)) * (2.0 + x * (1.0 - 2.0 * _sigmoid(x))),
+    c=dict(
+        phi="x * (0.5 * (1.0 + tanh(0.5 * x)))",
+        dphi="(0.5 * (1.0 + tanh(0.5 * x))) * (1.0 + x * (1.0 - 0.5 * (1.0 + tanh(0.5 * x))))",
+        d2phi="(0.5 * (1.0 + tanh(0.5 * x))) * (1.0 - 0.5 * (1.0 + tanh(0.5 * x)))"
+        " * (2.0 + x * (1.0 - (1.0 + tanh(0.5 * x))))",
+    ),
+    aliases=("swish",),
+)
+register(
+    "softplus",
+    lambda x, a: np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x))),
+    lambda x, a: _sigmoid(x),
+    lambda x, a: _sigmoid(x) * (1.0 - _sigmoid(x)),
+    c=dict(
+        phi="fmax(x, 0.0) + log1p(exp(-fabs(x)))",
+        dphi="0.5 * (1.0 + tanh(0.5 * x))",
+        d2phi="(0.5 * (1.0 + tanh(0.5 * x))) * (1.0 - 0.5 * (1.0 + tanh(0.5 * x)))",
+    ),
+)
+register(
+    "sigmoid",
+    lambda x, a: _sigmoid(x),
+    lambda x, a: _sigmoid(x) * (1.0 - _sigmoid(x)),
+    lambda x, a: _sigmoid(x) * (1.0 - _sigmoid(x)) * (1.0 - 2.0 * _sigmoid(x)),
+    c=dict(
+        phi="0.5 * (1.0 + tanh(0.5 * x))",
+        dphi="(0.5 * (1.0 + tanh(0.5 * x))) * (1.0 - 0.5 * (1.0 + tanh(0.5 * x)))",
+        d2phi="(0.5 * (1.0 + tanh(0.5 * x))) * (1.0 - 0.5 * (1.0 + tanh(0.5 * x)))"
+        " * (1.0 - (1.0 + tanh(0.5 * x)))",
+    ),
+)
+register(
+    "erf",
+    lambda x, a: erf(x),
+    lambda x, a: TWO_OVER_SQRT_PI * np.exp(-x * x),
+    lambda x, a: -2.0 * x * TWO_OVER_SQRT_PI * np.exp(-x * x),
+    c=dict(
+        phi="erf(x)",
+        dphi=f"{TWO_OVER_SQRT_PI!r} * exp(-x * x)",
+        d2phi=f"-2.0 * x * {TWO_OVER_SQRT_PI!r} * exp(-x * x)",
+    ),
+)
+register(
+    "hard_tanh",
+    lambda x, a: np.minimum(np.maximum(x, -1.0), 1.0),
+    lambda x, a: (np.abs(x) < 1.0) * 1.0,
+    lambda x, a: x * 0.0,
+    c=dict(
+        phi="fmin(fmax(x, -1.0), 1.0)",
+        dphi="(fabs(x) < 1.0 ? 1.0 : 0.0)",
+        d2phi="0.0",
+    ),
+    kinks=lambda a: (-1.0, 1.0),
+)
+
+
+def names():
+    """Canonical activation names (aliases left out)."""
+    return sorted({act.name for act in REGISTRY.values()})
+
+
+def act_takes_param(name):
+    act = REGISTRY.get(name.strip())
+    return act is not None and act.takes_param
+
+
+def parse(label):
+    """'tanh' -> (Activation, default param); 'leaky_relu(0.2)' -> (Activation, 0.2).
+
+    Raises ValueError naming the allowed values.
+    """
+    text = str(label).strip()
+    name, param = text, None
+    if text.endswith(")") and "(" in text:
+        name, _, rest = text[:-1].partition("(")
+        try:
+            param = float(rest)
+        except ValueError:
+            raise ValueError(f"bad activation parameter in {label!r}") from None
+        if not act_takes_param(name):
+            raise ValueError(f"activation {name.strip()!r} takes no parameter (in {label!r})")
+        if not math.isfinite(param):
+            raise ValueError(f"activation parameter in {label!r} must be finite")
+    act = REGISTRY.get(name.strip())
+    if act is None:
+        raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(names())}")
+    return act, act.default_param if param is None else param
+
+
+def label(act, param):
+    """Canonical label: the name, with the parameter where the activation has one."""
+    if not act.takes_param:
+        return act.name
+    return f"{act.name}({param:g})"

@@ -1,0 +1,224 @@
+"""The ``vxsim`` command: a thin layer over the Python API.
+
+Bad input of any kind ends with one line ``vxsim: error: ...`` and exit status 2.
+"""
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import VxsimError
+from .theory.cli import theory
+
+
+def fail(message):
+    click.echo(f"vxsim: error: {message}", err=True)
+    sys.exit(2)
+
+
+def guarded(fn):
+    """Turn VxsimError (and unreadable files) into one line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VxsimError as err:
+            fail(str(err))
+        except KeyboardInterrupt:
+            click.echo("vxsim: interrupted; finished work units are kept (--resume)", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit(data, as_json, text):
+    """Print ``data`` as JSON, or the human-readable ``text``."""
+    click.echo(json.dumps(data, indent=2, default=_json_default) if as_json else text)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vxsim")
+def main():
+    """Map vanishing and exploding gradients in very deep random networks."""
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="vxsim.h5", show_default=True, help="results file (HDF5)")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "numpy", "numba", "cuda"]),
+    default=None,
+    help="where to run (default: engine.backend of the config, 'auto')",
+)
+@click.option("--resume", is_flag=True, help="continue an interrupted sweep in OUTPUT")
+@click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config key, e.g. --set network.depth=1000 (repeatable)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the result summary as JSON")
+@click.option("-q", "--quiet", is_flag=True, help="no progress output")
+@guarded
+def sweep(config, output, backend, resume, overwrite, overrides, as_json, quiet):
+    """Run a sweep of CONFIG (TOML; the embedded default if omitted) into OUTPUT."""
+    from . import config as config_mod
+    from .store.summary import summarise_file
+    from .sweep import run_sweep
+
+    cfg = config_mod.load(config, overrides=overrides)
+    if resume and overwrite:
+        raise VxsimError("--resume and --overwrite exclude each other")
+    progress = None
+    bar = None
+    if not quiet and sys.stderr.isatty():
+        bar = click.progressbar(
+            length=len(cfg.widths) * cfg.samples, label="work units", file=sys.stderr
+        )
+        progress = _bar_progress(bar)
+    elif not quiet:
+        logging.basicConfig(level=logging.INFO, format="vxsim: %(message)s", stream=sys.stderr)
+    run_sweep(cfg, output, backend=backend, resume=resume, overwrite=overwrite, progress=progress)
+    if bar is not None:
+        bar.render_finish()
+
+    summary = summarise_file(output)
+    emit(summary, as_json, f"wrote {output}\n" + _format_summary(summary))
+
+
+def _bar_progress(bar):
+    state = {"shown": 0}
+
+    def update(done, total):
+        bar.update(done - state["shown"])
+        state["shown"] = done
+
+    return update
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def show(path, as_json):
+    """Summarise what a results file holds (also while its sweep is running)."""
+    from .store.summary import summarise_file
+
+    summary = summarise_file(path)
+    emit(summary, as_json, _format_summary(summary))
+
+
+def _format_summary(s):
+    lines = [
+        f"file        {s['path']}  ({s['status']}, "
+        f"{s['units_done']}/{s['units_total']} work units)",
+        f"vxsim       {s['vxsim_version']}  backend {s['backend']} on {s['device']}",
+        f"network     {s['architecture']}  width {s['width']}  depth {s['depth']}",
+        f"activation  {', '.join(s['activation'])}",
+        f"grid        sigma_w2 {s['sigma_w2_range']} ({s['n_sigma_w2']})  sigma_b2 {s['sigma_b2']}",
+        f"samples     {s['samples']}  seed {s['seed']}  mode {s['mode']}  "
+        f"layers recorded {s['n_layers']}",
+        f"diverged    {s['diverged_points']} of {s['total_points']} (point, sample) pairs",
+    ]
+    for row in s.get("crossings", []):
+        lines.append(
+            f"edge        {row['mode']} {row['activation']} width {row['width']} "
+            f"sigma_b2 {row['sigma_b2']:g}: growth rate crosses 0 at sigma_w2 ~ "
+            + ("none in grid" if row["sigma_w2"] is None else f"{row['sigma_w2']:.4g}")
+        )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def boundary(path, as_json):
+    """The empirical edge of chaos per (width, activation, sigma_b2), beside the theory's."""
+    from .store.summary import boundary_rows
+
+    rows = boundary_rows(path)
+    fmt = lambda v: "   -   " if v is None else f"{v:7.4f}"  # noqa: E731
+    lines = [
+        "mode estimator  width activation        sigma_b2  critical [95% interval]          theory"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['mode']:4} {r['estimator']:9} {r['width']:6} {r['activation']:16} "
+            f"{r['sigma_b2']:8.4f}  {fmt(r['critical_sigma_w2'])} "
+            f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]  {fmt(r['theory_sigma_w2'])}"
+        )
+    emit(rows, as_json, "\n".join(lines))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def info(as_json):
+    """Versions, backends and devices."""
+    import h5py
+    import numba
+
+    from . import activations, engines
+
+    data = {
+        "vxsim": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "backends": engines.available(),
+        "default_backend": engines.auto(),
+        "cpu_count": os.cpu_count(),
+        "gpus": _gpus(),
+        "activations": activations.names(),
+    }
+    text = "\n".join(
+        [
+            f"vxsim {data['vxsim']}  (python {data['python']}, numpy {data['numpy']}, "
+            f"numba {data['numba']}, h5py {data['h5py']}, HDF5 {data['hdf5']})",
+            "backends    "
+            + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in data["backends"].items())
+            + f"  (auto -> {data['default_backend']})",
+            f"cpus        {data['cpu_count']}",
+            f"gpus        {', '.join(data['gpus']) or 'none'}",
+            f"activations {', '.join(data['activations'])}",
+        ]
+    )
+    emit(data, as_json, text)
+
+
+def _gpus():
+    try:
+        import cupy
+
+        n = cupy.cuda.runtime.getDeviceCount()
+        return [cupy.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(n)]
+    except Exception:
+        return []
+
+
+main.add_command(theory)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

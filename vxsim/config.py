@@ -1,0 +1,272 @@
+"""Sweep configuration: TOML in, a validated, immutable ``Config`` out.
+
+The schema is the embedded ``default.toml``: a user file overrides some of its
+keys, ``--set section.key=value`` overrides again, and every value is checked
+here so that a bad one stops the run before anything is computed or written
+(``ConfigError``: one line naming the key and what is allowed).
+"""
+
+import copy
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from . import activations
+from .errors import ConfigError
+
+ARCHITECTURES = ("mlp",)
+MODES = ("jvp", "vjp", "both")
+PRECISIONS = ("float32", "float64")
+BACKENDS = ("auto", "numpy", "numba", "cuda")
+PATHS = ("auto", "gemm", "fused")
+MAX_WIDTH = 131072  # N^2 / 4 Philox blocks must fit a 32-bit counter word
+
+
+def default_text():
+    """The embedded default config, as TOML text."""
+    return resources.files("vxsim").joinpath("default.toml").read_text()
+
+
+def default_raw():
+    return tomllib.loads(default_text())
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated sweep: the grid, the networks and what to measure."""
+
+    architecture: str
+    widths: tuple
+    depth: int
+    activations: tuple  # canonical labels, e.g. ("tanh", "leaky_relu(0.2)")
+    sigma_w2: np.ndarray
+    sigma_b2: np.ndarray
+    samples: int
+    seed: int
+    mode: str
+    layers: np.ndarray  # recorded layers, 1-based, increasing, always ending at depth
+    precision: str
+    transient: int
+    q0: float
+    c0: float
+    backend: str
+    path: str
+    checkpoint: int
+    raw: dict  # the merged TOML tree this was built from
+
+    @property
+    def modes(self):
+        """The gradient modes measured: ('jvp',), ('vjp',) or both."""
+        return ("jvp", "vjp") if self.mode == "both" else (self.mode,)
+
+    @property
+    def activation_specs(self):
+        """[(Activation, param)] in the order of the activation axis."""
+        return [activations.parse(label) for label in self.activations]
+
+    @property
+    def dtype(self):
+        return np.dtype(self.precision)
+
+    @property
+    def grid_shape(self):
+        return (len(self.activations), len(self.sigma_w2), len(self.sigma_b2))
+
+    @property
+    def checkpoint_every(self):
+        return self.checkpoint or max(1, math.ceil(math.sqrt(self.depth)))
+
+    def canonical(self):
+        """A JSON text of the physics-defining content: equal for equal sweeps.
+
+        The backend and path are left out: they change where a sweep runs, not
+        what it computes, so a sweep may resume on another backend.
+        """
+        tree = copy.deepcopy(self.raw)
+        tree.pop("engine", None)
+        return json.dumps(tree, sort_keys=True)
+
+
+def _merge(base, override, prefix=""):
+    for key, value in override.items():
+        name = f"{prefix}{key}"
+        if key not in base:
+            section = prefix.rstrip(".") or "the top level"
+            allowed = ", ".join(sorted(base))
+            raise ConfigError(f"unknown key {name!r} in {section}; allowed: {allowed}")
+        if isinstance(base[key], dict) and not _is_leaf_table(name):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a table of keys")
+            _merge(base[key], value, prefix=f"{name}.")
+        else:
+            base[key] = value
+
+
+def _is_leaf_table(name):
+    """Keys whose value is itself a small table (a range, a record spec)."""
+    return name in ("grid.sigma_w2", "grid.sigma_b2", "measure.record")
+
+
+def _parse_value(text):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+
+
+def parse_set(items):
+    """['network.depth=1000', ...] -> nested dict of overrides."""
+    tree = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(value)
+    return tree
+
+
+def load(path=None, text=None, overrides=()):
+    """Build a Config from a TOML file (or text), with --set style overrides."""
+    raw = default_raw()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read().decode()
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    if text is not None:
+        try:
+            user = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config is not valid TOML: {err}") from None
+        _merge(raw, user)
+    _merge(raw, parse_set(overrides))
+    return build(raw)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _int(name, value, low=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _variance_axis(name, value):
+    """A variance grid axis: a list of numbers, one number, or {start, stop, num}."""
+    if isinstance(value, dict):
+        keys = set(value)
+        if keys != {"start", "stop", "num"}:
+            raise ConfigError(
+                f"{name} as a table needs exactly start, stop, num; got {sorted(keys)}"
+            )
+        num = _int(f"{name}.num", value["num"], low=1)
+        values = np.linspace(
+            _float(f"{name}.start", value["start"]), _float(f"{name}.stop", value["stop"]), num
+        )
+    else:
+        values = np.array([_float(name, v) for v in _as_list(value)], dtype=np.float64)
+    if values.size == 0:
+        raise ConfigError(f"{name} must hold at least one value")
+    if np.any(values < 0):
+        raise ConfigError(f"{name} must be >= 0 (a variance); got {values[values < 0][0]:g}")
+    if np.unique(values).size != values.size:
+        raise ConfigError(f"{name} has repeated values")
+    return values
+
+
+def _float(name, value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def recorded_layers(depth, spec):
+    """Layers to record: {every = k} -> k, 2k, ... plus the last; {log = m} -> m log-spaced."""
+    if not isinstance(spec, dict) or len(spec) != 1 or not set(spec) <= {"every", "log"}:
+        raise ConfigError("measure.record must be { every = K } or { log = M }")
+    ((kind, n),) = spec.items()
+    n = _int(f"measure.record.{kind}", n, low=1)
+    if kind == "every":
+        layers = np.arange(n, depth + 1, n)
+    else:
+        layers = np.unique(np.rint(np.geomspace(1, depth, n)).astype(np.int64))
+    return np.union1d(layers, [depth]).astype(np.int64)
+
+
+def build(raw):
+    """Validate a merged TOML tree into a Config."""
+    net, grid, mc, meas, eng = (
+        raw[k] for k in ("network", "grid", "monte_carlo", "measure", "engine")
+    )
+    architecture = _choice("network.architecture", net["architecture"], ARCHITECTURES)
+    widths = tuple(_int("network.width", w, low=1) for w in _as_list(net["width"]))
+    if not widths:
+        raise ConfigError("network.width must hold at least one width")
+    if max(widths) > MAX_WIDTH:
+        raise ConfigError(f"network.width must be <= {MAX_WIDTH}, got {max(widths)}")
+    if len(set(widths)) != len(widths):
+        raise ConfigError("network.width has repeated values")
+    depth = _int("network.depth", net["depth"], low=1)
+    labels = []
+    for item in _as_list(net["activation"]):
+        try:
+            act, param = activations.parse(item)
+        except ValueError as err:
+            raise ConfigError(f"network.activation: {err}") from None
+        labels.append(activations.label(act, param))
+    if not labels:
+        raise ConfigError("network.activation must hold at least one activation")
+    if len(set(labels)) != len(labels):
+        raise ConfigError("network.activation has repeated entries")
+    mode = _choice("measure.mode", meas["mode"], MODES)
+    transient = _int("measure.transient", meas["transient"], low=0)
+    q0 = _float("measure.q0", meas["q0"])
+    if q0 <= 0:
+        raise ConfigError(f"measure.q0 must be > 0, got {q0:g}")
+    c0 = _float("measure.c0", meas["c0"])
+    if not -1.0 < c0 < 1.0:
+        raise ConfigError(f"measure.c0 must be in (-1, 1), got {c0:g}")
+    seed = _int("monte_carlo.seed", mc["seed"], low=0)
+    if seed >= 2**64:
+        raise ConfigError("monte_carlo.seed must be < 2**64")
+    return Config(
+        architecture=architecture,
+        widths=widths,
+        depth=depth,
+        activations=tuple(labels),
+        sigma_w2=_variance_axis("grid.sigma_w2", grid["sigma_w2"]),
+        sigma_b2=_variance_axis("grid.sigma_b2", grid["sigma_b2"]),
+        samples=_int("monte_carlo.samples", mc["samples"], low=1),
+        seed=seed,
+        mode=mode,
+        layers=recorded_layers(depth, meas["record"]),
+        precision=_choice("measure.precision", meas["precision"], PRECISIONS),
+        transient=transient,
+        q0=q0,
+        c0=c0,
+        backend=_choice("engine.backend", eng["backend"], BACKENDS),
+        path=_choice("engine.path", eng["path"], PATHS),
+        checkpoint=_int("engine.checkpoint", eng["checkpoint"], low=0),
+        raw=raw,
+    )

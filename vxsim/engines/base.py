@@ -1,0 +1,142 @@
+"""What every engine shares: the batched grid columns, the inputs, the result layout.
+
+A work unit is one (width, Monte Carlo sample). All grid points of the unit
+(activation x sigma_w2 x sigma_b2, flattened to ``P`` points with the
+activation outermost) share the sample's weights Z^{s,l} (common random
+numbers, DESIGN.md 2.1), so each layer is one GEMM over all of their columns.
+
+An engine is a module with ``NAME``, ``available() -> bool`` and
+``run_unit(config, width, sample) -> dict`` returning the arrays of
+``result_shapes``.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import rng
+
+# Pre-activations of non-homogeneous activations beyond this (relative to the
+# dtype's sqrt(max)) are declared diverged: the next GEMM could overflow.
+_DIVERGE_MARGIN = 1e-4
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Per-point parameters of a unit's P = A * W * B batched grid points."""
+
+    sigma_w2: np.ndarray  # (P,)
+    sigma_b2: np.ndarray  # (P,)
+    groups: tuple  # ((Activation, param, slice of points), ...) one per activation
+
+    @property
+    def points(self):
+        return self.sigma_w2.size
+
+
+def grid(config):
+    """Flatten (activation, sigma_w2, sigma_b2) into P points, activation outermost."""
+    n_w, n_b = len(config.sigma_w2), len(config.sigma_b2)
+    per_act = n_w * n_b
+    sw2 = np.repeat(config.sigma_w2, n_b)
+    sb2 = np.tile(config.sigma_b2, n_w)
+    groups = tuple(
+        (act, param, slice(i * per_act, (i + 1) * per_act))
+        for i, (act, param) in enumerate(config.activation_specs)
+    )
+    n_act = len(groups)
+    return Grid(np.tile(sw2, n_act), np.tile(sb2, n_act), groups)
+
+
+def inputs(config, width, sample):
+    """The two inputs x1, x2 and the input tangent v0, shared by all grid points.
+
+    x1 and x2 have mean squared entry q0 and correlation exactly c0; v0 has
+    mean squared entry 1. All three come from the counter-based stream.
+    """
+    z = [rng.normals(config.seed, sample, k, rng.STREAM_INPUT, width) for k in range(3)]
+    u1 = z[0] / np.linalg.norm(z[0])
+    e2 = z[1] - (z[1] @ u1) * u1
+    e2 = e2 / np.linalg.norm(e2) if width > 1 else e2 * 0.0
+    scale = np.sqrt(config.q0 * width)
+    x1 = scale * u1
+    x2 = scale * (config.c0 * u1 + np.sqrt(1.0 - config.c0**2) * e2)
+    v0 = z[2] * np.sqrt(width) / np.linalg.norm(z[2])
+    return x1, x2, v0
+
+
+def output_direction(config, width, sample):
+    """dE/dh^L: the direction backprop starts from (E = <gamma, h^L>), unit mean square."""
+    gamma = rng.normals(config.seed, sample, 0, rng.STREAM_OUTPUT_GRAD, width)
+    return gamma * np.sqrt(width) / np.linalg.norm(gamma)
+
+
+def bias(config, width, sample, layer):
+    """xi^l: the bias noise of a layer, shared by all grid points (b = sqrt(sigma_b2) xi)."""
+    return rng.normals(config.seed, sample, layer, rng.STREAM_BIAS, width)
+
+
+def weights(config, width, sample, layer, dtype=None):
+    """Z^{s,l} in the run's precision (W^l = sqrt(sigma_w2 / N) Z)."""
+    return rng.normal_matrix(config.seed, sample, layer, width, dtype=dtype or config.dtype)
+
+
+def divergence_limit(dtype):
+    """|h| above which a non-renormalisable pre-activation counts as diverged."""
+    return float(np.sqrt(np.finfo(dtype).max)) * _DIVERGE_MARGIN
+
+
+def result_shapes(config):
+    """Arrays an engine returns for one unit, with their dims after (width, ..., sample)."""
+    shape = config.grid_shape
+    out = {
+        "log_q": shape + (config.layers.size,),
+        "corr": shape + (config.layers.size,),
+        "diverged": shape,
+    }
+    if "jvp" in config.modes:
+        out["log_tangent_norm"] = shape + (config.layers.size,)
+    if "vjp" in config.modes:
+        out["log_grad_norm"] = shape + (config.layers.size,)
+    return out
+
+
+def record_index(config):
+    """layer -> position on the recorded-layer axis, -1 where not recorded."""
+    index = np.full(config.depth + 1, -1, dtype=np.int64)
+    index[config.layers] = np.arange(config.layers.size)
+    return index
+
+
+def empty_results(config):
+    """Per-point result buffers, (P, R) float64 filled with NaN, diverged (P,) zeros."""
+    n_points = int(np.prod(config.grid_shape))
+    out = {}
+    for name, shape in result_shapes(config).items():
+        if name == "diverged":
+            out[name] = np.zeros(n_points, dtype=np.int32)
+        else:
+            out[name] = np.full((n_points, shape[-1]), np.nan)
+    return out
+
+
+def shape_results(config, flat):
+    """(P, ...) buffers -> (activation, sigma_w2, sigma_b2, ...) arrays."""
+    return {k: v.reshape(config.grid_shape + v.shape[1:]) for k, v in flat.items()}
+
+
+def estimate_unit_bytes(config, width):
+    """Rough peak memory of one work unit on the NumPy/Numba engines, in bytes.
+
+    Z in float64 and in the run's precision, about eight (N x P) state arrays,
+    and in VJP mode the checkpoints plus one recomputed segment of h.
+    """
+    n_points = int(np.prod(config.grid_shape))
+    item = config.dtype.itemsize
+    total = width * width * (8 + item) + 8 * width * n_points * 3 * item
+    if "vjp" in config.modes:
+        k = config.checkpoint_every
+        stored = config.depth // k + k + 2
+        total += stored * width * n_points * item
+    total += n_points * config.layers.size * 8 * 5
+    return int(total)

@@ -1,0 +1,65 @@
+"""What one layer of a deep random MLP computes, in NumPy (the oracle's arithmetic).
+
+    h^1 = sqrt(sw2/N) Z^1 x + sqrt(sb2) xi^1
+    h^l = sqrt(sw2/N) Z^l phi(h^{l-1}) + sqrt(sb2) xi^l
+
+Columns of a (N, P) array are grid points. Pre-activations are carried as
+h = exp(log_s) * hh: for positively homogeneous phi (relu, leaky, linear)
+hh is renormalised to unit mean square every layer and log_s absorbs the
+scale, phi(h) = exp(log_s) phi(hh) and phi'(h) = phi'(hh); otherwise log_s
+stays 0 and h is the true pre-activation.
+"""
+
+import numpy as np
+
+
+def activate(groups, fn_name, h):
+    """phi, phi' or phi'' (by name) applied column group by column group."""
+    out = np.empty_like(h)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for act, param, cols in groups:
+            out[:, cols] = getattr(act, fn_name)(h[:, cols], h.dtype.type(param))
+    return out
+
+
+def mean_square(x):
+    """Per-column mean of x^2, accumulated in float64."""
+    return np.einsum("ij,ij->j", x, x, dtype=np.float64) / x.shape[0]
+
+
+def preactivation(zx, scale, bias_term, log_s, homogeneous):
+    """hh' from zx = Z phi(hh) (or Z x at the first layer).
+
+    h' = sqrt(sw2/N) Z phi(h) + sqrt(sb2) xi; with h = e^{log_s} hh and phi
+    homogeneous, h' = e^{log_s} (sqrt(sw2/N) Z phi(hh) + e^{-log_s} sqrt(sb2) xi).
+    Returns (hh', log_s') where homogeneous columns are renormalised to unit
+    mean square and log_s' = log_s + log rms.
+    """
+    bias_scale = np.exp(np.minimum(-log_s, 700.0))
+    h = zx * scale + (bias_term * bias_scale).astype(zx.dtype)
+    rms = np.sqrt(mean_square(h))
+    renorm = homogeneous & (rms > 0)
+    divisor = np.where(renorm, rms, 1.0).astype(zx.dtype)
+    return h / divisor, log_s + np.where(renorm, np.log(np.where(renorm, rms, 1.0)), 0.0)
+
+
+def log_q(hh, log_s):
+    """log q^l = log mean(h^2) = 2 log_s + log mean(hh^2)."""
+    with np.errstate(divide="ignore"):
+        return 2.0 * log_s + np.log(mean_square(hh))
+
+
+def correlation(h1, h2):
+    """c^l = <h1, h2> / (|h1| |h2|) per column."""
+    dot = np.einsum("ij,ij->j", h1, h2, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dot / np.sqrt(mean_square(h1) * mean_square(h2)) / h1.shape[0]
+
+
+def renormalise(v):
+    """v / |v| per column, and log |v|^2 (float64); zero columns stay zero with -inf."""
+    sq = np.einsum("ij,ij->j", v, v, dtype=np.float64)
+    norm = np.sqrt(sq)
+    safe = np.where(norm > 0, norm, 1.0).astype(v.dtype)
+    with np.errstate(divide="ignore"):
+        return v / safe, np.log(sq)

@@ -1,0 +1,122 @@
+"""Run a sweep: work units through an engine into one resumable HDF5 file.
+
+A work unit is one (width, Monte Carlo sample): every grid point of it runs
+at once on the engine (common random numbers). Units finished on disk are
+never computed again; a killed sweep continues with ``resume=True``.
+"""
+
+import logging
+import os
+import platform
+
+from . import engines
+from .analysis import growth, report
+from .config import Config, load
+from .engines import base
+from .errors import VxsimError
+from .store import hdf5
+
+log = logging.getLogger("vxsim")
+
+
+def work_units(config):
+    """[(width_index, width, sample)] in the order they run."""
+    return [(i, w, s) for i, w in enumerate(config.widths) for s in range(config.samples)]
+
+
+def available_memory():
+    """Bytes of memory available to this process (Linux MemAvailable, else physical)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config, limit=None):
+    """Refuse a run whose largest work unit would not fit in memory."""
+    need = max(base.estimate_unit_bytes(config, w) for w in config.widths)
+    have = available_memory() if limit is None else limit
+    if have is not None and need > 0.8 * have:
+        raise VxsimError(
+            f"a work unit needs about {need / 2**30:.1f} GiB of memory but only "
+            f"{have / 2**30:.1f} GiB is available; lower network.width, the grid "
+            f"or (in vjp mode) set engine.checkpoint"
+        )
+    return need
+
+
+def device_name(backend):
+    if backend == "cuda":
+        try:
+            import cupy
+
+            return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        except Exception:  # pragma: no cover - GPU only
+            return "cuda"
+    return platform.processor() or platform.machine()
+
+
+def prepare(config, output, backend=None, resume=False, overwrite=False):
+    """Validate everything before the first unit; returns (config, engine module)."""
+    if not isinstance(config, Config):
+        config = load(config)
+    check_memory(config)
+    engine = engines.get(backend or config.backend)
+    exists = os.path.exists(output)
+    if exists and not (resume or overwrite):
+        raise VxsimError(
+            f"{output} exists; pass --resume to continue it or --overwrite to replace it"
+        )
+    if resume and exists:
+        hdf5.check_resumable(output, config)
+    else:
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise VxsimError(f"output directory {parent} does not exist")
+        hdf5.create(output, config, engine.NAME, device_name(engine.NAME))
+    return config, engine
+
+
+def run_sweep(
+    config=None, output="vxsim.h5", backend=None, resume=False, overwrite=False, progress=None
+):
+    """Run (or finish) a sweep into ``output``; returns the path.
+
+    ``config``: a Config, a TOML path or None (the embedded default).
+    ``progress``: optional callable(done, total) after each unit.
+    """
+    config, engine = prepare(config, output, backend, resume, overwrite)
+    units = work_units(config)
+    with hdf5.Writer(output) as writer:
+        done = writer.completed()
+        todo = [u for u in units if not done[u[0], u[2]]]
+        finished = len(units) - len(todo)
+        if progress:
+            progress(finished, len(units))
+        for wi, width, sample in todo:
+            arrays = engine.run_unit(config, width, sample)
+            writer.write_unit(wi, sample, arrays)
+            finished += 1
+            log.info("unit width=%d sample=%d done (%d/%d)", width, sample, finished, len(units))
+            if progress:
+                progress(finished, len(units))
+    finish(output, config)
+    return output
+
+
+def finish(output, config):
+    """Summarise a file whose units are all complete: growth rates, compressed layout."""
+    data, coords, attrs = hdf5.read_unit_variables(output)
+    if attrs.get("status") == "complete":
+        return
+    if not data["completed"].all():
+        raise VxsimError(f"{output} has unfinished work units")
+    summary = growth.summarise(data, coords, config)
+    hdf5.finalize(output, config, summary, report.analyse(data, coords, config))
