@@ -143,6 +143,11 @@ def _format_summary(s):
             f"edge        {row['mode']} {row['activation']} width {row['width']} "
             f"sigma_b2 {row['sigma_b2']:g}: growth rate crosses 0 at sigma_w2 ~ "
             + ("none in grid" if row["sigma_w2"] is None else f"{row['sigma_w2']:.4g}")
+            + (
+                ""
+                if row.get("theory_sigma_w2") is None
+                else f" (theory {row['theory_sigma_w2']:.4g})"
+            )
         )
     return "\n".join(lines)
 

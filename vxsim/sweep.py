@@ -60,7 +60,14 @@ def device_name(backend):
             return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
         except Exception:  # pragma: no cover - GPU only
             return "cuda"
-    return platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.machine()} x {os.cpu_count()}"
 
 
 def prepare(config, output, backend=None, resume=False, overwrite=False):

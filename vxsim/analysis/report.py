@@ -22,24 +22,12 @@ def theory_grid(config):
     For homogeneous activations chi1 = sigma_w2 E[phi'(z)^2] holds at every q, so
     log chi1 is given even where q* is infinite.
     """
-    shape = config.grid_shape
-    log_chi1, q_star, xi_c = (np.full(shape, np.nan) for _ in range(3))
+    out = {key: np.full(config.grid_shape, np.nan) for key in ("log_chi1", "q_star", "xi_c")}
     for a, (act, param) in enumerate(config.activation_specs):
-        for i, sw2 in enumerate(config.sigma_w2):
-            for j, sb2 in enumerate(config.sigma_b2):
-                try:
-                    q = theory.q_star(act, param, sw2, sb2, q0=config.q0)
-                except theory.NoFixedPoint:
-                    if act.homogeneous:
-                        log_chi1[a, i, j] = np.log(theory.chi1(act, param, sw2, sb2, q=1.0))
-                    continue
-                chi = theory.chi1(act, param, sw2, sb2, q=q)
-                q_star[a, i, j] = q
-                log_chi1[a, i, j] = np.log(chi) if chi > 0 else -np.inf
-                xi_c[a, i, j] = theory.depth_scale(
-                    chi if chi <= 1 else theory.chi_c(act, param, sw2, sb2, q=q)
-                )
-    return log_chi1, q_star, xi_c
+        values = theory.grid(act, param, config.sigma_w2, config.sigma_b2, q0=config.q0)
+        for key in out:
+            out[key][a] = values[key]
+    return out["log_chi1"], out["q_star"], out["xi_c"]
 
 
 def theory_critical(config):

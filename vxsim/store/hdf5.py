@@ -135,12 +135,24 @@ def _write_attrs(f, config, backend, device, created=None):
 
 def create(path, config, backend, device):
     """A new results file with every variable allocated and marked incomplete."""
-    with h5py.File(path, "w", libver="earliest") as f:
+    try:
+        f = h5py.File(path, "w", libver="earliest")
+    except OSError as err:
+        raise VxsimError(f"cannot create {path}: {_reason(err)}") from None
+    with f:
         _write_attrs(f, config, backend, device)
         datasets = _layout(f, config, compressed=False)
         for ds in datasets.values():
             ds[(0,) * ds.ndim] = ds.fillvalue  # allocate contiguous storage now
         f.flush()
+
+
+def _reason(err):
+    """The useful part of an h5py OSError (it is open elsewhere, it is not HDF5, ...)."""
+    text = str(err)
+    if "lock" in text or "already open" in text:
+        return "the file is open in another process or program (one writer at a time)"
+    return text
 
 
 def _diff_keys(a, b, prefix=""):
@@ -173,7 +185,10 @@ class Writer:
 
     def __init__(self, path):
         self.path = path
-        self.file = h5py.File(path, "r+")
+        try:
+            self.file = h5py.File(path, "r+")
+        except OSError as err:
+            raise VxsimError(f"cannot write {path}: {_reason(err)}") from None
 
     def completed(self):
         return self.file["completed"][...].astype(bool)

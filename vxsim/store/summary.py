@@ -63,6 +63,11 @@ def summarise_file(path):
         if "growth_rate_quenched" in f:
             modes = _text(f["mode"][...])
             rates = f["growth_rate_quenched"][...]
+            theory = (
+                f["analysis/theory_critical_sigma_w2"][...]
+                if "analysis" in f
+                else np.full((len(acts), sb2.size), np.nan)
+            )
             for m, mode in enumerate(modes):
                 for w, width in enumerate(widths):
                     for a, act in enumerate(acts):
@@ -74,7 +79,8 @@ def summarise_file(path):
                                     "width": int(width),
                                     "activation": act,
                                     "sigma_b2": float(bias),
-                                    "sigma_w2": None if np.isnan(x) else x,
+                                    "sigma_w2": _num(x),
+                                    "theory_sigma_w2": _num(theory[a, b]),
                                 }
                             )
     return out

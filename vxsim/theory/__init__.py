@@ -5,6 +5,7 @@ one-call summaries; the pieces (``q_star``, ``chi1``, ``correlation_map``, ...) 
 an activation as ``(act, param)``. ``gaussian`` holds the quadrature rules.
 """
 
+from vxsim.theory.grid import grid
 from vxsim.theory.meanfield import (
     NoFixedPoint,
     c_star,
@@ -35,6 +36,7 @@ __all__ = [
     "critical_line",
     "critical_sigma_w2",
     "depth_scale",
+    "grid",
     "iterate_length_map",
     "length_map",
     "length_map_slope",
