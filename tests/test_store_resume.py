@@ -79,21 +79,32 @@ def uninterrupted(tmp_path_factory):
     return ref
 
 
-@pytest.mark.parametrize("kill_when", ["after_first_unit", "early", "late"])
+def _wait_for(predicate, timeout=120):
+    start = time.time()
+    while not predicate() and time.time() - start < timeout:
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    "kill_when", ["file_created", "after_first_unit", "inside_fourth_unit", "writing_third_unit"]
+)
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_when):
-    """Killed at several moments (inside a unit, between flush and flag, ...), then resumed."""
+    """Killed at several moments (before any unit, between units, inside one), then resumed."""
     out = str(tmp_path / "killed.h5")
     p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
-    start = time.time()
-    if kill_when == "after_first_unit":
-        while _units_done(out) < 1 and time.time() - start < 120:
-            time.sleep(0.01)
-    else:
-        time.sleep({"early": 0.8, "late": 2.5}[kill_when])
+    if kill_when == "file_created":
+        _wait_for(lambda: os.path.exists(out))
+    elif kill_when == "after_first_unit":
+        _wait_for(lambda: _units_done(out) >= 1)
+    elif kill_when == "inside_fourth_unit":
+        _wait_for(lambda: _units_done(out) >= 3)
+        time.sleep(0.2)
+    else:  # as close as polling gets to the moment the third unit's data land
+        _wait_for(lambda: _units_done(out) >= 2)
+        time.sleep(0.45)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    done_at_kill = _units_done(out)
-    assert done_at_kill < 6, "the sweep finished before it could be killed; make it slower"
+    assert _units_done(out) < 6, "the sweep finished before it could be killed; make it slower"
 
     p = _vxsim("sweep", "-o", out, "--resume", *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()

@@ -19,6 +19,7 @@ in, the file is rewritten chunked and compressed with the summary added, into
 a temporary file renamed over the original (atomic on POSIX).
 """
 
+import contextlib
 import json
 import os
 import time
@@ -134,17 +135,35 @@ def _write_attrs(f, config, backend, device, created=None):
 
 
 def create(path, config, backend, device):
-    """A new results file with every variable allocated and marked incomplete."""
+    """A new results file with every variable allocated and marked incomplete.
+
+    Built under a temporary name and renamed into place, so that a kill during
+    creation leaves either no file or a whole one.
+    """
+    with _replacing(path, "creating") as tmp:
+        try:
+            f = h5py.File(tmp, "w", libver="earliest")
+        except OSError as err:
+            raise VxsimError(f"cannot create {path}: {_reason(err)}") from None
+        with f:
+            _write_attrs(f, config, backend, device)
+            datasets = _layout(f, config, compressed=False)
+            for ds in datasets.values():
+                ds[(0,) * ds.ndim] = ds.fillvalue  # allocate contiguous storage now
+
+
+@contextlib.contextmanager
+def _replacing(path, purpose):
+    """Yield a temporary name beside ``path``; rename it over ``path`` if the block succeeds."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{purpose}-{os.getpid()}")
     try:
-        f = h5py.File(path, "w", libver="earliest")
-    except OSError as err:
-        raise VxsimError(f"cannot create {path}: {_reason(err)}") from None
-    with f:
-        _write_attrs(f, config, backend, device)
-        datasets = _layout(f, config, compressed=False)
-        for ds in datasets.values():
-            ds[(0,) * ds.ndim] = ds.fillvalue  # allocate contiguous storage now
-        f.flush()
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _reason(err):
@@ -229,19 +248,18 @@ def read_unit_variables(path):
 
 def finalize(path, config, summary, analysis=None):
     """Rewrite the finished file chunked + compressed with the summary; atomic rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
-        for key, value in src.attrs.items():
-            dst.attrs[key] = value
-        datasets = _layout(dst, config, compressed=True)
-        for name, ds in datasets.items():
-            ds[...] = src[name][...]
-        if summary:
-            _write_summary(dst, summary)
-        if analysis:
-            _write_group(dst, "analysis", analysis)
-        dst.attrs["status"] = "complete"
-    os.replace(tmp, path)
+    with _replacing(path, "finishing") as tmp:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            datasets = _layout(dst, config, compressed=True)
+            for name, ds in datasets.items():
+                ds[...] = src[name][...]
+            if summary:
+                _write_summary(dst, summary)
+            if analysis:
+                _write_group(dst, "analysis", analysis)
+            dst.attrs["status"] = "complete"
 
 
 def _write_summary(f, summary):
