@@ -6,6 +6,15 @@
 >>> ds = vxsim.open_results(path)          # an xarray Dataset
 """
 
+import os
+
+# OpenBLAS's workers spin for a long while after each GEMM and take the cores
+# from the Numba epilogue that follows (width 1024, 2 cores: 0.52 -> 0.69 of
+# matmul throughput with a short timeout). OpenBLAS reads this only when NumPy
+# loads it, so it is set here, before anything imports NumPy; a value the user
+# set is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 __version__ = "0.1.0"
 
 from .config import load as load_config  # noqa: E402

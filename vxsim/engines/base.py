@@ -20,6 +20,11 @@ from .. import rng
 # dtype's sqrt(max)) are declared diverged: the next GEMM could overflow.
 _DIVERGE_MARGIN = 1e-4
 
+# VJP: a segment's weights Z^l may be kept for its backward steps (one
+# generation per layer instead of two) when they fit in this many bytes;
+# beyond it they are regenerated, so memory stays O(sqrt(L) N P).
+ZSTORE_BYTES = 256 * 2**20
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -139,4 +144,5 @@ def estimate_unit_bytes(config, width):
         stored = config.depth // k + k + 2
         total += stored * width * n_points * item
     total += n_points * config.layers.size * 8 * 5
+    total += ZSTORE_BYTES if "vjp" in config.modes else 0
     return int(total)

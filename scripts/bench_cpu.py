@@ -1,0 +1,319 @@
+"""CPU benchmark of the numba engine (issue 4). Not a test: it prints figures.
+
+In one run, on this machine, for widths 32 ... 2048 and a realistic grid
+(tanh and ReLU x 19 sigma_w2 x 9 sigma_b2 = 342 points, i.e. 1,026 GEMM
+columns per layer: h1, h2 and the tangent in JVP; h1, h2 forward and the
+gradient backward in VJP), per mode:
+
+* ms per layer (one sample, all grid points), the path ``auto`` chose;
+* effective GFLOP/s, counting 2 N^2 C per layer (C = 1,026 columns; VJP's
+  recomputation is not counted), and its ratio to NumPy's float32 matmul of
+  the same shape (C, N) @ (N, N) timed in the same run: the practical limit;
+* the speedup over the NumPy engine (timed on a few layers, per layer), and
+  over the two PyTorch baselines of ``baseline_torch.py`` when torch imports;
+
+then the JIT time of a cold (empty cache) and a warm run of the default
+config through ``vxsim sweep``, and with ``--memory`` the peak resident
+memory of a 10,000-layer run at width 1024 with 1,026 columns in each mode
+(a subprocess each; minutes on 2 cores).
+
+Timings are the minimum over ``--repeat`` runs: on a shared machine the
+minimum is the figure least disturbed by other processes.
+
+    python scripts/bench_cpu.py            # full table (several minutes on 2 cores)
+    python scripts/bench_cpu.py --quick    # fewer layers and repeats
+    python scripts/bench_cpu.py --memory   # also the 10,000-layer peak memory
+"""
+
+import os
+
+# OpenBLAS's worker threads spin for a while after each GEMM (2^28 cycles by
+# default); on a machine with as many threads as cores that spinning steals
+# the cores from the Numba epilogue that follows every GEMM (measured at
+# width 1024: 10.3 ms instead of 6.1 ms per layer for the epilogue). OpenBLAS
+# reads this when NumPy loads it, so it is set before NumPy is imported.
+# Run with OPENBLAS_THREAD_TIMEOUT= (empty) to measure OpenBLAS's default.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from vxsim import config as config_mod  # noqa: E402
+from vxsim.engines import numba_cpu, numpy_ref  # noqa: E402
+
+WIDTHS = (32, 64, 128, 256, 512, 1024, 2048)
+GRID = [
+    'network.activation=["tanh", "relu"]',
+    "grid.sigma_w2={start = 0.5, stop = 4.0, num = 19}",
+    "grid.sigma_b2={start = 0.0, stop = 0.2, num = 9}",
+]
+POINTS = 2 * 19 * 9
+COLUMNS = 3 * POINTS  # per layer: JVP h1, h2, t; VJP h1, h2 forward + g backward
+
+
+def make_config(width, depth, mode, path="auto", extra=()):
+    return config_mod.load(
+        overrides=[
+            f"network.width=[{width}]",
+            f"network.depth={depth}",
+            *GRID,
+            "monte_carlo.samples=1",
+            f'measure.mode="{mode}"',
+            'measure.precision="float32"',
+            f'engine.path="{path}"',
+            *extra,
+        ]
+    )
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def time_vxsim(width, mode, depth, repeat, path="auto"):
+    cfg = make_config(width, depth, mode, path)
+    numba_cpu.run_unit(make_config(width, 3, mode, path), width, 0)  # JIT and first touch
+    per = best(lambda: numba_cpu.run_unit(cfg, width, 0), repeat) / depth
+    return per, numba_cpu.choose_path(cfg, width)
+
+
+def crossover(widths, depth, repeat):
+    """ms per layer of both paths, forced, per width and mode; and the largest
+    width at which the fused path is still faster (in both modes)."""
+    rows, fused_wins = [], []
+    for width in widths:
+        row = {"width": width}
+        for mode in ("jvp", "vjp"):
+            for path in ("gemm", "fused"):
+                row[mode, path] = time_vxsim(width, mode, depth, repeat, path)[0]
+        rows.append(row)
+        if all(row[m, "fused"] < row[m, "gemm"] for m in ("jvp", "vjp")):
+            fused_wins.append(width)
+    return rows, max(fused_wins, default=0)
+
+
+def time_matmul(width, columns, repeat):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((columns, width), dtype=np.float32)
+    Z = rng.standard_normal((width, width), dtype=np.float32)
+    H = np.empty((columns, width), dtype=np.float32)
+    np.matmul(A, Z.T, out=H)
+    n = max(3, int(2e9 / (2 * width * width * columns)))
+
+    def run():
+        for _ in range(n):
+            np.matmul(A, Z.T, out=H)
+
+    return best(run, repeat) / n
+
+
+def time_numpy_engine(width, mode, depth):
+    cfg = make_config(width, depth, mode)
+    numpy_ref.run_unit(make_config(width, 2, mode), width, 0)
+    return best(lambda: numpy_ref.run_unit(cfg, width, 0), 1) / depth
+
+
+def depth_for(width, quick):
+    """Enough layers for ~0.5-2 s of work per timing."""
+    flops = 2.0 * width * width * COLUMNS
+    depth = int(np.clip(4e9 / flops, 20, 1000))
+    return max(10, depth // 4) if quick else depth
+
+
+def torch_rows(width, mode, quick):
+    try:
+        import baseline_torch as bt
+    except ImportError:
+        return None, None
+    depth = 5 if quick else 10
+    bt.expert(width, POINTS, 2, mode)  # warm-up (lazy initialisation)
+    expert = min(bt.expert(width, POINTS, depth, mode) for _ in range(1 if quick else 2))
+    sub = 2 if width >= 512 else 4
+    plain = bt.plain(width, POINTS, 3 if width >= 1024 else depth, mode, sub_points=sub)
+    return plain, expert
+
+
+def jit_times():
+    """Wall seconds of the default config through `vxsim sweep`, cold then warm cache."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, VXSIM_CACHE_DIR=tmp, PYTHONPATH=str(ROOT))
+        for label in ("cold", "warm"):
+            cmd = [sys.executable, "-m", "vxsim", "sweep", "-o", f"{tmp}/out.h5", "--overwrite"]
+            cmd += ["--backend", "numba", "-q"]
+            t = time.perf_counter()
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            out[label] = time.perf_counter() - t
+            if res.returncode != 0:
+                out[label] = float("nan")
+                out["error"] = res.stderr.strip().splitlines()[-1:] or ["?"]
+    return out
+
+
+def memory_child(mode, depth, width):
+    cfg = make_config(width, depth, mode)
+    t = time.perf_counter()
+    out = numba_cpu.run_unit(cfg, width, 0)
+    elapsed = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    finite = bool(np.isfinite(out["log_q"][out["diverged"] == 0]).all())
+    print(json.dumps({"mode": mode, "peak_mib": rss, "seconds": elapsed, "finite": finite}))
+
+
+def memory_rows(depth, width):
+    rows = []
+    for mode in ("jvp", "vjp"):
+        cmd = [sys.executable, __file__, "--memory-child", mode, "--memory-depth", str(depth)]
+        cmd += ["--memory-width", str(width)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            rows.append({"mode": mode, "error": res.stderr.strip().splitlines()[-1:]})
+        else:
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def machine():
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import numba
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores; numpy {np.__version__}, numba {numba.__version__}, "
+        f"{numba.get_num_threads()} numba threads, {numba.threading_layer()} layer"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description="CPU benchmark of the numba engine")
+    parser.add_argument("--quick", action="store_true", help="fewer layers and repeats")
+    parser.add_argument("--memory", action="store_true", help="10,000-layer peak memory (slow)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    parser.add_argument("--no-jit", action="store_true", help="skip the cold/warm JIT timing")
+    parser.add_argument("--no-crossover", action="store_true", help="skip the path crossover")
+    parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
+    parser.add_argument("--modes", default="jvp,vjp")
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--memory-depth", type=int, default=10_000)
+    parser.add_argument("--memory-width", type=int, default=1024)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.memory_depth, args.memory_width)
+        return
+    repeat = args.repeat or (2 if args.quick else 3)
+    widths = [int(w) for w in args.widths.split(",")]
+    modes = args.modes.split(",")
+    use_torch = not args.no_torch
+    if use_torch:
+        try:
+            import torch
+
+            torch_version = torch.__version__
+        except ImportError:
+            use_torch, torch_version = False, None
+    numba_cpu.run_unit(make_config(32, 2, "both"), 32, 0)  # first JIT, not timed below
+    print(f"# vxsim numba engine, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"# {machine()}" + (f"; torch {torch_version}" if use_torch else ""))
+    print(f"# OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT') or '(default)'}")
+    print(
+        f"# grid: {POINTS} points, {COLUMNS} GEMM columns per layer; float32; load average "
+        f"{os.getloadavg()[0]:.2f} at start"
+    )
+    head = (
+        f"{'width':>5} {'mode':>4} {'path':>5} {'ms/layer':>9} {'GFLOP/s':>8} {'matmul':>7} "
+        f"{'ratio':>6} {'xNumPy':>7}"
+    )
+    if use_torch:
+        head += f" {'xTorchPlain':>11} {'xTorchExpert':>12}"
+    print(head)
+    results = []
+    for width in widths:
+        mm = time_matmul(width, COLUMNS, repeat)
+        mm_gflops = 2.0 * width * width * COLUMNS / mm / 1e9
+        for mode in modes:
+            depth = depth_for(width, args.quick)
+            per, path = time_vxsim(width, mode, depth, repeat)
+            gflops = 2.0 * width * width * COLUMNS / per / 1e9
+            np_depth = 2 if width >= 1024 else 4
+            ref = time_numpy_engine(width, mode, np_depth)
+            row = (
+                f"{width:>5} {mode:>4} {path:>5} {per * 1e3:>9.3f} {gflops:>8.1f} "
+                f"{mm_gflops:>7.1f} {gflops / mm_gflops:>6.2f} {ref / per:>7.1f}"
+            )
+            rec = dict(
+                width=width,
+                mode=mode,
+                path=path,
+                ms_per_layer=per * 1e3,
+                gflops=gflops,
+                matmul_gflops=mm_gflops,
+                ratio=gflops / mm_gflops,
+                speedup_numpy=ref / per,
+            )
+            if use_torch:
+                plain, expert = torch_rows(width, mode, args.quick)
+                row += f" {plain / per:>11.1f} {expert / per:>12.2f}"
+                rec.update(speedup_torch_plain=plain / per, speedup_torch_expert=expert / per)
+            print(row, flush=True)
+            results.append(rec)
+    print(f"# load average {os.getloadavg()[0]:.2f} at end of the table")
+    if not args.no_crossover:
+        rows, cross = crossover((16, 24, 32, 48, 64, 96, 128), 50 if args.quick else 200, repeat)
+        print("# path crossover, ms per layer (jvp gemm/fused, vjp gemm/fused):")
+        for row in rows:
+            print(
+                f"#   width {row['width']:>4}: jvp {row['jvp', 'gemm'] * 1e3:.3f}/"
+                f"{row['jvp', 'fused'] * 1e3:.3f}  vjp {row['vjp', 'gemm'] * 1e3:.3f}/"
+                f"{row['vjp', 'fused'] * 1e3:.3f}"
+            )
+        print(
+            f"# fused path faster up to width {cross}; "
+            f"numba_cpu.FUSED_MAX_WIDTH = {numba_cpu.FUSED_MAX_WIDTH}"
+        )
+    if not args.no_jit:
+        jit = jit_times()
+        print(
+            f"# default config via `vxsim sweep` (numba): cold cache {jit['cold']:.1f} s, "
+            f"warm cache {jit['warm']:.1f} s (JIT about {jit['cold'] - jit['warm']:.1f} s)"
+            + (f"  error: {jit['error']}" if "error" in jit else "")
+        )
+    if args.memory:
+        for row in memory_rows(args.memory_depth, args.memory_width):
+            if "error" in row:
+                print(f"# memory {row['mode']}: failed: {row['error']}")
+                continue
+            print(
+                f"# peak RSS, depth {args.memory_depth}, width {args.memory_width}, "
+                f"{COLUMNS} columns, {row['mode']}: {row['peak_mib']:.0f} MiB "
+                f"({row['seconds']:.0f} s, finite: {row['finite']})"
+            )
+
+
+if __name__ == "__main__":
+    main()

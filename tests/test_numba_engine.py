@@ -1,0 +1,302 @@
+"""The Numba CPU engine against the NumPy oracle (issue 4).
+
+The engine compiles one kernel module for all registered activations, once
+per precision (cached on disk afterwards): that JIT is most of this file's
+time on a fresh machine.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vxsim import config, engines, rng
+from vxsim.engines import base, numba_cpu, numpy_ref
+
+pytestmark = pytest.mark.skipif(not numba_cpu.available(), reason="numba not installed")
+
+ACTS = '["tanh", "relu", "leaky_relu(0.2)", "gelu", "elu"]'
+
+# Tolerances against the oracle, per precision.
+#
+# float64: the two engines differ only in summation order (BLAS blocking and
+# FMA versus the oracle's GEMM shapes, vectorised float64 reductions versus
+# einsum), ~1e-16 relative per layer; over 60 layers, even at sigma_w2 = 4
+# (chaotic), the differences seen are below 1e-10. 1e-8 leaves a wide margin
+# and still catches any real difference (a missed bias term, a wrong scale,
+# an off-by-one layer all move these numbers by >= 1e-3).
+#
+# float32: the states are float32, so the GEMM's summation order alone
+# changes each pre-activation by ~1e-7 relative, and the log-norm
+# accumulators add up such per-layer errors over the depth, amplified by the
+# per-layer growth (chi1 <= ~1.5 for sigma_w2 <= 2). Observed over widths
+# 8-64 and depth 60: log_q < 4e-5, corr < 2e-5, log-norms < 4e-4. The
+# tolerances below are ~5x that. (In the chaotic phase the float32 networks
+# of the two engines decorrelate after a few dozen layers, as any two float32
+# implementations would, so float32 is compared for sigma_w2 <= 2 only;
+# float64 covers the chaotic side.)
+TOL = {
+    "float64": {"log_q": 1e-8, "corr": 1e-8, "log_tangent_norm": 1e-8, "log_grad_norm": 1e-8},
+    "float32": {"log_q": 2e-4, "corr": 1e-4, "log_tangent_norm": 2e-3, "log_grad_norm": 2e-3},
+}
+SIGMA_W2 = {"float64": "[0.5, 1.0, 2.0, 3.0, 4.0]", "float32": "[0.5, 1.0, 1.5, 2.0]"}
+
+
+def make_config(*extra, width=16, depth=20, precision="float32", mode="both", sw2=None):
+    return config.load(
+        overrides=[
+            f"network.width=[{width}]",
+            f"network.depth={depth}",
+            f"network.activation={ACTS}",
+            f"grid.sigma_w2={sw2 or SIGMA_W2[precision]}",
+            "grid.sigma_b2=[0.0, 0.05]",
+            "monte_carlo.samples=2",
+            f'measure.mode="{mode}"',
+            f'measure.precision="{precision}"',
+            *extra,
+        ]
+    )
+
+
+def act_index(cfg, name):
+    """Position of an activation on the activation axis (labels carry parameters: 'elu(1)')."""
+    return [label.split("(")[0] for label in cfg.activations].index(name)
+
+
+def assert_same(got, want, tol):
+    assert set(got) == set(want)
+    np.testing.assert_array_equal(got["diverged"], want["diverged"])
+    for key, ref in want.items():
+        if key == "diverged":
+            continue
+        assert got[key].shape == ref.shape, key
+        np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(ref), err_msg=key)
+        np.testing.assert_allclose(got[key], ref, rtol=0, atol=tol[key], err_msg=key)
+
+
+# ---------------------------------------------------------------- random numbers
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_weights_bit_identical_to_oracle(precision):
+    dtype = np.dtype(precision)
+    cfg = make_config("monte_carlo.seed=1099511627781", precision=precision)
+    for width in (1, 7, 33, 64):
+        for sample, layer in ((0, 1), (1, 5), (3, 200)):
+            Z, xi = numba_cpu.weights(cfg, width, sample, layer)
+            ref = base.weights(cfg, width, sample, layer, dtype)
+            assert Z.dtype == dtype
+            np.testing.assert_array_equal(Z, ref)
+            np.testing.assert_array_equal(xi, base.bias(cfg, width, sample, layer))
+
+
+def test_box_muller_edge_words_bit_identical():
+    """The vectorisable Box-Muller of the kernels against rng's, on the words
+    where the exponent folding and the quadrant selection change."""
+    k = numba_cpu.kernels(numba_cpu._activation_codes(base.grid(make_config()))[0])
+    edges = {0, 1, 2, 3, 2**32 - 1, 2**32 - 2, 0x3FFFFFFF, 0x40000000, 0x7FFFFFFF, 0x80000000}
+    edges |= {2**e for e in range(32)} | {2**e - 1 for e in range(1, 33)}
+    edges |= {int(2**e * 1.4142135623730951) + d for e in range(1, 31) for d in (-1, 0, 1)}
+    words = np.array(sorted(w for w in edges if 0 <= w < 2**32), dtype=np.uint64)
+    pairs = [(a, b) for a in words for b in words[::7]]
+    ka = np.array([a for a, _ in pairs], dtype=np.uint64)
+    kb = np.array([b for _, b in pairs], dtype=np.uint64)
+    z0, z1 = rng.box_muller(ka, kb)
+    got = np.array([k._box_muller(a, b) for a, b in zip(ka, kb, strict=True)])
+    np.testing.assert_array_equal(got[:, 0], z0)
+    np.testing.assert_array_equal(got[:, 1], z1)
+
+
+# ---------------------------------------------------------------- same numbers as the oracle
+
+CASES = [
+    # precision, mode, path, width, depth, record, checkpoint, sample
+    ("float32", "jvp", "gemm", 16, 40, "{every = 1}", 0, 0),
+    ("float32", "jvp", "fused", 33, 60, "{log = 10}", 0, 1),
+    ("float32", "vjp", "gemm", 64, 60, "{every = 7}", 0, 0),
+    ("float32", "vjp", "fused", 8, 50, "{every = 1}", 7, 1),
+    ("float32", "both", "gemm", 24, 45, "{log = 12}", 1, 1),
+    ("float32", "both", "fused", 48, 60, "{every = 5}", 0, 0),
+    ("float64", "jvp", "fused", 16, 60, "{every = 3}", 0, 0),
+    ("float64", "jvp", "gemm", 40, 30, "{every = 1}", 0, 1),
+    ("float64", "vjp", "fused", 32, 60, "{log = 9}", 0, 1),
+    ("float64", "vjp", "gemm", 8, 60, "{every = 1}", 11, 0),
+    ("float64", "both", "fused", 64, 35, "{every = 4}", 5, 1),
+    ("float64", "both", "gemm", 12, 60, "{log = 20}", 0, 0),
+]
+
+
+@pytest.mark.parametrize("precision,mode,path,width,depth,record,checkpoint,sample", CASES)
+def test_matches_oracle(precision, mode, path, width, depth, record, checkpoint, sample):
+    cfg = make_config(
+        f"measure.record={record}",
+        f"engine.checkpoint={checkpoint}",
+        f'engine.path="{path}"',
+        width=width,
+        depth=depth,
+        precision=precision,
+        mode=mode,
+    )
+    assert numba_cpu.choose_path(cfg, width) == path
+    got = numba_cpu.run_unit(cfg, width, sample)
+    want = numpy_ref.run_unit(cfg, width, sample)
+    assert_same(got, want, TOL[precision])
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_tiny_networks_match_oracle(path):
+    """Edge shapes: width 1 (N^2 < one Philox block), depth 1 (no backward step),
+    a checkpoint spacing longer than the network."""
+    for width, depth, checkpoint in ((1, 5, 0), (2, 1, 0), (3, 2, 0), (5, 7, 3), (6, 10, 20)):
+        cfg = make_config(
+            f"engine.checkpoint={checkpoint}", width=width, depth=depth, precision="float64"
+        )
+        got = numba_cpu.run_unit(cfg, width, 0, path=path)
+        assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL["float64"])
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_vjp_regenerating_weights_matches_oracle(path, monkeypatch):
+    """Over its memory budget, VJP regenerates each Z^l for the backward step
+    instead of keeping the recomputation's: the same numbers either way."""
+    cfg = make_config("engine.checkpoint=6", width=24, depth=40, precision="float64", mode="vjp")
+    kept = numba_cpu.run_unit(cfg, 24, 1, path=path)
+    monkeypatch.setattr(numba_cpu, "ZSTORE_BYTES", 0)
+    assert not numba_cpu._Unit(cfg, 24, 1, path=path).zstore
+    regenerated = numba_cpu.run_unit(cfg, 24, 1, path=path)
+    for key, value in kept.items():
+        np.testing.assert_array_equal(regenerated[key], value, err_msg=key)
+    assert_same(regenerated, numpy_ref.run_unit(cfg, 24, 1), TOL["float64"])
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_divergence_flags_match_oracle(path):
+    """ELU and GELU at sigma_w2 = 50 overflow float32 after ~20 layers: the
+    same (point, layer) flags as the oracle, NaN only in those points from
+    that layer on, every other point untouched."""
+    cfg = make_config(width=16, depth=60, sw2="[1.0, 50.0]", precision="float32")
+    got = numba_cpu.run_unit(cfg, 16, 0, path=path)
+    want = numpy_ref.run_unit(cfg, 16, 0)
+    div = got["diverged"]
+    np.testing.assert_array_equal(div, want["diverged"])
+    assert np.all(div[act_index(cfg, "elu"), 1] > 0)  # it does diverge
+    assert np.all(div[act_index(cfg, "gelu"), 1] > 0)
+    assert not np.any(div[:, 0])  # sigma_w2 = 1: nothing does
+    for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
+        np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(want[key]), err_msg=key)
+        alive = got[key][div == 0]
+        assert np.all(np.isfinite(alive)), key
+    layers = cfg.layers
+    for idx in zip(*np.nonzero(div), strict=True):
+        d = div[idx]
+        assert np.all(np.isfinite(got["log_q"][idx][layers < d]))
+        assert np.all(np.isnan(got["log_q"][idx][layers >= d]))
+    # Where the dynamics are not chaotic, the values agree as in test_matches_oracle.
+    tol = TOL["float32"]
+    for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
+        np.testing.assert_allclose(got[key][:, 0], want[key][:, 0], rtol=0, atol=tol[key])
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_depth_2000_finite_in_both_phases(path):
+    # sigma_b2 > 0 keeps tanh's q away from 0 (with sigma_b2 = 0 and sigma_w2 < 1
+    # its pre-activations underflow after ~300 layers: the oracle flags that too).
+    cfg = make_config(
+        "measure.record={log = 30}",
+        "grid.sigma_b2=[0.05, 0.2]",
+        width=16,
+        depth=2000,
+        sw2="[0.5, 1.0, 4.0]",
+        precision="float32",
+    )
+    out = numba_cpu.run_unit(cfg, 16, 0, path=path)
+    div = out["diverged"]
+    # Bounded (tanh) and renormalised (relu, leaky) activations never diverge;
+    # ELU and GELU at sigma_w2 = 4 grow like 2^(l/2) and are flagged, cleanly.
+    for name in ("tanh", "relu", "leaky_relu"):
+        assert not np.any(div[act_index(cfg, name)]), name
+    assert not np.any(div[:, :2])
+    for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
+        assert np.all(np.isfinite(out[key][div == 0])), key
+        assert np.all(np.isnan(out[key][div > 0][:, -1])), key
+    tanh = act_index(cfg, "tanh")
+    tangent = out["log_tangent_norm"][tanh, :, 0, -1]  # sigma_b2 = 0.05, at the last layer
+    grad = out["log_grad_norm"][tanh, :, 0, 0]  # at the first layer
+    assert tangent[0] < -100 and grad[0] < -100  # sigma_w2 = 0.5: vanishing
+    assert tangent[2] > 100 and grad[2] > 100  # sigma_w2 = 4: exploding, far past float range
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_registry_and_path_choice():
+    assert engines.get("numba") is numba_cpu
+    assert engines.available()["numba"]
+    w = numba_cpu.FUSED_MAX_WIDTH
+    cfg = make_config()
+    assert numba_cpu.choose_path(cfg, w) == "fused"
+    assert numba_cpu.choose_path(cfg, w + 1) == "gemm"
+    assert numba_cpu.choose_path(make_config('engine.path="gemm"'), 8) == "gemm"
+    assert numba_cpu.choose_path(make_config('engine.path="fused"'), 4096) == "fused"
+
+
+def test_memory_is_sqrt_depth_in_vjp_and_flat_in_jvp():
+    """The buffers of a 10,000-layer unit (nothing is run): VJP keeps
+    (L-1)//k checkpoints and k layers of phi', k = ceil(sqrt(L)); JVP nothing
+    that grows with depth."""
+    depth, width = 10_000, 32
+    for mode in ("vjp", "jvp"):
+        cfg = make_config("measure.record={log = 16}", width=width, depth=depth, mode=mode)
+        unit = numba_cpu._Unit(cfg, width, 0, path="gemm")
+        P, k = unit.P, cfg.checkpoint_every
+        state = [unit.A, unit.H, unit.Zs, unit.G, unit.U, unit.D, unit.cp]
+        total = sum(a.size for a in state)
+        if mode == "vjp":
+            assert k == 100 and unit.cp.shape == ((depth - 1) // k, P, width)
+            assert unit.D.shape == (k, P, width)
+            assert total < 3 * 2 * k * P * width
+            # At width 1024 the segment's 100 weight matrices (400 MiB) would
+            # exceed the budget: they are regenerated instead of kept.
+            big = make_config("measure.record={log = 16}", width=1024, depth=depth, mode=mode)
+            assert not numba_cpu._Unit(big, 1024, 0, path="gemm").zstore
+        else:
+            assert total < 10 * P * width + 2 * width * width
+
+
+def test_generated_module_is_cached_between_processes():
+    """The kernels compile once: a second process loads them from the cache dir."""
+    cfg_args = [
+        "network.width=[8]",
+        "network.depth=5",
+        f"network.activation={ACTS}",
+        'measure.mode="both"',
+    ]
+    cfg = config.load(overrides=cfg_args)
+    numba_cpu.run_unit(cfg, 8, 0, path="gemm")  # compiled and saved (if not already)
+    numba_cpu.run_unit(cfg, 8, 0, path="fused")
+    module = numba_cpu.kernels(numba_cpu._activation_codes(base.grid(cfg))[0])
+    code = (
+        "import json, sys; from vxsim import config; from vxsim.engines import numba_cpu, base;"
+        "cfg = config.load(overrides=json.loads(sys.argv[1]));"
+        "numba_cpu.run_unit(cfg, 8, 0, path='gemm'); numba_cpu.run_unit(cfg, 8, 0, path='fused');"
+        "k = numba_cpu.kernels(numba_cpu._activation_codes(base.grid(cfg))[0]);"
+        "print(json.dumps([sum(k.run.stats.cache_hits.values()),"
+        " sum(k.run.stats.cache_misses.values()), k.__file__]))"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(cfg_args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    hits, misses, path = json.loads(out.stdout.strip().splitlines()[-1])
+    assert hits > 0 and misses == 0
+    assert path == module.__file__
+    src = numba_cpu.generate_source(("tanh", "relu"))
+    assert "_REGISTRY['tanh']" in src and "_REGISTRY['relu']" in src
+    assert "def _act_rows_ACT1(" in src and "elif code == 1:" in src
