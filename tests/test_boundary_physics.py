@@ -1,11 +1,14 @@
 """The empirical edge of chaos against mean-field theory (issue 3), on the fastest CPU engine."""
 
+import os
+
 import numpy as np
 import pytest
 from conftest import small_config
 
 import vxsim
-from vxsim import engines
+from vxsim import config as config_mod
+from vxsim import engines, theory
 
 
 def _backend():
@@ -85,3 +88,37 @@ def test_measured_depth_scale_beside_theory(tanh_edges):
     theory = float(ds["theory_xi_c"].sel(sigma_w2=sw2))
     assert np.isfinite(theory) and theory > 1
     assert measured == pytest.approx(theory, rel=0.35)
+
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+
+
+def test_poole2016_lengths_and_correlations_reach_the_theory(tmp_path):
+    """data/poole2016_tanh.toml, shrunk: q^l -> q* and c^l -> c* as mean-field theory says."""
+    cfg = config_mod.load(
+        os.path.join(DATA, "poole2016_tanh.toml"),
+        overrides=[
+            "network.width=500",
+            "monte_carlo.samples=6",
+            "measure.mode='jvp'",
+        ],
+    )
+    ds = vxsim.open_results(vxsim.run_sweep(cfg, str(tmp_path / "p.h5"), backend=_backend()))
+    for sw2 in cfg.sigma_w2:
+        sel = ds.sel(sigma_w2=sw2).isel(width=0, activation=0, sigma_b2=0)
+        tail = slice(-10, None)
+        q_end = float(np.exp(sel.log_q.mean("sample")).isel(layer=tail).mean())
+        c_end = float(sel.corr.mean("sample").isel(layer=tail).mean())
+        expected = theory.point("tanh", sw2, 0.09)
+        # finite width N = 500: O(1/N) bias plus sample noise, a few per cent of q*
+        assert q_end == pytest.approx(expected["q_star"], rel=0.03)
+        # c of one sample at one layer scatters by ~1/sqrt(N); the tail average holds
+        # 6 samples x ~5 independent layers (xi_c ~ 2): 4 standard errors
+        assert c_end == pytest.approx(expected["c_star"], abs=4 / np.sqrt(500 * 6 * 5))
+
+
+def test_schoenholz2017_config_is_the_published_grid():
+    cfg = config_mod.load(os.path.join(DATA, "schoenholz2017_tanh.toml"))
+    assert cfg.activations == ("tanh",) and cfg.widths == (1000,) and cfg.depth == 1000
+    assert cfg.sigma_w2.min() == 1.0 and cfg.sigma_w2.max() == 4.0 and cfg.sigma_w2.size == 40
+    assert cfg.sigma_b2.min() == 0.0 and cfg.sigma_b2.max() == 0.3 and cfg.sigma_b2.size == 40

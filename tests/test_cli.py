@@ -101,6 +101,7 @@ BAD = [
         "needs about",
     ),
     (["missing.toml"], "cannot read config missing.toml"),
+    (["--backend", "cuda"], "backend 'cuda' is not part of this version"),
 ]
 
 

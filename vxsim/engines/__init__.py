@@ -19,6 +19,10 @@ def get(name):
         raise VxsimError(f"unknown backend {name!r}; allowed: auto, {', '.join(_MODULES)}")
     try:
         module = importlib.import_module(f".{_MODULES[name]}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name == f"{__name__}.{_MODULES[name]}":
+            raise VxsimError(f"backend {name!r} is not part of this version of vxsim") from None
+        raise VxsimError(f"backend {name!r} cannot be loaded: {err}") from None
     except ImportError as err:
         raise VxsimError(f"backend {name!r} cannot be loaded: {err}") from None
     if not module.available():
