@@ -3,8 +3,6 @@
 Bad input of any kind ends with one line ``vxsim: error: ...`` and exit status 2.
 """
 
-import functools
-import json
 import logging
 import os
 import sys
@@ -13,42 +11,9 @@ import click
 import numpy as np
 
 from . import __version__
+from .clitools import emit, guarded
 from .errors import VxsimError
 from .theory.cli import theory
-
-
-def fail(message):
-    click.echo(f"vxsim: error: {message}", err=True)
-    sys.exit(2)
-
-
-def guarded(fn):
-    """Turn VxsimError (and unreadable files) into one line and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VxsimError as err:
-            fail(str(err))
-        except KeyboardInterrupt:
-            click.echo("vxsim: interrupted; finished work units are kept (--resume)", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def emit(data, as_json, text):
-    """Print ``data`` as JSON, or the human-readable ``text``."""
-    click.echo(json.dumps(data, indent=2, default=_json_default) if as_json else text)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

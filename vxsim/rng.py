@@ -10,14 +10,16 @@ Philox call gives four 32-bit words; Box-Muller turns the pairs (w0, w1) and
 (w2, w3) into four standard normals, so element ``k`` of a flattened matrix
 comes from block ``k // 4``, lane ``k % 4``.
 
-The functions below are written once, with NumPy operations that behave the
-same on arrays (the NumPy engine calls them vectorised) and on scalars inside
-Numba kernels (``register_jitable``: the Numba engine compiles these very
-functions).  The normal
-transform uses only +, -, *, /, sqrt and exact power-of-two scaling, which
-IEEE 754 rounds identically everywhere, instead of the platform's log/sin/cos,
-so that Z agrees bit for bit between backends.  Keep it that way: no library
-transcendental functions in this file.
+The functions below are written with NumPy operations that behave the same
+on arrays (the NumPy engine calls them vectorised) and on scalars inside Numba
+kernels (``register_jitable``). The Numba engine compiles Philox from here and
+keeps its own Box-Muller (``engines/numba_kernels.py``: the same operations in
+the same order, unrolled so that LLVM vectorises it; a test checks the two
+bit for bit). The normal transform uses only +, -, *, /, sqrt and exact
+power-of-two scaling, which IEEE 754 rounds identically everywhere, instead of
+the platform's log/sin/cos, so that Z agrees bit for bit between backends.
+Keep it that way: no library transcendental functions in this file (nor in its
+Numba twin).
 """
 
 import numpy as np

@@ -6,34 +6,19 @@ output a non-finite number (xi = inf on the critical line, q* = inf where q^l
 diverges at the critical point) is written as null, so the output stays strict JSON.
 """
 
-import functools
 import json
 import math
 import os
-import sys
 import tempfile
 
 import click
 import numpy as np
 
+from vxsim.clitools import guarded
 from vxsim.errors import VxsimError
 from vxsim.theory import meanfield
 
 _POINT_KEYS = ("q_star", "chi1", "c_star", "chi_c", "xi_q", "xi_c")
-
-
-def _guarded(fn):
-    """VxsimError -> one line ``vxsim: error: ...`` on stderr, exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VxsimError as err:
-            click.echo(f"vxsim: error: {err}", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def _number(option, text, nonneg=True):
@@ -107,7 +92,7 @@ def theory():
 @click.option("--sigma-b2", metavar="FLOAT", help="bias variance sigma_b^2 (required)")
 @click.option("--q0", default="1", metavar="FLOAT", help=_Q0_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@_guarded
+@guarded
 def point_cmd(activation, sigma_w2, sigma_b2, q0, as_json):
     """q*, chi1, c*, chi_c and the depth scales xi_q, xi_c at one (sigma_w2, sigma_b2)."""
     label = _activation(activation)
@@ -129,7 +114,7 @@ def point_cmd(activation, sigma_w2, sigma_b2, q0, as_json):
 @click.option("--sigma-b2", metavar="FLOAT", help="bias variance sigma_b^2 (required)")
 @click.option("--q0", default="1", metavar="FLOAT", help=_Q0_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@_guarded
+@guarded
 def critical_cmd(activation, sigma_b2, q0, as_json):
     """The critical sigma_w2 (chi1 = 1, the edge of chaos) at sigma_b2, and q* there."""
     res = meanfield.critical(
@@ -153,7 +138,7 @@ def critical_cmd(activation, sigma_b2, q0, as_json):
 )
 @click.option("-o", "--output", metavar="PATH", help="line.h5 (HDF5) or line.csv (CSV) (required)")
 @click.option("--q0", default="1", metavar="FLOAT", help=_Q0_HELP)
-@_guarded
+@guarded
 def line_cmd(activation, sigma_b2, output, q0):
     """The critical line sigma_w2(sigma_b2), with q* on it, written to OUTPUT.
 
