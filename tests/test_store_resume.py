@@ -184,3 +184,19 @@ def test_xarray_opens_with_coordinates(tmp_out):
         assert key in ds.attrs
     with h5py.File(tmp_out) as f:  # the finished file is chunked and compressed
         assert f["log_q"].compression == "gzip" and f["log_q"].chunks is not None
+
+
+def test_a_second_writer_is_refused_and_a_reader_sees_the_finished_prefix(tmp_path):
+    out = str(tmp_path / "live.h5")
+    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
+    _wait_for(lambda: _units_done(out) >= 2)
+    second = _vxsim("sweep", "-o", out, "--resume", *SLOW_KEYS)
+    assert second.wait(timeout=120) == 2
+    assert "open in another process" in second.stderr.read()
+    summary = summarise_file(out)  # read beside the writer
+    assert summary["status"] == "running" and 2 <= summary["units_done"] < 6
+    with h5py.File(out, "r", locking=False) as f:
+        done = f["completed"][0].astype(bool)
+        finished = f["log_q"][0, :, :, :, done]
+    assert np.all(np.isfinite(finished))  # every unit flagged complete is whole
+    assert p.wait(timeout=300) == 0

@@ -106,7 +106,7 @@ def _format_summary(s):
     for row in s.get("crossings", []):
         lines.append(
             f"edge        {row['mode']} {row['activation']} width {row['width']} "
-            f"sigma_b2 {row['sigma_b2']:g}: growth rate crosses 0 at sigma_w2 ~ "
+            f"sigma_b2 {row['sigma_b2']:g}: quenched rate crosses 0 at sigma_w2 ~ "
             + ("none in grid" if row["sigma_w2"] is None else f"{row['sigma_w2']:.4g}")
             + (
                 ""

@@ -171,7 +171,7 @@ def _reason(err):
     text = str(err)
     if "lock" in text or "already open" in text:
         return "the file is open in another process or program (one writer at a time)"
-    return text
+    return f"not a readable HDF5 file ({text})"
 
 
 def _diff_keys(a, b, prefix=""):
@@ -190,10 +190,10 @@ def check_resumable(path, config):
     try:
         with h5py.File(path, "r") as f:
             stored = f.attrs["config"]
-    except (OSError, KeyError) as err:
-        raise VxsimError(
-            f"cannot resume {path}: not a readable vxsim results file ({err})"
-        ) from None
+    except OSError as err:
+        raise VxsimError(f"cannot resume {path}: {_reason(err)}") from None
+    except KeyError:
+        raise VxsimError(f"cannot resume {path}: not a vxsim results file") from None
     if stored != config.canonical():
         diffs = _diff_keys(json.loads(stored), json.loads(config.canonical()))
         raise VxsimError(f"cannot resume {path}: config differs in " + "; ".join(diffs))
