@@ -190,9 +190,10 @@ def test_a_second_writer_is_refused_and_a_reader_sees_the_finished_prefix(tmp_pa
     out = str(tmp_path / "live.h5")
     p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
     _wait_for(lambda: _units_done(out) >= 2)
-    second = _vxsim("sweep", "-o", out, "--resume", *SLOW_KEYS)
-    assert second.wait(timeout=120) == 2
-    assert "open in another process" in second.stderr.read()
+    for flag in ("--resume", "--overwrite"):
+        second = _vxsim("sweep", "-o", out, flag, *SLOW_KEYS)
+        assert second.wait(timeout=120) == 2
+        assert "open in another process" in second.stderr.read()
     summary = summarise_file(out)  # read beside the writer
     assert summary["status"] == "running" and 2 <= summary["units_done"] < 6
     with h5py.File(out, "r", locking=False) as f:

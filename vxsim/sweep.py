@@ -84,6 +84,8 @@ def prepare(config, output, backend=None, resume=False, overwrite=False):
     if resume and exists:
         hdf5.check_resumable(output, config)
     else:
+        if exists:
+            hdf5.refuse_if_written(output)
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
             raise VxsimError(f"output directory {parent} does not exist")

@@ -166,6 +166,15 @@ def _replacing(path, purpose):
         raise
 
 
+def refuse_if_written(path):
+    """Raise if another process holds ``path`` open for writing (before replacing it)."""
+    try:
+        h5py.File(path, "r").close()
+    except OSError as err:
+        if "lock" in str(err):
+            raise VxsimError(f"cannot replace {path}: {_reason(err)}") from None
+
+
 def _reason(err):
     """The useful part of an h5py OSError (it is open elsewhere, it is not HDF5, ...)."""
     text = str(err)
