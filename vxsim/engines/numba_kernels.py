@@ -93,15 +93,18 @@ KIND_REC = np.int64(2)  # phi(h1) and phi'(h1) (VJP recomputation; h2 and t unus
 CHUNK = 256  # Philox blocks (4 normals each) per task of the normal generator
 _U0 = np.uint64(0)
 _U4 = np.uint64(4)
-_MASK32 = np.uint64(0xFFFFFFFF)
+_MASK32 = rng.MASK32
 _MANT = np.uint64(0x000FFFFFFFFFFFFF)
 _EXP_ONE = np.uint64(0x3FF0000000000000)
 _EXP_MASK = np.uint64(0x7FF)
 _S52 = np.uint64(52)
-_S30 = np.uint64(30)
-_LOW30 = np.uint64(0x3FFFFFFF)
-_LC = [1.0 / (2 * k + 1) for k in range(13)]
-_LC0, _LC1, _LC2, _LC3, _LC4, _LC5, _LC6, _LC7, _LC8, _LC9, _LC10, _LC11, _LC12 = _LC
+_S30 = rng._THIRTY
+_LOW30 = rng._LOW30
+# rng's log-series coefficients 1 / (2k + 1), as scalars so the unrolled Horner
+# loop below reads constants
+_LC0, _LC1, _LC2, _LC3, _LC4, _LC5, _LC6, _LC7, _LC8, _LC9, _LC10, _LC11, _LC12 = (
+    float(c) for c in rng._LOG_COEF
+)
 _STREAM_WEIGHT = np.uint64(rng.STREAM_WEIGHT)
 _STREAM_BIAS = np.uint64(rng.STREAM_BIAS)
 
