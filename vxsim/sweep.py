@@ -128,4 +128,4 @@ def finish(output, config):
     if not data["completed"].all():
         raise VxsimError(f"{output} has unfinished work units")
     summary = growth.summarise(data, coords, config)
-    hdf5.finalize(output, config, summary, report.analyse(data, coords, config))
+    hdf5.finalize(output, config, summary, report.analyse(data, coords, config, summary))

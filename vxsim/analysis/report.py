@@ -10,7 +10,7 @@
 import numpy as np
 
 from .. import activations, theory
-from . import boundary, depth, growth
+from . import boundary, depth
 from .growth import MODE_VARIABLE
 
 ESTIMATORS = ("quenched", "annealed")
@@ -42,8 +42,12 @@ def theory_critical(config):
     return out
 
 
-def analyse(data, coords, config):
-    """Content of the ``analysis`` group (see store.hdf5._write_group)."""
+def analyse(data, coords, config, summary):
+    """Content of the ``analysis`` group (see store.hdf5._write_group).
+
+    ``summary`` is ``growth.summarise``'s output: its growth rates are the point
+    estimates whose zero crossings give the critical sigma_w2.
+    """
     modes = list(config.modes)
     layers = coords["layer"]
     counts = boundary.resample_counts(config.samples, seed=config.seed)
@@ -55,9 +59,9 @@ def analyse(data, coords, config):
             out[f"growth_rate_{kind}_{suffix}"] = []
         for suffix in ("", "_ci_low", "_ci_high"):
             out[f"critical_sigma_w2_{kind}{suffix}"] = []
-    for mode in modes:
+    for m, mode in enumerate(modes):
         y = data[MODE_VARIABLE[mode]]  # (W, A, Sw, Sb, S, R)
-        full = growth.growth_rates(y, layers, config.depth, config.transient, mode)
+        full = {kind: summary["vars"][f"growth_rate_{kind}"][1][m] for kind in ESTIMATORS}
         reps = boundary.bootstrap_rates(y, layers, config.depth, config.transient, mode, counts)
         for kind, rep in zip(ESTIMATORS, reps, strict=True):
             lo, hi = boundary.interval(rep)
