@@ -98,15 +98,19 @@ def _format_summary(s):
         f"vxsim       {s['vxsim_version']}  backend {s['backend']} on {s['device']}",
         f"network     {s['architecture']}  width {s['width']}  depth {s['depth']}",
         f"activation  {', '.join(s['activation'])}",
-        f"grid        sigma_w2 {s['sigma_w2_range']} ({s['n_sigma_w2']})  sigma_b2 {s['sigma_b2']}",
+        f"grid        sigma_w2 {s['sigma_w2_range']} ({s['n_sigma_w2']})  sigma_b2 {s['sigma_b2']}"
+        + "".join(f"  {k} {v}" for k, v in s.get("architecture_axes", {}).items()),
         f"samples     {s['samples']}  seed {s['seed']}  mode {s['mode']}  "
         f"layers recorded {s['n_layers']}",
         f"diverged    {s['diverged_points']} of {s['total_points']} (point, sample) pairs",
     ]
+    if s.get("growth_law") == "power":
+        lines.append("growth law  power: rates are exponents of |g|^2 ~ l^rate (residual)")
     for row in s.get("crossings", []):
+        extra = "".join(f" {k} {row[k]:g}" for k in s.get("architecture_axes", {}))
         lines.append(
             f"edge        {row['mode']} {row['activation']} width {row['width']} "
-            f"sigma_b2 {row['sigma_b2']:g}: quenched rate crosses 0 at sigma_w2 ~ "
+            f"sigma_b2 {row['sigma_b2']:g}{extra}: quenched rate crosses 0 at sigma_w2 ~ "
             + ("none in grid" if row["sigma_w2"] is None else f"{row['sigma_w2']:.4g}")
             + (
                 ""
@@ -127,13 +131,20 @@ def boundary(path, as_json):
 
     rows = boundary_rows(path)
     fmt = lambda v: "   -   " if v is None else f"{v:7.4f}"  # noqa: E731
+    base_keys = {"mode", "estimator", "width", "activation", "sigma_b2", "critical_sigma_w2"}
+    base_keys |= {"ci_low", "ci_high", "theory_sigma_w2"}
+    extra = [k for k in (rows[0] if rows else {}) if k not in base_keys]
     lines = [
-        "mode estimator  width activation        sigma_b2  critical [95% interval]          theory"
+        "mode estimator  width activation        sigma_b2"
+        + "".join(f" {k:>11}" for k in extra)
+        + "  critical [95% interval]          theory"
     ]
     for r in rows:
         lines.append(
             f"{r['mode']:4} {r['estimator']:9} {r['width']:6} {r['activation']:16} "
-            f"{r['sigma_b2']:8.4f}  {fmt(r['critical_sigma_w2'])} "
+            f"{r['sigma_b2']:8.4f}"
+            + "".join(f" {r[k]:11.4g}" for k in extra)
+            + f"  {fmt(r['critical_sigma_w2'])} "
             f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]  {fmt(r['theory_sigma_w2'])}"
         )
     emit(rows, as_json, "\n".join(lines))

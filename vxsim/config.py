@@ -18,7 +18,26 @@ import numpy as np
 from . import activations
 from .errors import ConfigError
 
-ARCHITECTURES = ("mlp",)
+ARCHITECTURES = ("mlp", "residual", "rnn", "gru", "lstm")
+RECURRENT = ("rnn", "gru", "lstm")
+
+# Grid axes beyond (activation, sigma_w2, sigma_b2), per architecture, with the
+# value used when the config leaves them out. They are not in default.toml: a
+# key that the architecture does not use is an error, not silently ignored.
+EXTRA_AXES = {
+    "mlp": {},
+    "residual": {"alpha": [1.0]},
+    "rnn": {"sigma_u2": [1.0]},
+    "gru": {"sigma_u2": [1.0], "update_bias": [0.0]},
+    "lstm": {"sigma_u2": [1.0], "forget_bias": [0.0]},
+}
+SIGNED_AXES = ("update_bias", "forget_bias")  # gate-bias shifts may be negative
+# Optional keys, known to the schema but absent from default.toml.
+OPTIONAL = {
+    "grid": {name: None for axes in EXTRA_AXES.values() for name in axes},
+    "network": {"input_variance": None},
+}
+INPUT_VARIANCE = 1.0  # default variance of the RNN inputs x_t
 MODES = ("jvp", "vjp", "both")
 PRECISIONS = ("float32", "float64")
 BACKENDS = ("auto", "numpy", "numba", "cuda")
@@ -45,6 +64,8 @@ class Config:
     activations: tuple  # canonical labels, e.g. ("tanh", "leaky_relu(0.2)")
     sigma_w2: np.ndarray
     sigma_b2: np.ndarray
+    extra_axes: dict  # {name: values} of the architecture's further grid axes, in order
+    input_variance: float  # variance q_x of the i.i.d. RNN inputs x_t (0 for mlp/residual)
     samples: int
     seed: int
     mode: str
@@ -73,8 +94,19 @@ class Config:
         return np.dtype(self.precision)
 
     @property
+    def grid_dims(self):
+        """Names of the grid axes: activation, sigma_w2, sigma_b2, then the architecture's."""
+        return ("activation", "sigma_w2", "sigma_b2") + tuple(self.extra_axes)
+
+    @property
     def grid_shape(self):
-        return (len(self.activations), len(self.sigma_w2), len(self.sigma_b2))
+        extra = tuple(len(v) for v in self.extra_axes.values())
+        return (len(self.activations), len(self.sigma_w2), len(self.sigma_b2)) + extra
+
+    @property
+    def recurrent(self):
+        """True for unrolled RNNs (rnn, gru, lstm): weights tied across time steps."""
+        return self.architecture in RECURRENT
 
     @property
     def checkpoint_every(self):
@@ -94,9 +126,12 @@ class Config:
 def _merge(base, override, prefix=""):
     for key, value in override.items():
         name = f"{prefix}{key}"
+        if key not in base and key in OPTIONAL.get(prefix.rstrip("."), {}):
+            base[key] = value
+            continue
         if key not in base:
             section = prefix.rstrip(".") or "the top level"
-            allowed = ", ".join(sorted(base))
+            allowed = ", ".join(sorted(set(base) | set(OPTIONAL.get(prefix.rstrip("."), {}))))
             raise ConfigError(f"unknown key {name!r} in {section}; allowed: {allowed}")
         if isinstance(base[key], dict) and not _is_leaf_table(name):
             if not isinstance(value, dict):
@@ -108,7 +143,7 @@ def _merge(base, override, prefix=""):
 
 def _is_leaf_table(name):
     """Keys whose value is itself a small table (a range, a record spec)."""
-    return name in ("grid.sigma_w2", "grid.sigma_b2", "measure.record")
+    return name.startswith("grid.") or name == "measure.record"
 
 
 def _parse_value(text):
@@ -170,8 +205,8 @@ def _choice(name, value, allowed):
     return value
 
 
-def _variance_axis(name, value):
-    """A variance grid axis: a list of numbers, one number, or {start, stop, num}."""
+def _variance_axis(name, value, signed=False):
+    """A grid axis: a list of numbers, one number, or {start, stop, num}; >= 0 unless signed."""
     if isinstance(value, dict):
         keys = set(value)
         if keys != {"start", "stop", "num"}:
@@ -186,7 +221,7 @@ def _variance_axis(name, value):
         values = np.array([_float(name, v) for v in _as_list(value)], dtype=np.float64)
     if values.size == 0:
         raise ConfigError(f"{name} must hold at least one value")
-    if np.any(values < 0):
+    if not signed and np.any(values < 0):
         raise ConfigError(f"{name} must be >= 0 (a variance); got {values[values < 0][0]:g}")
     if np.unique(values).size != values.size:
         raise ConfigError(f"{name} has repeated values")
@@ -247,6 +282,8 @@ def build(raw):
     c0 = _float("measure.c0", meas["c0"])
     if not -1.0 < c0 < 1.0:
         raise ConfigError(f"measure.c0 must be in (-1, 1), got {c0:g}")
+    extra_axes = _extra_axes(architecture, grid)
+    input_variance = _input_variance(architecture, net)
     seed = _int("monte_carlo.seed", mc["seed"], low=0)
     if seed >= 2**64:
         raise ConfigError("monte_carlo.seed must be < 2**64")
@@ -257,6 +294,8 @@ def build(raw):
         activations=tuple(labels),
         sigma_w2=_variance_axis("grid.sigma_w2", grid["sigma_w2"]),
         sigma_b2=_variance_axis("grid.sigma_b2", grid["sigma_b2"]),
+        extra_axes=extra_axes,
+        input_variance=input_variance,
         samples=_int("monte_carlo.samples", mc["samples"], low=1),
         seed=seed,
         mode=mode,
@@ -270,3 +309,34 @@ def build(raw):
         checkpoint=_int("engine.checkpoint", eng["checkpoint"], low=0),
         raw=raw,
     )
+
+
+def _extra_axes(architecture, grid):
+    """The architecture's further grid axes; an axis it does not use is an error."""
+    wanted = EXTRA_AXES[architecture]
+    for name in OPTIONAL["grid"]:
+        if name in grid and name not in wanted:
+            users = [a for a, axes in EXTRA_AXES.items() if name in axes]
+            raise ConfigError(
+                f"grid.{name} does not apply to architecture {architecture!r} "
+                f"(it is an axis of {', '.join(users)})"
+            )
+    out = {}
+    for name, default in wanted.items():
+        value = grid.get(name, default)
+        out[name] = _variance_axis(f"grid.{name}", value, signed=name in SIGNED_AXES)
+    return out
+
+
+def _input_variance(architecture, net):
+    """q_x, the variance of each entry of the RNN inputs x_t (zero allowed)."""
+    if architecture not in RECURRENT:
+        if "input_variance" in net:
+            raise ConfigError(
+                f"network.input_variance applies to rnn, gru and lstm, not {architecture!r}"
+            )
+        return 0.0
+    value = _float("network.input_variance", net.get("input_variance", INPUT_VARIANCE))
+    if value < 0:
+        raise ConfigError(f"network.input_variance must be >= 0, got {value:g}")
+    return value

@@ -38,7 +38,9 @@ STREAM_WEIGHT = 0  # W^l (N x N)
 STREAM_BIAS = 1  # b^l (N)
 STREAM_INPUT = 2  # the two inputs x1, x2 and the input tangent (layer index 0..2)
 STREAM_OUTPUT_GRAD = 3  # dE/dh^L, the backprop seed direction
-STREAM_GATE = 16  # RNN gate matrices: STREAM_GATE + gate index (later)
+STREAM_SEQUENCE = 4  # RNN inputs x_t (layer index = time step t)
+STREAM_GATE = 16  # RNN recurrent matrices W_g (tied): STREAM_GATE + gate index g, layer 0
+STREAM_GATE_INPUT = 32  # RNN input matrices U_g (tied): STREAM_GATE_INPUT + g, layer 0
 
 LN2 = 0.6931471805599453
 INV_2_32 = 2.0**-32

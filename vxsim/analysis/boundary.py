@@ -9,7 +9,7 @@ smooth.
 
 import numpy as np
 
-from .growth import DIRECTION, fit_window, quiet, slopes
+from .growth import DIRECTION, fit_abscissa, fit_window, quiet, slopes
 
 N_BOOT = 400
 LEVEL = 0.95
@@ -46,7 +46,7 @@ def resample_counts(n_samples, n_boot=N_BOOT, seed=0):
     return np.stack([np.bincount(p, minlength=n_samples) for p in picks]).astype(np.float64)
 
 
-def bootstrap_rates(y, layers, depth, transient, mode, counts):
+def bootstrap_rates(y, layers, depth, transient, mode, counts, law="exponential"):
     """Bootstrap replicates of the quenched and annealed growth rates.
 
     y: (..., S, R) log squared norms; counts: (B, S) multiplicities.
@@ -54,7 +54,7 @@ def bootstrap_rates(y, layers, depth, transient, mode, counts):
     window (diverged) carry zero weight.
     """
     mask = fit_window(layers, depth, transient, mode)
-    lw, yw = layers[mask], y[..., mask]
+    lw, yw = fit_abscissa(layers[mask], law), y[..., mask]
     sign = DIRECTION[mode]
     per_sample = sign * slopes(lw, yw)  # (..., S)
     valid = np.isfinite(per_sample)

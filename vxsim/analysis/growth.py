@@ -10,6 +10,12 @@ estimate log chi1: positive explodes, negative vanishes.
   E[log |g|^2]); standard error = std / sqrt(S);
 * annealed: the slope of log mean_s exp(y_s) (log E[|g|^2], what mean-field
   theory predicts); standard error by the jackknife over samples.
+
+The growth law says what y is fitted against (``growth_law``): ``exponential``
+(plain MLP and RNNs, |g^l|^2 ~ exp(rate * l): y linear in l) or ``power``
+(residual networks, whose mean-field gradients grow polynomially,
+|g^l|^2 ~ l^rate (Yang & Schoenholz 2017): y linear in log l). Either way
+the rate is positive where gradients grow in the direction the signal travels.
 """
 
 import contextlib
@@ -28,6 +34,18 @@ def quiet():
 
 MODE_VARIABLE = {"jvp": "log_tangent_norm", "vjp": "log_grad_norm"}
 DIRECTION = {"jvp": 1.0, "vjp": -1.0}
+GROWTH_LAWS = {"residual": "power"}  # every other architecture: exponential
+
+
+def growth_law(architecture):
+    """'power' (residual networks) or 'exponential' (the rest)."""
+    return GROWTH_LAWS.get(architecture, "exponential")
+
+
+def fit_abscissa(layers, law):
+    """What log |g|^2 is fitted against: l (exponential law) or log l (power law)."""
+    layers = np.asarray(layers, dtype=np.float64)
+    return np.log(layers) if law == "power" else layers
 
 
 def fit_window(layers, depth, transient, mode):
@@ -51,14 +69,14 @@ def slopes(layers, y):
     return (y * xc).sum(axis=-1) / denom
 
 
-def growth_rates(y, layers, depth, transient, mode):
+def growth_rates(y, layers, depth, transient, mode, law="exponential"):
     """Rates from y of shape (..., S, R): dict of quenched/annealed rate and standard error.
 
     Samples with a NaN in the window (diverged) are left out of both estimates.
     """
     mask = fit_window(layers, depth, transient, mode)
     sign = DIRECTION[mode]
-    lw, yw = layers[mask], y[..., mask]
+    lw, yw = fit_abscissa(layers[mask], law), y[..., mask]
     per_sample = sign * slopes(lw, yw)  # (..., S)
     valid = np.isfinite(per_sample)
     n = valid.sum(axis=-1)
@@ -108,23 +126,26 @@ def _exclusive_cumsum(e):
 
 
 def summarise(data, coords, config):
-    """Growth-rate summary for the store: rates per (mode, width, activation, sw2, sb2)."""
+    """Growth-rate summary for the store: rates per (mode, width, grid point)."""
     modes = list(config.modes)
-    dims = ("mode", "width", "activation", "sigma_w2", "sigma_b2")
+    dims = ("mode", "width") + config.grid_dims
+    law = growth_law(config.architecture)
     out = {name: [] for name in ("quenched", "quenched_se", "annealed", "annealed_se")}
     for mode in modes:
-        y = data[MODE_VARIABLE[mode]]  # (W, A, Sw, Sb, S, R)
-        rates = growth_rates(y, coords["layer"], config.depth, config.transient, mode)
+        y = data[MODE_VARIABLE[mode]]  # (W, A, Sw, Sb, ..., S, R)
+        rates = growth_rates(y, coords["layer"], config.depth, config.transient, mode, law)
         for key in out:
             out[key].append(rates[key])
+    per = "per layer" if law == "exponential" else "per unit of log layer (power-law exponent)"
     desc = {
-        "quenched": "growth rate per layer of log squared gradient norm, mean over samples of log",
+        "quenched": f"growth rate {per} of log squared gradient norm, mean over samples of log",
         "quenched_se": "standard error of growth_rate_quenched",
-        "annealed": "growth rate per layer of log of the sample mean of squared gradient norm",
+        "annealed": f"growth rate {per} of log of the sample mean of squared gradient norm",
         "annealed_se": "jackknife standard error of growth_rate_annealed",
     }
     return {
         "mode": modes,
+        "growth_law": law,
         "vars": {
             f"growth_rate_{key}": (dims, np.stack(values), desc[key]) for key, values in out.items()
         },

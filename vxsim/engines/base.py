@@ -28,11 +28,12 @@ ZSTORE_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class Grid:
-    """Per-point parameters of a unit's P = A * W * B batched grid points."""
+    """Per-point parameters of a unit's P batched grid points (activation outermost)."""
 
     sigma_w2: np.ndarray  # (P,)
     sigma_b2: np.ndarray  # (P,)
     groups: tuple  # ((Activation, param, slice of points), ...) one per activation
+    extra: dict = None  # {axis name: (P,) values} of the architecture's further axes
 
     @property
     def points(self):
@@ -40,17 +41,17 @@ class Grid:
 
 
 def grid(config):
-    """Flatten (activation, sigma_w2, sigma_b2) into P points, activation outermost."""
-    n_w, n_b = len(config.sigma_w2), len(config.sigma_b2)
-    per_act = n_w * n_b
-    sw2 = np.repeat(config.sigma_w2, n_b)
-    sb2 = np.tile(config.sigma_b2, n_w)
+    """Flatten the grid axes (activation, sigma_w2, sigma_b2, ...) into P points, C order."""
+    axes = [config.sigma_w2, config.sigma_b2, *config.extra_axes.values()]
+    mesh = [m.ravel() for m in np.meshgrid(*axes, indexing="ij")]
+    per_act = mesh[0].size
     groups = tuple(
         (act, param, slice(i * per_act, (i + 1) * per_act))
         for i, (act, param) in enumerate(config.activation_specs)
     )
     n_act = len(groups)
-    return Grid(np.tile(sw2, n_act), np.tile(sb2, n_act), groups)
+    extra = {name: np.tile(m, n_act) for name, m in zip(config.extra_axes, mesh[2:], strict=True)}
+    return Grid(np.tile(mesh[0], n_act), np.tile(mesh[1], n_act), groups, extra)
 
 
 def inputs(config, width, sample):

@@ -63,3 +63,85 @@ def renormalise(v):
     safe = np.where(norm > 0, norm, 1.0).astype(v.dtype)
     with np.errstate(divide="ignore"):
         return v / safe, np.log(sq)
+
+
+# ---------------------------------------------------------------- the step, for engines.generic
+#
+# State of both trajectories as 2P columns: {"h": hh (N, 2P), "ls": log-scale (2P,)},
+# h = exp(ls) hh. At layer 0, "h" holds the inputs x1 | x2 (post-activation: layer 1
+# applies no phi to them).
+
+LOG_SCALE = True
+
+
+def arrays(state):
+    """The arrays of a state that can leave the float range."""
+    return (state["h"],)
+
+
+def observe(state):
+    """(hh, log-scale) whose log mean square is log q^l and whose columns give c^l."""
+    return state["h"], state["ls"]
+
+
+def start(unit):
+    """Layer 0: the two inputs, each repeated for the P grid points."""
+    P = unit.P
+    h = np.concatenate([np.repeat(unit.x1[:, None], P, 1), np.repeat(unit.x2[:, None], P, 1)], 1)
+    return {"h": h.astype(unit.dtype), "ls": np.zeros(2 * P)}
+
+
+def tangent_start(unit):
+    """t^0 = v0, the input tangent, for every grid point."""
+    return np.repeat(unit.v0[:, None], unit.P, 1).astype(unit.dtype)
+
+
+def cotangent_start(unit):
+    """g^L = gamma (E = <gamma, h^L>), for every grid point."""
+    from ..engines import base
+
+    gamma = base.output_direction(unit.config, unit.width, unit.sample)
+    return np.repeat(gamma[:, None], unit.P, 1).astype(unit.dtype)
+
+
+def weights(unit, layer):
+    """Z^l, fresh for every layer."""
+    return unit.matrix(layer)
+
+
+def scale(unit, copies=1):
+    """sqrt(sigma_w2 / N) per column, in the run's precision."""
+    return unit.per_point(np.sqrt(unit.grid.sigma_w2 / unit.width), copies).astype(unit.dtype)
+
+
+def bias_term(unit, layer):
+    """b^l = sqrt(sigma_b2) xi^l per column (N, 2P), float64."""
+    from ..engines import base
+
+    xi = base.bias(unit.config, unit.width, unit.sample, layer)
+    return xi[:, None] * unit.per_point(np.sqrt(unit.grid.sigma_b2))[None, :]
+
+
+def advance(unit, layer, state, Z, bias):
+    """h^l = sqrt(sw2/N) Z phi(h^{l-1}) + bias (Z x at layer 1), renormalised (preactivation)."""
+    a = state["h"] if layer == 1 else unit.activate("phi", state["h"])
+    h, ls = preactivation(
+        Z @ a, scale(unit, 2), bias, state["ls"], unit.per_point(unit.homogeneous)
+    )
+    return {"h": h, "ls": ls}
+
+
+def step(unit, layer, state, Z):
+    return advance(unit, layer, state, Z, bias_term(unit, layer))
+
+
+def tangent(unit, layer, prev, Z, t):
+    """t^l = sqrt(sw2/N) Z^l (phi'(h^{l-1}) * t^{l-1}) (t^1 = sqrt(sw2/N) Z^1 v0)."""
+    if layer > 1:
+        t = unit.activate("dphi", prev["h"][:, : unit.P]) * t
+    return scale(unit) * (Z @ t)
+
+
+def cotangent(unit, layer, prev, Z, g):
+    """g^{l-1} = phi'(h^{l-1}) * sqrt(sw2/N) (Z^l)^T g^l."""
+    return unit.activate("dphi", prev["h"][:, : unit.P]) * (scale(unit) * (Z.T @ g))

@@ -2,10 +2,12 @@
 
 Layout (root group):
 
-    coordinates  width, activation, sigma_w2, sigma_b2, sample, layer   (dimension scales)
+    coordinates  width, activation, sigma_w2, sigma_b2, [extra], sample, layer  (dimension scales)
+                 [extra]: the architecture's further grid axes (sigma_u2, alpha,
+                 update_bias, forget_bias; none for the plain MLP)
     per unit     log_q, corr, log_tangent_norm, log_grad_norm
-                 (width, activation, sigma_w2, sigma_b2, sample, layer), float64
-                 diverged (width, activation, sigma_w2, sigma_b2, sample): first bad layer, 0 = none
+                 (width, activation, sigma_w2, sigma_b2, [extra], sample, layer), float64
+                 diverged (width, activation, ..., sample): first bad layer, 0 = none
     progress     completed (width, sample): 1 once a work unit is on disk
     summary      growth_rate_{quenched,annealed}[_se] (mode, width, activation, sigma_w2, sigma_b2)
     attributes   vxsim_version, config (canonical JSON), config_text, backend, device, seed,
@@ -30,7 +32,12 @@ import numpy as np
 from .. import __version__
 from ..errors import VxsimError
 
-COORDS = ("width", "activation", "sigma_w2", "sigma_b2", "sample", "layer")
+
+def dims(config):
+    """Dimensions of a per-unit variable: width, the grid axes, sample, layer."""
+    return ("width",) + config.grid_dims + ("sample", "layer")
+
+
 UNIT_VARS = ("log_q", "corr", "log_tangent_norm", "log_grad_norm")
 STR = h5py.string_dtype()
 
@@ -41,6 +48,7 @@ def coordinates(config):
         "activation": np.array(config.activations, dtype=object),
         "sigma_w2": np.asarray(config.sigma_w2, dtype=np.float64),
         "sigma_b2": np.asarray(config.sigma_b2, dtype=np.float64),
+        **{k: np.asarray(v, dtype=np.float64) for k, v in config.extra_axes.items()},
         "sample": np.arange(config.samples, dtype=np.int64),
         "layer": np.asarray(config.layers, dtype=np.int64),
     }
@@ -53,8 +61,9 @@ def unit_variables(config):
         names.append("log_tangent_norm")
     if "vjp" in config.modes:
         names.append("log_grad_norm")
-    out = {name: COORDS for name in names}
-    out["diverged"] = COORDS[:-1]
+    full = dims(config)
+    out = {name: full for name in names}
+    out["diverged"] = full[:-1]
     return out
 
 
@@ -225,7 +234,8 @@ class Writer:
         f = self.file
         for name, values in arrays.items():
             ds = f[name]
-            index = (width_index, Ellipsis, sample) + ((slice(None),) if ds.ndim == 6 else ())
+            has_layer = ds.dims[ds.ndim - 1][0].name.endswith("/layer")
+            index = (width_index, Ellipsis, sample) + ((slice(None),) if has_layer else ())
             ds[index] = values
         f.flush()
         f["completed"][width_index, sample] = 1
@@ -247,12 +257,18 @@ def read_unit_variables(path):
         data = {
             name: f[name][...] for name in list(UNIT_VARS) + ["diverged", "completed"] if name in f
         }
-        coords = {name: f[name][...] for name in COORDS}
+        coords = {name: f[name][...] for name in file_dims(f)}
         coords["activation"] = np.array(
             [s.decode() if isinstance(s, bytes) else s for s in coords["activation"]]
         )
         attrs = dict(f.attrs)
     return data, coords, attrs
+
+
+def file_dims(f):
+    """The dimension names of an open results file's per-unit variables (log_q's scales)."""
+    ds = f["log_q"]
+    return tuple(ds.dims[i][0].name.rsplit("/", 1)[-1] for i in range(ds.ndim))
 
 
 def finalize(path, config, summary, analysis=None):
@@ -274,6 +290,7 @@ def finalize(path, config, summary, analysis=None):
 def _write_summary(f, summary):
     """summary: {'mode': [...], name: (dims, array)}."""
     _scale(f, "mode", np.array(summary["mode"], dtype=object))
+    f.attrs["growth_law"] = summary.get("growth_law", "exponential")
     for name, (dims, values, desc) in summary["vars"].items():
         ds = f.create_dataset(name, data=values)
         for i, dim in enumerate(dims):

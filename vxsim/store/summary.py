@@ -7,6 +7,7 @@ import numpy as np
 
 from ..analysis.boundary import zero_crossing
 from ..errors import VxsimError
+from .hdf5 import file_dims
 
 
 def open_for_reading(path):
@@ -35,7 +36,9 @@ def summarise_file(path):
         widths = f["width"][...]
         acts = _text(f["activation"][...])
         diverged = f["diverged"][...]
-        done_mask = completed[:, None, None, None, :]
+        done_mask = completed.reshape(
+            completed.shape[:1] + (1,) * (diverged.ndim - 2) + completed.shape[1:]
+        )
         out = {
             "path": path,
             "status": str(f.attrs.get("status", "unknown")),
@@ -60,29 +63,29 @@ def summarise_file(path):
             "total_points": int(diverged.size),
             "crossings": [],
         }
+        extra = _extra_coords(f)
+        out["architecture_axes"] = {k: v.tolist() for k, v in extra.items()}
+        out["growth_law"] = str(f.attrs.get("growth_law", "exponential"))
         if "growth_rate_quenched" in f:
             modes = _text(f["mode"][...])
-            rates = f["growth_rate_quenched"][...]
+            rates = np.moveaxis(f["growth_rate_quenched"][...], 3, -1)  # sigma_w2 last
             theory = (
                 f["analysis/theory_critical_sigma_w2"][...]
                 if "analysis" in f
-                else np.full((len(acts), sb2.size), np.nan)
+                else np.full((len(acts), sb2.size) + tuple(v.size for v in extra.values()), np.nan)
             )
-            for m, mode in enumerate(modes):
-                for w, width in enumerate(widths):
-                    for a, act in enumerate(acts):
-                        for b, bias in enumerate(sb2):
-                            x = zero_crossing(sw2, rates[m, w, a, :, b])
-                            out["crossings"].append(
-                                {
-                                    "mode": mode,
-                                    "width": int(width),
-                                    "activation": act,
-                                    "sigma_b2": float(bias),
-                                    "sigma_w2": _num(x),
-                                    "theory_sigma_w2": _num(theory[a, b]),
-                                }
-                            )
+            for idx in np.ndindex(rates.shape[:-1]):
+                m, w, a, b = idx[:4]
+                row = {
+                    "mode": modes[m],
+                    "width": int(widths[w]),
+                    "activation": acts[a],
+                    "sigma_b2": float(sb2[b]),
+                    **_extra_row(extra, idx[4:]),
+                    "sigma_w2": _num(zero_crossing(sw2, rates[idx])),
+                    "theory_sigma_w2": _num(theory[(a, b) + idx[4:]]),
+                }
+                out["crossings"].append(row)
     return out
 
 
@@ -102,31 +105,42 @@ def boundary_rows(path):
         g = f["analysis"]
         modes, widths = _text(g["mode"][...]), g["width"][...]
         acts, sb2 = _text(g["activation"][...]), g["sigma_b2"][...]
+        extra = _extra_coords(f)
         theory = g["theory_critical_sigma_w2"][...]
         est = {
             kind: [g[f"critical_sigma_w2_{kind}{sfx}"][...] for sfx in ("", "_ci_low", "_ci_high")]
             for kind in ("quenched", "annealed")
         }
     rows = []
-    for m, mode in enumerate(modes):
-        for kind, (x, lo, hi) in est.items():
-            for w, width in enumerate(widths):
-                for a, act in enumerate(acts):
-                    for b, bias in enumerate(sb2):
-                        rows.append(
-                            {
-                                "mode": mode,
-                                "estimator": kind,
-                                "width": int(width),
-                                "activation": act,
-                                "sigma_b2": float(bias),
-                                "critical_sigma_w2": _num(x[m, w, a, b]),
-                                "ci_low": _num(lo[m, w, a, b]),
-                                "ci_high": _num(hi[m, w, a, b]),
-                                "theory_sigma_w2": _num(theory[a, b]),
-                            }
-                        )
+    for kind, (x, lo, hi) in est.items():
+        for idx in np.ndindex(x.shape):
+            m, w, a, b = idx[:4]
+            rows.append(
+                {
+                    "mode": modes[m],
+                    "estimator": kind,
+                    "width": int(widths[w]),
+                    "activation": acts[a],
+                    "sigma_b2": float(sb2[b]),
+                    **_extra_row(extra, idx[4:]),
+                    "critical_sigma_w2": _num(x[idx]),
+                    "ci_low": _num(lo[idx]),
+                    "ci_high": _num(hi[idx]),
+                    "theory_sigma_w2": _num(theory[(a, b) + idx[4:]]),
+                }
+            )
+    rows.sort(key=lambda r: (modes.index(r["mode"]), r["estimator"] != "quenched"))
     return rows
+
+
+def _extra_coords(f):
+    """{name: values} of the architecture's grid axes after sigma_b2 (empty for the MLP)."""
+    names = file_dims(f)
+    return {k: f[k][...] for k in names[names.index("sigma_b2") + 1 : -2]}
+
+
+def _extra_row(extra, idx):
+    return {k: float(v[i]) for (k, v), i in zip(extra.items(), idx, strict=True)}
 
 
 def _num(value):

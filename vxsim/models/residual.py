@@ -1,0 +1,56 @@
+"""What one layer of a residual MLP computes (NumPy; engines.generic drives it).
+
+    h^0 = x,   h^l = h^{l-1} + alpha (sqrt(sw2/N) Z^l phi(h^{l-1}) + sqrt(sb2) xi^l)
+
+with ``alpha`` a grid axis (alpha = 1/sqrt(L) keeps the sum of L branches O(1)).
+Tangents and gradients keep the skip path:
+
+    t^l = t^{l-1} + alpha sqrt(sw2/N) Z^l (phi'(h^{l-1}) * t^{l-1}),
+    g^{l-1} = g^l + alpha phi'(h^{l-1}) * sqrt(sw2/N) (Z^l)^T g^l.
+
+As in the MLP, h = exp(ls) hh with hh renormalised every layer where phi is
+positively homogeneous: h^l = e^ls (hh + alpha (s Z phi(hh) + e^-ls b)).
+"""
+
+import numpy as np
+
+from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
+    LOG_SCALE,
+    arrays,
+    bias_term,
+    cotangent_start,
+    mean_square,
+    observe,
+    scale,
+    start,
+    tangent_start,
+    weights,
+)
+
+
+def alpha(unit, copies=1):
+    return unit.per_point(unit.grid.extra["alpha"], copies).astype(unit.dtype)
+
+
+def step(unit, layer, state, Z):
+    """h^l from h^{l-1} (both trajectories), renormalised where phi is homogeneous."""
+    hh, ls = state["h"], state["ls"]
+    branch = scale(unit, 2) * (Z @ unit.activate("phi", hh))
+    bias = bias_term(unit, layer) * np.exp(np.minimum(-ls, 700.0))
+    h = hh + alpha(unit, 2) * (branch + bias.astype(hh.dtype))
+    rms = np.sqrt(mean_square(h))
+    renorm = unit.per_point(unit.homogeneous) & (rms > 0)
+    divisor = np.where(renorm, rms, 1.0)
+    return {"h": h / divisor.astype(h.dtype), "ls": ls + np.log(divisor)}
+
+
+def tangent(unit, layer, prev, Z, t):
+    """t^l = t^{l-1} + alpha sqrt(sw2/N) Z^l (phi'(h^{l-1}) * t^{l-1})."""
+    d = unit.activate("dphi", prev["h"][:, : unit.P])
+    return t + alpha(unit) * scale(unit) * (Z @ (d * t))
+
+
+def cotangent(unit, layer, prev, Z, g):
+    """g^{l-1} = g^l + alpha phi'(h^{l-1}) * sqrt(sw2/N) (Z^l)^T g^l."""
+    d = unit.activate("dphi", prev["h"][:, : unit.P])
+    return g + alpha(unit) * d * (scale(unit) * (Z.T @ g))
