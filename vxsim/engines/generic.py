@@ -45,9 +45,11 @@ class Unit:
         self.limit = base.divergence_limit(self.dtype)
         self._tied = {}
 
-    def matrix(self, layer, stream=rng.STREAM_WEIGHT):
-        """Z (N x N, run precision) of (layer, stream) for this sample."""
-        return self._normal_matrix(self.config, self.width, self.sample, layer, stream, self.dtype)
+    def matrix(self, layer, stream=rng.STREAM_WEIGHT, dtype=None):
+        """Z (N x N, run precision unless ``dtype``) of (layer, stream) for this sample."""
+        return self._normal_matrix(
+            self.config, self.width, self.sample, layer, stream, dtype or self.dtype
+        )
 
     def tied(self, key, make):
         """A per-unit constant (tied RNN weights), made once."""

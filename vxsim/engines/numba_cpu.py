@@ -479,7 +479,16 @@ class _Unit:
 
 
 def run_unit(config, width, sample, path=None):
-    """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R])."""
+    """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
+
+    The MLP runs in this module's fused kernels; the other architectures run
+    their model's NumPy step (engines.generic) with BLAS GEMMs and weights from
+    the parallel generator, bit-identical to the oracle's.
+    """
+    if config.architecture != "mlp":
+        from . import generic, numba_normals
+
+        return generic.run_unit(config, width, sample, numba_normals.normal_matrix)
     unit = _Unit(config, width, sample, path=path)
     unit.forward()
     if unit.vjp:

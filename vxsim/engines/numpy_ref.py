@@ -164,7 +164,15 @@ def _backward(net, res, rec, dead, checkpoints, k):
 
 
 def run_unit(config, width, sample):
-    """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R])."""
+    """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
+
+    The MLP runs here; every other architecture through its model's step in
+    engines.generic (which reproduces this MLP to rounding: tests/test_architectures.py).
+    """
+    if config.architecture != "mlp":
+        from . import generic
+
+        return generic.run_unit(config, width, sample)
     net = _Net(config, width, sample)
     res = base.empty_results(config)
     rec = base.record_index(config)

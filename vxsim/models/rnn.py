@@ -34,12 +34,7 @@ def weights(unit, layer):
 
 def drive(unit, t):
     """Z_U x_t / sqrt(N) (N,), float64: U x_t = sqrt(su2) * this."""
-    Z_U = unit.tied(
-        "U",
-        lambda: rng.normal_matrix(
-            unit.config.seed, unit.sample, 0, unit.width, rng.STREAM_GATE_INPUT
-        ),
-    )
+    Z_U = unit.tied("U", lambda: unit.matrix(0, rng.STREAM_GATE_INPUT, np.float64))
     x = np.sqrt(unit.config.input_variance) * unit.normals(t, rng.STREAM_SEQUENCE)
     return Z_U @ x / np.sqrt(unit.width)
 
