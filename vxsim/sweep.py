@@ -15,7 +15,7 @@ from .analysis import growth, report
 from .config import Config, load
 from .engines import base
 from .errors import VxsimError
-from .shards import parse_shard, shard_units, work_units  # noqa: F401 (part of this API)
+from .shards import parse_shard, shard_units, work_units
 from .store import hdf5, shardfile
 
 log = logging.getLogger("vxsim")
