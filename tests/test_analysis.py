@@ -122,3 +122,11 @@ def test_annealed_jackknife_equals_explicit_leave_one_out():
     )
     se = np.sqrt(6 / 7 * np.sum((loo - loo.mean()) ** 2))
     assert r["annealed_se"] == pytest.approx(se, rel=1e-9)
+
+
+def test_zero_crossing_with_one_sigma_w2_is_nan():
+    from vxsim.analysis.boundary import zero_crossing
+
+    assert np.isnan(zero_crossing([1.0], [0.3]))
+    assert np.all(np.isnan(zero_crossing([1.0], np.zeros((2, 3, 1)))))
+    assert zero_crossing([1.0], np.zeros((2, 3, 1))).shape == (2, 3)

@@ -23,7 +23,9 @@ GRID = dict(grid__sigma_w2=[0.6, 1.4, 2.5], grid__sigma_b2=[0.0, 0.2])
 def _observables(h1s, h2s, log_t, log_g):
     return {
         "log_q": np.array([np.log(np.mean(h * h)) for h in h1s]),
-        "corr": np.array([(a @ b) / np.sqrt((a @ a) * (b @ b)) for a, b in zip(h1s, h2s, strict=True)]),
+        "corr": np.array(
+            [(a @ b) / np.sqrt((a @ a) * (b @ b)) for a, b in zip(h1s, h2s, strict=True)]
+        ),
         "log_tangent_norm": np.array(log_t),
         "log_grad_norm": log_g,
     }
@@ -267,8 +269,8 @@ def test_residual_theory_recursion_matches_brute_force_sum():
     """theory.residual.curves against a direct loop over meanfield's moments (tanh)."""
     from vxsim.theory import meanfield, residual
 
-    tables = residual.moment_tables("tanh")
-    q, log_chi = residual.curves(tables, 1.5, 0.1, 0.5, 1.0, 50)
+    moments = residual.moment_function("tanh")
+    q, log_chi = residual.curves(moments, 1.5, 0.1, 0.5, 1.0, 50)
     qq, acc = 1.0, 0.0
     for l in range(1, 51):
         dphi2 = meanfield.chi1("tanh", None, 1.0, 0.0, q=qq)  # E[phi'^2] at q (sigma_w2 = 1)
@@ -331,3 +333,97 @@ def test_rnn_growth_rate_is_negative_in_order_and_positive_in_chaos():
         rates = growth.growth_rates(y, config.layers, config.depth, config.transient, mode)
         r = rates["quenched"].squeeze()
         assert r[0] < -0.2 and r[1] > 0.1, (mode, r)
+
+
+# ---------------------------------------------------------------- alpha-ReLU (relu_power)
+
+
+@pytest.mark.parametrize("a", [0.6, 0.75, 1.0])
+@pytest.mark.parametrize("q", [1e-3, 1.0, 250.0])
+def test_relu_power_closed_form_moments(a, q):
+    """E[phi^2], E[phi'^2] against scipy's quad with the x^p endpoint weight (independent)."""
+    from scipy import integrate
+
+    from vxsim import activations
+
+    act, _ = activations.parse(f"relu_power({a})")
+    phi2, dphi2 = act.moments(q, a)
+    density = lambda x: np.exp(-x * x / (2 * q)) / np.sqrt(2 * np.pi * q)  # noqa: E731
+    top = 40 * np.sqrt(q)
+    e_phi2 = integrate.quad(density, 0, top, weight="alg", wvar=(2 * a, 0), epsabs=0)[0]
+    e_dphi2 = (
+        a * a * integrate.quad(density, 0, top, weight="alg", wvar=(2 * a - 2, 0), epsabs=0)[0]
+    )
+    assert phi2 == pytest.approx(e_phi2, rel=1e-10)
+    assert dphi2 == pytest.approx(e_dphi2, rel=1e-10)
+
+
+def test_relu_power_parameter_range_and_no_mlp_theory():
+    from vxsim import config as config_mod
+    from vxsim.errors import VxsimError
+    from vxsim.theory import meanfield
+
+    with pytest.raises(ConfigError, match=r"must be in \(0.5, 1\]"):
+        config_mod.load(overrides=['network.activation="relu_power(0.5)"'])
+    with pytest.raises(VxsimError, match="no MLP mean-field theory"):
+        meanfield.q_star("relu_power(0.75)", None, 1.0, 0.1)
+
+
+def test_relu_power_mlp_runs_without_theory_and_numba_agrees():
+    config = small_config(
+        network__width=[16],
+        network__depth=20,
+        network__activation=["relu_power(0.75)"],
+        measure__mode="both",
+        measure__precision="float64",
+        **GRID,
+    )
+    a, b = numba_cpu.run_unit(config, 16, 0), numpy_ref.run_unit(config, 16, 0)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-9, err_msg=key)
+    from vxsim.theory.architectures import predict
+
+    assert np.all(np.isnan(predict(config)["theory_log_chi1"][1]))
+
+
+@pytest.mark.slow
+def test_residual_relu_power_gradients_grow_as_a_power_of_depth(tmp_path):
+    """Yang & Schoenholz: alpha-ReLU residual gradients grow polynomially.
+
+    With phi = relu^a, q^l ~ l^(1/(1-a)) and E[phi'^2] ~ 1/l, so |g^l|^2 ~ l^(-beta)
+    going down with the universal exponent beta = 4 a^2 M(2a-2) / M(2a) (4.5 at
+    a = 3/4, independent of sigma_w2 and alpha). The local slope of the measured
+    log |g|^2 against log l approaches beta deep in the network, and the fitted
+    exponent matches the mean-field recursion's fit over the same layers.
+    """
+    from vxsim import activations, open_results, run_sweep
+
+    config = small_config(
+        network__architecture="residual",
+        network__width=[256],
+        network__depth=600,
+        network__activation="relu_power(0.75)",
+        grid__sigma_w2=[2.0],
+        grid__sigma_b2=[0.05],
+        grid__alpha=[1.0],
+        monte_carlo__samples=4,
+        measure__mode="vjp",
+        measure__record={"log": 40},
+    )
+    out = run_sweep(config, str(tmp_path / "res.h5"), backend="numba")
+    ds, an = open_results(out), open_results(out, group="analysis")
+    rate = float(ds["growth_rate_annealed"].values.squeeze())
+    se = float(ds["growth_rate_annealed_se"].values.squeeze())
+    theory = float(an["theory_growth_rate"].values.squeeze())
+    assert abs(rate - theory) < 4 * se + 0.03 * theory, (rate, theory, se)
+    act, a = activations.parse("relu_power(0.75)")
+    m = lambda p: activations._half_moment(p)  # noqa: E731
+    beta = 4 * a * a * m(2 * a - 2) / m(2 * a)
+    y = ds["log_grad_norm"].values.squeeze().mean(axis=0)  # mean over samples, per layer
+    layers = ds["layer"].values
+    deep = (layers >= 60) & (layers <= 300)
+    local = -np.polyfit(np.log(layers[deep]), y[deep], 1)[0]
+    assert abs(local - beta) < 0.1 * beta, (local, beta)
+    exponential = np.polyfit(layers[deep], y[deep], 1, full=True)[1][0]
+    power = np.polyfit(np.log(layers[deep]), y[deep], 1, full=True)[1][0]
+    assert power < 0.1 * exponential  # log |g|^2 is linear in log l, not in l

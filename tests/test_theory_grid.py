@@ -17,7 +17,9 @@ G = importlib.import_module("vxsim.theory.grid")
 
 KEYS = {"q_star", "chi1", "log_chi1", "c_star", "chi_c", "xi_q", "xi_c"}
 POINT_KEYS = ("q_star", "chi1", "c_star", "chi_c", "xi_q", "xi_c")
-LABELS = activations.names() + ["leaky_relu(0.2)"]
+# every activation with an MLP theory (relu_power has its residual theory only)
+LABELS = [n for n in activations.names() if activations.REGISTRY[n].mlp_theory]
+LABELS += ["leaky_relu(0.2)"]
 
 # 6 x 4, both phases for the saturating activations, q^l diverging for the others
 SW2 = np.linspace(0.5, 4.0, 6)

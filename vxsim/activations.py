@@ -53,6 +53,9 @@ class Activation:
     kinks: object = lambda a: ()
     homogeneous: bool = False
     aliases: tuple = field(default=())
+    param_range: tuple = None  # (low, high]: the parameters allowed
+    moments: object = None  # closed-form (E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2]) of (q, a)
+    mlp_theory: bool = True  # False: theory.meanfield refuses it (its quadrature is inaccurate)
 
     @property
     def takes_param(self):
@@ -108,6 +111,41 @@ register(
     default_param=0.01,
     kinks=lambda a: (0.0,),
     homogeneous=True,
+)
+# alpha-ReLU (Yang & Schoenholz 2017): phi = max(x, 0)^a with 1/2 < a <= 1, for which
+# E[phi'^2] is finite. phi' ~ x^(a-1) is unbounded at 0+, which the quadrature rules
+# of ``theory`` do not resolve, so its theory is the closed-form moments
+#   E[phi(sqrt(q) z)^2] = q^a M(2a),  E[phi'(sqrt(q) z)^2] = a^2 q^(a-1) M(2a - 2),
+#   M(p) = E[z^p; z > 0] = 2^(p/2 - 1) Gamma((p + 1)/2) / sqrt(pi),
+# which are all the residual network's mean-field recursion needs. It has no MLP/RNN
+# mean-field theory here (NaN in the analysis group). max(x, TINY) keeps
+# phi'(0) = 0 * finite, not 0 * inf.
+_TINY = 1e-30
+
+
+def _half_moment(p):
+    """E[z^p; z > 0] for z ~ N(0, 1), p > -1."""
+    return 2.0 ** (p / 2.0 - 1.0) * math.gamma((p + 1.0) / 2.0) / math.sqrt(math.pi)
+
+
+register(
+    "relu_power",
+    lambda x, a: (x > 0.0) * np.maximum(x, _TINY) ** a,
+    lambda x, a: (x > 0.0) * a * np.maximum(x, _TINY) ** (a - 1.0),
+    lambda x, a: (x > 0.0) * a * (a - 1.0) * np.maximum(x, _TINY) ** (a - 2.0),
+    c=dict(
+        phi="(x > 0.0 ? pow(x, a) : 0.0)",
+        dphi="(x > 0.0 ? a * pow(x, a - 1.0) : 0.0)",
+        d2phi="(x > 0.0 ? a * (a - 1.0) * pow(x, a - 2.0) : 0.0)",
+    ),
+    default_param=0.75,
+    param_range=(0.5, 1.0),
+    kinks=lambda a: (0.0,),
+    moments=lambda q, a: (
+        q**a * _half_moment(2.0 * a),
+        a * a * q ** (a - 1.0) * _half_moment(2.0 * a - 2.0),
+    ),
+    mlp_theory=False,
 )
 register(
     "linear",
@@ -248,6 +286,12 @@ def parse(label):
     act = REGISTRY.get(name.strip())
     if act is None:
         raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(names())}")
+    if param is not None and act.param_range is not None:
+        low, high = act.param_range
+        if not low < param <= high:
+            raise ValueError(
+                f"the parameter of {act.name} must be in ({low:g}, {high:g}], got {param:g}"
+            )
     return act, act.default_param if param is None else param
 
 

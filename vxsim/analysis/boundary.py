@@ -26,6 +26,9 @@ def zero_crossing(sigma_w2, rate):
     order = np.argsort(s)
     s = s[order]
     r = np.asarray(rate, dtype=np.float64)[..., order]
+    if s.size < 2:  # one sigma_w2: nothing to cross between
+        x = np.full(r.shape[:-1], np.nan)
+        return float(x) if x.ndim == 0 else x
     lo, hi = r[..., :-1], r[..., 1:]
     with quiet():
         cond = np.isfinite(lo) & np.isfinite(hi) & (lo < 0) & (hi >= 0)

@@ -139,7 +139,9 @@ def estimate_unit_bytes(config, width):
     """
     n_points = int(np.prod(config.grid_shape))
     item = config.dtype.itemsize
-    total = width * width * (8 + item) + 8 * width * n_points * 3 * item
+    gates = {"gru": 3, "lstm": 4}.get(config.architecture, 1)
+    inputs = 2 if config.recurrent else 1  # RNNs keep W and U (tied) for the whole unit
+    total = gates * inputs * width * width * (8 + item) + 8 * gates * width * n_points * 3 * item
     if "vjp" in config.modes:
         k = config.checkpoint_every
         stored = config.depth // k + k + 2

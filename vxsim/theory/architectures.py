@@ -48,6 +48,8 @@ def predict(config):
     arch = config.architecture
     if arch in ("mlp", "rnn"):
         for a, (act, param) in enumerate(config.activation_specs):
+            if not act.mlp_theory:
+                continue  # NaN: see activations (relu_power)
             for idx, extra in _extra_points(config):
                 sb2 = effective_sigma_b2(config, config.sigma_b2, extra)
                 values = theory_grid(act, param, config.sigma_w2, sb2, q0=config.q0)
@@ -94,8 +96,8 @@ def _residual_rates(config):
         config.sigma_w2, config.sigma_b2, config.extra_axes["alpha"], indexing="ij"
     )
     for a, (act, param) in enumerate(config.activation_specs):
-        tables = residual.moment_tables(act, param)
-        _, log_chi = residual.curves(tables, sw2, sb2, alpha, config.q0, config.depth)
+        moments = residual.moment_function(act, param)
+        _, log_chi = residual.curves(moments, sw2, sb2, alpha, config.q0, config.depth)
         for m, mode in enumerate(config.modes):
             curve = log_chi[layers] if mode == "jvp" else log_chi[-1] - log_chi[layers]
             y = np.moveaxis(curve, 0, -1)[..., None, :]  # one "sample"

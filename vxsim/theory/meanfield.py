@@ -98,6 +98,11 @@ def _resolve(act, param=None):
         obj, p = act, act.default_param
     else:
         raise VxsimError(f"not an activation: {act!r}")
+    if not obj.mlp_theory:
+        raise VxsimError(
+            f"no MLP mean-field theory for {obj.name!r}: its phi' is singular at 0 "
+            "(residual networks: theory.residual has its closed-form moments)"
+        )
     if param is not None:
         p = _finite("param", param, nonneg=False)
         if not obj.takes_param and p != obj.default_param:

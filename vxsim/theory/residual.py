@@ -24,34 +24,42 @@ layers, so data and theory are compared like for like.
 
 import numpy as np
 
+from .. import activations
 from . import gaussian
-from .meanfield import _resolve, _square
 
 Q_MIN, Q_MAX, N_TABLE = 1e-8, 1e12, 1601
 
 
-def moment_tables(act, param=None):
-    """(log q, log E[phi(sqrt(q) z)^2], log E[phi'(sqrt(q) z)^2]) on a log-spaced q grid.
+def moment_function(act, param=None):
+    """q -> (E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2]) on arrays of q.
 
-    Interpolated linearly in log-log by ``moments``: the moments are smooth in
-    log q, and 80 nodes per decade keep the interpolation error near 1e-5.
+    Closed forms where the registry has them (relu_power); otherwise quadrature
+    on a log-spaced q grid, interpolated linearly in log-log: the moments are
+    smooth in log q and 80 nodes per decade keep the error near 1e-5.
     """
-    fa = _resolve(act, param)
+    obj, p = activations.parse(act) if isinstance(act, str) else (act, act.default_param)
+    p = p if param is None else float(param)
+    if obj.moments is not None:
+        return lambda q: obj.moments(np.asarray(q, dtype=float), p)
+    kinks = tuple(obj.kinks(p))
     log_q = np.linspace(np.log(Q_MIN), np.log(Q_MAX), N_TABLE)
-    phi2 = np.array([gaussian.expect(_square(fa.phi), q, fa.kinks) for q in np.exp(log_q)])
-    dphi2 = np.array([gaussian.expect(_square(fa.dphi), q, fa.kinks) for q in np.exp(log_q)])
+    table = np.array(
+        [
+            [gaussian.expect(lambda x, f=f: f(x, p) ** 2, q, kinks) for q in np.exp(log_q)]
+            for f in (obj.phi, obj.dphi)
+        ]
+    )
     with np.errstate(divide="ignore"):
-        return log_q, np.log(phi2), np.log(dphi2)
+        log_table = np.log(table)
+
+    def moments(q):
+        x = np.log(np.clip(q, Q_MIN, Q_MAX))
+        return tuple(np.exp(np.interp(x, log_q, row)) for row in log_table)
+
+    return moments
 
 
-def moments(tables, q):
-    """E[phi(sqrt(q) z)^2] and E[phi'(sqrt(q) z)^2] at the array q (clipped to the table)."""
-    log_q, log_phi2, log_dphi2 = tables
-    x = np.log(np.clip(q, Q_MIN, Q_MAX))
-    return np.exp(np.interp(x, log_q, log_phi2)), np.exp(np.interp(x, log_q, log_dphi2))
-
-
-def curves(tables, sigma_w2, sigma_b2, alpha, q0, depth):
+def curves(moments, sigma_w2, sigma_b2, alpha, q0, depth):
     """Mean-field q^l and log prod chi^k for every point of the arrays (broadcast together).
 
     Returns (q, log_chi) of shape (depth + 1, ...): q[l] = q^l, and
@@ -64,7 +72,7 @@ def curves(tables, sigma_w2, sigma_b2, alpha, q0, depth):
     q = np.full(sw2.shape, float(q0))
     qs, logs = [q], [np.zeros(sw2.shape)]
     for _ in range(depth):
-        phi2, dphi2 = moments(tables, q)
+        phi2, dphi2 = moments(q)
         logs.append(logs[-1] + np.log1p(a * a * sw2 * dphi2))
         q = q + a * a * (sw2 * phi2 + sb2)
         qs.append(q)
