@@ -186,7 +186,10 @@ def test_parallel_normals_are_bit_identical():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("arch,axis", [("residual", "alpha"), ("rnn", "sigma_u2")])
+@pytest.mark.parametrize(
+    "arch,axis",
+    [("residual", "alpha"), ("rnn", "sigma_u2"), ("gru", "update_bias"), ("lstm", "forget_bias")],
+)
 def test_numba_backend_matches_oracle(arch, axis):
     config = small_config(
         network__architecture=arch,
