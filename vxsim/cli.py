@@ -13,6 +13,7 @@ import numpy as np
 from . import __version__
 from .clitools import emit, guarded
 from .errors import VxsimError
+from .plot.cli import plot
 from .theory.cli import theory
 
 
@@ -228,6 +229,7 @@ def _gpus():
 
 
 main.add_command(theory)
+main.add_command(plot)
 
 
 if __name__ == "__main__":  # pragma: no cover
