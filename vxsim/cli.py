@@ -12,6 +12,7 @@ import numpy as np
 
 from . import __version__
 from .clitools import emit, guarded
+from .cluster.cli import slurm
 from .errors import VxsimError
 from .theory.cli import theory
 
@@ -188,6 +189,7 @@ def _gpus():
 
 
 main.add_command(theory)
+main.add_command(slurm)
 
 
 if __name__ == "__main__":  # pragma: no cover
