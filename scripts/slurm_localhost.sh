@@ -11,12 +11,17 @@
 #   VXSIM_SLURM_DIR=/some/dir bash scripts/slurm_localhost.sh
 #
 # The daemons keep running after the script ends. Their pid files, state and logs
-# are in $VXSIM_SLURM_DIR.
+# are in that folder; a later run finds it in the slurm.conf it wrote.
 set -euo pipefail
 
-DIR=${VXSIM_SLURM_DIR:-/tmp/vxsim-slurm}
 CONF=/etc/slurm/slurm.conf
 MARK="# written by vxsim scripts/slurm_localhost.sh"
+# the folder of an earlier run, from the slurm.conf it wrote, unless told otherwise
+EARLIER=
+if [ -e "$CONF" ] && grep -qxF "$MARK" "$CONF"; then
+    EARLIER=$(sed -n 's/^StateSaveLocation=\(.*\)\/state$/\1/p' "$CONF")
+fi
+DIR=${VXSIM_SLURM_DIR:-${EARLIER:-/tmp/vxsim-slurm}}
 WAIT_S=${VXSIM_SLURM_WAIT_S:-90}
 
 say() { echo "slurm_localhost: $*" >&2; }
@@ -27,23 +32,37 @@ node_state() {
     timeout 10 sinfo -h -N -n "$1" -o '%T' 2>/dev/null | head -n 1 || true
 }
 
+alive() {
+    # true when the pid file $1 names a running process
+    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+ours() {
+    # true when slurm.conf is the one this script writes
+    [ -e "$CONF" ] && grep -qxF "$MARK" "$CONF"
+}
+
 answers() {
-    # true when a controller answers and our node can take jobs
+    # true when a controller answers and our node can take jobs; for a cluster this
+    # script set up (pid files in folder $1), both daemons must be alive too: the
+    # controller notices a dead slurmd only minutes later and shows it idle until then
     command -v sinfo >/dev/null 2>&1 || return 1
+    if ours; then
+        alive "$1/slurmctld.pid" && alive "$1/slurmd.pid" || return 1
+    fi
     case "$(node_state "$(hostname -s)")" in
         idle | mixed | allocated | completing) return 0 ;;
         *) return 1 ;;
     esac
 }
 
-alive() {
-    # true when the pid file $1 names a running process
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
-}
-
-if answers; then
+if answers "${EARLIER:-$DIR}"; then
     say "a cluster is already running here: $(sinfo -h -N -o '%N %P %T %c CPUs' | head -n 1)"
     exit 0
+fi
+if [ -n "$EARLIER" ] && [ "$EARLIER" != "$DIR" ] \
+    && { alive "$EARLIER/slurmctld.pid" || alive "$EARLIER/slurmd.pid"; }; then
+    die "daemons of an earlier run (files in $EARLIER) are running; stop them first"
 fi
 
 [ "$(id -u)" = 0 ] || die "must run as root to install and start Slurm (uid is $(id -u))"
@@ -128,7 +147,7 @@ $NODE NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 )
-if [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF"; then
+if [ -e "$CONF" ] && ! ours; then
     die "$CONF exists and was not written by this script; not replacing it"
 fi
 if [ ! -e "$CONF" ] || [ "$(cat "$CONF")" != "$NEW" ]; then
@@ -157,7 +176,7 @@ fi
 
 # 5. wait for the node to be idle; a node left down or drained by an earlier run is resumed
 deadline=$((SECONDS + WAIT_S))
-while ! answers; do
+while ! answers "$DIR"; do
     state=$(node_state "$HOST")
     case "$state" in
         down | drained | draining | drain | down~ | fail)

@@ -301,6 +301,26 @@ def test_bad_job_folder(tmp_path):
         slurm.write_job(tmp_path / "j", True)
 
 
+def test_rewriting_a_job_folder_with_parts(tmp_path):
+    """Same sweep: the scripts may change (time, backend), the parts resume. Another
+    config or number of shards would mix two sweeps' parts: refused, nothing written."""
+    folder = tmp_path / "job"
+    slurm.write_job(folder, 2, overrides=["network.depth=30"], time="10")
+    (folder / "part-1.h5").write_bytes(b"")
+    job = slurm.write_job(folder, 2, overrides=["network.depth=30"], time="20", backend="numpy")
+    assert "--time=20" in directives(job["array"])
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    for kwargs in ({"overrides": ["network.depth=31"]}, {}):
+        with pytest.raises(VxsimError, match="holds parts of another sweep"):
+            slurm.write_job(folder, 2, **kwargs)
+    with pytest.raises(VxsimError, match="holds parts of another sweep"):
+        slurm.write_job(folder, 3, overrides=["network.depth=30"])
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    (folder / "sweep.h5").write_bytes(b"")
+    with pytest.raises(VxsimError, match="sweep.h5 exists: that sweep is merged"):
+        slurm.write_job(folder, 2, overrides=["network.depth=30"])
+
+
 # --- a real Slurm cluster -------------------------------------------------------------
 
 

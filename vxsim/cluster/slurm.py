@@ -10,12 +10,15 @@
     submit.sh       ``sbatch --parsable`` the array, then the merge with
                     ``--dependency=afterok:ARRAY``: it starts once every shard succeeded
     logs/           one log per shard (part-I.out) and merge.out
+    job.json        the number of shards and the config: writing the job again into a
+                    folder with parts is refused unless both are unchanged
 
 ``submit`` runs submit.sh and returns the two job ids. Every path in the scripts is
 absolute, so they work from any directory. Nothing is written unless every option
 is valid (``VxsimError``: one line naming the option).
 """
 
+import json
 import os
 import re
 import shlex
@@ -32,7 +35,7 @@ from ..sweep import work_units
 
 BACKENDS = config_mod.BACKENDS
 _WORD = re.compile(r"[A-Za-z0-9_.,:@+=-]+")
-_MEM = re.compile(r"\d+[KMGTkmgt]?")
+_MEM = re.compile(r"[0-9]+[KMGTkmgt]?")
 _GPUS = re.compile(r"(?:[A-Za-z0-9_.-]+:)?([0-9]+)")
 # MINUTES[:SS[:SS]] (the first field is free: 90:00 is 90 minutes) or DAYS-HOURS[:MM[:SS]]
 _TIME = re.compile(r"[0-9]+(?::[0-5]?[0-9]){0,2}|[0-9]+-(?:[01]?[0-9]|2[0-3])(?::[0-5]?[0-9]){0,2}")
@@ -94,21 +97,48 @@ def _sbatch_directive(text):
     return f"#SBATCH {body}"
 
 
-def _check_directory(directory):
-    """The job folder: absolute, created if missing, writable, and printable in #SBATCH lines."""
+def _job_path(directory):
+    """The job folder as an absolute path that #SBATCH lines can hold; not created yet."""
     path = os.path.abspath(directory)
     for bad, what in (('"', "a double quote"), ("\\", "a backslash"), ("\n", "a newline")):
         if bad in path:
             raise VxsimError(f"-o: the job folder {path!r} contains {what}; choose another")
     if os.path.exists(path) and not os.path.isdir(path):
         raise VxsimError(f"-o: {path} exists and is not a folder")
+    return path
+
+
+def _check_reuse(path, plan):
+    """Refuse a job folder that holds the parts or result of another sweep.
+
+    Rewriting the scripts of the same sweep (same config, same number of shards;
+    other resources, backend or command) is fine: its parts resume.
+    """
+    result = os.path.join(path, "sweep.h5")
+    if os.path.exists(result):
+        raise VxsimError(f"{result} exists: that sweep is merged; choose another job folder")
+    parts = [n for n in os.listdir(path) if re.fullmatch(r"part-[0-9]+\.h5", n)]
+    if not parts:
+        return
     try:
-        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "job.json")) as fh:
+            earlier = json.load(fh)
+    except (OSError, ValueError):
+        earlier = None
+    if earlier != plan:
+        raise VxsimError(
+            f"{path} holds parts of another sweep (config or number of shards differ): "
+            "choose another job folder or remove its part-*.h5"
+        )
+
+
+def _make_directory(path):
+    try:
+        os.makedirs(os.path.join(path, "logs"), exist_ok=True)
     except OSError as err:
         raise VxsimError(f"-o: cannot create {path}: {err.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise VxsimError(f"-o: the job folder {path} is not writable")
-    return path
 
 
 def _log_pattern(directory, name):
@@ -343,7 +373,8 @@ def write_job(
             raise VxsimError(f"config {config} is not UTF-8 text") from None
     for item in overrides:
         _check_line("--set", item)
-    units = len(work_units(config_mod.load(text=text, overrides=overrides)))
+    sweep = config_mod.load(text=text, overrides=overrides)
+    units = len(work_units(sweep))
     if shards > units:
         raise VxsimError(
             f"--shards {shards} is more than the {units} work units (width x sample) "
@@ -363,7 +394,10 @@ def write_job(
     _positive("--max-parallel", max_parallel)
     extra = [_sbatch_directive(line) for line in extra_sbatch]
     run, pythonpath = vxsim_command(python, command)
-    directory = _check_directory(directory)
+    directory = _job_path(directory)
+    plan = {"shards": shards, "config": json.loads(sweep.canonical())}
+    if os.path.isdir(directory):
+        _check_reuse(directory, plan)
 
     common = dict(
         job_name=job_name,
@@ -382,10 +416,8 @@ def write_job(
         "submit": os.path.join(directory, "submit.sh"),
         "result": os.path.join(directory, "sweep.h5"),
     }
-    try:
-        os.makedirs(os.path.join(directory, "logs"), exist_ok=True)
-    except OSError as err:
-        raise VxsimError(f"cannot create {directory}/logs: {err.strerror}") from None
+    _make_directory(directory)
+    _write_text(os.path.join(directory, "job.json"), json.dumps(plan, indent=1) + "\n")
     _write_text(paths["config"], text)
     _write_text(
         paths["array"],
