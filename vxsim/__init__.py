@@ -20,7 +20,15 @@ __version__ = "0.1.0"
 from .config import load as load_config  # noqa: E402
 from .errors import ConfigError, VxsimError  # noqa: E402
 
-__all__ = ["ConfigError", "VxsimError", "__version__", "load_config", "open_results", "run_sweep"]
+__all__ = [
+    "ConfigError",
+    "VxsimError",
+    "__version__",
+    "load_config",
+    "merge",
+    "open_results",
+    "run_sweep",
+]
 
 
 def run_sweep(config, output, **kwargs):
@@ -28,6 +36,13 @@ def run_sweep(config, output, **kwargs):
     from .sweep import run_sweep as _run
 
     return _run(config, output, **kwargs)
+
+
+def merge(parts, output, overwrite=False):
+    """Merge the shard files ``parts`` of one sweep into ``output`` (as a single run writes it)."""
+    from .store.merge import merge as _merge
+
+    return _merge(parts, output, overwrite=overwrite)
 
 
 def open_results(path, group=None):

@@ -41,28 +41,44 @@ def main():
     metavar="KEY=VALUE",
     help="override a config key, e.g. --set network.depth=1000 (repeatable)",
 )
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="compute only shard I of N (1-based; auto/N: I from $SLURM_ARRAY_TASK_ID); "
+    "join the parts with `vxsim merge`",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result summary as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="no progress output")
 @guarded
-def sweep(config, output, backend, resume, overwrite, overrides, as_json, quiet):
+def sweep(config, output, backend, resume, overwrite, overrides, shard, as_json, quiet):
     """Run a sweep of CONFIG (TOML; the embedded default if omitted) into OUTPUT."""
     from . import config as config_mod
     from .store.summary import summarise_file
-    from .sweep import run_sweep
+    from .sweep import parse_shard, run_sweep, shard_units
 
     cfg = config_mod.load(config, overrides=overrides)
     if resume and overwrite:
         raise VxsimError("--resume and --overwrite exclude each other")
+    n_units = len(cfg.widths) * cfg.samples
+    if shard is not None:
+        shard = parse_shard(shard)
+        n_units = len(shard_units(cfg, *shard))
     progress = None
     bar = None
     if not quiet and sys.stderr.isatty():
-        bar = click.progressbar(
-            length=len(cfg.widths) * cfg.samples, label="work units", file=sys.stderr
-        )
+        bar = click.progressbar(length=n_units, label="work units", file=sys.stderr)
         progress = _bar_progress(bar)
     elif not quiet:
         logging.basicConfig(level=logging.INFO, format="vxsim: %(message)s", stream=sys.stderr)
-    run_sweep(cfg, output, backend=backend, resume=resume, overwrite=overwrite, progress=progress)
+    run_sweep(
+        cfg,
+        output,
+        backend=backend,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        shard=shard,
+    )
     if bar is not None:
         bar.render_finish()
 
@@ -78,6 +94,23 @@ def _bar_progress(bar):
         state["shown"] = done
 
     return update
+
+
+@main.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="the merged results file (HDF5)")
+@click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists (never an input)")
+@click.option("--json", "as_json", is_flag=True, help="print the result summary as JSON")
+@guarded
+def merge(parts, output, overwrite, as_json):
+    """Join the shard files PARTS of one sweep into OUTPUT, as one process would have written it."""
+    from .store.merge import merge as merge_parts
+    from .store.summary import summarise_file
+
+    merge_parts(parts, output, overwrite=overwrite)
+    summary = summarise_file(output)
+    text = f"wrote {output} from {len(parts)} parts\n" + _format_summary(summary)
+    emit(summary, as_json, text)
 
 
 @main.command()
@@ -104,6 +137,13 @@ def _format_summary(s):
         f"layers recorded {s['n_layers']}",
         f"diverged    {s['diverged_points']} of {s['total_points']} (point, sample) pairs",
     ]
+    if s.get("shard"):
+        sh = s["shard"]
+        lines.insert(
+            1,
+            f"shard       {sh['index']}/{sh['count']}: {sh['units_done']}/{sh['units']} of its "
+            "work units done; join the shards with `vxsim merge`",
+        )
     for row in s.get("crossings", []):
         lines.append(
             f"edge        {row['mode']} {row['activation']} width {row['width']} "

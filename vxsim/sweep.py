@@ -2,7 +2,8 @@
 
 A work unit is one (width, Monte Carlo sample): every grid point of it runs
 at once on the engine (common random numbers). Units finished on disk are
-never computed again; a killed sweep continues with ``resume=True``.
+never computed again; a killed sweep continues with ``resume=True``. With
+``shard=(i, n)`` only shard i of n runs (see ``shards``; ``vxsim merge`` joins them).
 """
 
 import logging
@@ -14,14 +15,10 @@ from .analysis import growth, report
 from .config import Config, load
 from .engines import base
 from .errors import VxsimError
-from .store import hdf5
+from .shards import parse_shard, shard_units, work_units
+from .store import hdf5, shardfile
 
 log = logging.getLogger("vxsim")
-
-
-def work_units(config):
-    """[(width_index, width, sample)] in the order they run."""
-    return [(i, w, s) for i, w in enumerate(config.widths) for s in range(config.samples)]
 
 
 def available_memory():
@@ -70,10 +67,16 @@ def device_name(backend):
     return f"{platform.machine()} x {os.cpu_count()}"
 
 
-def prepare(config, output, backend=None, resume=False, overwrite=False):
-    """Validate everything before the first unit; returns (config, engine module)."""
+def prepare(config, output, backend=None, resume=False, overwrite=False, shard=None):
+    """Validate everything before the first unit; returns (config, engine module).
+
+    ``shard``: (index, count) to create or resume that shard of the sweep.
+    """
     if not isinstance(config, Config):
         config = load(config)
+    extra = None
+    if shard is not None:
+        extra = shardfile.content(config, *shard, shard_units(config, *shard))
     check_memory(config)
     engine = engines.get(backend or config.backend)
     exists = os.path.exists(output)
@@ -83,26 +86,40 @@ def prepare(config, output, backend=None, resume=False, overwrite=False):
         )
     if resume and exists:
         hdf5.check_resumable(output, config)
+        shardfile.check_resumable(output, shard)
     else:
         if exists:
             hdf5.refuse_if_written(output)
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
             raise VxsimError(f"output directory {parent} does not exist")
-        hdf5.create(output, config, engine.NAME, device_name(engine.NAME))
+        hdf5.create(output, config, engine.NAME, device_name(engine.NAME), extra=extra)
     return config, engine
 
 
 def run_sweep(
-    config=None, output="vxsim.h5", backend=None, resume=False, overwrite=False, progress=None
+    config=None,
+    output="vxsim.h5",
+    backend=None,
+    resume=False,
+    overwrite=False,
+    progress=None,
+    shard=None,
 ):
     """Run (or finish) a sweep into ``output``; returns the path.
 
     ``config``: a Config, a TOML path or None (the embedded default).
     ``progress``: optional callable(done, total) after each unit.
+    ``shard``: (i, n), "i/n" or "auto/n": compute only shard i (1-based) of n
+    into a shard file (status 'shard-complete' when done; ``vxsim.merge`` joins them).
     """
-    config, engine = prepare(config, output, backend, resume, overwrite)
+    if shard is not None:
+        shard = parse_shard(shard)
+    config, engine = prepare(config, output, backend, resume, overwrite, shard)
     units = work_units(config)
+    if shard is not None:  # the units the file says it owns
+        owned = shardfile.read(output)["mask"]
+        units = [u for u in units if owned[u[0], u[2]]]
     with hdf5.Writer(output) as writer:
         done = writer.completed()
         todo = [u for u in units if not done[u[0], u[2]]]
@@ -116,7 +133,10 @@ def run_sweep(
             log.info("unit width=%d sample=%d done (%d/%d)", width, sample, finished, len(units))
             if progress:
                 progress(finished, len(units))
-    finish(output, config)
+    if shard is not None:
+        shardfile.seal(output, config)
+    else:
+        finish(output, config)
     return output
 
 

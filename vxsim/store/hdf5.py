@@ -9,7 +9,7 @@ Layout (root group):
     progress     completed (width, sample): 1 once a work unit is on disk
     summary      growth_rate_{quenched,annealed}[_se] (mode, width, activation, sigma_w2, sigma_b2)
     attributes   vxsim_version, config (canonical JSON), config_text, backend, device, seed,
-                 created, status ('running' | 'complete')
+                 created, status ('running' | 'complete'; 'shard-complete': see shardfile)
 
 While a sweep runs, the datasets are contiguous and allocated up front, so
 writing a unit changes raw bytes only, never the file's structure: a kill at
@@ -134,11 +134,12 @@ def _write_attrs(f, config, backend, device, created=None):
     f.attrs["Conventions"] = "CF-1.8"
 
 
-def create(path, config, backend, device):
+def create(path, config, backend, device, extra=None):
     """A new results file with every variable allocated and marked incomplete.
 
     Built under a temporary name and renamed into place, so that a kill during
-    creation leaves either no file or a whole one.
+    creation leaves either no file or a whole one. ``extra``: more root
+    variables and attributes, as for ``_write_extra`` (a shard's, say).
     """
     with _replacing(path, "creating") as tmp:
         try:
@@ -150,6 +151,8 @@ def create(path, config, backend, device):
             datasets = _layout(f, config, compressed=False)
             for ds in datasets.values():
                 ds[(0,) * ds.ndim] = ds.fillvalue  # allocate contiguous storage now
+            if extra:
+                _write_extra(f, extra)
 
 
 @contextlib.contextmanager
@@ -183,14 +186,16 @@ def _reason(err):
     return f"not a readable HDF5 file ({text})"
 
 
-def _diff_keys(a, b, prefix=""):
+def _diff_keys(a, b, prefix="", labels=("file", "now")):
     keys = []
     for k in sorted(set(a) | set(b)):
         name = f"{prefix}{k}"
         if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            keys += _diff_keys(a[k], b[k], f"{name}.")
+            keys += _diff_keys(a[k], b[k], f"{name}.", labels)
         elif a.get(k) != b.get(k):
-            keys.append(f"{name} (file: {json.dumps(a.get(k))}, now: {json.dumps(b.get(k))})")
+            keys.append(
+                f"{name} ({labels[0]}: {json.dumps(a.get(k))}, {labels[1]}: {json.dumps(b.get(k))})"
+            )
     return keys
 
 
@@ -255,8 +260,12 @@ def read_unit_variables(path):
     return data, coords, attrs
 
 
-def finalize(path, config, summary, analysis=None):
-    """Rewrite the finished file chunked + compressed with the summary; atomic rename."""
+def finalize(path, config, summary, analysis=None, status="complete", extra=None):
+    """Rewrite the finished file chunked + compressed with the summary; atomic rename.
+
+    ``status``: the status it ends with; ``extra``: root variables to carry along
+    (see ``_write_extra``; root attributes are always kept).
+    """
     with _replacing(path, "finishing") as tmp:
         with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
             for key, value in src.attrs.items():
@@ -268,7 +277,9 @@ def finalize(path, config, summary, analysis=None):
                 _write_summary(dst, summary)
             if analysis:
                 _write_group(dst, "analysis", analysis)
-            dst.attrs["status"] = "complete"
+            if extra:
+                _write_extra(dst, extra)
+            dst.attrs["status"] = status
 
 
 def _write_summary(f, summary):
@@ -279,6 +290,20 @@ def _write_summary(f, summary):
         for i, dim in enumerate(dims):
             ds.dims[i].attach_scale(f[dim])
         ds.attrs["long_name"] = desc
+
+
+def _write_extra(f, content):
+    """Root variables and attributes; content: {'vars': {name: (dims, array, desc)}, 'attrs': {}}.
+
+    The dims must be root coordinates already in ``f``.
+    """
+    for name, (dims, values, desc) in content.get("vars", {}).items():
+        ds = f.create_dataset(name, data=values)
+        for i, dim in enumerate(dims):
+            ds.dims[i].attach_scale(f[dim])
+        ds.attrs["long_name"] = desc
+    for key, value in content.get("attrs", {}).items():
+        f.attrs[key] = value
 
 
 def _write_group(f, group, content):

@@ -59,7 +59,16 @@ def summarise_file(path):
             "diverged_points": int(((diverged > 0) & done_mask).sum()),
             "total_points": int(diverged.size),
             "crossings": [],
+            "shard": None,
         }
+        if "shard_index" in f.attrs:
+            owned = f["shard_units"][...].astype(bool)
+            out["shard"] = {
+                "index": int(f.attrs["shard_index"]),
+                "count": int(f.attrs["shard_count"]),
+                "units": int(owned.sum()),
+                "units_done": int((completed & owned).sum()),
+            }
         if "growth_rate_quenched" in f:
             modes = _text(f["mode"][...])
             rates = f["growth_rate_quenched"][...]
@@ -93,6 +102,10 @@ def boundary_rows(path):
     ci_high, theory_sigma_w2 (None where there is no crossing / no theory value).
     """
     with open_for_reading(path) as f:
+        if "analysis" not in f and "shard_index" in f.attrs:
+            raise VxsimError(
+                f"{path} is one shard of a sweep (no analysis); join the shards with `vxsim merge`"
+            )
         if "analysis" not in f:
             status = f.attrs.get("status", "unknown")
             raise VxsimError(
