@@ -406,14 +406,6 @@ def _datasets(path):
 
 
 def test_array_of_shards_and_dependent_merge_on_real_slurm(cluster, tmp_path):
-    from vxsim.cli import main
-
-    if "merge" not in main.commands:
-        reason = "`vxsim merge` (issue 7 shards) is not in this build; the jobs would fail"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY)
     folder = tmp_path / "job dir"
