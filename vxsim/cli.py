@@ -12,7 +12,9 @@ import numpy as np
 
 from . import __version__
 from .clitools import emit, guarded
+from .cluster.cli import slurm
 from .errors import VxsimError
+from .plot.cli import plot
 from .theory.cli import theory
 
 
@@ -239,6 +241,8 @@ def _gpus():
 
 
 main.add_command(theory)
+main.add_command(plot)
+main.add_command(slurm)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1 @@
+"""Running sweeps on clusters: batch-job scripts for a scheduler (Slurm)."""
