@@ -13,7 +13,13 @@ counted from where the signal enters (after ``measure.transient`` layers).
 Mean-field theory predicts log E|g|^2 (the annealed rate); the quenched mean
 falls below it by O(l / N), which is what the figure shows at finite width.
 The transient (left out of every rate fit) is shaded grey.
+
+Residual networks (root attribute growth_law = "power") grow sub-exponentially:
+the layer axis is then logarithmic and the dashed line is the mean-field
+recursion's own curve (``theory.residual``: log prod chi^l), anchored the same way.
 """
+
+import textwrap
 
 import numpy as np
 
@@ -70,6 +76,10 @@ def depth(source, sel=None, sigma_w2=None, analysis=None, size=None, max_lines=M
         log_chi1, _ = data.fix(log_chi1, rest, ("sigma_w2",), res.name)
         depth_ = int(data.config_value(res.config, "network", "depth", y.layer.values.max()))
         transient = int(data.config_value(res.config, "measure", "transient", 0))
+        curves = None
+        if res.root.attrs.get("growth_law") == "power":
+            q0 = float(data.config_value(res.config, "measure", "q0", 1.0))
+            curves = _residual_theory(y, mode, depth_, q0)
         fig = _draw(
             y.values,
             y.sigma_w2.values,
@@ -80,12 +90,29 @@ def depth(source, sel=None, sigma_w2=None, analysis=None, size=None, max_lines=M
             transient,
             data.describe(fixed),
             size,
+            curves,
         )
     return fig
 
 
-def _draw(y, sw2, layers, log_chi1, mode, depth, transient, title, size):
-    """y: (sigma_w2, sample, layer) log squared norms; log_chi1: (sigma_w2,) theory."""
+def _residual_theory(y, mode, depth, q0):
+    """Mean-field log E|g^l|^2 per drawn sigma_w2 (sigma_w2, layer), for a residual network."""
+    from ..theory import residual
+
+    label = str(y.coords["activation"].item())
+    moments = residual.moment_function(label)
+    sb2, alpha = float(y.coords["sigma_b2"]), float(y.coords["alpha"])
+    _, log_chi = residual.curves(moments, y.sigma_w2.values, sb2, alpha, q0, depth)
+    layers = y.layer.values
+    curve = log_chi[layers] if mode == "jvp" else log_chi[-1] - log_chi[layers]
+    return curve.T
+
+
+def _draw(y, sw2, layers, log_chi1, mode, depth, transient, title, size, curves=None):
+    """y: (sigma_w2, sample, layer) log squared norms; log_chi1: (sigma_w2,) theory slopes.
+
+    curves: (sigma_w2, layer) theory curves to draw instead of slopes (power-law files).
+    """
     from matplotlib.lines import Line2D
 
     if y.shape[-1] < 2:
@@ -108,7 +135,10 @@ def _draw(y, sw2, layers, log_chi1, mode, depth, transient, title, size):
         ax.fill_between(layers, mean[k] - spread[k], mean[k] + spread[k], color=c, alpha=0.25, lw=0)
         (line,) = ax.plot(layers, mean[k], color=c, lw=1.0)
         handles.append((line, f"{style.SYMBOL['sigma_w2']} = {s:g}"))
-        if np.isfinite(log_chi1[k]) and np.isfinite(mean[k, i0]):
+        if curves is not None and np.isfinite(mean[k, i0]):
+            th = curves[k] - curves[k, i0] + mean[k, i0]
+            ax.plot(layers[window], th[window], color=c, lw=0.9, ls=(0, (3, 2)), zorder=3)
+        elif np.isfinite(log_chi1[k]) and np.isfinite(mean[k, i0]):
             th = mean[k, i0] + DIRECTION[mode] * log_chi1[k] * (lw - l0)
             ax.plot(lw, th, color=c, lw=0.9, ls=(0, (3, 2)), zorder=3)
     finite = np.concatenate(
@@ -119,6 +149,8 @@ def _draw(y, sw2, layers, log_chi1, mode, depth, transient, title, size):
         pad = 0.06 * (hi - lo or 1.0)
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlim(layers.min(), layers.max())
+    if curves is not None:
+        ax.set_xscale("log")
     ax.set_xlabel(style.SYMBOL["layer"])
     ax.set_ylabel(YLABEL[mode])
     n_samples = y.shape[1]
@@ -128,10 +160,12 @@ def _draw(y, sw2, layers, log_chi1, mode, depth, transient, title, size):
     ]
     key_labels = [
         f"mean $\\pm$ s.d. over {n_samples} samples",
-        r"theory: $\log\chi_1$ per layer (annealed)",
+        r"theory: $\log\chi_1$ per layer (annealed)"
+        if curves is None
+        else "theory: mean-field recursion (annealed)",
     ]
     fig.legend([h for h, _ in handles], [t for _, t in handles], loc="outside right center")
     fig.legend(keys, key_labels, loc="outside lower center", ncols=1)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 60))
     return fig
