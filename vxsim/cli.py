@@ -148,6 +148,15 @@ def _format_summary(s):
             f"shard       {sh['index']}/{sh['count']}: {sh['units_done']}/{sh['units']} of its "
             "work units done; join the shards with `vxsim merge`",
         )
+    for row in s.get("exponents", []):
+        extra = "".join(f" {k} {row[k]:g}" for k in s.get("architecture_axes", {}))
+        theory = row["theory_exponent"]
+        lines.append(
+            f"exponent    {row['mode']} {row['activation']} width {row['width']} "
+            f"sigma_w2 {row['sigma_w2']:g} sigma_b2 {row['sigma_b2']:g}{extra}: "
+            + ("-" if row["exponent"] is None else f"{row['exponent']:.4g}")
+            + ("" if theory is None else f" (theory {theory:.4g})")
+        )
     for row in s.get("crossings", []):
         extra = "".join(f" {k} {row[k]:g}" for k in s.get("architecture_axes", {}))
         lines.append(

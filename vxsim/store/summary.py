@@ -75,7 +75,9 @@ def summarise_file(path):
                 "units": int(owned.sum()),
                 "units_done": int((completed & owned).sum()),
             }
-        if "growth_rate_quenched" in f:
+        if "growth_rate_quenched" in f and out["growth_law"] == "power":
+            out["exponents"] = _exponent_rows(f, widths, acts, sw2, sb2, extra)
+        elif "growth_rate_quenched" in f:
             modes = _text(f["mode"][...])
             rates = np.moveaxis(f["growth_rate_quenched"][...], 3, -1)  # sigma_w2 last
             theory = (
@@ -143,6 +145,29 @@ def boundary_rows(path):
                 }
             )
     rows.sort(key=lambda r: (modes.index(r["mode"]), r["estimator"] != "quenched"))
+    return rows
+
+
+def _exponent_rows(f, widths, acts, sw2, sb2, extra):
+    """Power-law files (residual): one row per (mode, point) with the fitted exponent."""
+    modes = _text(f["mode"][...])
+    rates = f["growth_rate_quenched"][...]
+    theory = f["analysis/theory_growth_rate"][...] if "analysis/theory_growth_rate" in f else None
+    rows = []
+    for idx in np.ndindex(rates.shape):
+        m, w, a, s, b = idx[:5]
+        rows.append(
+            {
+                "mode": modes[m],
+                "width": int(widths[w]),
+                "activation": acts[a],
+                "sigma_w2": float(sw2[s]),
+                "sigma_b2": float(sb2[b]),
+                **_extra_row(extra, idx[5:]),
+                "exponent": _num(rates[idx]),
+                "theory_exponent": None if theory is None else _num(theory[(m,) + idx[2:]]),
+            }
+        )
     return rows
 
 
