@@ -40,10 +40,25 @@ def main():
     metavar="KEY=VALUE",
     help="override a config key, e.g. --set network.depth=1000 (repeatable)",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["serial", "dask"]),
+    default="serial",
+    show_default=True,
+    help="how work units run: in this process, or as Dask tasks (pip install 'vxsim[dask]')",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Dask scheduler for --executor dask (default: a cluster of this machine)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result summary as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="no progress output")
 @guarded
-def sweep(config, output, backend, resume, overwrite, overrides, as_json, quiet):
+def sweep(
+    config, output, backend, resume, overwrite, overrides, executor, scheduler, as_json, quiet
+):
     """Run a sweep of CONFIG (TOML; the embedded default if omitted) into OUTPUT."""
     from . import config as config_mod
     from .store.summary import summarise_file
@@ -61,7 +76,16 @@ def sweep(config, output, backend, resume, overwrite, overrides, as_json, quiet)
         progress = _bar_progress(bar)
     elif not quiet:
         logging.basicConfig(level=logging.INFO, format="vxsim: %(message)s", stream=sys.stderr)
-    run_sweep(cfg, output, backend=backend, resume=resume, overwrite=overwrite, progress=progress)
+    run_sweep(
+        cfg,
+        output,
+        backend=backend,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        executor=executor,
+        scheduler=scheduler,
+    )
     if bar is not None:
         bar.render_finish()
 

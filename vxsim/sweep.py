@@ -9,7 +9,7 @@ import logging
 import os
 import platform
 
-from . import engines
+from . import engines, executors
 from .analysis import growth, report
 from .config import Config, load
 from .engines import base
@@ -94,14 +94,31 @@ def prepare(config, output, backend=None, resume=False, overwrite=False):
 
 
 def run_sweep(
-    config=None, output="vxsim.h5", backend=None, resume=False, overwrite=False, progress=None
+    config=None,
+    output="vxsim.h5",
+    backend=None,
+    resume=False,
+    overwrite=False,
+    progress=None,
+    executor="serial",
+    scheduler=None,
 ):
     """Run (or finish) a sweep into ``output``; returns the path.
 
     ``config``: a Config, a TOML path or None (the embedded default).
     ``progress``: optional callable(done, total) after each unit.
+    ``executor``: 'serial' (this process) or 'dask' (Dask tasks on the scheduler at
+    ``scheduler``, else on a cluster of this machine); see ``vxsim.executors``.
     """
-    config, engine = prepare(config, output, backend, resume, overwrite)
+    with executors.start(executor, scheduler) as compute:
+        config, engine = prepare(config, output, backend, resume, overwrite)
+        _run_units(config, engine, output, compute, progress)
+    finish(output, config)
+    return output
+
+
+def _run_units(config, engine, output, compute, progress):
+    """Compute the units not yet on disk and write each as it arrives (in any order)."""
     units = work_units(config)
     with hdf5.Writer(output) as writer:
         done = writer.completed()
@@ -109,15 +126,12 @@ def run_sweep(
         finished = len(units) - len(todo)
         if progress:
             progress(finished, len(units))
-        for wi, width, sample in todo:
-            arrays = engine.run_unit(config, width, sample)
+        for (wi, width, sample), arrays in compute(engine, config, todo):
             writer.write_unit(wi, sample, arrays)
             finished += 1
             log.info("unit width=%d sample=%d done (%d/%d)", width, sample, finished, len(units))
             if progress:
                 progress(finished, len(units))
-    finish(output, config)
-    return output
 
 
 def finish(output, config):
