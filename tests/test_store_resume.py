@@ -137,6 +137,29 @@ def test_resume_computes_no_finished_unit_twice(tmp_out, monkeypatch):
     assert summarise_file(tmp_out)["status"] == "complete"
 
 
+def test_a_file_begun_before_swmr_still_resumes(tmp_out, monkeypatch):
+    """A running file in the old format (superblock v0, no SWMR) is finished plainly."""
+    from vxsim.engines import numpy_ref
+    from vxsim.store import hdf5
+
+    cfg = small_config(
+        network__width=16, network__depth=20, monte_carlo__samples=3, engine__backend="numpy"
+    )
+    ref = tmp_out + ".ref.h5"
+    vxsim.run_sweep(cfg, ref)
+    real = numpy_ref.run_unit
+    monkeypatch.setattr(hdf5, "RUNNING_LIBVER", "earliest")
+    monkeypatch.setattr(
+        numpy_ref, "run_unit", lambda c, w, s: real(c, w, s) if s < 1 else 1 / 0
+    )  # dies in the second unit
+    with pytest.raises(ZeroDivisionError):
+        vxsim.run_sweep(cfg, tmp_out)
+    assert open(tmp_out, "rb").read(9)[8] == 0  # superblock v0: SWMR cannot write it
+    monkeypatch.undo()
+    vxsim.run_sweep(cfg, tmp_out, resume=True)
+    _assert_same_file(ref, tmp_out)
+
+
 def test_resume_with_other_config_is_refused(tmp_out):
     cfg = small_config(network__width=16, network__depth=20, monte_carlo__samples=1)
     vxsim.run_sweep(cfg, tmp_out, backend="numpy")

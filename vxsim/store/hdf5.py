@@ -45,6 +45,7 @@ from ..errors import VxsimError
 COORDS = ("width", "activation", "sigma_w2", "sigma_b2", "sample", "layer")
 UNIT_VARS = ("log_q", "corr", "log_tangent_norm", "log_grad_norm")
 STR = h5py.string_dtype()
+RUNNING_LIBVER = "latest"  # the file format of a running file: SWMR needs superblock v3
 
 
 def coordinates(config):
@@ -154,7 +155,7 @@ def create(path, config, backend, device):
     """
     with _replacing(path, "creating") as tmp:
         try:
-            f = h5py.File(tmp, "w", libver="latest")  # SWMR needs the latest format
+            f = h5py.File(tmp, "w", libver=RUNNING_LIBVER)
         except OSError as err:
             raise VxsimError(f"cannot create {path}: {_reason(err)}") from None
         with f:
@@ -219,7 +220,7 @@ BUSY = "the file is open in another process or program (one writer at a time)"
 def _reason(err):
     """The useful part of an h5py OSError (it is open elsewhere, it is not HDF5, ...)."""
     text = str(err)
-    if "lock" in text or "already open" in text:
+    if "unable to lock" in text or "already open" in text:  # not "superblock"
         return BUSY
     return f"not a readable HDF5 file ({text})"
 
@@ -337,6 +338,8 @@ def _open_swmr_writer(path, locked):
     try:
         return h5py.File(h5py.h5f.open(name, mode, fapl=fapl))
     except OSError as err:
+        if "superblock version for SWMR" in str(err):  # begun by a vxsim before SWMR
+            return h5py.File(path, "r+", locking=False)
         if "already open for write" not in str(err):
             raise VxsimError(f"cannot write {path}: {_reason(err)}") from None
     if not locked:
