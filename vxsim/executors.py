@@ -68,7 +68,8 @@ def _dask(scheduler):
     """Connect to ``scheduler`` now (or start a local cluster at the first units); close after."""
     distributed = _import_distributed()
     quiet = logging.getLogger("distributed")  # its INFO chatter would reach the sweep's log
-    level, _ = quiet.level, quiet.setLevel(max(quiet.level, logging.WARNING))
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
     client = cluster = None
 
     def compute(engine, config, units):
