@@ -14,6 +14,7 @@ from conftest import small_config
 
 import vxsim
 from vxsim.errors import VxsimError
+from vxsim.store.hdf5 import open_reader
 from vxsim.store.summary import summarise_file
 
 SLOW_KEYS = [
@@ -48,7 +49,7 @@ def _vxsim(*args, **kw):
 
 def _units_done(path):
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with open_reader(path) as f:
             return int(f["completed"][...].sum())
     except (OSError, KeyError):
         return 0
@@ -136,6 +137,29 @@ def test_resume_computes_no_finished_unit_twice(tmp_out, monkeypatch):
     assert summarise_file(tmp_out)["status"] == "complete"
 
 
+def test_a_file_begun_before_swmr_still_resumes(tmp_out, monkeypatch):
+    """A running file in the old format (superblock v0, no SWMR) is finished plainly."""
+    from vxsim.engines import numpy_ref
+    from vxsim.store import hdf5
+
+    cfg = small_config(
+        network__width=16, network__depth=20, monte_carlo__samples=3, engine__backend="numpy"
+    )
+    ref = tmp_out + ".ref.h5"
+    vxsim.run_sweep(cfg, ref)
+    real = numpy_ref.run_unit
+    monkeypatch.setattr(hdf5, "RUNNING_LIBVER", "earliest")
+    monkeypatch.setattr(
+        numpy_ref, "run_unit", lambda c, w, s: real(c, w, s) if s < 1 else 1 / 0
+    )  # dies in the second unit
+    with pytest.raises(ZeroDivisionError):
+        vxsim.run_sweep(cfg, tmp_out)
+    assert open(tmp_out, "rb").read(9)[8] == 0  # superblock v0: SWMR cannot write it
+    monkeypatch.undo()
+    vxsim.run_sweep(cfg, tmp_out, resume=True)
+    _assert_same_file(ref, tmp_out)
+
+
 def test_resume_with_other_config_is_refused(tmp_out):
     cfg = small_config(network__width=16, network__depth=20, monte_carlo__samples=1)
     vxsim.run_sweep(cfg, tmp_out, backend="numpy")
@@ -196,8 +220,98 @@ def test_a_second_writer_is_refused_and_a_reader_sees_the_finished_prefix(tmp_pa
         assert "open in another process" in second.stderr.read()
     summary = summarise_file(out)  # read beside the writer
     assert summary["status"] == "running" and 2 <= summary["units_done"] < 6
-    with h5py.File(out, "r", locking=False) as f:
+    with h5py.File(out, "r", swmr=True) as f:  # a plain h5py SWMR reader, no vxsim
         done = f["completed"][0].astype(bool)
         finished = f["log_q"][0, :, :, :, done]
     assert np.all(np.isfinite(finished))  # every unit flagged complete is whole
     assert p.wait(timeout=300) == 0
+
+
+def _unit_axes(ds):
+    """Positions of the width and sample axes of a per-unit variable, from its dimension scales."""
+    names = [ds.dims[i][0].name.rsplit("/", 1)[-1] for i in range(ds.ndim)]
+    return names.index("width"), names.index("sample")
+
+
+def _finished_units(f):
+    """{(width_index, sample): {variable: that unit's data}} for every unit flagged complete."""
+    done = f["completed"][...].astype(bool)
+    arrays = {name: f[name] for name in ("log_q", "corr", "log_tangent_norm", "log_grad_norm")}
+    out = {}
+    for wi, s in zip(*np.nonzero(done), strict=True):
+        unit = {}
+        for name, ds in arrays.items():
+            index = [slice(None)] * ds.ndim
+            w_axis, s_axis = _unit_axes(ds)
+            index[w_axis], index[s_axis] = wi, s
+            unit[name] = ds[tuple(index)]
+        out[int(wi), int(s)] = unit
+    return out
+
+
+def test_a_reader_during_a_running_sweep_sees_a_consistent_prefix(tmp_path, uninterrupted):
+    """Poll a running sweep (SWMR): finished units only grow, and each is already final."""
+    out = str(tmp_path / "watched.h5")
+    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
+    seen = []  # (status, {unit: data}) per read
+    while p.poll() is None:
+        try:
+            f = open_reader(out)
+        except FileNotFoundError:
+            continue
+        with f:
+            seen.append((f.attrs["status"], _finished_units(f)))
+        time.sleep(0.02)
+    assert p.returncode == 0, p.stderr.read()
+    _assert_same_file(uninterrupted, out)  # the reads did not disturb the writer
+
+    with h5py.File(out, "r") as f:
+        final = _finished_units(f)
+    running = [units for status, units in seen if status == "running"]
+    counts = [len(units) for units in running]
+    assert len(set(counts)) >= 3, f"too few distinct moments seen: {counts}"
+    for before, after in zip(running, running[1:], strict=False):
+        assert set(before) <= set(after)  # a finished unit stays finished
+    for units in running:
+        for unit, data in units.items():
+            for name, values in data.items():
+                assert np.all(np.isfinite(values)), (unit, name)
+                np.testing.assert_array_equal(values, final[unit][name], err_msg=f"{unit} {name}")
+
+
+def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, uninterrupted):
+    """SIGKILL leaves the superblock marked open for SWMR writing; resume clears it and finishes."""
+    out = str(tmp_path / "marked.h5")
+    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
+    _wait_for(lambda: _units_done(out) >= 1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    with open(out, "rb") as fh:
+        assert fh.read(12)[11] == 0x5  # status flags: open for writing | open for SWMR writing
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(out, "r")  # why readers fall back to SWMR and the writer clears the marks
+    assert 1 <= summarise_file(out)["units_done"] < 6  # still readable as an SWMR reader
+
+    p = _vxsim("sweep", "-o", out, "--resume", *SLOW_KEYS)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    _assert_same_file(uninterrupted, out)
+
+
+def test_lookup3_known_answers():
+    """Bob Jenkins' published lookup3 vectors, and the checksum of a real HDF5 superblock."""
+    from vxsim.store.hdf5 import lookup3
+
+    assert lookup3(b"") == 0xDEADBEEF
+    assert lookup3(b"Four score and seven years ago") == 0x17770551
+    assert lookup3(b"Four score and seven years ago", 1) == 0xCD628161
+
+
+def test_lookup3_matches_hdf5_superblock_checksum(tmp_path):
+    from vxsim.store.hdf5 import lookup3
+
+    path = str(tmp_path / "sb.h5")
+    with h5py.File(path, "w", libver="latest") as f:
+        f["x"] = np.arange(3)
+    block = open(path, "rb").read(48)
+    assert block[8] >= 2 and block[9] == 8  # superblock v2+, 8-byte offsets: 44 bytes + checksum
+    assert int.from_bytes(block[44:48], "little") == lookup3(block[:44])

@@ -48,10 +48,35 @@ def main():
     help="compute only shard I of N (1-based; auto/N: I from $SLURM_ARRAY_TASK_ID); "
     "join the parts with `vxsim merge`",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["serial", "dask"]),
+    default="serial",
+    show_default=True,
+    help="how work units run: in this process, or as Dask tasks (pip install 'vxsim[dask]')",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Dask scheduler for --executor dask (default: a cluster of this machine)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result summary as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="no progress output")
 @guarded
-def sweep(config, output, backend, resume, overwrite, overrides, shard, as_json, quiet):
+def sweep(
+    config,
+    output,
+    backend,
+    resume,
+    overwrite,
+    overrides,
+    shard,
+    executor,
+    scheduler,
+    as_json,
+    quiet,
+):
     """Run a sweep of CONFIG (TOML; the embedded default if omitted) into OUTPUT."""
     from . import config as config_mod
     from .store.summary import summarise_file
@@ -79,6 +104,8 @@ def sweep(config, output, backend, resume, overwrite, overrides, shard, as_json,
         overwrite=overwrite,
         progress=progress,
         shard=shard,
+        executor=executor,
+        scheduler=scheduler,
     )
     if bar is not None:
         bar.render_finish()

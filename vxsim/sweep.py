@@ -10,7 +10,7 @@ import logging
 import os
 import platform
 
-from . import engines
+from . import engines, executors
 from .analysis import growth, report
 from .config import Config, load
 from .engines import base
@@ -105,6 +105,8 @@ def run_sweep(
     overwrite=False,
     progress=None,
     shard=None,
+    executor="serial",
+    scheduler=None,
 ):
     """Run (or finish) a sweep into ``output``; returns the path.
 
@@ -112,10 +114,23 @@ def run_sweep(
     ``progress``: optional callable(done, total) after each unit.
     ``shard``: (i, n), "i/n" or "auto/n": compute only shard i (1-based) of n
     into a shard file (status 'shard-complete' when done; ``vxsim.merge`` joins them).
+    ``executor``: 'serial' (this process) or 'dask' (Dask tasks on the scheduler at
+    ``scheduler``, else on a cluster of this machine); see ``vxsim.executors``.
     """
     if shard is not None:
         shard = parse_shard(shard)
-    config, engine = prepare(config, output, backend, resume, overwrite, shard)
+    with executors.start(executor, scheduler) as compute:
+        config, engine = prepare(config, output, backend, resume, overwrite, shard)
+        _run_units(config, engine, output, compute, progress, shard)
+    if shard is not None:
+        shardfile.seal(output, config)
+    else:
+        finish(output, config)
+    return output
+
+
+def _run_units(config, engine, output, compute, progress, shard=None):
+    """Compute the units not yet on disk and write each as it arrives (in any order)."""
     units = work_units(config)
     if shard is not None:  # the units the file says it owns
         owned = shardfile.read(output)["mask"]
@@ -126,18 +141,12 @@ def run_sweep(
         finished = len(units) - len(todo)
         if progress:
             progress(finished, len(units))
-        for wi, width, sample in todo:
-            arrays = engine.run_unit(config, width, sample)
+        for (wi, width, sample), arrays in compute(engine, config, todo):
             writer.write_unit(wi, sample, arrays)
             finished += 1
             log.info("unit width=%d sample=%d done (%d/%d)", width, sample, finished, len(units))
             if progress:
                 progress(finished, len(units))
-    if shard is not None:
-        shardfile.seal(output, config)
-    else:
-        finish(output, config)
-    return output
 
 
 def finish(output, config):

@@ -19,11 +19,23 @@ any moment leaves a readable file in which every unit flagged complete is
 whole. A unit's data are flushed before its flag is set. When the last unit is
 in, the file is rewritten chunked and compressed with the summary added, into
 a temporary file renamed over the original (atomic on POSIX).
+
+The running file uses HDF5's single-writer/multiple-reader mode (SWMR): it is
+created with the latest file format and the one writer opens it for SWMR
+writing, so other processes read it (``open_reader``) while it is written. The
+writer also holds an exclusive record lock on the file for as long as it
+runs; the kernel drops that lock however the writer ends, so a held lock means a
+live writer (a second one is refused) and a free lock on a file still marked
+open for writing means a killed one, whose marks are cleared on resume.
 """
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import struct
+import sys
 import time
 
 import h5py
@@ -40,6 +52,7 @@ def dims(config):
 
 UNIT_VARS = ("log_q", "corr", "log_tangent_norm", "log_grad_norm")
 STR = h5py.string_dtype()
+RUNNING_LIBVER = "latest"  # the file format of a running file: SWMR needs superblock v3
 
 
 def coordinates(config):
@@ -152,7 +165,7 @@ def create(path, config, backend, device, extra=None):
     """
     with _replacing(path, "creating") as tmp:
         try:
-            f = h5py.File(tmp, "w", libver="earliest")
+            f = h5py.File(tmp, "w", libver=RUNNING_LIBVER)
         except OSError as err:
             raise VxsimError(f"cannot create {path}: {_reason(err)}") from None
         with f:
@@ -181,18 +194,62 @@ def _replacing(path, purpose):
 def refuse_if_written(path):
     """Raise if another process holds ``path`` open for writing (before replacing it)."""
     try:
-        h5py.File(path, "r").close()
-    except OSError as err:
-        if "lock" in str(err):
-            raise VxsimError(f"cannot replace {path}: {_reason(err)}") from None
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        if not _try_lock(fd, exclusive=False):
+            raise VxsimError(f"cannot replace {path}: {BUSY}")
+    except OSError:
+        pass  # no locks on this file system: nothing to tell
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd, exclusive):
+    """Lock the file of ``fd`` without waiting; False where another process holds a conflict.
+
+    An open-file-description record lock (Linux: it goes when this descriptor
+    closes or its process dies, however it dies), else a POSIX ``lockf``.
+    Neither meets HDF5's own ``flock``, so readers that let HDF5 lock, such as
+    ``h5py.File(path, "r", swmr=True)``, still open a file being written.
+    """
+    try:
+        if sys.platform == "linux" and hasattr(fcntl, "F_OFD_SETLK"):
+            kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+            request = struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)  # struct flock
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+        else:
+            fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+BUSY = "the file is open in another process or program (one writer at a time)"
 
 
 def _reason(err):
     """The useful part of an h5py OSError (it is open elsewhere, it is not HDF5, ...)."""
     text = str(err)
-    if "lock" in text or "already open" in text:
-        return "the file is open in another process or program (one writer at a time)"
+    if "unable to lock" in text or "already open" in text:  # not "superblock"
+        return BUSY
     return f"not a readable HDF5 file ({text})"
+
+
+def open_reader(path):
+    """Open a results file read-only, also while its sweep writes it (or after a kill).
+
+    A file whose writer has it open (or was killed with it open) is marked so
+    in its superblock, and HDF5 opens it only as an SWMR reader; a closed file
+    opens plainly. Neither takes a lock, so the writer is never disturbed.
+    """
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as err:
+        if "already open for write" not in str(err):
+            raise
+    return h5py.File(path, "r", locking=False, swmr=True)
 
 
 def _diff_keys(a, b, prefix="", labels=("file", "now")):
@@ -211,7 +268,7 @@ def _diff_keys(a, b, prefix="", labels=("file", "now")):
 def check_resumable(path, config):
     """Refuse to resume a file written for another config (say which keys differ)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_reader(path) as f:
             stored = f.attrs["config"]
     except OSError as err:
         raise VxsimError(f"cannot resume {path}: {_reason(err)}") from None
@@ -223,14 +280,22 @@ def check_resumable(path, config):
 
 
 class Writer:
-    """The single writer of a running sweep: unit results in, completion flags out."""
+    """The single writer of a running sweep: unit results in, completion flags out.
+
+    Holds an exclusive lock on the file (a second writer is refused) and
+    the file open in SWMR-write mode (readers see every flushed unit). Writes
+    raw data into the preallocated datasets only: SWMR forbids new objects.
+    """
 
     def __init__(self, path):
         self.path = path
+        self.lock = _lock_for_writing(path)
         try:
-            self.file = h5py.File(path, "r+")
-        except OSError as err:
-            raise VxsimError(f"cannot write {path}: {_reason(err)}") from None
+            self.file = _open_swmr_writer(path, locked=self.lock is not None)
+        except BaseException:
+            if self.lock is not None:
+                os.close(self.lock)
+            raise
 
     def completed(self):
         return self.file["completed"][...].astype(bool)
@@ -248,6 +313,9 @@ class Writer:
 
     def close(self):
         self.file.close()
+        if self.lock is not None:
+            os.close(self.lock)  # releases the lock, after HDF5 has closed the file
+            self.lock = None
 
     def __enter__(self):
         return self
@@ -256,9 +324,134 @@ class Writer:
         self.close()
 
 
+def _lock_for_writing(path):
+    """A descriptor of ``path`` holding the writer's lock, or None where locks are unsupported."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as err:
+        raise VxsimError(f"cannot write {path}: {err.strerror}") from None
+    try:
+        locked = _try_lock(fd, exclusive=True)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+    if not locked:
+        os.close(fd)
+        raise VxsimError(f"cannot write {path}: {BUSY}")
+    return fd
+
+
+def _open_swmr_writer(path, locked):
+    """``path`` opened for SWMR writing; a killed writer's marks are cleared when ``locked``."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, True)  # the writer's own lock stands for HDF5's
+    name = os.fsencode(path)
+    mode = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+    try:
+        return h5py.File(h5py.h5f.open(name, mode, fapl=fapl))
+    except OSError as err:
+        if "superblock version for SWMR" in str(err):  # begun by a vxsim before SWMR
+            return h5py.File(path, "r+", locking=False)
+        if "already open for write" not in str(err):
+            raise VxsimError(f"cannot write {path}: {_reason(err)}") from None
+    if not locked:
+        raise VxsimError(
+            f"cannot write {path}: it is marked open by a writer, and this file system "
+            "has no locks to tell whether that writer still runs; if none does, clear "
+            "the mark with `h5clear -s` and resume"
+        )
+    clear_writer_marks(path)  # we hold the lock: the writer that left them is gone
+    try:
+        return h5py.File(h5py.h5f.open(name, mode, fapl=fapl))
+    except OSError as err:
+        raise VxsimError(f"cannot write {path}: {_reason(err)}") from None
+
+
+# Superblock versions 2 and 3 (HDF5 file format spec, section II.A): signature (8 bytes),
+# version, size of offsets, size of lengths, status flags (1 byte each), four addresses,
+# then a lookup3 checksum of everything before it. Flag bits: 0x1 open for writing,
+# 0x4 open for SWMR writing.
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_SWMR_WRITER_MARKS = 0x1 | 0x4
+
+
+def clear_writer_marks(path):
+    """Reset the superblock status flags that a killed SWMR writer left (``h5clear -s``).
+
+    HDF5 refuses to open a file marked open for writing. Only the marks an SWMR
+    writer leaves are cleared: such a writer keeps the file's structure valid at
+    every moment, and vxsim's writer changes raw data only.
+    """
+    with open(path, "r+b") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:8] != _SIGNATURE or head[8] not in (2, 3):
+            raise VxsimError(f"cannot write {path}: not a vxsim results file")
+        size = 12 + 4 * head[9]
+        fh.seek(0)
+        block = bytearray(fh.read(size + 4))
+        if struct.unpack("<I", block[size:])[0] != lookup3(bytes(block[:size])):
+            raise VxsimError(f"cannot write {path}: its superblock checksum is wrong")
+        if block[11] & _SWMR_WRITER_MARKS != _SWMR_WRITER_MARKS:
+            raise VxsimError(
+                f"cannot write {path}: another program left it open for writing "
+                "(not a vxsim sweep); it may be damaged"
+            )
+        block[11] = 0
+        block[size:] = struct.pack("<I", lookup3(bytes(block[:size])))
+        fh.seek(0)
+        fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def lookup3(data, initval=0):
+    """Bob Jenkins' lookup3 ``hashlittle``, the checksum of HDF5 metadata (H5_checksum_lookup3).
+
+    Bytes in little-endian 32-bit words a, b, c, 12 at a time, each block
+    folded in by ``mix``; the last (zero-padded) block by ``final``; c is the hash.
+    """
+    mask = 0xFFFFFFFF
+
+    def rot(x, k):
+        return ((x << k) | (x >> (32 - k))) & mask
+
+    n = len(data)
+    a = b = c = (0xDEADBEEF + n + initval) & mask
+    if n == 0:
+        return c
+    padded = data + bytes(-n % 12)
+    words = struct.unpack(f"<{len(padded) // 4}I", padded)
+    for i in range(0, len(words) - 3, 3):  # every block but the last: mix
+        a, b, c = (a + words[i]) & mask, (b + words[i + 1]) & mask, (c + words[i + 2]) & mask
+        a = ((a - c) & mask) ^ rot(c, 4)
+        c = (c + b) & mask
+        b = ((b - a) & mask) ^ rot(a, 6)
+        a = (a + c) & mask
+        c = ((c - b) & mask) ^ rot(b, 8)
+        b = (b + a) & mask
+        a = ((a - c) & mask) ^ rot(c, 16)
+        c = (c + b) & mask
+        b = ((b - a) & mask) ^ rot(a, 19)
+        a = (a + c) & mask
+        c = ((c - b) & mask) ^ rot(b, 4)
+        b = (b + a) & mask
+    a, b, c = (a + words[-3]) & mask, (b + words[-2]) & mask, (c + words[-1]) & mask
+    c = ((c ^ b) - rot(b, 14)) & mask
+    a = ((a ^ c) - rot(c, 11)) & mask
+    b = ((b ^ a) - rot(a, 25)) & mask
+    c = ((c ^ b) - rot(b, 16)) & mask
+    a = ((a ^ c) - rot(c, 4)) & mask
+    b = ((b ^ a) - rot(a, 14)) & mask
+    c = ((c ^ b) - rot(b, 24)) & mask
+    return c
+
+
 def read_unit_variables(path):
     """{name: array} of every per-unit variable, plus coordinates and attributes."""
-    with h5py.File(path, "r") as f:
+    with open_reader(path) as f:
         data = {
             name: f[name][...] for name in list(UNIT_VARS) + ["diverged", "completed"] if name in f
         }

@@ -2,18 +2,17 @@
 
 import json
 
-import h5py
 import numpy as np
 
 from ..analysis.boundary import zero_crossing
 from ..errors import VxsimError
-from .hdf5 import file_dims
+from .hdf5 import file_dims, open_reader
 
 
 def open_for_reading(path):
-    """Open a results file read-only, beside a writer that may hold it (no HDF5 lock)."""
+    """Open a results file read-only, beside a writer that may hold it (SWMR reader, no lock)."""
     try:
-        return h5py.File(path, "r", locking=False)
+        return open_reader(path)
     except FileNotFoundError:
         raise VxsimError(f"{path} does not exist") from None
     except OSError as err:
