@@ -71,12 +71,15 @@ def _check_paths(parts, output, overwrite):
 def _read_part(path):
     """Attributes, completion mask and shard info of one part (opened read-only)."""
     try:
-        f = h5py.File(path, "r")
+        hdf5.refuse_if_written(path)
+    except VxsimError:
+        raise VxsimError(
+            f"cannot merge: {path}: {hdf5.BUSY}; is its sweep still running?"
+        ) from None
+    try:
+        f = hdf5.open_reader(path)  # a killed shard's file too: its units count as missing
     except OSError as err:
-        reason = hdf5._reason(err)
-        if "another process" in reason:
-            reason += "; is its sweep still running?"
-        raise VxsimError(f"cannot merge: {path}: {reason}") from None
+        raise VxsimError(f"cannot merge: {path}: {hdf5._reason(err)}") from None
     with f:
         attrs = {k: f.attrs[k] for k in f.attrs}
         if "config" not in attrs or "completed" not in f or "config_text" not in attrs:
@@ -199,7 +202,7 @@ def _copy_units(dst, infos, owner, config):
         units = [u for u, holder in owner.items() if holder == k]
         if not units:
             continue
-        with h5py.File(info["path"], "r") as src:
+        with hdf5.open_reader(info["path"]) as src:
             for name, dims in variables.items():
                 for wi, sample in units:
                     index = unit_index(dims, wi, sample)

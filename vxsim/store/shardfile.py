@@ -12,7 +12,6 @@ sweep has (``vxsim merge``). The owned units are read back from the file, not
 recomputed, so a resumed shard continues exactly the units it was created with.
 """
 
-import h5py
 import numpy as np
 
 from ..errors import VxsimError
@@ -41,7 +40,7 @@ def _content(index, count, mask):
 def read(path):
     """{'index', 'count', 'mask'} of a shard file; None for a whole sweep's file."""
     try:
-        with h5py.File(path, "r") as f:
+        with hdf5.open_reader(path) as f:
             if "shard_index" not in f.attrs:
                 return None
             return {
@@ -75,7 +74,7 @@ def check_resumable(path, shard):
 
 def seal(path, config):
     """Rewrite a shard whose own units are all done compressed, with status 'shard-complete'."""
-    with h5py.File(path, "r") as f:
+    with hdf5.open_reader(path) as f:
         if f.attrs.get("status") == SEALED:
             return
         done = f["completed"][...].astype(bool)
