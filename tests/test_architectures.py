@@ -15,7 +15,7 @@ from conftest import small_config
 from vxsim import rng
 from vxsim.analysis import growth
 from vxsim.config import ConfigError
-from vxsim.engines import base, generic, numba_cpu, numba_normals, numpy_ref
+from vxsim.engines import base, numba_cpu, numba_normals, numpy_ref
 
 GRID = dict(grid__sigma_w2=[0.6, 1.4, 2.5], grid__sigma_b2=[0.0, 0.2])
 
@@ -159,24 +159,6 @@ def test_elman_loop_fails_an_engine_drawing_weights_per_step(monkeypatch):
     ref = lambda *a: elman_reference(config, 8, 0, *a)  # noqa: E731
     with pytest.raises(AssertionError):
         _compare(res, config, ref, "sigma_u2")
-
-
-@pytest.mark.parametrize("precision", ["float64", "float32"])
-def test_generic_driver_reproduces_the_mlp_oracle(precision):
-    config = small_config(
-        network__width=[16],
-        network__depth=30,
-        network__activation=["tanh", "relu"],
-        measure__mode="both",
-        measure__precision=precision,
-        engine__checkpoint=5,
-        **GRID,
-    )
-    a, b = generic.run_unit(config, 16, 0), numpy_ref.run_unit(config, 16, 0)
-    np.testing.assert_array_equal(a["diverged"], b["diverged"])
-    for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
-        tol = 1e-12 if precision == "float64" else 1e-5
-        np.testing.assert_allclose(a[key], b[key], rtol=tol, atol=tol, err_msg=key)
 
 
 def test_parallel_normals_are_bit_identical():

@@ -87,6 +87,11 @@ def weights(config, width, sample, layer, dtype=None):
     return rng.normal_matrix(config.seed, sample, layer, width, dtype=dtype or config.dtype)
 
 
+def mean_square(x):
+    """Per-column mean of x^2, accumulated in float64."""
+    return np.einsum("ij,ij->j", x, x, dtype=np.float64) / x.shape[0]
+
+
 def divergence_limit(dtype):
     """|h| above which a non-renormalisable pre-activation counts as diverged."""
     return float(np.sqrt(np.finfo(dtype).max)) * _DIVERGE_MARGIN

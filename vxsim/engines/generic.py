@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import rng
 from . import base
+from .base import mean_square
 
 
 class Unit:
@@ -89,19 +90,17 @@ def _split(v, P):
     return v[..., :P], v[..., P:]
 
 
-def _log_q(h, ls):
+def _log_q(hh, ls):
+    """log q^l = log mean(h^2) = 2 ls + log mean(hh^2) (h = e^ls hh)."""
     with np.errstate(divide="ignore"):
-        return 2.0 * ls + np.log(_mean_square(h))
-
-
-def _mean_square(x):
-    return np.einsum("ij,ij->j", x, x, dtype=np.float64) / x.shape[0]
+        return 2.0 * ls + np.log(mean_square(hh))
 
 
 def _correlation(h1, h2):
+    """c^l = <h1, h2> / (|h1| |h2|) per column."""
     dot = np.einsum("ij,ij->j", h1, h2, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return dot / np.sqrt(_mean_square(h1) * _mean_square(h2)) / h1.shape[0]
+        return dot / np.sqrt(mean_square(h1) * mean_square(h2)) / h1.shape[0]
 
 
 def _renormalise(v):
@@ -122,7 +121,7 @@ def _diverged(unit, model, state):
         bad |= ~np.isfinite(peak) | (peak > unit.limit)
     h, _ = model.observe(state)
     if model.LOG_SCALE:
-        bad |= (_mean_square(h) == 0) & np.tile(unit.homogeneous, 2)
+        bad |= (mean_square(h) == 0) & np.tile(unit.homogeneous, 2)
     return bad[: unit.P] | bad[unit.P :]
 
 

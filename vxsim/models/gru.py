@@ -41,80 +41,13 @@ renormalised (LOG_SCALE = False): the gates are not homogeneous.
 
 import numpy as np
 
-from .. import rng
+from .gates import input_bias, preactivation, sigmoid, tied_weights, trajectory_one
 from .mlp import cotangent_start, scale, tangent_start  # noqa: F401  (the MLP's)
 
 LOG_SCALE = False
 GATES = ("r", "z", "n")  # gate g uses streams STREAM_GATE + g, STREAM_GATE_INPUT + g
 UPDATE = GATES.index("z")  # the gate that update_bias shifts
 BIAS_AXIS = "update_bias"
-
-
-# ---------------------------------------------------------------- shared with models.lstm
-
-
-def sigmoid(x):
-    """(sigma(x), 1 - sigma(x)) for sigma(x) = 1/(1 + exp(-x)), without overflow.
-
-    With e = exp(-|x|) <= 1: sigma(|x|) = 1/(1 + e) and sigma(-|x|) = e/(1 + e),
-    and 1 - sigma(x) = sigma(-x), so both are accurate in both tails.
-    """
-    e = np.exp(-np.abs(x))
-    big = 1.0 / (1.0 + e)
-    small = e * big
-    positive = x >= 0
-    return np.where(positive, big, small), np.where(positive, small, big)
-
-
-def gate_weights(unit, n_gates):
-    """The stacked (G N x N) [Z_0; Z_1; ...] in the run's precision, the same at every step."""
-    return unit.tied(
-        "W", lambda: np.concatenate([unit.matrix(0, rng.STREAM_GATE + g) for g in range(n_gates)])
-    )
-
-
-def drive(unit, t, n_gates):
-    """[Z_{U,g} x_t] / sqrt(N) stacked over gates, (G N,) float64: U_g x_t = sqrt(su2) * this."""
-    Z_U = unit.tied(
-        "U",
-        lambda: np.concatenate(
-            [
-                rng.normal_matrix(
-                    unit.config.seed, unit.sample, 0, unit.width, rng.STREAM_GATE_INPUT + g
-                )
-                for g in range(n_gates)
-            ]
-        ),
-    )
-    x = np.sqrt(unit.config.input_variance) * unit.normals(t, rng.STREAM_SEQUENCE)
-    return Z_U @ x / np.sqrt(unit.width)
-
-
-def gate_bias(unit, t, n_gates, shifted, axis):
-    """U_g x_t + b_g (+ the gate-bias shift on gate ``shifted``), (G N, 2P), float64.
-
-    b_g = sqrt(sb2) xi_g with xi_g tied; the shift is the grid axis ``axis``.
-    """
-    N = unit.width
-    xi = unit.tied(
-        "xi", lambda: np.concatenate([unit.normals(g, rng.STREAM_BIAS) for g in range(n_gates)])
-    )
-    sb = unit.per_point(np.sqrt(unit.grid.sigma_b2))
-    su = unit.per_point(np.sqrt(unit.grid.extra["sigma_u2"]))
-    out = xi[:, None] * sb[None, :] + drive(unit, t, n_gates)[:, None] * su[None, :]
-    out[shifted * N : (shifted + 1) * N] += unit.per_point(unit.grid.extra[axis])[None, :]
-    return out
-
-
-def preactivation(unit, Zg, h, bias):
-    """sqrt(sw2/N) (Zg @ h) + bias, per column, in the run's precision."""
-    copies = h.shape[1] // unit.P
-    return scale(unit, copies) * (Zg @ h) + bias.astype(h.dtype)
-
-
-def trajectory_one(state):
-    """The first trajectory's columns of a (rows, 2P) state array."""
-    return state[:, : state.shape[1] // 2]
 
 
 # ---------------------------------------------------------------- the step, for engines.generic
@@ -139,7 +72,7 @@ def start(unit):
 
 def weights(unit, layer):
     """[Z_r; Z_z; Z_n] (3N x N), the same object at every step (tied)."""
-    return gate_weights(unit, len(GATES))
+    return tied_weights(unit, len(GATES))
 
 
 def gates(unit, t, h, W):
@@ -150,7 +83,7 @@ def gates(unit, t, h, W):
     """
     N = unit.width
     copies = h.shape[1] // unit.P
-    bias = gate_bias(unit, t, len(GATES), UPDATE, BIAS_AXIS)[:, : copies * unit.P]
+    bias = input_bias(unit, t, len(GATES), UPDATE, BIAS_AXIS)[:, : copies * unit.P]
     a_rz = preactivation(unit, W[: 2 * N], h, bias[: 2 * N])
     r, one_minus_r = sigmoid(a_rz[:N])
     z, one_minus_z = sigmoid(a_rz[N:])

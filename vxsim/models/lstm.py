@@ -9,7 +9,7 @@ Hochreiter & Schmidhuber (1997) with a forget gate (Gers et al. 2000), no peepho
     c_t = f_t * c_{t-1} + i_t * g_t,    h_t = o_t * phi(c_t)
 
 phi is the grid's activation, the gates are the logistic sigmoid
-(``models.gru.sigmoid``). Every gate k = i, f, g, o (stream offset 0..3,
+(``models.gates.sigmoid``). Every gate k = i, f, g, o (stream offset 0..3,
 PyTorch's order) has W_k = sqrt(sw2/N) Z_k, U_k = sqrt(su2/N) Z_{U,k},
 b_k = sqrt(sb2) xi_k, drawn once per sample from the streams of ``models.gru``
 and tied across the T = depth steps; the inputs x_t are shared by both
@@ -37,7 +37,7 @@ Nothing is renormalised (LOG_SCALE = False); log q_t and c_t are of h_t.
 
 import numpy as np
 
-from .gru import gate_bias, gate_weights, preactivation, sigmoid, trajectory_one
+from .gates import input_bias, preactivation, sigmoid, tied_weights, trajectory_one
 from .mlp import scale
 
 LOG_SCALE = False
@@ -80,7 +80,7 @@ def cotangent_start(unit):
 
 def weights(unit, layer):
     """[Z_i; Z_f; Z_g; Z_o] (4N x N), the same object at every step (tied)."""
-    return gate_weights(unit, len(GATES))
+    return tied_weights(unit, len(GATES))
 
 
 def gates(unit, t, h, c, W):
@@ -90,7 +90,7 @@ def gates(unit, t, h, c, W):
     """
     N = unit.width
     copies = h.shape[1] // unit.P
-    bias = gate_bias(unit, t, len(GATES), F, BIAS_AXIS)[:, : copies * unit.P]
+    bias = input_bias(unit, t, len(GATES), F, BIAS_AXIS)[:, : copies * unit.P]
     a = preactivation(unit, W, h, bias)
     (i, i_c), (f, f_c), (o, o_c) = (sigmoid(a[k * N : (k + 1) * N]) for k in (I, F, O))
     a_g = a[G * N : (G + 1) * N]

@@ -12,19 +12,8 @@ stays 0 and h is the true pre-activation.
 
 import numpy as np
 
-
-def activate(groups, fn_name, h):
-    """phi, phi' or phi'' (by name) applied column group by column group."""
-    out = np.empty_like(h)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for act, param, cols in groups:
-            out[:, cols] = getattr(act, fn_name)(h[:, cols], h.dtype.type(param))
-    return out
-
-
-def mean_square(x):
-    """Per-column mean of x^2, accumulated in float64."""
-    return np.einsum("ij,ij->j", x, x, dtype=np.float64) / x.shape[0]
+from ..engines import base
+from ..engines.base import mean_square
 
 
 def preactivation(zx, scale, bias_term, log_s, homogeneous):
@@ -41,28 +30,6 @@ def preactivation(zx, scale, bias_term, log_s, homogeneous):
     renorm = homogeneous & (rms > 0)
     divisor = np.where(renorm, rms, 1.0).astype(zx.dtype)
     return h / divisor, log_s + np.where(renorm, np.log(np.where(renorm, rms, 1.0)), 0.0)
-
-
-def log_q(hh, log_s):
-    """log q^l = log mean(h^2) = 2 log_s + log mean(hh^2)."""
-    with np.errstate(divide="ignore"):
-        return 2.0 * log_s + np.log(mean_square(hh))
-
-
-def correlation(h1, h2):
-    """c^l = <h1, h2> / (|h1| |h2|) per column."""
-    dot = np.einsum("ij,ij->j", h1, h2, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return dot / np.sqrt(mean_square(h1) * mean_square(h2)) / h1.shape[0]
-
-
-def renormalise(v):
-    """v / |v| per column, and log |v|^2 (float64); zero columns stay zero with -inf."""
-    sq = np.einsum("ij,ij->j", v, v, dtype=np.float64)
-    norm = np.sqrt(sq)
-    safe = np.where(norm > 0, norm, 1.0).astype(v.dtype)
-    with np.errstate(divide="ignore"):
-        return v / safe, np.log(sq)
 
 
 # ---------------------------------------------------------------- the step, for engines.generic
@@ -98,8 +65,6 @@ def tangent_start(unit):
 
 def cotangent_start(unit):
     """g^L = gamma (E = <gamma, h^L>), for every grid point."""
-    from ..engines import base
-
     gamma = base.output_direction(unit.config, unit.width, unit.sample)
     return np.repeat(gamma[:, None], unit.P, 1).astype(unit.dtype)
 
@@ -116,8 +81,6 @@ def scale(unit, copies=1):
 
 def bias_term(unit, layer):
     """b^l = sqrt(sigma_b2) xi^l per column (N, 2P), float64."""
-    from ..engines import base
-
     xi = base.bias(unit.config, unit.width, unit.sample, layer)
     return xi[:, None] * unit.per_point(np.sqrt(unit.grid.sigma_b2))[None, :]
 

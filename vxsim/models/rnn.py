@@ -11,9 +11,7 @@ the bias, so the tangent (forward in time from h_0) and the gradient
 (backpropagation through time from step T) are the MLP's too.
 """
 
-import numpy as np
-
-from .. import rng
+from . import gates
 from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
     LOG_SCALE,
     advance,
@@ -29,22 +27,12 @@ from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
 
 def weights(unit, layer):
     """Z_W, the same at every step."""
-    return unit.tied("W", lambda: unit.matrix(0, rng.STREAM_GATE))
-
-
-def drive(unit, t):
-    """Z_U x_t / sqrt(N) (N,), float64: U x_t = sqrt(su2) * this."""
-    Z_U = unit.tied("U", lambda: unit.matrix(0, rng.STREAM_GATE_INPUT, np.float64))
-    x = np.sqrt(unit.config.input_variance) * unit.normals(t, rng.STREAM_SEQUENCE)
-    return Z_U @ x / np.sqrt(unit.width)
+    return gates.tied_weights(unit, 1)
 
 
 def bias_term(unit, t):
-    """U x_t + b per column (N, 2P), float64; b = sqrt(sb2) xi, xi tied."""
-    xi = unit.tied("xi", lambda: unit.normals(0, rng.STREAM_BIAS))
-    sb = unit.per_point(np.sqrt(unit.grid.sigma_b2))
-    su = unit.per_point(np.sqrt(unit.grid.extra["sigma_u2"]))
-    return xi[:, None] * sb[None, :] + drive(unit, t)[:, None] * su[None, :]
+    """U x_t + b per column (N, 2P), float64; U and b tied."""
+    return gates.input_bias(unit, t, 1)
 
 
 def step(unit, t, state, Z):
