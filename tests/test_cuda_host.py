@@ -15,6 +15,7 @@ reductions, NVRTC/CuPy, cuBLAS and TF32, the device's libm) is in
 tests/test_cuda_gpu.py and scripts/gpu_check.sh.
 """
 
+import ctypes
 import os
 import re
 import shutil
@@ -182,6 +183,71 @@ def test_no_fma_contraction_in_the_random_numbers(tmp_path):
     loose = _nvcc(tmp_path, text, "loose", "--fmad=true")
     assert "fma." not in strict
     assert "fma.rn.f64" in loose
+
+
+# ---------------------------------------------------------------- NVRTC (what CuPy compiles with)
+
+
+def _nvrtc_library():
+    """libnvrtc: $VXSIM_NVRTC, the CUDA toolkit, or a pip-installed nvidia-cuda-nvrtc."""
+    import ctypes.util
+    import glob
+    import importlib.util
+
+    paths = [os.environ.get("VXSIM_NVRTC", "")]
+    paths += sorted(glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*"))
+    spec = importlib.util.find_spec("nvidia")
+    for root in list(spec.submodule_search_locations or []) if spec else []:
+        paths += sorted(glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so*")))
+    paths.append(ctypes.util.find_library("nvrtc") or "")
+    for path in paths:
+        if path and "builtins" not in path:
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                continue
+    return None
+
+
+NVRTC = _nvrtc_library()
+
+
+def _nvrtc_compile(text, options):
+    """(ok, log, ptx) of NVRTC compiling ``text`` with ``options``."""
+    c = ctypes
+    prog = c.c_void_p()
+    NVRTC.nvrtcCreateProgram(c.byref(prog), text.encode(), b"vxsim.cu", 0, None, None)
+    opts = (c.c_char_p * len(options))(*[o.encode() for o in options])
+    status = NVRTC.nvrtcCompileProgram(prog, len(options), opts)
+    size = c.c_size_t()
+    NVRTC.nvrtcGetProgramLogSize(prog, c.byref(size))
+    log = c.create_string_buffer(size.value)
+    NVRTC.nvrtcGetProgramLog(prog, log)
+    ptx = b""
+    if status == 0:
+        NVRTC.nvrtcGetPTXSize(prog, c.byref(size))
+        buf = c.create_string_buffer(size.value)
+        NVRTC.nvrtcGetPTX(prog, buf)
+        ptx = buf.value
+    NVRTC.nvrtcDestroyProgram(c.byref(prog))
+    return status == 0, log.value.decode(errors="replace"), ptx.decode(errors="replace")
+
+
+@pytest.mark.skipif(NVRTC is None, reason="no NVRTC library (libnvrtc) found; set VXSIM_NVRTC")
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_program_compiles_with_nvrtc(precision):
+    """The runtime compiler CuPy uses (no system headers, no nvcc driver), with the
+    engine's options, for Ampere and Hopper; no FMA contraction in the generator."""
+    text = cuda_sources.program(precision)
+    for arch in ("compute_80", "compute_90"):
+        ok, log, ptx = _nvrtc_compile(text, [*cuda_sources.NVRTC_OPTIONS, f"-arch={arch}"])
+        assert ok, log
+        assert "warning" not in log.lower(), log
+        for name in cuda_sources.kernel_signatures(text):
+            assert re.search(rf"\.entry {name}\(", ptx), name
+    gen = cuda_sources.precision_prefix(precision) + cuda_sources.assemble("generate.cu")
+    ok, log, ptx = _nvrtc_compile(gen, [*cuda_sources.NVRTC_OPTIONS, "-arch=compute_90"])
+    assert ok and "fma." not in ptx, log
 
 
 # ---------------------------------------------------------------- device math on the CPU

@@ -162,8 +162,9 @@ class GpuBackend:
             core.set_compute_type(np.float32, old)
 
     def free_bytes(self):
+        """Device memory free to this process: the driver's, plus CuPy's pool's cached blocks."""
         free, _total = self.cupy.cuda.Device().mem_info
-        return int(free)
+        return int(free) + int(self.cupy.get_default_memory_pool().free_bytes())
 
 
 _backends = {}
