@@ -27,6 +27,7 @@ import pytest
 
 from vxsim import activations, config, engines, rng
 from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref
+from vxsim.errors import VxsimError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NVCC = shutil.which("nvcc") or (
@@ -504,6 +505,14 @@ def test_registry_and_config():
     assert cuda_gpu.choose_path(make_config(), w) == "fused"
     assert cuda_gpu.choose_path(make_config(), w + 1) == "gemm"
     assert cuda_gpu.choose_path(make_config('engine.path="gemm"'), 8) == "gemm"
+    # the fused kernels' shared memory (6 N reals <= 46 KiB) and the GPU's free memory
+    cuda_gpu.check_unit(make_config(precision="float64"), 981, "fused")
+    with pytest.raises(VxsimError, match="takes widths up to 981 in float64"):
+        cuda_gpu.check_unit(make_config(precision="float64"), 982, "fused")
+    need = cuda_gpu.estimate_device_bytes(make_config(), 512, "gemm")
+    cuda_gpu.check_unit(make_config(), 512, "gemm", lambda: 2 * need)
+    with pytest.raises(VxsimError, match="GiB of GPU memory"):
+        cuda_gpu.check_unit(make_config(), 512, "gemm", lambda: need)
 
 
 def _cli(tmp_path, *args):

@@ -84,6 +84,7 @@ def prepare(config, output, backend=None, resume=False, overwrite=False, shard=N
             f'measure.precision = "tf32" runs only on the cuda backend (GPU tensor cores); '
             f"this run would use {engine.NAME!r}"
         )
+    getattr(engine, "check_config", lambda config: None)(config)  # engine-specific limits
     exists = os.path.exists(output)
     if exists and not (resume or overwrite):
         raise VxsimError(

@@ -223,6 +223,33 @@ def estimate_device_bytes(config, width, path):
     return int(total)
 
 
+def check_unit(config, width, path, free_bytes=None):
+    """VxsimError (one line) when a unit of this width cannot run on this path or device."""
+    if config.samples > 2**32:
+        raise VxsimError("monte_carlo.samples must be <= 2**32 (a 32-bit Philox counter word)")
+    if path == "fused" and not fused_fits(config, width):
+        widest = FUSED_SMEM_BYTES // (6 * config.dtype.itemsize)
+        raise VxsimError(
+            f"engine.path = 'fused' on the cuda backend takes widths up to {widest} "
+            f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
+        )
+    if free_bytes is not None:
+        need, free = estimate_device_bytes(config, width, path), free_bytes()
+        if need > 0.9 * free:
+            raise VxsimError(
+                f"a work unit of width {width} needs about {need / 2**30:.1f} GiB of GPU memory "
+                f"but only {free / 2**30:.1f} GiB is free; lower network.width, the grid or "
+                f"(in vjp mode) set engine.checkpoint"
+            )
+
+
+def check_config(config):
+    """Before a sweep writes anything: every width fits its path and the GPU's memory."""
+    free = gpu_backend(config.precision).free_bytes
+    for width in config.widths:
+        check_unit(config, width, choose_path(config, width), free)
+
+
 # ---------------------------------------------------------------- one work unit
 
 
@@ -238,28 +265,13 @@ class _Unit:
         self.path = path or choose_path(config, width)
         self.be = be = backend or gpu_backend(config.precision)
         xp = be.xp
-        if not 0 <= sample < 2**32:
-            raise VxsimError(f"sample index {sample} does not fit the 32-bit Philox counter")
         grid = base.grid(config)
         P, N, dt = grid.points, width, config.dtype
         self.P, self.N, self.dt, self.L = P, N, dt, config.depth
         self.jvp = "jvp" in config.modes
         self.vjp = "vjp" in config.modes
         self.tf32 = config.precision == "tf32"
-        if self.path == "fused" and not fused_fits(config, width):
-            widest = FUSED_SMEM_BYTES // (6 * dt.itemsize)
-            raise VxsimError(
-                f"engine.path = 'fused' on the cuda backend takes widths up to {widest} "
-                f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
-            )
-        free = getattr(be, "free_bytes", None)
-        need = estimate_device_bytes(config, width, self.path)
-        if free is not None and need > 0.9 * free():
-            raise VxsimError(
-                f"a work unit needs about {need / 2**30:.1f} GiB of GPU memory but only "
-                f"{free() / 2**30:.1f} GiB is free; lower network.width, the grid or "
-                f"(in vjp mode) set engine.checkpoint"
-            )
+        check_unit(config, width, self.path, getattr(be, "free_bytes", None))
         # Per-point tables.
         pf = np.zeros((cuda_sources.N_F, P))
         pf[cuda_sources.F_SCALE] = np.sqrt(grid.sigma_w2 / N).astype(dt).astype(np.float64)
