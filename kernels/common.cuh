@@ -6,11 +6,12 @@
 // * on the GPU (NVRTC through CuPy, or nvcc in the tests): a Block is a CUDA
 //   thread block; `VX_BLOCKS(b)` binds it, reductions use warp shuffles and
 //   shared memory, `sync()` is __syncthreads();
-// * on the CPU (g++ with -DVX_HOST, tests/test_cuda_host.py): a Block is one
-//   thread, `VX_BLOCKS(b)` loops over every block index of the launch, the
-//   reductions are plain sums. The same kernel bodies then run serially and
-//   are compared with the NumPy oracle, so everything except the parallel
-//   partition (thread strides, barriers, shuffles) is tested without a GPU.
+// * on the CPU (g++ with -DVX_HOST, vxsim/engines/cuda_host.py): a launch
+//   runs its blocks one after the other, each by T host threads (T = 1 by
+//   default, more to test the partition), `sync()` is a pthread barrier and
+//   the reductions sum the threads' partial values in a fixed order. The same
+//   kernel bodies then run on the CPU and are compared with the NumPy oracle;
+//   only the warp-shuffle reduction and the GPU itself are left untested.
 //
 // No #include of system headers on the device side: NVRTC has none. The
 // CUDA math functions (tanh, exp, log, sqrt, ldexp, ...) are built in there.
@@ -30,41 +31,80 @@ typedef unsigned long long u64;
 #ifdef VX_HOST
 // ------------------------------------------------------------------ host build
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 #include <vector>
 
 #define VX_FN inline
 #define VX_KERNEL extern "C"
 
+// One launch: `grid` blocks run one after the other, each by `threads` host
+// threads (the caller starts them, each calling vx_host_thread(tid) and then
+// the kernel function with the same arguments); barriers are real barriers.
 struct VxHostLaunch {
-    long long grid;
+    long long grid = 0;
+    int threads = 1;
     std::vector<double> smem;
+    std::vector<double> red;
+    pthread_barrier_t barrier;
+    bool has_barrier = false;
 };
-static VxHostLaunch vx_host_launch_state;
+static VxHostLaunch vx_host;
+static thread_local int vx_host_tid = 0;
 
-// The launch configuration the next kernel call runs with (grid blocks of one
-// thread, smem_bytes of "shared" memory): the host twin of <<<grid, block, smem>>>.
-extern "C" void vx_host_launch(long long grid, long long smem_bytes)
+// The host twin of <<<grid, threads, smem_bytes>>> for the next kernel call.
+extern "C" void vx_host_launch(long long grid, long long smem_bytes, int threads)
 {
-    vx_host_launch_state.grid = grid;
-    vx_host_launch_state.smem.assign((size_t)(smem_bytes / 8 + 1), 0.0);
+    vx_host.grid = grid;
+    vx_host.threads = threads;
+    vx_host.smem.assign((size_t)(smem_bytes / 8 + 1), 0.0);
+    vx_host.red.assign((size_t)threads * VX_MAX_RED, 0.0);
+    if (vx_host.has_barrier)
+        pthread_barrier_destroy(&vx_host.barrier);
+    vx_host.has_barrier = threads > 1;
+    if (vx_host.has_barrier)
+        pthread_barrier_init(&vx_host.barrier, 0, (unsigned)threads);
 }
+
+// The calling host thread is thread `tid` of every block of the next launch.
+extern "C" void vx_host_thread(int tid) { vx_host_tid = tid; }
 
 struct Block {
     long long b;
     explicit Block(long long index) : b(index) {}
-    int tid() const { return 0; }
-    int size() const { return 1; }
+    int tid() const { return vx_host_tid; }
+    int size() const { return vx_host.threads; }
     long long index() const { return b; }
-    long long grid() const { return vx_host_launch_state.grid; }
-    void sync() const {}
+    long long grid() const { return vx_host.grid; }
+    void sync() const
+    {
+        if (vx_host.has_barrier)
+            pthread_barrier_wait(&vx_host.barrier);
+    }
+    // The same contract as on the device: every thread gets the block's totals.
     template <int NV>
-    void reduce(double (&)[NV]) const {}
+    void reduce(double (&v)[NV]) const
+    {
+        if (vx_host.threads == 1)
+            return;
+        for (int k = 0; k < NV; ++k)
+            vx_host.red[(size_t)tid() * VX_MAX_RED + k] = v[k];
+        sync();
+        for (int k = 0; k < NV; ++k) {
+            double total = 0.0;
+            for (int t = 0; t < vx_host.threads; ++t)
+                total += vx_host.red[(size_t)t * VX_MAX_RED + k];
+            v[k] = total;
+        }
+        sync();
+    }
     template <class T>
-    T *shared() const { return reinterpret_cast<T *>(vx_host_launch_state.smem.data()); }
+    T *shared() const { return reinterpret_cast<T *>(vx_host.smem.data()); }
 };
 
-#define VX_BLOCKS(b) for (Block b(0); b.index() < vx_host_launch_state.grid; b = Block(b.index() + 1))
+// Blocks one after the other (a barrier between two, as they share the host's
+// "shared memory").
+#define VX_BLOCKS(b) for (Block b(0); b.index() < vx_host.grid; b.sync(), b = Block(b.index() + 1))
 
 VX_FN int vx_bit_length32(u32 k) { return k ? 32 - __builtin_clz(k) : 0; }
 

@@ -374,6 +374,50 @@ def test_matches_oracle(host, precision, mode, path, width, depth, record, check
     assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
 
 
+@pytest.mark.parametrize("threads", [3, 32])
+def test_matches_oracle_with_threads(threads):
+    """Each block run by several host threads meeting at real barriers: the partition
+    of the work (strides, idle threads when N < threads, several elements per thread),
+    the barriers and the reductions' contract. 3 threads for every case, 32 (a warp)
+    for four."""
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
+    backends = {p: cuda_host.HostBackend(p, threads=threads) for p in ("float32", "float64")}
+    for precision, mode, path, width, depth, record, checkpoint, sample in (
+        CASES if threads < 8 else CASES[1::3]
+    ):
+        cfg = make_config(
+            f"measure.record={record}",
+            f"engine.checkpoint={checkpoint}",
+            f'engine.path="{path}"',
+            width=width,
+            depth=depth,
+            precision=precision,
+            mode=mode,
+        )
+        got = cuda_gpu.run_unit(cfg, width, sample, backend=backends[precision])
+        assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
+
+
+def test_a_missing_barrier_is_caught():
+    """Without the barrier between the fused backward pass's product (every thread
+    reads all of g) and the step that overwrites g, several threads give wrong
+    gradients and one thread does not: the threaded tests above can fail."""
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
+    barrier = "        blk.sync();  // every thread has read all of g before it is overwritten\n"
+    text = cuda_sources.program("float64")
+    assert text.count(barrier) == 1
+    broken = text.replace(barrier, "")
+    cfg = make_config('engine.path="fused"', width=64, depth=35, precision="float64", mode="vjp")
+    want = numpy_ref.run_unit(cfg, 64, 1)
+    one = cuda_gpu.run_unit(cfg, 64, 1, backend=cuda_host.HostBackend("float64", text=broken))
+    assert_same(one, want, TOL["float64"])
+    three = cuda_host.HostBackend("float64", threads=3, text=broken)
+    with pytest.raises(AssertionError, match="log_grad_norm"):
+        assert_same(cuda_gpu.run_unit(cfg, 64, 1, backend=three), want, TOL["float64"])
+
+
 @pytest.mark.parametrize("path", ["gemm", "fused"])
 def test_tiny_networks_match_oracle(host, path):
     """Width 1 (N^2 < one Philox block), depth 1 (no backward step), a checkpoint

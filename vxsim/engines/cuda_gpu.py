@@ -171,10 +171,12 @@ _backends = {}
 
 
 def gpu_backend(precision):
-    """The GpuBackend of a precision (kernels compiled once per process)."""
-    backend = _backends.get(precision)
+    """The GpuBackend of a precision (kernels compiled once per process; tf32 shares
+    float32's: the kernels are the same, only the GEMMs differ)."""
+    key = "float64" if precision == "float64" else "float32"
+    backend = _backends.get(key)
     if backend is None:
-        backend = _backends[precision] = GpuBackend(precision)
+        backend = _backends[key] = GpuBackend(key)
     return backend
 
 

@@ -1,24 +1,28 @@
 """The CUDA kernels built for the CPU: a slow, exact stand-in for a GPU, for the tests.
 
 ``kernels/common.cuh`` lets every kernel compile as ordinary C++ (``-DVX_HOST``):
-a thread block becomes one thread and a launch a loop over the block
-indices. ``HostBackend`` offers what ``cuda_gpu._Unit`` needs from a backend
-(NumPy arrays for CuPy's, ``numpy.matmul`` for cuBLAS, the kernels through
-ctypes with the same argument checks as on the GPU), so the CUDA engine's
-orchestration and the kernels' arithmetic run, unchanged, on a machine
-without a GPU and are compared with the NumPy oracle.
+a launch runs its blocks one after the other, each by ``threads`` host
+threads that meet at real barriers (``threads = 1``, the default, is
+fastest; more threads test the partition of each block's work and the
+barriers). ``HostBackend`` offers what ``cuda_gpu._Unit`` needs from a
+backend (NumPy arrays for CuPy's, ``numpy.matmul`` for cuBLAS, the kernels
+through ctypes with the same argument checks as on the GPU), so the CUDA
+engine's orchestration and the kernels' arithmetic run, unchanged, on a
+machine without a GPU and are compared with the NumPy oracle.
 
-What this does *not* exercise: anything that depends on several threads per
-block (thread strides, barriers, the warp-shuffle reductions), NVRTC and
-CuPy themselves, cuBLAS, and the device's math library (tanh, exp, ...).
-Those are left to ``tests/test_cuda_gpu.py`` and ``scripts/gpu_check.sh`` on
-a GPU, and to the nvcc compilation tests.
+What this does *not* exercise: the warp-shuffle reductions (the host sums
+the threads' partial values instead), NVRTC and CuPy themselves, cuBLAS, the
+device's math library (tanh, exp, ...), and a GPU's memory model: a race
+that the host threads happen not to hit goes unseen. Those are left to
+``tests/test_cuda_gpu.py`` and ``scripts/gpu_check.sh`` on a GPU, and to the
+nvcc and NVRTC compilation tests.
 """
 
 import contextlib
 import ctypes
 import hashlib
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
@@ -30,7 +34,7 @@ import numpy as np
 from . import cuda_sources
 
 CXX_FLAGS = (
-    "-x", "c++", "-std=c++17", "-O2", "-fPIC", "-shared", "-DVX_HOST",
+    "-x", "c++", "-std=c++17", "-O2", "-fPIC", "-shared", "-pthread", "-DVX_HOST",
     # the same rounding as the device build with --fmad=false
     "-ffp-contract=off", "-fno-fast-math",
     "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-unused-function",
@@ -57,15 +61,15 @@ def _cache_dir():
     return Path(tempfile.gettempdir()) / f"vxsim-cache-{os.getuid()}" / "cuda-host"
 
 
-def build(precision):
-    """Compile the whole CUDA program for the CPU; the path of the shared library.
+def build(precision, text=None):
+    """Compile the whole CUDA program (or ``text``) for the CPU; the shared library's path.
 
     Raises RuntimeError with the compiler's message when it does not compile.
     """
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
-    text = cuda_sources.program(precision)
+    text = cuda_sources.program(precision) if text is None else text
     digest = hashlib.sha256((text + cxx + " ".join(CXX_FLAGS)).encode()).hexdigest()[:16]
     folder = _cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,25 +88,68 @@ def build(precision):
     return lib
 
 
+class _Team:
+    """``n`` daemon threads that run one job together (the threads of a block)."""
+
+    def __init__(self, n):
+        self.n = n
+        self.inboxes = [queue.Queue() for _ in range(n)]
+        self.done = queue.Queue()
+        for tid in range(n):
+            threading.Thread(target=self._work, args=(tid,), daemon=True).start()
+
+    def _work(self, tid):
+        while True:
+            job = self.inboxes[tid].get()
+            try:
+                job(tid)
+            except BaseException as err:  # reported to the caller
+                self.done.put(err)
+            else:
+                self.done.put(None)
+
+    def run(self, job, timeout):
+        for box in self.inboxes:
+            box.put(job)
+        for _ in range(self.n):
+            try:
+                err = self.done.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError(
+                    f"a kernel did not finish in {timeout} s: threads stuck at a barrier"
+                ) from None
+            if err is not None:
+                raise err
+
+
 class HostBackend:
     """The cuda engine's backend interface on the CPU (see the module docstring)."""
 
     xp = np
 
-    def __init__(self, precision):
+    def __init__(self, precision, threads=1, timeout=120, text=None):
+        """``text``: a program to build instead of the kernels' (tests of the tests)."""
         self.precision = precision
+        self.threads = int(threads)
+        self.timeout = timeout
         self.real = np.dtype("float64" if precision == "float64" else "float32")
+        text = cuda_sources.program(precision) if text is None else text
         with _lock:
-            lib = _libraries.get(precision)
+            lib = _libraries.get(text)
             if lib is None:
-                lib = _libraries[precision] = ctypes.CDLL(str(build(precision)))
+                lib = _libraries[text] = ctypes.CDLL(str(build(precision, text)))
         self.lib = lib
-        self.signatures = cuda_sources.kernel_signatures(cuda_sources.program(precision))
-        self.lib.vx_host_launch.argtypes = [ctypes.c_longlong, ctypes.c_longlong]
+        self.signatures = cuda_sources.kernel_signatures(text)
+        self.lib.vx_host_launch.argtypes = [ctypes.c_longlong, ctypes.c_longlong, ctypes.c_int]
         self.lib.vx_host_launch.restype = None
+        self.lib.vx_host_thread.argtypes = [ctypes.c_int]
+        self.lib.vx_host_thread.restype = None
+        self.team = _Team(self.threads) if self.threads > 1 else None
         self.launches = []  # (kernel name, grid, block, shared memory bytes) of every launch
 
     def launch(self, name, grid, block, args, smem=0):
+        """Run a kernel: its blocks in turn, each by ``self.threads`` threads (the
+        device's block size ``block`` is checked, not used)."""
         signature = self.signatures[name]
         cuda_sources.check_args(name, signature, args, self.real)
         assert int(grid) >= 1 and 32 <= int(block) <= 1024 and int(block) % 32 == 0
@@ -115,9 +162,17 @@ class HostBackend:
                 converted.append(_CTYPES[ctype](arg.item()))
         fn = getattr(self.lib, name)
         fn.restype = None
-        with _lock:
-            self.lib.vx_host_launch(int(grid), int(smem))
+
+        def job(tid):
+            self.lib.vx_host_thread(tid)
             fn(*converted)
+
+        with _lock:
+            self.lib.vx_host_launch(int(grid), int(smem), self.threads)
+            if self.team is None:
+                job(0)
+            else:
+                self.team.run(job, self.timeout)
 
     def matmul(self, a, b, out):
         np.matmul(a, b, out=out)
