@@ -247,7 +247,7 @@ def check_unit(config, width, path, free_bytes=None):
 
 def check_config(config):
     """Before a sweep writes anything: every width fits its path and the GPU's memory."""
-    free = gpu_backend(config.precision).free_bytes
+    free = getattr(gpu_backend(config.precision), "free_bytes", None)
     for width in config.widths:
         check_unit(config, width, choose_path(config, width), free)
 
