@@ -579,3 +579,22 @@ def test_cli_without_gpu_one_line_errors(tmp_path):
     assert 'measure.precision = "tf32" runs only on the cuda backend' in line
     line = _cli(tmp_path, "--set", 'measure.precision="tf32"', "--backend", "numba")
     assert "this run would use 'numba'" in line
+
+
+@pytest.mark.slow
+@needs_cxx
+def test_gpu_check_script_dry_run(tmp_path):
+    """scripts/gpu_check.sh --host: the device check itself, every section, on the CPU
+    (tiny sizes), so that a broken script is found here and not on the GPU."""
+    env = dict(os.environ, VXSIM_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--host"],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert re.search(r"gpu tests: \d+ passed, 0 failed", out), out
+    for title in ("device", "GPU tests", "GEMM path throughput", "fused path throughput",
+                  "Schoenholz"):  # fmt: skip
+        assert re.search(rf"^PASS +{title}", out, re.M), (title, out)
+    assert re.search(r"engine [\d.]+ TFLOP/s effective, cupy.matmul [\d.]+ TFLOP/s, ratio", out)
+    assert re.search(r"fused/gemm speedup at width \d+, jvp: [\d.]+", out)
+    assert re.search(r"schoenholz2017_tanh: .* wall time [\d.]+ s", out)
