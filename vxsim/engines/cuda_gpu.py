@@ -221,7 +221,7 @@ def estimate_device_bytes(config, width, path):
         total += max(1, (config.depth - 1) // every) * P * (width * item + 8)  # checkpoints
         total += every * P * width * item + 2 * P * width * item  # D, G, U
     total += 4 * P * config.layers.size * 8 + P * (8 * cuda_sources.N_F + 4 * cuda_sources.N_I)
-    total += 3 * width * item + 4 * (config.depth + 1)  # inputs, record index
+    total += 4 * width * item + 4 * (config.depth + 1)  # inputs, output direction, record index
     return int(total)
 
 
@@ -317,6 +317,8 @@ class _Unit:
             self.G = xp.zeros((P, N), dtype=dt)
             self.U = xp.zeros((P, N), dtype=dt)
             self.D = xp.zeros((self.every, P, N), dtype=dt)
+            gamma = base.output_direction(config, N, sample)
+            self.gamma = xp.asarray((gamma / np.linalg.norm(gamma)).astype(dt))
         else:
             self.cp = xp.zeros((1, 1, 1), dtype=dt)
             self.cp_ls = xp.zeros((1, 1))
@@ -429,13 +431,11 @@ class _Unit:
 
     def backward(self):
         P, N, L = self.P, self.N, self.L
-        gamma = base.output_direction(self.config, N, self.sample)
-        seed = self.be.xp.asarray((gamma / np.linalg.norm(gamma)).astype(self.dt))
         self.be.launch(
             "vx_grad_init",
             P,
             self.threads,
-            (seed, self.G, self.pf, self.pi, self.res, _i32(P), _i32(N), _i32(self.R),
+            (self.gamma, self.G, self.pf, self.pi, self.res, _i32(P), _i32(N), _i32(self.R),
              _i32(self.rec[L])),
         )  # fmt: skip
         for seg in range((L - 1) // self.every, -1, -1):
