@@ -101,7 +101,6 @@ BAD = [
         "needs about",
     ),
     (["missing.toml"], "cannot read config missing.toml"),
-    (["--backend", "cuda"], "backend 'cuda' is not part of this version"),
 ]
 
 

@@ -39,7 +39,7 @@ OPTIONAL = {
 }
 INPUT_VARIANCE = 1.0  # default variance of the RNN inputs x_t
 MODES = ("jvp", "vjp", "both")
-PRECISIONS = ("float32", "float64")
+PRECISIONS = ("float32", "float64", "tf32")  # tf32: float32 states, TF32 GEMMs (cuda only)
 BACKENDS = ("auto", "numpy", "numba", "cuda")
 PATHS = ("auto", "gemm", "fused")
 MAX_WIDTH = 131072  # N^2 / 4 Philox blocks must fit a 32-bit counter word
@@ -91,7 +91,8 @@ class Config:
 
     @property
     def dtype(self):
-        return np.dtype(self.precision)
+        """The states' dtype (tf32 keeps float32 states; only GEMMs round to TF32)."""
+        return np.dtype("float32" if self.precision == "tf32" else self.precision)
 
     @property
     def grid_dims(self):
@@ -284,6 +285,13 @@ def build(raw):
         raise ConfigError(f"measure.c0 must be in (-1, 1), got {c0:g}")
     extra_axes = _extra_axes(architecture, grid)
     input_variance = _input_variance(architecture, net)
+    precision = _choice("measure.precision", meas["precision"], PRECISIONS)
+    backend = _choice("engine.backend", eng["backend"], BACKENDS)
+    if precision == "tf32" and backend in ("numpy", "numba"):
+        raise ConfigError(
+            f'measure.precision = "tf32" runs only on the cuda backend (GPU tensor cores); '
+            f"engine.backend is {backend!r}"
+        )
     seed = _int("monte_carlo.seed", mc["seed"], low=0)
     if seed >= 2**64:
         raise ConfigError("monte_carlo.seed must be < 2**64")
@@ -300,11 +308,11 @@ def build(raw):
         seed=seed,
         mode=mode,
         layers=recorded_layers(depth, meas["record"]),
-        precision=_choice("measure.precision", meas["precision"], PRECISIONS),
+        precision=precision,
         transient=transient,
         q0=q0,
         c0=c0,
-        backend=_choice("engine.backend", eng["backend"], BACKENDS),
+        backend=backend,
         path=_choice("engine.path", eng["path"], PATHS),
         checkpoint=_int("engine.checkpoint", eng["checkpoint"], low=0),
         raw=raw,

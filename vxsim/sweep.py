@@ -79,6 +79,12 @@ def prepare(config, output, backend=None, resume=False, overwrite=False, shard=N
         extra = shardfile.content(config, *shard, shard_units(config, *shard))
     check_memory(config)
     engine = engines.get(backend or config.backend)
+    if config.precision == "tf32" and engine.NAME != "cuda":
+        raise VxsimError(
+            f'measure.precision = "tf32" runs only on the cuda backend (GPU tensor cores); '
+            f"this run would use {engine.NAME!r}"
+        )
+    getattr(engine, "check_config", lambda config: None)(config)  # engine-specific limits
     exists = os.path.exists(output)
     if exists and not (resume or overwrite):
         raise VxsimError(

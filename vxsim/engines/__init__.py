@@ -26,7 +26,10 @@ def get(name):
     except ImportError as err:
         raise VxsimError(f"backend {name!r} cannot be loaded: {err}") from None
     if not module.available():
-        raise VxsimError(f"backend {name!r} is not available on this machine")
+        why = getattr(module, "unavailable_reason", lambda: None)()
+        raise VxsimError(
+            f"backend {name!r} is not available on this machine" + (f": {why}" if why else "")
+        )
     return module
 
 

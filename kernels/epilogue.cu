@@ -1,0 +1,80 @@
+// epilogue.cu: the GEMM path's kernels, one thread block per grid point (DESIGN.md 2.1).
+//
+// Per layer the host launches, without synchronising: vx_fill_weights (and
+// vx_fill_bias), one cuBLAS GEMM H = A Z^T over every column, then vx_forward.
+// States are rows of C-order (rows * P, n) arrays: point p's h1 in row p, h2
+// in row P + p, its tangent in row 2P + p. The point functions are in
+// epilogue.cuh.
+#include "common.cuh"
+#include "epilogue.cuh"
+
+// Forward epilogue of every point of a layer. ci >= 0: also checkpoint hh1
+// into cp[ci] (ncp, P, n) and its log-scale into cp_ls[ci] (ncp, P).
+VX_KERNEL void vx_forward(real *H, real *A, const double *xi, double *pf, int *pi, double *res,
+                          real *cp, double *cp_ls, int P, int n, int R, int layer, int kind,
+                          int has_bias, int r, int ci, double limit)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
+        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
+        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
+        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
+                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
+                         R, r, limit, cprow, cpls);
+    }
+}
+
+// A recomputed layer of a VJP segment (H1 = A1 Z^T), phi' into D[j] (every, P, n).
+VX_KERNEL void vx_recompute(real *H1, real *A1, real *D, const double *xi, double *pf,
+                            const int *pi, int P, int n, int j, int has_bias)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        vx_recompute_point(blk, p, P, n, H1 + p * row, A1 + p * row,
+                           D + ((long long)j * P + p) * row, xi, has_bias, pf, pi);
+    }
+}
+
+// Start of a recomputed segment from checkpoint ci (ci < 0: from the input x1).
+VX_KERNEL void vx_restart(const real *x1, const real *cp, const double *cp_ls, real *A1, real *D,
+                          double *pf, const int *pi, int P, int n, int ci)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        const real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        const double ls = ci >= 0 ? cp_ls[(long long)ci * P + p] : 0.0;
+        vx_restart_point(blk, p, P, n, x1, cprow, ls, A1 + p * row, D + p * row, pf, pi);
+    }
+}
+
+// Backprop steps layer -> layer - 1 of every point after U = G Z (U[p] = Z^T g_p).
+VX_KERNEL void vx_backward(real *G, const real *U, const real *D, double *pf, int *pi,
+                           double *res, int P, int n, int R, int j, int lm1, int r)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        vx_backward_point(blk, p, P, n, lm1, G + p * row, U + p * row,
+                          D + ((long long)j * P + p) * row, pf, pi, res, R, r);
+    }
+}
+
+// The backprop seed of every point (gamma: the unit output direction, n).
+VX_KERNEL void vx_grad_init(const real *gamma, real *G, double *pf, int *pi, double *res, int P,
+                            int n, int R, int r)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        vx_grad_init_point(blk, p, P, n, gamma, G + (long long)p * n, pf, pi, res, R, r);
+    }
+}

@@ -1,0 +1,273 @@
+// epilogue.cuh: what happens to one grid point's columns around each layer's GEMM.
+//
+// The same steps, in the same order and with the same roundings, as
+// vxsim/models/mlp.py and vxsim/engines/numpy_ref.py (the oracle) and the
+// Numba engine's _forward_point / _recompute_point / _backward_point:
+//
+//   h = s * zx + real((xi * bamp) * exp(-ls))       pre-activation, s = sqrt(sw2/N)
+//   |h1|^2, |h2|^2, <h1, h2>, |t|^2 in float64      (block reductions)
+//   divergence test -> flag the point, zero its next inputs, skip it from then on
+//   homogeneous phi: hh = h / rms, ls += log rms    (DESIGN.md 2.3c)
+//   next input phi(hh), tangent phi'(hh1) * t / |t|, log |t|^2 accumulated
+//   recorded: log q = 2 ls + log(|h|^2 / N / d^2), c = <h1,h2> / (|h1| |h2|)
+//
+// Each function is called by every thread of a block (one block per point),
+// with pointers to that point's rows; B is the Block type of common.cuh.
+// Per-point scalars (pf, pi) are read at the top, before the first barrier,
+// and written by thread 0 after the last reduction: no thread reads a value
+// another thread has already overwritten.
+#pragma once
+#include "common.cuh"
+#include "vx_generated.cuh"
+
+// exp(-ls), capped: the bias relative to a renormalised pre-activation.
+VX_FN double vx_bias_scale(double ls) { return exp(fmin(-ls, 700.0)); }
+
+// One pre-activation element: s * zx + real(b * bs), b = xi * bamp.
+VX_FN real vx_preact(real zx, real s, double b, double bs, int has_bias)
+{
+    return has_bias ? zx * s + (real)(b * bs) : zx * s;
+}
+
+// The oracle's divergence test on one input's pre-activations: finite, and
+// either renormalisable and not all zero (homogeneous phi) or below the limit.
+VX_FN bool vx_h_ok(double ss, double big, bool homog)
+{
+    return vx_isfinite(ss) && (homog ? ss > 0.0 : big == 0.0);
+}
+
+// Forward epilogue of one point after H = A Z^T (rows h1, h2 and, with
+// kind == JVP, t hold Z times this layer's inputs). Writes the next inputs
+// a1, a2 (and at); with cprow != 0 also the checkpoint row hh1 and *cp_ls.
+// Returns false when the point is (or just became) diverged.
+template <class B>
+VX_FN bool vx_forward_point(const B &blk, int p, int P, int n, int layer, int kind,
+                            real *h1, real *h2, real *t, real *a1, real *a2, real *at,
+                            const double *xi, int has_bias, double *pf, int *pi, double *res,
+                            int R, int r, double limit, real *cprow, double *cp_ls)
+{
+    if (pi[VX_I_DEAD * P + p])
+        return false;
+    const real s = (real)pf[VX_F_SCALE * P + p];
+    const double bamp = pf[VX_F_BAMP * P + p];
+    const double param = pf[VX_F_PARAM * P + p];
+    const double ls1 = pf[VX_F_LS1 * P + p];
+    const double ls2 = pf[VX_F_LS2 * P + p];
+    const double acc0 = pf[VX_F_ACC * P + p];
+    const int code = pi[VX_I_CODE * P + p];
+    const bool homog = pi[VX_I_HOMOG * P + p] != 0;
+    const bool jvp = kind == VX_KIND_JVP;
+    const double bs1 = vx_bias_scale(ls1);
+    const double bs2 = vx_bias_scale(ls2);
+    // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h| > limit, |t|^2
+    double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+    VX_FOR(i, blk, n)
+    {
+        const double b = has_bias ? xi[i] * bamp : 0.0;
+        const real x1 = vx_preact(h1[i], s, b, bs1, has_bias);
+        const real x2 = vx_preact(h2[i], s, b, bs2, has_bias);
+        h1[i] = x1;
+        h2[i] = x2;
+        sums[0] += (double)x1 * (double)x1;
+        sums[1] += (double)x2 * (double)x2;
+        sums[2] += (double)x1 * (double)x2;
+        sums[3] += (double)(fabs((double)x1) > limit) + (double)(fabs((double)x2) > limit);
+        if (jvp) {
+            const real tv = t[i] * s;
+            t[i] = tv;
+            sums[4] += (double)tv * (double)tv;
+        }
+    }
+    blk.reduce(sums);
+    const double ss1 = sums[0], ss2 = sums[1], dot = sums[2], big = sums[3], sst = sums[4];
+    bool ok = vx_h_ok(ss1, big, homog) && vx_h_ok(ss2, big, homog);
+    const double acc = jvp ? acc0 + log(sst) : 0.0;
+    if (jvp)
+        ok = ok && vx_isfinite(acc);
+    if (!ok) {
+        VX_FOR(i, blk, n)
+        {
+            a1[i] = (real)0;
+            a2[i] = (real)0;
+            if (jvp)
+                at[i] = (real)0;
+        }
+        if (blk.tid() == 0) {
+            pi[VX_I_DIVERGED * P + p] = layer;
+            pi[VX_I_DEAD * P + p] = 1;
+            pf[VX_F_LS1 * P + p] = 0.0;
+            pf[VX_F_LS2 * P + p] = 0.0;
+        }
+        blk.sync();
+        return false;
+    }
+    real d1 = (real)1, d2 = (real)1;
+    double nls1 = ls1, nls2 = ls2;
+    if (homog) {
+        const double rms1 = sqrt(ss1 / n);
+        const double rms2 = sqrt(ss2 / n);
+        d1 = (real)rms1;
+        d2 = (real)rms2;
+        nls1 = ls1 + log(rms1);
+        nls2 = ls2 + log(rms2);
+    }
+    const real dt = jvp ? (real)sqrt(sst) : (real)1;
+    VX_FOR(i, blk, n)
+    {
+        const real x1 = h1[i] / d1;
+        if (cprow)
+            cprow[i] = x1;
+        a1[i] = vx_phi(code, x1, param);
+        a2[i] = vx_phi(code, h2[i] / d2, param);
+        if (jvp)
+            at[i] = vx_dphi(code, x1, param) * (t[i] / dt);
+    }
+    if (blk.tid() == 0) {
+        pf[VX_F_LS1 * P + p] = nls1;
+        pf[VX_F_LS2 * P + p] = nls2;
+        if (jvp)
+            pf[VX_F_ACC * P + p] = acc;
+        if (cprow)
+            *cp_ls = nls1;
+        if (r >= 0) {
+            const double f1 = (double)d1;
+            res[((long long)VX_R_LOGQ * P + p) * R + r] = 2.0 * nls1 + log(ss1 / n / (f1 * f1));
+            res[((long long)VX_R_CORR * P + p) * R + r] = dot / sqrt(ss1 * ss2);
+            if (jvp)
+                res[((long long)VX_R_TAN * P + p) * R + r] = acc;
+        }
+    }
+    blk.sync();
+    return true;
+}
+
+// A recomputed layer of a VJP segment, h1 only (h1 holds Z a1): the next input
+// a1 = phi(hh1) and drow = phi'(hh1), the log-scale in pf[F_LSR].
+template <class B>
+VX_FN void vx_recompute_point(const B &blk, int p, int P, int n, real *h1, real *a1, real *drow,
+                              const double *xi, int has_bias, double *pf, const int *pi)
+{
+    if (pi[VX_I_DEAD * P + p])
+        return;
+    const real s = (real)pf[VX_F_SCALE * P + p];
+    const double bamp = pf[VX_F_BAMP * P + p];
+    const double param = pf[VX_F_PARAM * P + p];
+    const double lsr = pf[VX_F_LSR * P + p];
+    const int code = pi[VX_I_CODE * P + p];
+    const bool homog = pi[VX_I_HOMOG * P + p] != 0;
+    const double bs = vx_bias_scale(lsr);
+    double sums[1] = {0.0};
+    VX_FOR(i, blk, n)
+    {
+        const double b = has_bias ? xi[i] * bamp : 0.0;
+        const real x = vx_preact(h1[i], s, b, bs, has_bias);
+        h1[i] = x;
+        sums[0] += (double)x * (double)x;
+    }
+    blk.reduce(sums);
+    const double ss = sums[0];
+    real d1 = (real)1;
+    double nlsr = lsr;
+    if (homog && ss > 0.0) {
+        const double rms = sqrt(ss / n);
+        d1 = (real)rms;
+        nlsr = lsr + log(rms);
+    }
+    VX_FOR(i, blk, n)
+    {
+        const real x = h1[i] / d1;
+        a1[i] = vx_phi(code, x, param);
+        drow[i] = vx_dphi(code, x, param);
+    }
+    if (blk.tid() == 0)
+        pf[VX_F_LSR * P + p] = nlsr;
+    blk.sync();
+}
+
+// Start of a recomputed VJP segment: from the input x1 (cprow == 0), or from
+// a checkpoint row hh1 with its log-scale ls (a1 = phi(hh1), drow = phi'(hh1)).
+template <class B>
+VX_FN void vx_restart_point(const B &blk, int p, int P, int n, const real *x1, const real *cprow,
+                            double ls, real *a1, real *drow, double *pf, const int *pi)
+{
+    if (cprow == 0) {
+        VX_FOR(i, blk, n) { a1[i] = x1[i]; }
+        if (blk.tid() == 0)
+            pf[VX_F_LSR * P + p] = 0.0;
+        blk.sync();
+        return;
+    }
+    if (pi[VX_I_DEAD * P + p]) {
+        VX_FOR(i, blk, n) { a1[i] = (real)0; }
+        blk.sync();
+        return;
+    }
+    const double param = pf[VX_F_PARAM * P + p];
+    const int code = pi[VX_I_CODE * P + p];
+    VX_FOR(i, blk, n)
+    {
+        a1[i] = vx_phi(code, cprow[i], param);
+        drow[i] = vx_dphi(code, cprow[i], param);
+    }
+    if (blk.tid() == 0)
+        pf[VX_F_LSR * P + p] = ls;
+    blk.sync();
+}
+
+// One backprop step of a point, g^{l-1} = phi'(hh^{l-1}) * (s Z^T g^l), from
+// u = Z^T g^l: renormalised, log |g|^2 accumulated (recorded at layer l-1).
+// Returns false when the point is dead or its gradient collapsed.
+template <class B>
+VX_FN bool vx_backward_point(const B &blk, int p, int P, int n, int lm1, real *g, const real *u,
+                             const real *drow, double *pf, int *pi, double *res, int R, int r)
+{
+    if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
+        return false;
+    const real s = (real)pf[VX_F_SCALE * P + p];
+    const double gacc = pf[VX_F_GACC * P + p];
+    double sums[1] = {0.0};
+    VX_FOR(i, blk, n)
+    {
+        const real x = drow[i] * (s * u[i]);
+        g[i] = x;
+        sums[0] += (double)x * (double)x;
+    }
+    blk.reduce(sums);
+    const double ss = sums[0];
+    const double acc = gacc + log(ss);
+    if (!vx_isfinite(acc)) {
+        VX_FOR(i, blk, n) { g[i] = (real)0; }
+        if (blk.tid() == 0) {
+            pi[VX_I_DIVERGED * P + p] = lm1;
+            pi[VX_I_COLLAPSED * P + p] = 1;
+        }
+        blk.sync();
+        return false;
+    }
+    const real d = (real)sqrt(ss);
+    VX_FOR(i, blk, n) { g[i] = g[i] / d; }
+    if (blk.tid() == 0) {
+        pf[VX_F_GACC * P + p] = acc;
+        if (r >= 0)
+            res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
+    }
+    blk.sync();
+    return true;
+}
+
+// The backprop seed of a point: g = gamma / |gamma| (zero for a dead point),
+// and log |g^L|^2 = 0 recorded at the last layer (NaN for a dead point).
+template <class B>
+VX_FN void vx_grad_init_point(const B &blk, int p, int P, int n, const real *gamma, real *g,
+                              double *pf, int *pi, double *res, int R, int r)
+{
+    const bool dead = pi[VX_I_DEAD * P + p] != 0;
+    VX_FOR(i, blk, n) { g[i] = dead ? (real)0 : gamma[i]; }
+    if (blk.tid() == 0) {
+        pf[VX_F_GACC * P + p] = 0.0;
+        pi[VX_I_COLLAPSED * P + p] = 0;
+        if (r >= 0)
+            res[((long long)VX_R_GRAD * P + p) * R + r] = dead ? vx_nan() : 0.0;
+    }
+    blk.sync();
+}

@@ -1,0 +1,404 @@
+"""The CUDA engine's device check: correctness and speed on one GPU, in a few minutes.
+
+Run through scripts/gpu_check.sh (from the source tree, nothing installed).
+Prints, each section on its own and a FAIL with its reason if it breaks:
+
+1. the device, CuPy, CUDA and the NVRTC compile time of the kernels;
+2. PASS/FAIL of every test in tests/test_cuda_gpu.py (bit-identical weights,
+   agreement with the NumPy oracle, TF32 against float32), run without pytest;
+3. the GEMM path at width 4096 with 4,096 columns (2,048 grid points x 2
+   inputs, the forward pass of a VJP run): effective TFLOP/s (2 N^2 C per
+   layer over the wall time of the whole layer loop: Philox fill, cuBLAS
+   GEMM, fused epilogue) and its ratio to a plain cupy.matmul of the same
+   shapes timed in the same run; float32 and TF32; per-layer time of each part;
+4. the fused path at width 128 and depth 10,000: network-layers per second,
+   GFLOP/s, and the GEMM path on the same work for comparison;
+5. the wall time of the Schoenholz et al. (2017) tanh phase diagram
+   (data/schoenholz2017_tanh.toml as written: width 1000, depth 1000, 40 x 40
+   grid, 8 samples, JVP and VJP) and its boundary beside the theory's.
+
+``--host`` runs the same script on the CPU (the kernels built with g++, tiny
+sizes, no CuPy): a check of this script itself, not of a GPU.
+"""
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FULL = dict(
+    gemm_width=4096, gemm_w2=32, gemm_b2=32, gemm_depth=30,
+    fused_width=128, fused_depth=10_000, fused_w2=32, fused_b2=4,
+    schoenholz=[],
+)  # fmt: skip
+HOST = dict(
+    gemm_width=64, gemm_w2=4, gemm_b2=4, gemm_depth=4,
+    fused_width=16, fused_depth=300, fused_w2=4, fused_b2=2,
+    schoenholz=["network.width=[24]", "network.depth=20", "monte_carlo.samples=2",
+                "grid.sigma_w2={start=1,stop=4,num=6}", "grid.sigma_b2={start=0,stop=0.3,num=3}"],
+)  # fmt: skip
+SKIP_ON_HOST = {"test_tf32_growth_rates_match_float32"}
+
+START = time.perf_counter()
+RESULTS = []  # (section, ok)
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+@contextlib.contextmanager
+def section(title, budget, need):
+    """A section that reports FAIL (with the reason) instead of stopping the script."""
+    say(f"\n== {title}")
+    left = budget - (time.perf_counter() - START)
+    if left < need:
+        say(f"SKIPPED: {left:.0f} s left of the {budget:.0f} s budget, this needs ~{need:.0f} s")
+        RESULTS.append((title, None))
+        yield False
+        return
+    t0 = time.perf_counter()
+    try:
+        yield True
+    except Exception as err:
+        say(f"FAIL: {type(err).__name__}: {err}")
+        say("".join(traceback.format_exc().splitlines(keepends=True)[-8:]).rstrip())
+        RESULTS.append((title, False))
+    else:
+        RESULTS.append((title, True))
+    say(f"({time.perf_counter() - t0:.1f} s)")
+
+
+def preflight():
+    """Versions of what the check imports; a stand-in for SciPy if it is missing."""
+    found = {}
+    for name in ("numpy", "scipy", "numba", "h5py", "click", "cupy"):
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            found[name] = "MISSING"
+            continue
+        try:
+            __import__(name)
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # cupy-cuda12x and the like
+            found[name] = "present"
+        except Exception as err:  # a broken install: say so, go on
+            found[name] = f"BROKEN ({type(err).__name__}: {err})"
+    say(
+        "python  " + sys.version.split()[0] + "  " + "  ".join(f"{k} {v}" for k, v in found.items())
+    )
+    if found["scipy"] == "MISSING":
+        install_scipy_stand_in()
+        say("NOTE: scipy missing: vxsim's three scipy calls (special.erf, optimize.brentq,")
+        say("      optimize.minimize_scalar) run on a minimal stand-in from this script")
+
+
+def install_scipy_stand_in():
+    """math.erf, bisection and golden-section search in place of the SciPy calls vxsim makes."""
+    import numpy as np
+
+    special = types.ModuleType("scipy.special")
+    _erf = np.vectorize(math.erf, otypes=[float])
+    special.erf = lambda x: _erf(x) if np.ndim(x) else math.erf(float(x))
+    optimize = types.ModuleType("scipy.optimize")
+
+    def brentq(f, a, b, xtol=1e-12, rtol=1e-15, maxiter=500):
+        fa = f(a)
+        for _ in range(2000):
+            m = 0.5 * (a + b)
+            fm = f(m)
+            if fm == 0 or abs(b - a) <= xtol + rtol * abs(m):
+                return m
+            if (fm < 0) == (fa < 0):
+                a, fa = m, fm
+            else:
+                b = m
+        return 0.5 * (a + b)
+
+    def minimize_scalar(f, bounds, method="bounded", options=None):
+        a, b = bounds
+        g = (math.sqrt(5) - 1) / 2
+        c, d = b - g * (b - a), a + g * (b - a)
+        for _ in range(300):
+            if f(c) < f(d):
+                b = d
+            else:
+                a = c
+            c, d = b - g * (b - a), a + g * (b - a)
+        return types.SimpleNamespace(x=0.5 * (a + b))
+
+    optimize.brentq, optimize.minimize_scalar = brentq, minimize_scalar
+    scipy = types.ModuleType("scipy")
+    scipy.special, scipy.optimize = special, optimize
+    sys.modules.update({"scipy": scipy, "scipy.special": special, "scipy.optimize": optimize})
+
+
+def use_host_backend():
+    """--host: the engine on cuda_host.HostBackend (g++ build), as if it were a GPU."""
+    from vxsim.engines import cuda_gpu, cuda_host
+
+    backends = {}
+
+    def host_backend(precision):
+        key = "float64" if precision == "float64" else "float32"
+        if key not in backends:
+            backends[key] = cuda_host.HostBackend(key)
+        return backends[key]
+
+    cuda_gpu.gpu_backend = host_backend
+    cuda_gpu.available = lambda: True
+
+
+class Clock:
+    """Wall time of device work: synchronise before reading the clock (CuPy), or not (host)."""
+
+    def __init__(self, host):
+        self.host = host
+        if not host:
+            import cupy
+
+            self.cupy = cupy
+
+    def sync(self):
+        if not self.host:
+            self.cupy.cuda.Device().synchronize()
+
+    def time(self, fn, repeat=1):
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        self.sync()
+        return (time.perf_counter() - t0) / repeat
+
+
+def device_section(host):
+    from vxsim.engines import cuda_gpu
+
+    if host:
+        say("device  CPU (--host: the kernels built with g++, one thread per block)")
+    else:
+        import cupy
+
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        cc = f"{props['major']}.{props['minor']}"
+        say(
+            f"device  {props['name'].decode()}  compute capability {cc}"
+            f"  {props['multiProcessorCount']} SMs  {props['totalGlobalMem'] / 2**30:.1f} GiB"
+        )
+        say(
+            f"cupy {cupy.__version__}  CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
+            f"  driver {cupy.cuda.runtime.driverGetVersion()}"
+        )
+    for precision in ("float32", "float64"):
+        t0 = time.perf_counter()
+        be = cuda_gpu.gpu_backend(precision)
+        if not host:
+            be.module.get_function("vx_forward")  # NVRTC compiles here (or loads CuPy's cache)
+        say(f"kernels {precision}: compiled/loaded in {time.perf_counter() - t0:.1f} s")
+
+
+def tests_section(host):
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_cuda_gpu as t
+
+    passed = failed = 0
+    for name in sorted(n for n in dir(t) if n.startswith("test_")):
+        if host and name in SKIP_ON_HOST:
+            say(f"SKIP  {name} (needs CuPy's TF32 switch)")
+            continue
+        t0 = time.perf_counter()
+        try:
+            getattr(t, name)()
+        except Exception as err:
+            failed += 1
+            msg = str(err).strip().splitlines()
+            say(f"FAIL  {name} ({time.perf_counter() - t0:.1f} s): {type(err).__name__}")
+            for line in msg[:12]:
+                say(f"      {line}")
+        else:
+            passed += 1
+            say(f"PASS  {name} ({time.perf_counter() - t0:.1f} s)")
+    say(f"gpu tests: {passed} passed, {failed} failed")
+    if failed:
+        raise AssertionError(f"{failed} GPU test(s) failed")
+
+
+def _config(*overrides):
+    from vxsim import config
+
+    return config.load(overrides=list(overrides))
+
+
+def gemm_section(sizes, clock, host):
+    for precision in ("float32",) if host else ("float32", "tf32"):
+        _gemm_one(sizes, clock, host, precision)
+
+
+def _gemm_one(sizes, clock, host, precision):
+    import numpy as np
+
+    from vxsim.engines import cuda_gpu
+
+    W, D = sizes["gemm_width"], sizes["gemm_depth"]
+    xp = np if host else clock.cupy
+    cfg = _config(
+        f"network.width=[{W}]", f"network.depth={D}", 'network.activation=["tanh", "relu"]',
+        f"grid.sigma_w2={{start=0.5, stop=4.0, num={sizes['gemm_w2']}}}",
+        f"grid.sigma_b2={{start=0.0, stop=0.3, num={sizes['gemm_b2']}}}",
+        'measure.mode="vjp"', "measure.record={log = 16}", 'engine.path="gemm"',
+        f'measure.precision="{precision}"',
+    )  # fmt: skip
+    unit = cuda_gpu._Unit(cfg, W, 0)
+    cols = 2 * unit.P
+    rnd = np.random.default_rng(0)
+    A = xp.asarray(rnd.standard_normal((cols, W), dtype=np.float32))
+    Z = xp.asarray(rnd.standard_normal((W, W), dtype=np.float32))
+    H = xp.empty((cols, W), dtype=np.float32)
+
+    def matmul():
+        xp.matmul(A, Z.T, out=H)
+
+    def fill():
+        unit._fill(2, 1, transpose=0, bias=True)
+
+    with unit.be.gemm_precision(unit.tf32):
+        clock.time(fill)  # warm-up
+        matmul()
+        t_loop = clock.time(unit.forward)
+        t_mm = clock.time(matmul, repeat=D)
+        t_fill = clock.time(fill, repeat=D)
+    flops = 2.0 * W * W * cols
+    eng = flops * D / t_loop / 1e12
+    ref = flops / t_mm / 1e12
+    say(
+        f"gemm  width {W}, {cols} columns ({unit.P} points x 2 inputs), {D} layers, "
+        f"{precision}: engine {eng:.2f} TFLOP/s effective, cupy.matmul {ref:.2f} TFLOP/s, "
+        f"ratio {eng / ref:.3f}"
+    )
+    say(
+        f"      per layer: whole {1e3 * t_loop / D:.3f} ms = matmul {1e3 * t_mm:.3f} ms"
+        f" + Philox fill {1e3 * t_fill:.3f} ms + epilogue and the rest "
+        f"{1e3 * (t_loop / D - t_mm - t_fill):.3f} ms"
+    )
+
+
+def fused_section(sizes, clock):
+    from vxsim.engines import cuda_gpu
+
+    W, L = sizes["fused_width"], sizes["fused_depth"]
+    rows = []
+    for mode, path in (("jvp", "fused"), ("vjp", "fused"), ("jvp", "gemm")):
+        cfg = _config(
+            f"network.width=[{W}]", f"network.depth={L}", 'network.activation=["tanh", "relu"]',
+            f"grid.sigma_w2={{start=0.5, stop=4.0, num={sizes['fused_w2']}}}",
+            f"grid.sigma_b2={{start=0.0, stop=0.3, num={sizes['fused_b2']}}}",
+            f'measure.mode="{mode}"', "measure.record={log = 64}", f'engine.path="{path}"',
+        )  # fmt: skip
+        P = int(cfg.grid_shape[0] * cfg.grid_shape[1] * cfg.grid_shape[2])
+        warm = _config(f"network.width=[{W}]", "network.depth=3", f'measure.mode="{mode}"',
+                       f'engine.path="{path}"')  # fmt: skip
+        cuda_gpu.run_unit(warm, W, 0)
+        t = clock.time(lambda c=cfg: cuda_gpu.run_unit(c, W, 0))
+        vectors = 3 if mode == "jvp" else 2  # forward-pass vectors per point
+        flops = 2.0 * W * W * vectors * P * L
+        rows.append((mode, path, t))
+        note = "; VJP also recomputes and backprops" if mode == "vjp" else ""
+        say(
+            f"{path:5s} width {W}, depth {L}, {P} points, {mode}: {t:.3f} s per unit, "
+            f"{P * L / t / 1e6:.2f} M network-layers/s, {flops / t / 1e9:.1f} GFLOP/s "
+            f"(forward products only{note})"
+        )
+    t_fused = next(t for m, p, t in rows if (m, p) == ("jvp", "fused"))
+    t_gemm = next(t for m, p, t in rows if (m, p) == ("jvp", "gemm"))
+    say(f"fused/gemm speedup at width {W}, jvp: {t_gemm / t_fused:.2f}")
+
+
+def schoenholz_section(sizes):
+    from vxsim import config
+    from vxsim.sweep import run_sweep
+
+    cfg = config.load(ROOT / "data" / "schoenholz2017_tanh.toml", overrides=sizes["schoenholz"])
+    stamps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "schoenholz.h5")
+        t0 = time.perf_counter()
+        run_sweep(
+            cfg, out, backend="cuda", progress=lambda d, n: stamps.append(time.perf_counter())
+        )
+        total = time.perf_counter() - t0
+        units = stamps[-1] - stamps[0] if len(stamps) > 1 else float("nan")
+        say(
+            f"schoenholz2017_tanh: width {cfg.widths[0]}, depth {cfg.depth}, "
+            f"{len(cfg.sigma_w2)} x {len(cfg.sigma_b2)} grid, {cfg.samples} samples, "
+            f"mode {cfg.mode}: wall time {total:.1f} s ({units:.1f} s in the "
+            f"{len(stamps) - 1} work units, the rest setup, analysis and compression)"
+        )
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.run([sys.executable, "-m", "vxsim", "boundary", out],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        lines = (proc.stdout or proc.stderr).strip().splitlines()
+        for line in lines[:20]:
+            say("  " + line)
+        if len(lines) > 20:
+            say(f"  ... ({len(lines) - 20} more lines)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", action="store_true", help="CPU dry run of this script")
+    parser.add_argument("--budget", type=float, default=285.0, help="seconds for the whole check")
+    args = parser.parse_args()
+    sizes = HOST if args.host else FULL
+    say(f"vxsim gpu_check  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  source {ROOT}")
+    preflight()
+    if args.host:
+        use_host_backend()
+    else:
+        from vxsim.engines import cuda_gpu
+
+        if not cuda_gpu.available():
+            say(f"FAIL: no usable GPU: {cuda_gpu.unavailable_reason()}")
+            return 2
+    clock = None
+    with section("device", args.budget, 0) as go:
+        if go:
+            device_section(args.host)
+            clock = Clock(args.host)
+    if clock is None:
+        say("FAIL: cannot go on without the device")
+        return 2
+    with section("GPU tests (tests/test_cuda_gpu.py)", args.budget, 30) as go:
+        if go:
+            tests_section(args.host)
+    with section("GEMM path throughput", args.budget, 20) as go:
+        if go:
+            gemm_section(sizes, clock, args.host)
+    with section("fused path throughput", args.budget, 20) as go:
+        if go:
+            fused_section(sizes, clock)
+    with section("Schoenholz et al. 2017 tanh phase diagram", args.budget, 40) as go:
+        if go:
+            schoenholz_section(sizes)
+    say("\n== summary")
+    for title, ok in RESULTS:
+        say(f"{'PASS' if ok else 'SKIPPED' if ok is None else 'FAIL':8s} {title}")
+    say(f"total {time.perf_counter() - START:.1f} s")
+    return 0 if all(ok for _, ok in RESULTS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The CUDA engine on a GPU (issue 5): same numbers as the CPU, TF32 within the error bars.
+
+Runs only where ``cuda_gpu.available()`` (CuPy imports and sees a device);
+elsewhere every test is skipped with the reason "no CUDA GPU". Also run without
+pytest by scripts/gpu_check.py, so the tests are plain functions with plain
+asserts (no fixtures, no parametrize).
+
+* bit for bit: the device's Philox words, normals and weight matrices are
+  rng's (float32 and float64), also at widths where each thread of a block
+  handles several elements and N is not a multiple of 32;
+* the device's activations against NumPy (1e-12 relative, as the C test);
+* the engine against the NumPy oracle on both paths, every mode, both
+  precisions, divergence flags included, with the tolerances of the Numba
+  engine's tests (tests/test_numba_engine.py explains them);
+* TF32 GEMMs: growth rates within the error bars of float32's, and different
+  numbers (so TF32 was really on).
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+try:
+    import pytest
+except ImportError:  # scripts/gpu_check.py runs these functions without pytest
+    pytest = None
+
+from vxsim import activations, config, rng
+from vxsim.analysis import growth
+from vxsim.engines import base, cuda_gpu, numpy_ref
+
+if pytest is not None:
+    pytestmark = pytest.mark.skipif(
+        not cuda_gpu.available(), reason=f"no CUDA GPU ({cuda_gpu.unavailable_reason()})"
+    )
+
+ACTS = '["tanh", "relu", "leaky_relu(0.2)", "gelu", "elu"]'
+TOL = {
+    "float64": {"log_q": 1e-8, "corr": 1e-8, "log_tangent_norm": 1e-8, "log_grad_norm": 1e-8},
+    "float32": {"log_q": 2e-4, "corr": 1e-4, "log_tangent_norm": 2e-3, "log_grad_norm": 2e-3},
+}
+SIGMA_W2 = {"float64": "[0.5, 1.0, 2.0, 3.0, 4.0]", "float32": "[0.5, 1.0, 1.5, 2.0]"}
+
+
+def make_config(*extra, width=16, depth=20, precision="float32", mode="both", sw2=None, acts=ACTS):
+    return config.load(
+        overrides=[
+            f"network.width=[{width}]",
+            f"network.depth={depth}",
+            f"network.activation={acts}",
+            f"grid.sigma_w2={sw2 or SIGMA_W2[precision]}",
+            "grid.sigma_b2=[0.0, 0.05]",
+            "monte_carlo.samples=2",
+            f'measure.mode="{mode}"',
+            f'measure.precision="{precision}"',
+            *extra,
+        ]
+    )
+
+
+def assert_same(got, want, tol, what=""):
+    assert set(got) == set(want), what
+    np.testing.assert_array_equal(got["diverged"], want["diverged"], err_msg=what)
+    for key, ref in want.items():
+        if key == "diverged":
+            continue
+        assert got[key].shape == ref.shape, (what, key)
+        np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(ref), err_msg=f"{what} {key}")
+        np.testing.assert_allclose(got[key], ref, rtol=0, atol=tol[key], err_msg=f"{what} {key}")
+
+
+def backend(precision):
+    return cuda_gpu.gpu_backend(precision)
+
+
+# ---------------------------------------------------------------- random numbers
+
+
+def test_philox_and_normals_bit_identical():
+    be = backend("float64")
+    for seed, layer, sample, stream in ((0, 1, 0, 0), (2**40 + 7, 999, 3, 1), (2**64 - 1, 2, 1, 2)):
+        n = 200_003
+        got = cuda_gpu.probe_philox(be, 0, n, layer, sample, stream, seed)
+        k0, k1 = rng.seed_key(seed)
+        c = [np.full(n, v, dtype=np.uint64) for v in (layer, sample, stream)]
+        want = np.stack(rng.philox4x32_10(np.arange(n, dtype=np.uint64), *c, k0, k1), axis=1)
+        np.testing.assert_array_equal(got, want.astype(np.uint32))
+        z = cuda_gpu.probe_normals(be, 4 * n - 3, layer, sample, stream, seed)
+        np.testing.assert_array_equal(z, rng.normals(seed, sample, layer, stream, 4 * n - 3))
+
+
+def test_box_muller_edge_words_bit_identical():
+    edges = {0, 1, 2, 3, 2**32 - 1, 2**32 - 2, 0x3FFFFFFF, 0x40000000, 0x7FFFFFFF, 0x80000000}
+    edges |= {2**e for e in range(32)} | {2**e - 1 for e in range(1, 33)}
+    edges |= {int(2**e * 1.4142135623730951) + d for e in range(1, 31) for d in (-1, 0, 1)}
+    words = np.array(sorted(w for w in edges if 0 <= w < 2**32), dtype=np.uint64)
+    ka = np.repeat(words, words.size)
+    kb = np.tile(words, words.size)
+    got = cuda_gpu.probe_box_muller(backend("float64"), ka, kb)
+    z0, z1 = rng.box_muller(ka, kb)
+    np.testing.assert_array_equal(got[:, 0], z0)
+    np.testing.assert_array_equal(got[:, 1], z1)
+
+
+def test_weights_bit_identical():
+    for precision in ("float32", "float64"):
+        cfg = make_config("monte_carlo.seed=1099511627781", precision=precision)
+        for width in (1, 7, 33, 64, 1000, 2048):
+            for sample, layer in ((0, 1), (3, 200)):
+                Z, xi = cuda_gpu.weights(cfg, width, sample, layer, backend=backend(precision))
+                assert Z.dtype == np.dtype(precision)
+                np.testing.assert_array_equal(Z, base.weights(cfg, width, sample, layer))
+                np.testing.assert_array_equal(xi, base.bias(cfg, width, sample, layer))
+    cfg = make_config('engine.path="fused"', width=97, depth=12)
+    unit = cuda_gpu._Unit(cfg, 97, 1, backend=backend("float32"))
+    unit._fill(4, 5, transpose=1, bias=True)
+    Zs, xis = unit.be.to_host(unit.Zbuf), unit.be.to_host(unit.xibuf)
+    for li in range(5):
+        np.testing.assert_array_equal(Zs[li], base.weights(cfg, 97, 1, 4 + li).T)
+        np.testing.assert_array_equal(xis[li], base.bias(cfg, 97, 1, 4 + li))
+
+
+def test_activations_on_the_device_match_numpy():
+    for label in activations.names() + ["leaky_relu(0.2)", "elu(0.5)"]:
+        act, a = activations.parse(label)
+        x = np.concatenate([np.linspace(-6.0, 6.0, 1200), np.array(act.kinks(a) or [0.0])])
+        for fn in ("phi", "dphi", "d2phi"):
+            got = cuda_gpu.probe_activation(backend("float64"), act.name, fn, x, a)
+            want = np.broadcast_to(np.asarray(getattr(act, fn)(x, a), dtype=np.float64), x.shape)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15, err_msg=f"{label} {fn}")
+
+
+# ---------------------------------------------------------------- same numbers as the oracle
+
+CASES = [
+    # precision, mode, path, width, depth, record, checkpoint, sample
+    ("float32", "jvp", "gemm", 16, 40, "{every = 1}", 0, 0),
+    ("float32", "jvp", "fused", 33, 60, "{log = 10}", 0, 1),
+    ("float32", "vjp", "gemm", 64, 60, "{every = 7}", 0, 0),
+    ("float32", "vjp", "fused", 8, 50, "{every = 1}", 7, 1),
+    ("float32", "both", "gemm", 24, 45, "{log = 12}", 1, 1),
+    ("float32", "both", "fused", 48, 60, "{every = 5}", 0, 0),
+    ("float64", "jvp", "fused", 16, 60, "{every = 3}", 0, 0),
+    ("float64", "jvp", "gemm", 40, 30, "{every = 1}", 0, 1),
+    ("float64", "vjp", "fused", 32, 60, "{log = 9}", 0, 1),
+    ("float64", "vjp", "gemm", 8, 60, "{every = 1}", 11, 0),
+    ("float64", "both", "fused", 64, 35, "{every = 4}", 5, 1),
+    ("float64", "both", "gemm", 12, 60, "{log = 20}", 0, 0),
+    # several elements per thread (N > 256 threads), N not a multiple of 32
+    ("float64", "both", "gemm", 300, 25, "{every = 1}", 0, 1),
+    ("float64", "both", "fused", 300, 25, "{every = 2}", 4, 0),
+    ("float32", "both", "gemm", 1000, 12, "{every = 1}", 0, 0),
+]
+
+
+def test_matches_oracle():
+    for precision, mode, path, width, depth, record, checkpoint, sample in CASES:
+        cfg = make_config(
+            f"measure.record={record}",
+            f"engine.checkpoint={checkpoint}",
+            f'engine.path="{path}"',
+            width=width,
+            depth=depth,
+            precision=precision,
+            mode=mode,
+            acts=ACTS if width < 100 else '["tanh", "relu"]',
+        )
+        got = cuda_gpu.run_unit(cfg, width, sample)
+        want = numpy_ref.run_unit(cfg, width, sample)
+        assert_same(got, want, TOL[precision], f"{precision} {mode} {path} width {width}")
+
+
+def test_tiny_networks_and_chunks_match_oracle():
+    for path in ("gemm", "fused"):
+        for width, depth, checkpoint in ((1, 5, 0), (2, 1, 0), (3, 2, 0), (5, 7, 3), (6, 10, 20)):
+            cfg = make_config(
+                f"engine.checkpoint={checkpoint}", width=width, depth=depth, precision="float64"
+            )
+            got = cuda_gpu.run_unit(cfg, width, 0, path=path)
+            assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL["float64"], f"{path} {width}")
+    cfg = make_config("engine.checkpoint=5", 'engine.path="fused"', width=10, depth=23,
+                      precision="float64")  # fmt: skip
+    whole = cuda_gpu.run_unit(cfg, 10, 1)
+    saved = cuda_gpu.FUSED_ZBUF_BYTES
+    cuda_gpu.FUSED_ZBUF_BYTES = 3 * 10 * 10 * 8
+    try:
+        split = cuda_gpu.run_unit(cfg, 10, 1)
+    finally:
+        cuda_gpu.FUSED_ZBUF_BYTES = saved
+    for key, value in whole.items():
+        np.testing.assert_array_equal(split[key], value, err_msg=key)
+
+
+def test_divergence_flags_match_oracle():
+    cfg = make_config(width=16, depth=60, sw2="[1.0, 50.0]", precision="float32")
+    want = numpy_ref.run_unit(cfg, 16, 0)
+    for path in ("gemm", "fused"):
+        got = cuda_gpu.run_unit(cfg, 16, 0, path=path)
+        np.testing.assert_array_equal(got["diverged"], want["diverged"], err_msg=path)
+        assert np.any(got["diverged"][:, 1] > 0) and not np.any(got["diverged"][:, 0])
+        for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
+            np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(want[key]), err_msg=key)
+            np.testing.assert_allclose(got[key][:, 0], want[key][:, 0], rtol=0,
+                                       atol=TOL["float32"][key], err_msg=key)  # fmt: skip
+
+
+def test_depth_2000_finite_and_deep_fused():
+    cfg = make_config("measure.record={log = 30}", "grid.sigma_b2=[0.05, 0.2]", width=16,
+                      depth=2000, sw2="[0.5, 1.0, 4.0]")  # fmt: skip
+    for path in ("gemm", "fused"):
+        out = cuda_gpu.run_unit(cfg, 16, 0, path=path)
+        names = [label.split("(")[0] for label in cfg.activations]
+        tanh = names.index("tanh")
+        for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
+            assert np.all(np.isfinite(out[key][out["diverged"] == 0])), (path, key)
+        assert (
+            out["log_tangent_norm"][tanh, 0, 0, -1] < -100 < out["log_tangent_norm"][tanh, 2, 0, -1]
+        )
+        assert out["log_grad_norm"][tanh, 0, 0, 0] < -100 < out["log_grad_norm"][tanh, 2, 0, 0]
+
+
+# ---------------------------------------------------------------- TF32
+
+
+def _rates(precision, samples=8):
+    cfg = config.load(overrides=[
+        "network.width=[512]", "network.depth=120", 'network.activation=["tanh", "relu"]',
+        "grid.sigma_w2=[0.8, 1.2, 1.6, 2.4, 3.2]", "grid.sigma_b2=[0.05]",
+        f"monte_carlo.samples={samples}", 'measure.mode="both"', "measure.record={every = 2}",
+        f'measure.precision="{precision}"', 'engine.path="gemm"', "measure.transient=10",
+    ])  # fmt: skip
+    runs = [cuda_gpu.run_unit(cfg, 512, s) for s in range(samples)]
+    out = {}
+    for mode, var in growth.MODE_VARIABLE.items():
+        y = np.stack([r[var] for r in runs], axis=-2)  # (A, W, B, S, R)
+        out[mode] = growth.growth_rates(y, cfg.layers, cfg.depth, cfg.transient, mode)
+    return out, runs
+
+
+def test_tf32_growth_rates_match_float32():
+    """TF32 GEMMs (10-bit mantissa products) against float32: the per-layer growth
+    rates agree within 3 combined standard errors at every point, for both
+    estimators and both modes; and the numbers are not float32's bit for bit,
+    so TF32 was really in use (on GPUs of compute capability >= 8.0)."""
+    import cupy
+
+    f32, runs32 = _rates("float32")
+    before = cupy._core.get_compute_type(np.float32)
+    t32, runs_tf = _rates("tf32")
+    assert cupy._core.get_compute_type(np.float32) == before  # restored after the unit
+    for mode in ("jvp", "vjp"):
+        for est in ("quenched", "annealed"):
+            a, b = f32[mode][est], t32[mode][est]
+            se = np.sqrt(f32[mode][f"{est}_se"] ** 2 + t32[mode][f"{est}_se"] ** 2)
+            assert np.all(np.isfinite(a)) and np.all(np.isfinite(b)), (mode, est)
+            assert np.all(np.abs(a - b) <= 3 * se), (mode, est, a, b, se)
+    major = cupy.cuda.Device().compute_capability[0]
+    if int(major) >= 8:
+        assert not np.array_equal(runs32[0]["log_q"], runs_tf[0]["log_q"])
+
+
+# ---------------------------------------------------------------- a sweep
+
+
+def test_sweep_on_the_gpu():
+    import h5py
+
+    from vxsim.sweep import run_sweep
+
+    cfg = make_config(width=64, depth=30, mode="both")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "gpu.h5")
+        run_sweep(cfg, path, backend="cuda")
+        with h5py.File(path, "r") as f:
+            assert f.attrs["backend"] == "cuda"
+            assert f.attrs["status"] == "complete"
+            log_q = f["log_q"][...]
+    assert np.isfinite(log_q[..., -1]).sum() > 0

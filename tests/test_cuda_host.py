@@ -1,0 +1,600 @@
+"""The CUDA engine without a GPU (issue 5): its kernels compiled, its math and orchestration run.
+
+* nvcc: every kernel file compiles for the GPU (PTX for sm_80 and sm_90),
+  with the options the engine gives NVRTC; with --fmad=false no fused
+  multiply-add is left in the random-number code (and without it there is:
+  the option matters). Skipped with the reason where nvcc is missing.
+* g++: the same sources built for the CPU (``cuda_host``: one thread per
+  block) give the NumPy generator's Philox words and normals bit for bit,
+  the activations to 1e-12, and, driving the unchanged ``cuda_gpu`` engine
+  (both paths, every mode, both precisions), the oracle's numbers to the
+  same tolerances as the Numba engine.
+
+What needs a GPU (the parallel partition of each block, the warp-shuffle
+reductions, NVRTC/CuPy, cuBLAS and TF32, the device's libm) is in
+tests/test_cuda_gpu.py and scripts/gpu_check.sh.
+"""
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vxsim import activations, config, engines, rng
+from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref
+from vxsim.errors import VxsimError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NVCC = shutil.which("nvcc") or (
+    "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+)
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="no CUDA compiler (nvcc) on PATH")
+needs_cxx = pytest.mark.skipif(
+    cuda_host.compiler() is None, reason="no C++ compiler (g++, c++, clang++ or $CXX) on PATH"
+)
+
+ACTS = '["tanh", "relu", "leaky_relu(0.2)", "gelu", "elu"]'
+# Tolerances against the oracle: those of tests/test_numba_engine.py, for the
+# same reasons (float64: summation order only; float32: the GEMM's summation
+# order and float32 activations, accumulated over the depth).
+TOL = {
+    "float64": {"log_q": 1e-8, "corr": 1e-8, "log_tangent_norm": 1e-8, "log_grad_norm": 1e-8},
+    "float32": {"log_q": 2e-4, "corr": 1e-4, "log_tangent_norm": 2e-3, "log_grad_norm": 2e-3},
+}
+SIGMA_W2 = {"float64": "[0.5, 1.0, 2.0, 3.0, 4.0]", "float32": "[0.5, 1.0, 1.5, 2.0]"}
+
+
+def make_config(*extra, width=16, depth=20, precision="float32", mode="both", sw2=None):
+    return config.load(
+        overrides=[
+            f"network.width=[{width}]",
+            f"network.depth={depth}",
+            f"network.activation={ACTS}",
+            f"grid.sigma_w2={sw2 or SIGMA_W2[precision]}",
+            "grid.sigma_b2=[0.0, 0.05]",
+            "monte_carlo.samples=2",
+            f'measure.mode="{mode}"',
+            f'measure.precision="{precision}"',
+            *extra,
+        ]
+    )
+
+
+def assert_same(got, want, tol):
+    assert set(got) == set(want)
+    np.testing.assert_array_equal(got["diverged"], want["diverged"])
+    for key, ref in want.items():
+        if key == "diverged":
+            continue
+        assert got[key].shape == ref.shape, key
+        np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(ref), err_msg=key)
+        np.testing.assert_allclose(got[key], ref, rtol=0, atol=tol[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def host():
+    """{precision: HostBackend}: the kernels built for the CPU (compiled once, cached)."""
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
+    return {p: cuda_host.HostBackend(p) for p in ("float32", "float64")}
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_sources_are_found_and_assembled():
+    names = cuda_sources.kernel_names()
+    on_disk = sorted(
+        f for f in os.listdir(os.path.join(ROOT, "kernels")) if f.endswith((".cu", ".cuh"))
+    )
+    assert names == on_disk
+    assert set(cuda_sources.UNITS) <= set(names)
+    text = cuda_sources.program("float32")
+    for name in names:  # every file is part of the program, each exactly once
+        assert text.count(f"// ---- begin {name}\n") + text.count(f"// ==== {name}\n") == 1, name
+    assert '#include "' not in text and "#pragma once" not in text
+    assert text.startswith("#define VX_REAL float\n")
+    assert cuda_sources.program("float64").startswith("#define VX_REAL double\n")
+    assert cuda_sources.program("tf32") == text
+
+
+def test_generated_header_states_rng_and_registry_values():
+    head = cuda_sources.generated_header()
+    assert f"#define VX_LN2 {rng.LN2!r}\n" in head
+    for k, c in enumerate(rng._LOG_COEF):
+        value = float(re.search(rf"#define VX_LOG_COEF_{k} (\S+)", head).group(1))
+        assert value == c  # exactly: repr round-trips
+    for code, name in enumerate(activations.names()):
+        expr = activations.REGISTRY[name].c["dphi"]
+        assert f"case {code}: return ({expr});  // {name}\n" in head
+
+
+def test_every_kernel_launch_is_type_checked():
+    text = cuda_sources.program("float32")
+    sig = cuda_sources.kernel_signatures(text)
+    assert set(sig) >= {"vx_forward", "vx_fused_forward", "vx_fill_weights", "vx_backward"}
+    a32 = np.zeros((2, 3), dtype=np.float32)
+    good = (a32, np.int32(3), np.int32(1), np.int32(1), np.int32(0), np.uint32(0),
+            np.uint32(0), np.uint32(0))  # fmt: skip
+    cuda_sources.check_args("vx_fill_weights", sig["vx_fill_weights"], good, np.float32)
+    bad = [
+        (a32.astype(np.float64), *good[1:]),  # float64 array for a float*
+        (a32[:, ::2], *good[1:]),  # not contiguous
+        (a32, 3, *good[2:]),  # a Python int for an int
+        (a32, np.int64(3), *good[2:]),  # 64 bits for 32
+        good[:-1],  # one argument missing
+    ]
+    for args in bad:
+        with pytest.raises(TypeError):
+            cuda_sources.check_args("vx_fill_weights", sig["vx_fill_weights"], args, np.float32)
+
+
+# ---------------------------------------------------------------- nvcc
+
+
+def _nvcc(tmp_path, text, name, *options, arch="sm_90"):
+    src = tmp_path / f"{name}.cu"
+    src.write_text(text)
+    out = tmp_path / f"{name}.ptx"
+    cmd = [
+        NVCC,
+        "--ptx",
+        f"-arch={arch}",
+        *options,
+        "-Werror",
+        "all-warnings",
+        str(src),
+        "-o",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"nvcc {' '.join(options)} {name}:\n{proc.stderr}"
+    return out.read_text()
+
+
+@needs_nvcc
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_whole_program_compiles_with_nvcc(tmp_path, precision):
+    """The program exactly as the engine hands it to NVRTC, for Hopper (sm_90)."""
+    ptx = _nvcc(tmp_path, cuda_sources.program(precision), precision, *cuda_sources.NVRTC_OPTIONS)
+    for name in cuda_sources.kernel_signatures(cuda_sources.program(precision)):
+        assert re.search(rf"\.entry {name}\(", ptx), name  # extern "C": unmangled entry points
+
+
+@needs_nvcc
+def test_each_kernel_file_compiles_alone_for_ampere(tmp_path):
+    """Each .cu file with its own includes (nothing borrowed from another), sm_80."""
+    for unit in cuda_sources.UNITS:
+        text = cuda_sources.precision_prefix("float32") + cuda_sources.assemble(unit)
+        _nvcc(tmp_path, text, unit[:-3], *cuda_sources.NVRTC_OPTIONS, arch="sm_80")
+
+
+@needs_nvcc
+def test_no_fma_contraction_in_the_random_numbers(tmp_path):
+    """generate.cu has no explicit fma(): with --fmad=false its PTX has no fma
+    instruction, so the Box-Muller roundings are the CPU's. Without the option
+    nvcc does contract (so this test can tell)."""
+    text = cuda_sources.precision_prefix("float64") + cuda_sources.assemble("generate.cu")
+    strict = _nvcc(tmp_path, text, "strict", *cuda_sources.NVRTC_OPTIONS)
+    loose = _nvcc(tmp_path, text, "loose", "--fmad=true")
+    assert "fma." not in strict
+    assert "fma.rn.f64" in loose
+
+
+# ---------------------------------------------------------------- NVRTC (what CuPy compiles with)
+
+
+def _nvrtc_library():
+    """libnvrtc: $VXSIM_NVRTC, the CUDA toolkit, or a pip-installed nvidia-cuda-nvrtc."""
+    import ctypes.util
+    import glob
+    import importlib.util
+
+    paths = [os.environ.get("VXSIM_NVRTC", "")]
+    paths += sorted(glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*"))
+    spec = importlib.util.find_spec("nvidia")
+    for root in list(spec.submodule_search_locations or []) if spec else []:
+        paths += sorted(glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so*")))
+    paths.append(ctypes.util.find_library("nvrtc") or "")
+    for path in paths:
+        if path and "builtins" not in path:
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                continue
+    return None
+
+
+NVRTC = _nvrtc_library()
+
+
+def _nvrtc_compile(text, options):
+    """(ok, log, ptx) of NVRTC compiling ``text`` with ``options``."""
+    c = ctypes
+    prog = c.c_void_p()
+    NVRTC.nvrtcCreateProgram(c.byref(prog), text.encode(), b"vxsim.cu", 0, None, None)
+    opts = (c.c_char_p * len(options))(*[o.encode() for o in options])
+    status = NVRTC.nvrtcCompileProgram(prog, len(options), opts)
+    size = c.c_size_t()
+    NVRTC.nvrtcGetProgramLogSize(prog, c.byref(size))
+    log = c.create_string_buffer(size.value)
+    NVRTC.nvrtcGetProgramLog(prog, log)
+    ptx = b""
+    if status == 0:
+        NVRTC.nvrtcGetPTXSize(prog, c.byref(size))
+        buf = c.create_string_buffer(size.value)
+        NVRTC.nvrtcGetPTX(prog, buf)
+        ptx = buf.value
+    NVRTC.nvrtcDestroyProgram(c.byref(prog))
+    return status == 0, log.value.decode(errors="replace"), ptx.decode(errors="replace")
+
+
+@pytest.mark.skipif(NVRTC is None, reason="no NVRTC library (libnvrtc) found; set VXSIM_NVRTC")
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_program_compiles_with_nvrtc(precision):
+    """The runtime compiler CuPy uses (no system headers, no nvcc driver), with the
+    engine's options, for Ampere and Hopper; no FMA contraction in the generator."""
+    text = cuda_sources.program(precision)
+    for arch in ("compute_80", "compute_90"):
+        ok, log, ptx = _nvrtc_compile(text, [*cuda_sources.NVRTC_OPTIONS, f"-arch={arch}"])
+        assert ok, log
+        assert "warning" not in log.lower(), log
+        for name in cuda_sources.kernel_signatures(text):
+            assert re.search(rf"\.entry {name}\(", ptx), name
+    gen = cuda_sources.precision_prefix(precision) + cuda_sources.assemble("generate.cu")
+    ok, log, ptx = _nvrtc_compile(gen, [*cuda_sources.NVRTC_OPTIONS, "-arch=compute_90"])
+    assert ok and "fma." not in ptx, log
+
+
+# ---------------------------------------------------------------- device math on the CPU
+
+KAT = [  # Random123 kat_vectors, philox4x32 10 rounds: (counter, key, words)
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+def test_philox_known_answers_and_rng(host):
+    be = host["float32"]
+    for (c0, c1, c2, c3), (k0, k1), words in KAT:
+        seed = k0 + (k1 << 32)
+        got = cuda_gpu.probe_philox(be, c0, 1, c1, c2, c3, seed)
+        assert tuple(int(w) for w in got[0]) == words
+    for seed, layer, sample, stream in ((0, 1, 0, 0), (2**40 + 7, 999, 3, 1), (2**64 - 1, 2, 1, 2)):
+        got = cuda_gpu.probe_philox(be, 0, 1000, layer, sample, stream, seed)
+        k0, k1 = rng.seed_key(seed)
+        n = np.arange(1000, dtype=np.uint64)
+        c = [np.full(1000, v, dtype=np.uint64) for v in (layer, sample, stream)]
+        want = np.stack(rng.philox4x32_10(n, *c, k0, k1), axis=1)
+        np.testing.assert_array_equal(got, want.astype(np.uint32))
+
+
+def test_normals_bit_identical_in_float64(host):
+    be = host["float64"]
+    for count, layer, sample, stream, seed in ((1, 1, 0, 0, 0), (4097, 7, 2, 1, 12345),
+                                               (30001, 200, 1, 3, 2**33 + 5)):  # fmt: skip
+        got = cuda_gpu.probe_normals(be, count, layer, sample, stream, seed)
+        np.testing.assert_array_equal(got, rng.normals(seed, sample, layer, stream, count))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_weights_and_bias_bit_identical(host, precision):
+    """The engine's generator (vx_fill_weights, vx_fill_bias) against base.weights/bias."""
+    cfg = make_config("monte_carlo.seed=1099511627781", precision=precision)
+    for width in (1, 7, 33, 64):
+        for sample, layer in ((0, 1), (1, 5), (3, 200)):
+            Z, xi = cuda_gpu.weights(cfg, width, sample, layer, backend=host[precision])
+            assert Z.dtype == np.dtype(precision)
+            np.testing.assert_array_equal(Z, base.weights(cfg, width, sample, layer))
+            np.testing.assert_array_equal(xi, base.bias(cfg, width, sample, layer))
+
+
+def test_fused_chunk_fill_transposed_and_layered(host):
+    """Several layers at once, transposed, as the fused forward pass reads them."""
+    cfg = make_config('engine.path="fused"', width=9, depth=12)
+    unit = cuda_gpu._Unit(cfg, 9, 1, backend=host["float32"])
+    unit._fill(4, 5, transpose=1, bias=True)
+    for li in range(5):
+        np.testing.assert_array_equal(unit.Zbuf[li], base.weights(cfg, 9, 1, 4 + li).T)
+        np.testing.assert_array_equal(unit.xibuf[li], base.bias(cfg, 9, 1, 4 + li))
+
+
+def test_box_muller_edge_words_bit_identical(host):
+    """Words where the exponent folding and the quadrant selection change."""
+    edges = {0, 1, 2, 3, 2**32 - 1, 2**32 - 2, 0x3FFFFFFF, 0x40000000, 0x7FFFFFFF, 0x80000000}
+    edges |= {2**e for e in range(32)} | {2**e - 1 for e in range(1, 33)}
+    edges |= {int(2**e * 1.4142135623730951) + d for e in range(1, 31) for d in (-1, 0, 1)}
+    words = np.array(sorted(w for w in edges if 0 <= w < 2**32), dtype=np.uint64)
+    ka = np.repeat(words, words[::7].size)
+    kb = np.tile(words[::7], words.size)
+    got = cuda_gpu.probe_box_muller(host["float64"], ka, kb)
+    z0, z1 = rng.box_muller(ka, kb)
+    np.testing.assert_array_equal(got[:, 0], z0)
+    np.testing.assert_array_equal(got[:, 1], z1)
+
+
+LABELS = activations.names() + ["leaky_relu(0.2)", "elu(0.5)"]
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_activations_match_numpy(host, label):
+    """The generated switch (codes and expressions) against the NumPy registry: the
+    tolerance of tests/test_activations_c.py (host libm against NumPy, 1e-12 relative,
+    1e-15 absolute for cancelling differences)."""
+    act, a = activations.parse(label)
+    x = np.concatenate([np.linspace(-6.0, 6.0, 1200), np.array(act.kinks(a) or [0.0])])
+    for fn in ("phi", "dphi", "d2phi"):
+        got = cuda_gpu.probe_activation(host["float64"], act.name, fn, x, a)
+        want = np.broadcast_to(np.asarray(getattr(act, fn)(x, a), dtype=np.float64), x.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15, err_msg=f"{label} {fn}")
+
+
+# ---------------------------------------------------------------- the engine on the CPU
+
+CASES = [
+    # precision, mode, path, width, depth, record, checkpoint, sample
+    ("float32", "jvp", "gemm", 16, 40, "{every = 1}", 0, 0),
+    ("float32", "jvp", "fused", 33, 60, "{log = 10}", 0, 1),
+    ("float32", "vjp", "gemm", 64, 60, "{every = 7}", 0, 0),
+    ("float32", "vjp", "fused", 8, 50, "{every = 1}", 7, 1),
+    ("float32", "both", "gemm", 24, 45, "{log = 12}", 1, 1),
+    ("float32", "both", "fused", 48, 60, "{every = 5}", 0, 0),
+    ("float64", "jvp", "fused", 16, 60, "{every = 3}", 0, 0),
+    ("float64", "jvp", "gemm", 40, 30, "{every = 1}", 0, 1),
+    ("float64", "vjp", "fused", 32, 60, "{log = 9}", 0, 1),
+    ("float64", "vjp", "gemm", 8, 60, "{every = 1}", 11, 0),
+    ("float64", "both", "fused", 64, 35, "{every = 4}", 5, 1),
+    ("float64", "both", "gemm", 12, 60, "{log = 20}", 0, 0),
+]
+
+
+@pytest.mark.parametrize("precision,mode,path,width,depth,record,checkpoint,sample", CASES)
+def test_matches_oracle(host, precision, mode, path, width, depth, record, checkpoint, sample):
+    cfg = make_config(
+        f"measure.record={record}",
+        f"engine.checkpoint={checkpoint}",
+        f'engine.path="{path}"',
+        width=width,
+        depth=depth,
+        precision=precision,
+        mode=mode,
+    )
+    assert cuda_gpu.choose_path(cfg, width) == path
+    got = cuda_gpu.run_unit(cfg, width, sample, backend=host[precision])
+    assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
+
+
+@pytest.mark.parametrize("threads", [3, 32])
+def test_matches_oracle_with_threads(threads):
+    """Each block run by several host threads meeting at real barriers: the partition
+    of the work (strides, idle threads when N < threads, several elements per thread),
+    the barriers and the reductions' contract. 3 threads for every case, 32 (a warp)
+    for four."""
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
+    backends = {p: cuda_host.HostBackend(p, threads=threads) for p in ("float32", "float64")}
+    for precision, mode, path, width, depth, record, checkpoint, sample in (
+        CASES if threads < 8 else CASES[1::3]
+    ):
+        cfg = make_config(
+            f"measure.record={record}",
+            f"engine.checkpoint={checkpoint}",
+            f'engine.path="{path}"',
+            width=width,
+            depth=depth,
+            precision=precision,
+            mode=mode,
+        )
+        got = cuda_gpu.run_unit(cfg, width, sample, backend=backends[precision])
+        assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
+
+
+def test_a_missing_barrier_is_caught():
+    """Without the barrier between the fused backward pass's product (every thread
+    reads all of g) and the step that overwrites g, several threads give wrong
+    gradients and one thread does not: the threaded tests above can fail."""
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
+    barrier = "        blk.sync();  // every thread has read all of g before it is overwritten\n"
+    text = cuda_sources.program("float64")
+    assert text.count(barrier) == 1
+    broken = text.replace(barrier, "")
+    cfg = make_config('engine.path="fused"', width=64, depth=35, precision="float64", mode="vjp")
+    want = numpy_ref.run_unit(cfg, 64, 1)
+    one = cuda_gpu.run_unit(cfg, 64, 1, backend=cuda_host.HostBackend("float64", text=broken))
+    assert_same(one, want, TOL["float64"])
+    three = cuda_host.HostBackend("float64", threads=3, text=broken)
+    with pytest.raises(AssertionError, match="log_grad_norm"):
+        assert_same(cuda_gpu.run_unit(cfg, 64, 1, backend=three), want, TOL["float64"])
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_tiny_networks_match_oracle(host, path):
+    """Width 1 (N^2 < one Philox block), depth 1 (no backward step), a checkpoint
+    spacing longer than the network."""
+    for width, depth, checkpoint in ((1, 5, 0), (2, 1, 0), (3, 2, 0), (5, 7, 3), (6, 10, 20)):
+        cfg = make_config(f"engine.checkpoint={checkpoint}", width=width, depth=depth,
+                          precision="float64")  # fmt: skip
+        got = cuda_gpu.run_unit(cfg, width, 0, path=path, backend=host["float64"])
+        assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL["float64"])
+
+
+def test_fused_chunks_change_nothing(host, monkeypatch):
+    """Layers split into launches of 3 (chunk edges inside VJP segments and between
+    checkpoints): bit-identical to one launch per pass."""
+    cfg = make_config("engine.checkpoint=5", 'engine.path="fused"', width=10, depth=23,
+                      precision="float64")  # fmt: skip
+    whole = cuda_gpu.run_unit(cfg, 10, 1, backend=host["float64"])
+    monkeypatch.setattr(cuda_gpu, "FUSED_ZBUF_BYTES", 3 * 10 * 10 * 8)
+    unit = cuda_gpu._Unit(cfg, 10, 1, backend=host["float64"])
+    assert unit.chunk == 3
+    split = unit.run()
+    for key, value in whole.items():
+        np.testing.assert_array_equal(split[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_divergence_flags_match_oracle(host, path):
+    """ELU and GELU at sigma_w2 = 50 overflow float32: the same (point, layer)
+    flags as the oracle, NaN from there on, the other points untouched."""
+    cfg = make_config(width=16, depth=60, sw2="[1.0, 50.0]", precision="float32")
+    got = cuda_gpu.run_unit(cfg, 16, 0, path=path, backend=host["float32"])
+    want = numpy_ref.run_unit(cfg, 16, 0)
+    div = got["diverged"]
+    np.testing.assert_array_equal(div, want["diverged"])
+    elu = [label.split("(")[0] for label in cfg.activations].index("elu")
+    assert np.all(div[elu, 1] > 0) and not np.any(div[:, 0])
+    for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
+        np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(want[key]), err_msg=key)
+        np.testing.assert_allclose(got[key][:, 0], want[key][:, 0], rtol=0,
+                                   atol=TOL["float32"][key])  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_underflow_to_zero_is_not_divergence(host, path):
+    """tanh at sigma_b2 = 0 in the ordered phase: h underflows to exactly 0 (its
+    fixed point q* = 0) after ~160 layers. As in the oracle, that is not
+    divergence: log_q reads -inf and the tangents go on through phi'(0)."""
+    cfg = config.load(overrides=[
+        "network.width=[8]", "network.depth=400", 'network.activation=["tanh"]',
+        "grid.sigma_w2=[0.3]", "grid.sigma_b2=[0.0]", 'measure.mode="both"',
+        "measure.record={every = 50}", f'engine.path="{path}"',
+    ])  # fmt: skip
+    got = cuda_gpu.run_unit(cfg, 8, 0, backend=host["float32"])
+    want = numpy_ref.run_unit(cfg, 8, 0)
+    assert want["diverged"].item() == 0 and got["diverged"].item() == 0
+    assert np.isneginf(got["log_q"][0, 0, 0, -1]) and np.isneginf(want["log_q"][0, 0, 0, -1])
+    np.testing.assert_allclose(got["log_tangent_norm"], want["log_tangent_norm"], rtol=1e-5)
+
+
+def test_depth_2000_finite_in_both_phases(host):
+    cfg = make_config(
+        "measure.record={log = 30}",
+        "grid.sigma_b2=[0.05, 0.2]",
+        'engine.path="fused"',
+        width=16,
+        depth=2000,
+        sw2="[0.5, 1.0, 4.0]",
+        precision="float32",
+    )
+    out = cuda_gpu.run_unit(cfg, 16, 0, backend=host["float32"])
+    names = [label.split("(")[0] for label in cfg.activations]
+    div = out["diverged"]
+    for name in ("tanh", "relu", "leaky_relu"):
+        assert not np.any(div[names.index(name)]), name
+    for key in ("log_q", "corr", "log_tangent_norm", "log_grad_norm"):
+        assert np.all(np.isfinite(out[key][div == 0])), key
+    tanh = names.index("tanh")
+    tangent = out["log_tangent_norm"][tanh, :, 0, -1]
+    grad = out["log_grad_norm"][tanh, :, 0, 0]
+    assert tangent[0] < -100 and grad[0] < -100  # sigma_w2 = 0.5: vanishing
+    assert tangent[2] > 100 and grad[2] > 100  # sigma_w2 = 4: exploding
+
+
+def test_launch_shapes_and_kernels_used(host):
+    """Every engine kernel is launched (so each one's arguments were checked against its
+    C signature above); per-point kernels get one block per point, a multiple of 32
+    threads, and the fused ones the shared memory their vectors take."""
+    seen = {}
+    for path in ("gemm", "fused"):
+        cfg = make_config('engine.path="' + path + '"', width=40, depth=9, mode="both")
+        be = cuda_host.HostBackend("float32")
+        unit = cuda_gpu._Unit(cfg, 40, 0, backend=be)
+        unit.run()
+        for name, grid, block, smem in be.launches:
+            seen.setdefault(name, set()).add((grid, block, smem))
+    P = int(np.prod(cfg.grid_shape))
+    engine_kernels = {k for k in cuda_sources.kernel_signatures(cuda_sources.program("float32"))
+                      if not k.startswith("vx_probe")}  # fmt: skip
+    assert set(seen) == engine_kernels
+    for name in ("vx_forward", "vx_recompute", "vx_restart", "vx_backward", "vx_grad_init"):
+        assert seen[name] == {(P, 64, 0)}, name
+    assert seen["vx_fused_forward"] == {(P, 64, 6 * 40 * 4)}
+    assert seen["vx_fused_recompute"] == seen["vx_fused_backward"] == {(P, 64, 2 * 40 * 4)}
+
+
+def test_device_memory_estimate_covers_the_buffers(host):
+    for path in ("gemm", "fused"):
+        cfg = make_config('engine.path="' + path + '"', width=24, depth=50, mode="both")
+        unit = cuda_gpu._Unit(cfg, 24, 0, backend=host["float32"])
+        arrays = [v for k, v in vars(unit).items() if isinstance(v, np.ndarray) and k != "rec"]
+        held = sum(a.nbytes for a in arrays)
+        estimate = cuda_gpu.estimate_device_bytes(cfg, 24, path)
+        assert held <= estimate <= 1.5 * held + 2**16, (path, held, estimate)
+
+
+# ---------------------------------------------------------------- without a GPU
+
+
+def test_registry_and_config():
+    assert cuda_gpu.NAME == "cuda"
+    assert isinstance(cuda_gpu.available(), bool)
+    assert set(engines.available()) == {"numpy", "numba", "cuda"}
+    cfg = make_config('measure.precision="tf32"', 'engine.backend="cuda"')
+    assert cfg.precision == "tf32" and cfg.dtype == np.float32
+    assert cuda_sources.program(cfg.precision).startswith("#define VX_REAL float")
+    with pytest.raises(config.ConfigError, match="tf32.*cuda backend"):
+        make_config('measure.precision="tf32"', 'engine.backend="numba"')
+    w = cuda_gpu.FUSED_MAX_WIDTH
+    assert cuda_gpu.choose_path(make_config(), w) == "fused"
+    assert cuda_gpu.choose_path(make_config(), w + 1) == "gemm"
+    assert cuda_gpu.choose_path(make_config('engine.path="gemm"'), 8) == "gemm"
+    # the fused kernels' shared memory (6 N reals <= 46 KiB) and the GPU's free memory
+    cuda_gpu.check_unit(make_config(precision="float64"), 981, "fused")
+    with pytest.raises(VxsimError, match="takes widths up to 981 in float64"):
+        cuda_gpu.check_unit(make_config(precision="float64"), 982, "fused")
+    need = cuda_gpu.estimate_device_bytes(make_config(), 512, "gemm")
+    cuda_gpu.check_unit(make_config(), 512, "gemm", lambda: 2 * need)
+    with pytest.raises(VxsimError, match="GiB of GPU memory"):
+        cuda_gpu.check_unit(make_config(), 512, "gemm", lambda: need)
+
+
+def _cli(tmp_path, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "never.h5"
+    cmd = [sys.executable, "-m", "vxsim", "sweep", *args, "-o", str(out)]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("vxsim: error: "), r.stderr
+    assert not out.exists()
+    return lines[0]
+
+
+@pytest.mark.skipif(cuda_gpu.available(), reason="a CUDA GPU is available here")
+def test_cli_without_gpu_one_line_errors(tmp_path):
+    line = _cli(tmp_path, "--backend", "cuda", "--set", "network.depth=3")
+    assert "backend 'cuda' is not available on this machine: " in line
+    assert cuda_gpu.unavailable_reason() in line
+    line = _cli(tmp_path, "--set", 'measure.precision="tf32"', "--set", "network.depth=3")
+    assert 'measure.precision = "tf32" runs only on the cuda backend' in line
+    line = _cli(tmp_path, "--set", 'measure.precision="tf32"', "--backend", "numba")
+    assert "this run would use 'numba'" in line
+
+
+@pytest.mark.slow
+@needs_cxx
+def test_gpu_check_script_dry_run(tmp_path):
+    """scripts/gpu_check.sh --host: the device check itself, every section, on the CPU
+    (tiny sizes), so that a broken script is found here and not on the GPU."""
+    env = dict(os.environ, VXSIM_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--host"],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert re.search(r"gpu tests: \d+ passed, 0 failed", out), out
+    for title in ("device", "GPU tests", "GEMM path throughput", "fused path throughput",
+                  "Schoenholz"):  # fmt: skip
+        assert re.search(rf"^PASS +{title}", out, re.M), (title, out)
+    assert re.search(r"engine [\d.]+ TFLOP/s effective, cupy.matmul [\d.]+ TFLOP/s, ratio", out)
+    assert re.search(r"fused/gemm speedup at width \d+, jvp: [\d.]+", out)
+    assert re.search(r"schoenholz2017_tanh: .* wall time [\d.]+ s", out)

@@ -1,0 +1,184 @@
+"""The CUDA kernels built for the CPU: a slow, exact stand-in for a GPU, for the tests.
+
+``kernels/common.cuh`` lets every kernel compile as ordinary C++ (``-DVX_HOST``):
+a launch runs its blocks one after the other, each by ``threads`` host
+threads that meet at real barriers (``threads = 1``, the default, is
+fastest; more threads test the partition of each block's work and the
+barriers). ``HostBackend`` offers what ``cuda_gpu._Unit`` needs from a
+backend (NumPy arrays for CuPy's, ``numpy.matmul`` for cuBLAS, the kernels
+through ctypes with the same argument checks as on the GPU), so the CUDA
+engine's orchestration and the kernels' arithmetic run, unchanged, on a
+machine without a GPU and are compared with the NumPy oracle.
+
+What this does *not* exercise: the warp-shuffle reductions (the host sums
+the threads' partial values instead), NVRTC and CuPy themselves, cuBLAS, the
+device's math library (tanh, exp, ...), and a GPU's memory model: a race
+that the host threads happen not to hit goes unseen. Those are left to
+``tests/test_cuda_gpu.py`` and ``scripts/gpu_check.sh`` on a GPU, and to the
+nvcc and NVRTC compilation tests.
+"""
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import cuda_sources
+
+CXX_FLAGS = (
+    "-x", "c++", "-std=c++17", "-O2", "-fPIC", "-shared", "-pthread", "-DVX_HOST",
+    # the same rounding as the device build with --fmad=false
+    "-ffp-contract=off", "-fno-fast-math",
+    "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-unused-function",
+)  # fmt: skip
+
+_CTYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong, "u32": ctypes.c_uint,
+           "double": ctypes.c_double}  # fmt: skip
+_lock = threading.Lock()
+_libraries = {}
+
+
+def compiler():
+    """A C++ compiler on PATH ($CXX, g++, c++, clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cache_dir():
+    root = os.environ.get("VXSIM_CACHE_DIR")
+    if root:
+        return Path(root) / "cuda-host"
+    return Path(tempfile.gettempdir()) / f"vxsim-cache-{os.getuid()}" / "cuda-host"
+
+
+def build(precision, text=None):
+    """Compile the whole CUDA program (or ``text``) for the CPU; the shared library's path.
+
+    Raises RuntimeError with the compiler's message when it does not compile.
+    """
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
+    text = cuda_sources.program(precision) if text is None else text
+    digest = hashlib.sha256((text + cxx + " ".join(CXX_FLAGS)).encode()).hexdigest()[:16]
+    folder = _cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = folder / f"vx_{precision}_{digest}.so"
+    if lib.exists():
+        return lib
+    src = folder / f"vx_{precision}_{digest}.{os.getpid()}.cu"
+    tmp = folder / f".vx_{precision}_{digest}.{os.getpid()}.so"
+    src.write_text(text)
+    proc = subprocess.run([cxx, *CXX_FLAGS, str(src), "-o", str(tmp)], capture_output=True,
+                          text=True)  # fmt: skip
+    src.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the CUDA program does not compile as C++:\n{proc.stderr}")
+    os.replace(tmp, lib)
+    return lib
+
+
+class _Team:
+    """``n`` daemon threads that run one job together (the threads of a block)."""
+
+    def __init__(self, n):
+        self.n = n
+        self.inboxes = [queue.Queue() for _ in range(n)]
+        self.done = queue.Queue()
+        for tid in range(n):
+            threading.Thread(target=self._work, args=(tid,), daemon=True).start()
+
+    def _work(self, tid):
+        while True:
+            job = self.inboxes[tid].get()
+            try:
+                job(tid)
+            except BaseException as err:  # reported to the caller
+                self.done.put(err)
+            else:
+                self.done.put(None)
+
+    def run(self, job, timeout):
+        for box in self.inboxes:
+            box.put(job)
+        for _ in range(self.n):
+            try:
+                err = self.done.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError(
+                    f"a kernel did not finish in {timeout} s: threads stuck at a barrier"
+                ) from None
+            if err is not None:
+                raise err
+
+
+class HostBackend:
+    """The cuda engine's backend interface on the CPU (see the module docstring)."""
+
+    xp = np
+
+    def __init__(self, precision, threads=1, timeout=120, text=None):
+        """``text``: a program to build instead of the kernels' (tests of the tests)."""
+        self.precision = precision
+        self.threads = int(threads)
+        self.timeout = timeout
+        self.real = np.dtype("float64" if precision == "float64" else "float32")
+        text = cuda_sources.program(precision) if text is None else text
+        with _lock:
+            lib = _libraries.get(text)
+            if lib is None:
+                lib = _libraries[text] = ctypes.CDLL(str(build(precision, text)))
+        self.lib = lib
+        self.signatures = cuda_sources.kernel_signatures(text)
+        self.lib.vx_host_launch.argtypes = [ctypes.c_longlong, ctypes.c_longlong, ctypes.c_int]
+        self.lib.vx_host_launch.restype = None
+        self.lib.vx_host_thread.argtypes = [ctypes.c_int]
+        self.lib.vx_host_thread.restype = None
+        self.team = _Team(self.threads) if self.threads > 1 else None
+        self.launches = []  # (kernel name, grid, block, shared memory bytes) of every launch
+
+    def launch(self, name, grid, block, args, smem=0):
+        """Run a kernel: its blocks in turn, each by ``self.threads`` threads (the
+        device's block size ``block`` is checked, not used)."""
+        signature = self.signatures[name]
+        cuda_sources.check_args(name, signature, args, self.real)
+        assert int(grid) >= 1 and 32 <= int(block) <= 1024 and int(block) % 32 == 0
+        self.launches.append((name, int(grid), int(block), int(smem)))
+        converted = []
+        for (ctype, _), arg in zip(signature, args, strict=True):
+            if ctype.endswith("*"):
+                converted.append(ctypes.c_void_p(arg.ctypes.data))
+            else:
+                converted.append(_CTYPES[ctype](arg.item()))
+        fn = getattr(self.lib, name)
+        fn.restype = None
+
+        def job(tid):
+            self.lib.vx_host_thread(tid)
+            fn(*converted)
+
+        with _lock:
+            self.lib.vx_host_launch(int(grid), int(smem), self.threads)
+            if self.team is None:
+                job(0)
+            else:
+                self.team.run(job, self.timeout)
+
+    def matmul(self, a, b, out):
+        np.matmul(a, b, out=out)
+
+    def to_host(self, x):
+        return np.array(x, copy=True)
+
+    def gemm_precision(self, tf32):
+        return contextlib.nullcontext()
