@@ -412,3 +412,24 @@ def test_residual_relu_power_gradients_grow_as_a_power_of_depth(tmp_path):
     exponential = np.polyfit(layers[deep], y[deep], 1, full=True)[1][0]
     power = np.polyfit(np.log(layers[deep]), y[deep], 1, full=True)[1][0]
     assert power < 0.1 * exponential  # log |g|^2 is linear in log l, not in l
+
+
+def test_engines_that_do_not_run_an_architecture_are_refused_or_skipped(monkeypatch):
+    """'auto' passes over an engine without the architecture; naming it is an error."""
+    import types
+
+    from vxsim import engines
+    from vxsim.errors import VxsimError
+
+    fake = types.SimpleNamespace(NAME="cuda", ARCHITECTURES=("mlp",), available=lambda: True)
+    real_import = engines.importlib.import_module
+
+    def import_module(name, package=None):
+        return fake if name == ".cuda_gpu" else real_import(name, package)
+
+    monkeypatch.setattr(engines.importlib, "import_module", import_module)
+    assert engines.auto("mlp") == "cuda"
+    assert engines.auto("lstm") == "numba"
+    assert engines.get("auto", "residual").NAME == "numba"
+    with pytest.raises(VxsimError, match="runs architecture mlp only, not 'rnn'"):
+        engines.get("cuda", "rnn")

@@ -78,7 +78,7 @@ def prepare(config, output, backend=None, resume=False, overwrite=False, shard=N
     if shard is not None:
         extra = shardfile.content(config, *shard, shard_units(config, *shard))
     check_memory(config)
-    engine = engines.get(backend or config.backend)
+    engine = engines.get(backend or config.backend, config.architecture)
     if config.precision == "tf32" and engine.NAME != "cuda":
         raise VxsimError(
             f'measure.precision = "tf32" runs only on the cuda backend (GPU tensor cores); '

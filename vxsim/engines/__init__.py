@@ -1,7 +1,8 @@
 """Engines say *where* a work unit runs: ``numpy`` (the oracle), ``numba`` (CPU), ``cuda`` (GPU).
 
 Each engine module has ``NAME``, ``available()`` and ``run_unit(config, width, sample)``;
-see ``base`` for what they share.
+see ``base`` for what they share. An engine that runs only some architectures lists
+them in ``ARCHITECTURES`` (the cuda engine: the MLP); the others run every one.
 """
 
 import importlib
@@ -11,10 +12,14 @@ from ..errors import VxsimError
 _MODULES = {"numpy": "numpy_ref", "numba": "numba_cpu", "cuda": "cuda_gpu"}
 
 
-def get(name):
-    """The engine module of a backend name ('auto' picks the fastest available)."""
+def get(name, architecture=None):
+    """The engine module of a backend name ('auto' picks the fastest available).
+
+    With ``architecture``, 'auto' picks the fastest engine that runs it, and a
+    named engine that does not is refused.
+    """
     if name == "auto":
-        name = auto()
+        name = auto(architecture)
     if name not in _MODULES:
         raise VxsimError(f"unknown backend {name!r}; allowed: auto, {', '.join(_MODULES)}")
     try:
@@ -30,7 +35,17 @@ def get(name):
         raise VxsimError(
             f"backend {name!r} is not available on this machine" + (f": {why}" if why else "")
         )
+    if architecture is not None and not runs(module, architecture):
+        raise VxsimError(
+            f"backend {name!r} runs architecture {', '.join(module.ARCHITECTURES)} only, "
+            f"not {architecture!r}; use --backend numba (or numpy)"
+        )
     return module
+
+
+def runs(module, architecture):
+    """Whether an engine module runs ``architecture``."""
+    return architecture in getattr(module, "ARCHITECTURES", (architecture,))
 
 
 def available():
@@ -44,10 +59,13 @@ def available():
     return out
 
 
-def auto():
-    """cuda where a GPU is usable, else numba, else numpy."""
+def auto(architecture=None):
+    """cuda where a GPU is usable (and runs the architecture), else numba, else numpy."""
     avail = available()
     for name in ("cuda", "numba", "numpy"):
-        if avail.get(name):
+        if avail.get(name) and (
+            architecture is None
+            or runs(importlib.import_module(f".{_MODULES[name]}", __name__), architecture)
+        ):
             return name
     return "numpy"

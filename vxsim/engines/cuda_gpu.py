@@ -48,6 +48,7 @@ from ..errors import VxsimError
 from . import base, cuda_sources
 
 NAME = "cuda"
+ARCHITECTURES = ("mlp",)  # the other architectures run on numba/numpy (engines.generic)
 
 # Widths up to this run on the fused path when engine.path = "auto". Not yet
 # measured on a GPU (scripts/gpu_check.py prints both paths at width 128):
