@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import small_config
 
 from vxsim import config, engines, rng
 from vxsim.engines import base, numba_cpu, numpy_ref
@@ -300,3 +301,26 @@ def test_generated_module_is_cached_between_processes():
     src = numba_cpu.generate_source(("tanh", "relu"))
     assert "_REGISTRY['tanh']" in src and "_REGISTRY['relu']" in src
     assert "def _act_rows_ACT1(" in src and "elif code == 1:" in src
+
+
+@pytest.mark.parametrize("path", ["fused", "gemm"])
+def test_underflow_to_the_fixed_point_is_not_divergence(path):
+    """tanh, sigma_b2 = 0, ordered: float32 h underflows to 0 near layer 160.
+
+    That is the fixed point q* = 0, not a divergence (the oracle's rule): nothing is
+    flagged, log q reads -inf, and the gradients go on, as in the NumPy engine.
+    """
+    config = small_config(
+        network__width=[8],
+        network__depth=300,
+        network__activation="tanh",
+        grid__sigma_w2=[0.3],
+        grid__sigma_b2=[0.0],
+        measure__precision="float32",
+        measure__mode="both",
+    )
+    a, b = numba_cpu.run_unit(config, 8, 0, path=path), numpy_ref.run_unit(config, 8, 0)
+    assert a["diverged"].max() == 0 and b["diverged"].max() == 0
+    assert np.isneginf(a["log_q"][..., -1]).all()
+    for key in ("log_tangent_norm", "log_grad_norm"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=2e-4, err_msg=key)

@@ -336,9 +336,11 @@ def _zero(row):
 
 @njit(**_OPT)
 def _h_ok(ss, big, homogeneous):
-    """The oracle's divergence test, passed: finite, non-zero, and (unless
-    renormalised, when |hh| <= sqrt(N) anyway) below the limit."""
-    return math.isfinite(ss) and ss > 0.0 and (homogeneous or big == 0)
+    """The oracle's divergence test, passed: finite, non-zero where phi is homogeneous
+    (h = 0 is a dead network there; for tanh & co. it is the fixed point q* = 0 that
+    h underflowed to), and (unless renormalised, when |hh| <= sqrt(N) anyway) below
+    the limit."""
+    return math.isfinite(ss) and (ss > 0.0 or not homogeneous) and (homogeneous or big == 0)
 
 
 # BEGIN ACTIVATION linear
