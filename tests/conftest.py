@@ -1,4 +1,8 @@
-"""Shared helpers for the test suite: small configs and a brute-force reference network."""
+"""Shared helpers for the test suite: small configs, the CLI, a brute-force reference network."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,3 +78,37 @@ def reference_network(config, width, sample, act, param, sigma_w2, sigma_b2):
 @pytest.fixture
 def tmp_out(tmp_path):
     return str(tmp_path / "out.h5")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Six units of about half a second each on the numpy engine (2-core CPU): a sweep
+# slow enough to be killed or read while it runs.
+SLOW_KEYS = [
+    "--set",
+    "network.width=64",
+    "--set",
+    "network.depth=300",
+    "--set",
+    "monte_carlo.samples=6",
+    "--set",
+    "grid.sigma_w2=[0.8,1.5,3.0]",
+    "--set",
+    'measure.mode="both"',
+    "--backend",
+    "numpy",
+    "-q",
+]
+
+
+def run_cli(*args, cwd=None):
+    """``python -m vxsim ARGS`` in a subprocess with this source tree first on the path."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "vxsim", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

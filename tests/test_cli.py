@@ -1,25 +1,11 @@
 """The command line: the main commands work, and every bad input is one line and exit 2."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-m", "vxsim", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+run = run_cli
 
 
 SMALL = [

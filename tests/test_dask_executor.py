@@ -10,31 +10,13 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import ROOT, SLOW_KEYS, small_config
 
 import vxsim
 from vxsim.store import hdf5
 from vxsim.store.hdf5 import open_reader
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEEDS_DASK = "dask[distributed] is not installed (pip install '.[test]' brings it)"
-
-# Six units of about half a second each on the numpy engine (2-core CPU).
-SLOW_KEYS = [
-    "--set",
-    "network.width=64",
-    "--set",
-    "network.depth=300",
-    "--set",
-    "monte_carlo.samples=6",
-    "--set",
-    "grid.sigma_w2=[0.8,1.5,3.0]",
-    "--set",
-    'measure.mode="both"',
-    "--backend",
-    "numpy",
-    "-q",
-]
 
 
 def _vxsim(*args, prelude="", extra_env=None, **kw):

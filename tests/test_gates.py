@@ -8,20 +8,15 @@ hand-written JVP and VJP of the models are checked against an independent
 derivative.
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import run_cli, small_config
 
 from vxsim import rng
 from vxsim.analysis.growth import growth_rates
 from vxsim.engines import base, generic
 from vxsim.models import gru, lstm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"gru": gru, "lstm": lstm}
 AXIS = {"gru": "update_bias", "lstm": "forget_bias"}
 N_GATES = {"gru": 3, "lstm": 4}
@@ -275,18 +270,6 @@ def test_gate_bias_slows_gradient_decay(arch):
     jvp, jse = rates["jvp"]
     # the same per-step factor seen forward: equal within 4 combined standard errors
     assert np.all(np.abs(jvp - vjp) < 4 * np.hypot(se, jse) + 0.01), (jvp, vjp)
-
-
-def run_cli(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-m", "vxsim", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 WRONG_AXIS = [

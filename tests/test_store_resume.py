@@ -10,29 +10,12 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import ROOT, SLOW_KEYS, small_config
 
 import vxsim
 from vxsim.errors import VxsimError
 from vxsim.store.hdf5 import open_reader
 from vxsim.store.summary import summarise_file
-
-SLOW_KEYS = [
-    "--set",
-    "network.width=64",
-    "--set",
-    "network.depth=300",
-    "--set",
-    "monte_carlo.samples=6",
-    "--set",
-    "grid.sigma_w2=[0.8,1.5,3.0]",
-    "--set",
-    'measure.mode="both"',
-    "--backend",
-    "numpy",
-    "-q",
-]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _vxsim(*args, **kw):
