@@ -12,9 +12,12 @@ gradient backward in VJP), per mode:
 * the speedup over the NumPy engine (timed on a few layers, per layer), and
   over the two PyTorch baselines of ``baseline_torch.py`` when torch imports;
 
-then the JIT time of a cold (empty cache) and a warm run of the default
-config through ``vxsim sweep``, and with ``--memory`` the peak resident
-memory of a 10,000-layer run at width 1024 with 1,026 columns in each mode
+for VJP also the plan (every layer's phi' and Z kept, or checkpoints: see
+``numba_cpu.vjp_plan``) and the time with checkpoints forced (what runs beyond
+the memory budget, e.g. at depth 10,000); then the JIT time of a cold (empty
+cache) and a warm run of the default config through ``vxsim sweep``, and with
+``--memory`` the peak resident memory of a 10,000-layer run at width 1024
+with 1,026 columns in each mode
 (a subprocess each; minutes on 2 cores).
 
 Timings are the minimum over ``--repeat`` runs: on a shared machine the
@@ -93,6 +96,24 @@ def time_vxsim(width, mode, depth, repeat, path="auto"):
     numba_cpu.run_unit(make_config(width, 3, mode, path), width, 0)  # JIT and first touch
     per = best(lambda: numba_cpu.run_unit(cfg, width, 0), repeat) / depth
     return per, numba_cpu.choose_path(cfg, width)
+
+
+def time_vjp_checkpointed(width, depth, repeat):
+    """VJP with a zero memory budget: checkpoints every ceil(sqrt(L)) layers."""
+    saved = numba_cpu.STORE_BYTES
+    numba_cpu.STORE_BYTES = 0
+    try:
+        return time_vxsim(width, "vjp", depth, repeat)[0]
+    finally:
+        numba_cpu.STORE_BYTES = saved
+
+
+def vjp_plan_text(width, depth):
+    cfg = make_config(width, depth, "vjp")
+    every, full, zstore = numba_cpu.vjp_plan(cfg, width, POINTS, numba_cpu.choose_path(cfg, width))
+    if full:
+        return "every layer's phi'" + (" and Z" if zstore else "") + " kept"
+    return f"checkpoints every {every} layers" + (", segment's Z kept" if zstore else "")
 
 
 def crossover(widths, depth, repeat):
@@ -280,9 +301,26 @@ def main():
                 plain, expert = torch_rows(width, mode, args.quick)
                 row += f" {plain / per:>11.1f} {expert / per:>12.2f}"
                 rec.update(speedup_torch_plain=plain / per, speedup_torch_expert=expert / per)
+            if mode == "vjp":
+                rec.update(
+                    plan=vjp_plan_text(width, depth),
+                    ms_per_layer_checkpointed=time_vjp_checkpointed(width, depth, repeat) * 1e3,
+                )
             print(row, flush=True)
             results.append(rec)
     print(f"# load average {os.getloadavg()[0]:.2f} at end of the table")
+    budget = numba_cpu.store_budget() / 2**20
+    print(f"# vjp: memory budget {budget:.0f} MiB; per width, what the table's VJP kept, and")
+    print("# the same run with checkpoints forced (as beyond the budget), ms per layer:")
+    for rec in results:
+        if rec["mode"] != "vjp":
+            continue
+        cp = rec["ms_per_layer_checkpointed"]
+        line = f"#   width {rec['width']:>4}: {rec['plan']}; checkpointed {cp:.3f}"
+        if "speedup_torch_expert" in rec:
+            expert = rec["speedup_torch_expert"] * rec["ms_per_layer"]
+            line += f" (xTorchExpert {expert / cp:.2f})"
+        print(line)
     if not args.no_crossover:
         rows, cross = crossover((16, 24, 32, 48, 64, 96, 128), 50 if args.quick else 200, repeat)
         print("# path crossover, ms per layer (jvp gemm/fused, vjp gemm/fused):")

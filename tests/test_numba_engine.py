@@ -159,11 +159,72 @@ def test_tiny_networks_match_oracle(path):
         assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL["float64"])
 
 
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+def test_vjp_keeping_every_layer_matches_checkpointed_vjp(path, precision, monkeypatch):
+    """Within the memory budget VJP keeps phi'(h1) of every layer (and every Z^l)
+    from the forward pass and recomputes nothing; below it, only the phi', and
+    the Z^l are regenerated (the same numbers bit for bit); with no budget, the
+    checkpointed recomputation. All three against the oracle, and the
+    checkpointed one against the others to the oracle's tolerance (a
+    recomputation's GEMM over the h1 columns alone may sum in another order
+    than the forward pass's over h1 and h2)."""
+    width, depth, sample = 24, 40, 1
+    cfg = make_config(width=width, depth=depth, precision=precision, mode="both")
+    want = numpy_ref.run_unit(cfg, width, sample)
+    item = cfg.dtype.itemsize
+    points = base.grid(cfg).points
+    got, plans = {}, {}
+    for label, budget in (
+        ("all", depth * points * width * item + 64 * depth * width * width * item),
+        ("phi'", depth * points * width * item),
+        ("checkpoints", 0),
+    ):
+        monkeypatch.setattr(numba_cpu, "STORE_BYTES", budget)
+        unit = numba_cpu._Unit(cfg, width, sample, path=path)
+        plans[label] = (unit.every, unit.full, unit.zstore, unit.D.shape[0], unit.Zs.shape[1])
+        got[label] = numba_cpu.run_unit(cfg, width, sample, path=path)
+        assert_same(got[label], want, TOL[precision])
+    k = cfg.checkpoint_every
+    assert plans == {
+        "all": (depth, True, True, depth, depth),
+        "phi'": (depth, True, False, depth, 1),
+        "checkpoints": (k, False, True, k, k),
+    }
+    for key, value in got["all"].items():
+        np.testing.assert_array_equal(got["phi'"][key], value, err_msg=key)
+    assert_same(got["checkpoints"], got["all"], TOL[precision])
+
+
+def test_vjp_plan_within_budget_and_checkpointed_at_depth_10000():
+    """What a unit keeps never exceeds the budget; at depth 10,000, width 1024
+    and the benchmark's 342 grid points (14 GiB of phi'), VJP checkpoints even
+    with the largest default budget, so its memory stays O(sqrt(L) N P)."""
+    for depth, width, points in ((10, 64, 40), (500, 256, 342), (2000, 1024, 100)):
+        cfg = make_config(width=width, depth=depth, mode="vjp")
+        item = cfg.dtype.itemsize
+        every, full, zstore = numba_cpu.vjp_plan(cfg, width, points, "gemm")
+        kept = 0
+        if full:
+            assert every == depth
+            kept = depth * points * width * item + zstore * depth * width * width * item
+        else:
+            assert every == cfg.checkpoint_every
+        assert kept <= numba_cpu.store_budget()
+    assert numba_cpu.store_budget() <= numba_cpu.STORE_BYTES_MAX
+    cfg = make_config(width=1024, depth=10_000, mode="vjp")
+    assert numba_cpu.vjp_plan(cfg, 1024, 342, "gemm") == (100, False, False)
+    # engine.checkpoint set: always checkpoints, at that spacing
+    cfg = make_config("engine.checkpoint=7", width=16, depth=50, mode="vjp")
+    assert numba_cpu.vjp_plan(cfg, 16, 40, "gemm") == (7, False, True)
+
+
 @pytest.mark.parametrize("path", ["gemm", "fused"])
 def test_vjp_regenerating_weights_matches_oracle(path, monkeypatch):
     """Over its memory budget, VJP regenerates each Z^l for the backward step
     instead of keeping the recomputation's: the same numbers either way."""
     cfg = make_config("engine.checkpoint=6", width=24, depth=40, precision="float64", mode="vjp")
+    assert not numba_cpu._Unit(cfg, 24, 1, path=path).full  # checkpointed: spacing given
     kept = numba_cpu.run_unit(cfg, 24, 1, path=path)
     monkeypatch.setattr(numba_cpu, "ZSTORE_BYTES", 0)
     assert not numba_cpu._Unit(cfg, 24, 1, path=path).zstore
@@ -244,10 +305,11 @@ def test_registry_and_path_choice():
     assert numba_cpu.choose_path(make_config('engine.path="fused"'), 4096) == "fused"
 
 
-def test_memory_is_sqrt_depth_in_vjp_and_flat_in_jvp():
-    """The buffers of a 10,000-layer unit (nothing is run): VJP keeps
-    (L-1)//k checkpoints and k layers of phi', k = ceil(sqrt(L)); JVP nothing
-    that grows with depth."""
+def test_memory_is_sqrt_depth_in_vjp_and_flat_in_jvp(monkeypatch):
+    """The buffers of a 10,000-layer unit (nothing is run): VJP beyond its
+    budget keeps (L-1)//k checkpoints and k layers of phi', k = ceil(sqrt(L));
+    JVP nothing that grows with depth."""
+    monkeypatch.setattr(numba_cpu, "STORE_BYTES", 2**20)
     depth, width = 10_000, 32
     for mode in ("vjp", "jvp"):
         cfg = make_config("measure.record={log = 16}", width=width, depth=depth, mode=mode)

@@ -10,7 +10,12 @@ Each entry holds
 * ``kinks``: where phi, phi' or phi'' jump (for the theory's quadrature),
   as a function of ``a``;
 * ``homogeneous``: phi(s x) = s phi(x) for s > 0, so pre-activations can be
-  renormalised every layer without changing phi' (DESIGN.md 2.3c).
+  renormalised every layer without changing phi' (DESIGN.md 2.3c);
+* ``kernel_phi``, ``kernel_dphi`` (optional): phi and phi' as the compiled
+  (Numba) kernels evaluate them, when a faster form exists that agrees with
+  ``phi``/``dphi`` to the run's rounding (tanh: ``tanh_f32`` in float32 runs,
+  where libm's tanhf is a scalar call that blocks vectorisation); by default
+  ``phi`` and ``dphi`` themselves.
 
 Adding an activation is one ``register(...)`` call in this file.
 """
@@ -56,6 +61,8 @@ class Activation:
     param_range: tuple = None  # (low, high]: the parameters allowed
     moments: object = None  # closed-form (E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2]) of (q, a)
     mlp_theory: bool = True  # False: theory.meanfield refuses it (its quadrature is inaccurate)
+    kernel_phi: object = None  # phi as the Numba kernels evaluate it (default: phi)
+    kernel_dphi: object = None  # phi' as the Numba kernels evaluate it (default: dphi)
 
     @property
     def takes_param(self):
@@ -65,15 +72,86 @@ class Activation:
 REGISTRY: dict = {}
 
 
-def register(name, phi, dphi, d2phi, c, **kw):
+def register(name, phi, dphi, d2phi, c, kernel_phi=None, kernel_dphi=None, **kw):
     """Add an activation; the three functions become usable inside Numba kernels."""
+    phi, dphi = register_jitable(phi), register_jitable(dphi)
     act = Activation(
-        name, register_jitable(phi), register_jitable(dphi), register_jitable(d2phi), c, **kw
+        name,
+        phi,
+        dphi,
+        register_jitable(d2phi),
+        c,
+        kernel_phi=register_jitable(kernel_phi) if kernel_phi else phi,
+        kernel_dphi=register_jitable(kernel_dphi) if kernel_dphi else dphi,
+        **kw,
     )
     REGISTRY[name] = act
     for alias in act.aliases:
         REGISTRY[alias] = act
     return act
+
+
+# tanh_f32: float32 tanh that LLVM can vectorise. Computed in float64 and
+# rounded once: |x| < 1/8: the Taylor series to x^9 (next term < 1e-11
+# relative); else sign(x) (1 - e) / (1 + e) with e = exp(-2 |x|) = p^64,
+# p = exp(-2 |x| / 64) by its Taylor polynomial of degree 10 on [-5/16, 0]
+# (relative error < 1e-13 before, < 1e-11 after the six squarings; the
+# cancellation in 1 - e costs at most a factor 8 for |x| >= 1/8). |x| is
+# clamped to 10 first (inf and NaN too): tanh(x) rounds to 1 in float32 for
+# |x| >= 9.011. The float64 result is within ~1e-10 relative of tanh(x), so the
+# float32 one is the correctly rounded tanh or an ulp off (test_tanh_f32.py
+# checks every float32). No branches, no calls: selects only.
+_TANH_SMALL = 0.125
+_TANH_CLAMP = 10.0
+_EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(10, -1, -1))
+_E10, _E9, _E8, _E7, _E6, _E5, _E4, _E3, _E2, _E1, _E0 = _EXP_TAYLOR
+_T3, _T5, _T7, _T9 = -1.0 / 3.0, 2.0 / 15.0, -17.0 / 315.0, 62.0 / 2835.0
+
+
+@register_jitable(inline="always")
+def _tanh_f32(x):
+    v = np.float64(x)
+    a = abs(v)
+    c = a if a < _TANH_CLAMP else _TANH_CLAMP  # NaN and inf -> 10 (NaN restored below)
+    u = c * (-2.0 / 64.0)
+    p = _E10
+    p = p * u + _E9
+    p = p * u + _E8
+    p = p * u + _E7
+    p = p * u + _E6
+    p = p * u + _E5
+    p = p * u + _E4
+    p = p * u + _E3
+    p = p * u + _E2
+    p = p * u + _E1
+    p = p * u + _E0
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    big = math.copysign((1.0 - p) / (1.0 + p), v)
+    s = v * v
+    small = v * (1.0 + s * (_T3 + s * (_T5 + s * (_T7 + s * _T9))))
+    r = small if a < _TANH_SMALL else big
+    r = v if v != v else r
+    return np.float32(r)
+
+
+def tanh_f32(x):
+    """tanh in float32 as the Numba kernels compute it (see above): at most 1 ulp
+    from the correctly rounded tanh. In NumPy (arrays): np.tanh in the input's dtype."""
+    return np.tanh(x)
+
+
+@overload(tanh_f32)
+def _tanh_f32_numba(x):
+    if x == types.float32:
+        return lambda x: _tanh_f32(x)
+    if isinstance(x, types.Float):
+        return lambda x: np.tanh(x)
+    return None
 
 
 def _sigmoid(x):
@@ -92,6 +170,8 @@ register(
         dphi="1.0 - tanh(x) * tanh(x)",
         d2phi="-2.0 * tanh(x) * (1.0 - tanh(x) * tanh(x))",
     ),
+    kernel_phi=lambda x, a: tanh_f32(x),
+    kernel_dphi=lambda x, a: 1.0 - tanh_f32(x) ** 2,
 )
 register(
     "relu",

@@ -18,11 +18,16 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
   ``engine.path = "auto"`` picks it for ``width <= FUSED_MAX_WIDTH`` (the
   crossover measured by ``scripts/bench_cpu.py``); ``"gemm"`` or ``"fused"``
   forces either.
-* **VJP**: a forward pass that keeps h1 every ``checkpoint_every`` layers
-  (~sqrt(L)), then per segment, last first, a recomputation from its
-  checkpoint (weights regenerated from the counter) that keeps phi'(h1), and
-  the backward steps ``g <- phi' * (s Z^T g)``: memory O(sqrt(L) N P). JVP
-  carries tangents as extra GEMM columns: memory independent of depth.
+* **VJP**: where phi'(h1) of every layer fits in the memory budget
+  (``store_budget()``; ``engine.checkpoint = 0``), the forward pass keeps it
+  (and, if they fit too, every Z^l) and the backward pass is the backward
+  steps ``g <- phi' * (s Z^T g)`` alone, as autograd does it: memory O(L N P).
+  Otherwise (or with ``engine.checkpoint`` set) the forward pass keeps h1
+  every ``checkpoint_every`` layers (~sqrt(L)), then per segment, last first,
+  a recomputation from its checkpoint (weights regenerated from the counter)
+  keeps phi'(h1) for the backward steps: memory O(sqrt(L) N P). Both give the
+  same numbers bit for bit. JVP carries tangents as extra GEMM columns:
+  memory independent of depth.
 * float32 states with float64 norms and log-norm accumulators, unless
   ``precision = "float64"``.
 
@@ -70,6 +75,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 FUSED_MAX_WIDTH = 96
 
 ZSTORE_BYTES = base.ZSTORE_BYTES
+
+# VJP keeps every layer's phi'(h1) (and every Z^l) instead of recomputing
+# segments from checkpoints when that fits in this many bytes; None: the
+# default, min(STORE_BYTES_MAX, STORE_FRACTION of the available memory).
+STORE_BYTES = None
+STORE_BYTES_MAX = 2 * 2**30
+STORE_FRACTION = 0.25
 
 _TEMPLATE = Path(__file__).with_name("numba_kernels.py")
 _BEGIN_ACT = "# BEGIN ACTIVATION linear\n"
@@ -251,6 +263,55 @@ def _with_precision(config, dtype):
     return cfg.build(raw)
 
 
+def _available_memory():
+    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def store_budget():
+    """Bytes VJP may spend on keeping every layer (see STORE_BYTES)."""
+    if STORE_BYTES is not None:
+        return int(STORE_BYTES)
+    have = _available_memory()
+    if have is None:
+        return STORE_BYTES_MAX // 4
+    return int(min(STORE_BYTES_MAX, STORE_FRACTION * have))
+
+
+def vjp_plan(config, width, points, path):
+    """(every, full, zstore): how a VJP unit keeps what its backward pass needs.
+
+    full: phi'(h1) of all L layers kept by the forward pass (every = L, no
+    checkpoints, nothing recomputed) when engine.checkpoint = 0 and L P N
+    values fit in ``store_budget()``; zstore then says whether every Z^l fits
+    beside them. Otherwise checkpoints every ``checkpoint_every`` layers, and
+    zstore says whether a segment's Z^l fit in ZSTORE_BYTES.
+    """
+    L, item = config.depth, config.dtype.itemsize
+    copies = _lanes_for(path, points)
+    if config.checkpoint == 0 and L > 1:
+        budget = store_budget()
+        keep = L * points * width * item
+        if keep <= budget:
+            zbytes = copies * L * width * width * item
+            return L, True, keep + zbytes <= budget
+    every = config.checkpoint_every
+    zstore = every > 1 and copies * every * width * width * item <= ZSTORE_BYTES
+    return every, False, zstore
+
+
+def _lanes_for(path, points):
+    """Weight buffers a unit holds: one per lane on the fused path, one on the GEMM path."""
+    return max(1, min(_lanes(), points)) if path == "fused" else 1
+
+
 def choose_path(config, width):
     """'gemm' or 'fused' for this width (engine.path forces either)."""
     if config.path in ("gemm", "fused"):
@@ -302,7 +363,7 @@ class _Unit:
         self.usample = np.uint64(sample)
         self.lanes = _lanes()
         if self.path == "fused":
-            self.lanes = max(1, min(self.lanes, P))
+            self.lanes = _lanes_for("fused", P)
         self.wbuf, self.obuf = _scratch(k, self.lanes)
         self.x1, self.x2, self.v0 = base.inputs(config, N, sample)
         rows = 3 if self.jvp else 2
@@ -310,9 +371,10 @@ class _Unit:
         self.H = np.zeros((rows * P, N), dtype=dt)
         # Weights: one buffer per lane on the fused path, one shared on the GEMM path;
         # bias noise: per lane, or double-buffered (this layer's and the next's).
-        self.every = config.checkpoint_every if self.vjp else 0
+        self.every, self.full, self.zstore = 0, False, False
+        if self.vjp:
+            self.every, self.full, self.zstore = vjp_plan(config, N, P, self.path)
         copies = self.lanes if self.path == "fused" else 1
-        self.zstore = self.every > 1 and copies * self.every * N * N * dt.itemsize <= ZSTORE_BYTES
         slots = self.every if self.zstore else 1
         self.Zs = np.zeros((copies, slots, N, N), dtype=dt)
         self.xis = np.zeros((max(2, self.lanes), N))
@@ -335,6 +397,7 @@ class _Unit:
         self.ctl[k.C_EVERY] = self.every
         self.ctl[k.C_HAS_BIAS] = self.has_bias
         self.ctl[k.C_ZSTORE] = self.zstore
+        self.ctl[k.C_FULL] = self.full
         self.keys = np.array([sample, self.k0, self.k1], dtype=np.uint64)
 
     def _op(self, op, layer=0, kind=0, j=0, r=-1, ci=-1, nxt=0, nxt_bias=0, slot=0):
@@ -384,15 +447,23 @@ class _Unit:
             self._op(k.OP_FUSED_FORWARD, kind=kind)
             return
         L, every, rec = self.L, self.every, self.rec
-        Z = self.Zs[0, 0]
-        Zt = Z.T
+        keep_all = self.full and self.zstore  # Z^l into slot l - 1, kept for the backward pass
+        keep = k.KIND_JVP_KEEP if self.jvp else k.KIND_FWD_KEEP
         self._op(k.OP_PREFETCH, nxt=1, nxt_bias=self.has_bias)
         for layer in range(1, L + 1):
-            np.matmul(A, Zt, out=H)
+            np.matmul(A, self.Zs[0, layer - 1 if keep_all else 0].T, out=H)
             ci = layer // every - 1 if every and layer % every == 0 and layer < L else -1
             nxt = layer + 1 if layer < L else 0
             self._op(
-                k.OP_FORWARD, layer, kind, r=rec[layer], ci=ci, nxt=nxt, nxt_bias=self.has_bias
+                k.OP_FORWARD,
+                layer,
+                keep if self.full and layer < L else kind,
+                j=layer,
+                r=rec[layer],
+                ci=ci,
+                nxt=nxt,
+                nxt_bias=self.has_bias,
+                slot=layer if keep_all and nxt else 0,
             )
 
     # -- backward
@@ -401,8 +472,15 @@ class _Unit:
         """Execution order of the backward pass: per segment, last first, the
         restart from its checkpoint, the recomputed layers, the backward steps.
         Each entry: (op, layer or segment, segment start, weight slot, whether
-        Z^layer must be generated for it (else it is still in its slot))."""
+        Z^layer must be generated for it (else it is still in its slot)).
+        Keeping every layer (``full``): the backward steps alone; Z^L is still
+        in slot 0 after the forward pass, or every Z^l in slot l - 1."""
         L, every, store = self.L, self.every, self.zstore
+        if self.full:
+            return [
+                ("bwd", layer, 0, layer - 1 if store else 0, not store and layer < L)
+                for layer in range(L, 1, -1)
+            ]
         ops = []
         for seg in range((L - 1) // every, -1, -1):
             start = seg * every

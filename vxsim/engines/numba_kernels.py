@@ -89,6 +89,8 @@ R_GRAD = 3
 KIND_FWD = np.int64(0)  # phi(h1), phi(h2)
 KIND_JVP = np.int64(1)  # phi(h1), phi(h2), phi'(h1) * t
 KIND_REC = np.int64(2)  # phi(h1) and phi'(h1) (VJP recomputation; h2 and t unused)
+KIND_FWD_KEEP = np.int64(3)  # as KIND_FWD, and phi'(h1) kept for VJP (no recomputation)
+KIND_JVP_KEEP = np.int64(4)  # as KIND_JVP, and phi'(h1) kept for VJP
 
 CHUNK = 256  # Philox blocks (4 normals each) per task of the normal generator
 _U0 = np.uint64(0)
@@ -344,24 +346,32 @@ def _h_ok(ss, big, homogeneous):
 
 
 # BEGIN ACTIVATION linear
-_PHI_ACT0 = _REGISTRY["linear"].phi
-_DPHI_ACT0 = _REGISTRY["linear"].dphi
+_PHI_ACT0 = _REGISTRY["linear"].kernel_phi
+_DPHI_ACT0 = _REGISTRY["linear"].kernel_dphi
 
 
 @njit(**_OPT)
 def _act_rows_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
     """Next GEMM input from this layer's rows: x = h / d (the renormalised hh),
     a1 = phi(x1), a2 = phi(x2), at = phi'(x1) * t / dt, or for KIND_REC a1 and
-    dd = phi'(x1). No fast-math here: a recomputed segment must reproduce the
-    forward pass bit for bit."""
+    dd = phi'(x1); the KEEP kinds also write dd. No fast-math here: a
+    recomputed segment must reproduce the forward pass bit for bit."""
     n = h1.size
-    if kind == KIND_REC:
+    if kind == KIND_REC or kind == KIND_FWD_KEEP:
         for i in range(n):
             x = h1[i] / d1
             a1[i] = _PHI_ACT0(x, a)
             dd[i] = _DPHI_ACT0(x, a)
-        return
-    if kind == KIND_JVP:
+        if kind == KIND_REC:
+            return
+    elif kind == KIND_JVP_KEEP:
+        for i in range(n):
+            x = h1[i] / d1
+            a1[i] = _PHI_ACT0(x, a)
+            g = _DPHI_ACT0(x, a)
+            dd[i] = g
+            at[i] = g * (t[i] / dt)
+    elif kind == KIND_JVP:
         for i in range(n):
             x = h1[i] / d1
             a1[i] = _PHI_ACT0(x, a)
@@ -386,13 +396,14 @@ def _act_rows(code, kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
 
 
 @njit(**_OPT)
-def _forward_point(p, layer, kind, H, A, xi, has_bias, pf, pi, res, r, limit, cp, cp_ls, ci):
+def _forward_point(p, layer, kind, H, A, D, j, xi, has_bias, pf, pi, res, r, limit, cp, cp_ls, ci):
     """One point's epilogue after the layer's GEMM (H rows hold Z @ input).
 
     Same steps and order as numpy_ref._forward: pre-activations (with the
     bias rescaled by exp(-ls)), the tangent, the divergence test (then the
     point's GEMM input rows are zeroed and it is skipped from now on),
-    renormalisation, checkpoint (``ci`` >= 0), next GEMM input, recording.
+    renormalisation, checkpoint (``ci`` >= 0), next GEMM input (and, for the
+    KEEP kinds, phi'(hh1) into D[j]), recording.
     """
     if pi[I_DEAD, p]:
         return
@@ -408,7 +419,7 @@ def _forward_point(p, layer, kind, H, A, xi, has_bias, pf, pi, res, r, limit, cp
     ss1, ss2, dot, big = _preact_two(h1, h2, s, xi, bamp, bs1, bs2, has_bias, limit)
     homog = pi[I_HOMOG, p] != 0
     ok = _h_ok(ss1, big, homog) and _h_ok(ss2, big, homog)
-    jvp = kind == KIND_JVP
+    jvp = kind == KIND_JVP or kind == KIND_JVP_KEEP
     acc = 0.0
     sst = 1.0
     if jvp:
@@ -445,7 +456,8 @@ def _forward_point(p, layer, kind, H, A, xi, has_bias, pf, pi, res, r, limit, cp
         t = H[2 * P + p]
         at = A[2 * P + p]
         dt = dtype(math.sqrt(sst))
-    _act_rows(pi[I_CODE, p], kind, h1, h2, t, d1, d2, dt, A[p], A[P + p], at, at, pf[F_PARAM, p])
+    dd = D[j, p] if kind == KIND_FWD_KEEP or kind == KIND_JVP_KEEP else at
+    _act_rows(pi[I_CODE, p], kind, h1, h2, t, d1, d2, dt, A[p], A[P + p], at, dd, pf[F_PARAM, p])
     if r >= 0:
         f1 = np.float64(d1)
         res[R_LOGQ, p, r] = 2.0 * pf[F_LS1, p] + math.log(ss1 / n / (f1 * f1))
@@ -711,7 +723,9 @@ C_EVERY = 10  # checkpoint spacing (0: no checkpoints)
 C_HAS_BIAS = 11
 C_ZSLOT = 12  # which of the stored weight buffers Zs[., slot] the prefetch fills
 C_ZSTORE = 13  # 1: VJP keeps a segment's Z^l from its recomputation for its backward steps
-N_C = 14
+# (with C_FULL: every Z^l from the forward pass)
+C_FULL = 14  # 1: VJP keeps phi'(h1) of every layer from the forward pass (no recomputation)
+N_C = 15
 
 
 @njit(**_OPT)
@@ -765,27 +779,36 @@ def _restart_share(p0, lanes, ci, x1, A, cp, cp_ls, pf, pi, D):
 
 @njit(**_OPT)
 def _fused_forward_lane(
-    p0, lanes, ctl, keys, limit, H, A, Z, xi, cp, cp_ls, pf, pi, res, rec, wbuf, obuf
+    p0, lanes, ctl, keys, limit, H, A, D, Zs, xi, cp, cp_ls, pf, pi, res, rec, wbuf, obuf
 ):
+    """``Zs`` (slots, N, N): with C_FULL and C_ZSTORE, Z^l goes to slot l - 1
+    and stays for the backward pass; else slot 0 is overwritten every layer."""
     P = pi.shape[1]
     depth = ctl[C_DEPTH]
     every = ctl[C_EVERY]
     kind = ctl[C_KIND]
     has_bias = ctl[C_HAS_BIAS] != 0
+    full = ctl[C_FULL] != 0
+    keep_all = full and ctl[C_ZSTORE] != 0
+    jvp = kind == KIND_JVP
     for layer in range(1, depth + 1):
+        Z = Zs[layer - 1] if keep_all else Zs[0]
         _fill_layer(Z, xi, layer, has_bias, keys, wbuf, obuf)
         ci = -1
         if every > 0 and layer % every == 0 and layer < depth:
             ci = layer // every - 1
         r = rec[layer]
+        kl = kind
+        if full and layer < depth:
+            kl = KIND_JVP_KEEP if jvp else KIND_FWD_KEEP
         for p in range(p0, P, lanes):
             if pi[I_DEAD, p] == 0:
-                if kind == KIND_JVP:
+                if jvp:
                     _matvec3(Z, A[p], A[P + p], A[2 * P + p], H[p], H[P + p], H[2 * P + p])
                 else:
                     _matvec2(Z, A[p], A[P + p], H[p], H[P + p])
                 _forward_point(
-                    p, layer, kind, H, A, xi, has_bias, pf, pi, res, r, limit, cp, cp_ls, ci
+                    p, layer, kl, H, A, D, layer, xi, has_bias, pf, pi, res, r, limit, cp, cp_ls, ci
                 )
 
 
@@ -795,12 +818,25 @@ def _fused_backward_lane(
 ):
     """``Zs`` (slots, N, N): with C_ZSTORE, slot l - start - 1 keeps Z^l of the
     segment from its recomputation to its backward step (one generation per
-    layer instead of two); else slot 0 is regenerated every time."""
+    layer instead of two); else slot 0 is regenerated every time. With
+    C_FULL the forward pass kept phi'(h1) of every layer (D[l]) and, with
+    C_ZSTORE, every Z^l: the backward steps alone, nothing recomputed."""
     P = pi.shape[1]
     depth = ctl[C_DEPTH]
     every = ctl[C_EVERY]
     has_bias = ctl[C_HAS_BIAS] != 0
     store = ctl[C_ZSTORE] != 0
+    if ctl[C_FULL] != 0:
+        for layer in range(depth, 1, -1):
+            Z = Zs[layer - 1] if store else Zs[0]
+            if not store and layer < depth:  # Z^depth is still there from the forward pass
+                _fill_layer(Z, xi, layer, False, keys, wbuf, obuf)
+            r = rec[layer - 1]
+            for p in range(p0, P, lanes):
+                if pi[I_DEAD, p] == 0 and pi[I_COLLAPSED, p] == 0:
+                    _vecmat(Z, G[p], U[p])
+                    _backward_point(p, layer - 1, G, U, D[layer - 1, p], pf, pi, res, r)
+        return
     nseg = (depth - 1) // every + 1
     for seg in range(nseg - 1, -1, -1):
         start = seg * every
@@ -847,7 +883,8 @@ def _lane(
                 limit,
                 H,
                 A,
-                Zs[lane, 0],
+                D,
+                Zs[lane],
                 xis[lane],
                 cp,
                 cp_ls,
@@ -893,6 +930,8 @@ def _lane(
                 ctl[C_KIND],
                 H,
                 A,
+                D,
+                ctl[C_J],
                 xi,
                 has_bias,
                 pf,
