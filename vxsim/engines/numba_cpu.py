@@ -25,9 +25,10 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
   Otherwise (or with ``engine.checkpoint`` set) the forward pass keeps h1
   every ``checkpoint_every`` layers (~sqrt(L)), then per segment, last first,
   a recomputation from its checkpoint (weights regenerated from the counter)
-  keeps phi'(h1) for the backward steps: memory O(sqrt(L) N P). Both give the
-  same numbers bit for bit. JVP carries tangents as extra GEMM columns:
-  memory independent of depth.
+  keeps phi'(h1) for the backward steps: memory O(sqrt(L) N P). The two
+  differ only in the recomputation's summation order (its GEMM covers the h1
+  columns alone). JVP carries tangents as extra GEMM columns: memory
+  independent of depth.
 * float32 states with float64 norms and log-norm accumulators, unless
   ``precision = "float64"``.
 
