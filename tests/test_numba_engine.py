@@ -219,6 +219,29 @@ def test_vjp_plan_within_budget_and_checkpointed_at_depth_10000():
     assert numba_cpu.vjp_plan(cfg, 16, 40, "gemm") == (7, False, True)
 
 
+def test_gemm_rows_split_over_threads_change_nothing(monkeypatch):
+    """The GEMM path splits each GEMM's rows over the lanes (OpenBLAS on one
+    thread) when every block gets enough rows: the same bits as one GEMM."""
+    cfg = make_config(
+        "grid.sigma_w2=[0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0]",
+        'engine.path="gemm"',
+        width=128,
+        depth=12,
+        mode="both",
+    )
+    unit = numba_cpu._Unit(cfg, 128, 0)
+    if unit.lanes < 2:
+        pytest.skip("Numba runs one thread here: the GEMMs are never split")
+    assert unit.split and unit.P == 80
+    split = numba_cpu.run_unit(cfg, 128, 0)
+    monkeypatch.setattr(numba_cpu.gemm, "MIN_ROWS", 10**9)
+    assert not numba_cpu._Unit(cfg, 128, 0).split
+    whole = numba_cpu.run_unit(cfg, 128, 0)
+    for key, value in whole.items():
+        np.testing.assert_array_equal(split[key], value, err_msg=key)
+    assert_same(split, numpy_ref.run_unit(cfg, 128, 0), TOL["float32"])
+
+
 @pytest.mark.parametrize("path", ["gemm", "fused"])
 def test_vjp_regenerating_weights_matches_oracle(path, monkeypatch):
     """Over its memory budget, VJP regenerates each Z^l for the backward step

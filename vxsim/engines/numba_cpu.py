@@ -4,7 +4,8 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
 
 * **GEMM path** (large widths). Per layer: one BLAS GEMM ``H = A @ Z.T``
   over every batched column (h1, h2 and tangents of every grid point; states
-  are rows of C-order (columns, N) arrays, so nothing is copied), then one
+  are rows of C-order (columns, N) arrays, so nothing is copied; its rows
+  split over our own threads with OpenBLAS on one thread, see ``gemm``), then one
   parallel Numba call that does everything else in one pass per point
   (scale, bias, norms, divergence, renormalisation, recording, phi and phi'
   written into the next GEMM input) and, on the same threads, generates the
@@ -40,6 +41,7 @@ between runs (``$VXSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/vxsim``, else
 ``~/.cache/vxsim``).
 """
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -51,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import activations, rng
-from . import base
+from . import base, gemm
 
 NAME = "numba"
 
@@ -368,6 +370,9 @@ class _Unit:
         self.wbuf, self.obuf = _scratch(k, self.lanes)
         self.x1, self.x2, self.v0 = base.inputs(config, N, sample)
         rows = 3 if self.jvp else 2
+        # GEMM rows split over our threads (gemm.matmul_rows) when every block
+        # gets enough rows; else OpenBLAS's own threads.
+        self.split = self.path == "gemm" and self.lanes >= 2 and P >= gemm.MIN_ROWS * self.lanes
         self.A = np.zeros((rows * P, N), dtype=dt)
         self.H = np.zeros((rows * P, N), dtype=dt)
         # Weights: one buffer per lane on the fused path, one shared on the GEMM path;
@@ -434,6 +439,13 @@ class _Unit:
             self.obuf,
         )
 
+    def _matmul(self, a, b, out):
+        gemm.matmul_rows(a, b, out, self.lanes)
+
+    def blas_threads(self):
+        """Context in which to run the passes: OpenBLAS on one thread when splitting."""
+        return gemm.one_blas_thread() if self.split else contextlib.nullcontext()
+
     # -- forward
 
     def forward(self):
@@ -452,7 +464,7 @@ class _Unit:
         keep = k.KIND_JVP_KEEP if self.jvp else k.KIND_FWD_KEEP
         self._op(k.OP_PREFETCH, nxt=1, nxt_bias=self.has_bias)
         for layer in range(1, L + 1):
-            np.matmul(A, self.Zs[0, layer - 1 if keep_all else 0].T, out=H)
+            self._matmul(A, self.Zs[0, layer - 1 if keep_all else 0].T, H)
             ci = layer // every - 1 if every and layer % every == 0 and layer < L else -1
             nxt = layer + 1 if layer < L else 0
             self._op(
@@ -529,10 +541,10 @@ class _Unit:
             Z = self.Zs[0, slot]
             nxt, nxt_bias, nslot = prefetch_for(following[i])
             if op == "rec":
-                np.matmul(A1, Z.T, out=H1)
+                self._matmul(A1, Z.T, H1)
                 self._op(k.OP_RECOMPUTE, arg, j=arg - start, nxt=nxt, nxt_bias=nxt_bias, slot=nslot)
             else:
-                np.matmul(G, Z, out=U)
+                self._matmul(G, Z, U)
                 self._op(
                     k.OP_BACKWARD,
                     arg,
@@ -569,7 +581,8 @@ def run_unit(config, width, sample, path=None):
 
         return generic.run_unit(config, width, sample, numba_normals.normal_matrix)
     unit = _Unit(config, width, sample, path=path)
-    unit.forward()
-    if unit.vjp:
-        unit.backward()
+    with unit.blas_threads():
+        unit.forward()
+        if unit.vjp:
+            unit.backward()
     return unit.results()
