@@ -7,8 +7,9 @@ gradient backward in VJP), per mode:
 
 * ms per layer (one sample, all grid points), the path ``auto`` chose;
 * effective GFLOP/s, counting 2 N^2 C per layer (C = 1,026 columns; VJP's
-  recomputation is not counted), and its ratio to NumPy's float32 matmul of
-  the same shape (C, N) @ (N, N) timed in the same run: the practical limit;
+  recomputation is not counted), and its ratio to float32 matmul of the same
+  shape (C, N) @ (N, N) timed in the same run, the faster of NumPy's and the
+  engine's row-split one (``vxsim.engines.gemm``): the practical limit;
 * the speedup over the NumPy engine (timed on a few layers, per layer), and
   over the two PyTorch baselines of ``baseline_torch.py`` when torch imports;
 
@@ -55,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from vxsim import config as config_mod  # noqa: E402
-from vxsim.engines import numba_cpu, numpy_ref  # noqa: E402
+from vxsim.engines import gemm, numba_cpu, numpy_ref  # noqa: E402
 
 WIDTHS = (32, 64, 128, 256, 512, 1024, 2048)
 GRID = [
@@ -132,18 +133,26 @@ def crossover(widths, depth, repeat):
 
 
 def time_matmul(width, columns, repeat):
+    """Seconds of the faster of NumPy's matmul (OpenBLAS's threads) and the
+    engine's row-split GEMM (gemm.matmul_rows) for (C, N) @ (N, N)."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((columns, width), dtype=np.float32)
     Z = rng.standard_normal((width, width), dtype=np.float32)
     H = np.empty((columns, width), dtype=np.float32)
     np.matmul(A, Z.T, out=H)
     n = max(3, int(2e9 / (2 * width * width * columns)))
+    lanes = numba_cpu._lanes()
 
     def run():
         for _ in range(n):
             np.matmul(A, Z.T, out=H)
 
-    return best(run, repeat) / n
+    def run_split():
+        with gemm.one_blas_thread():
+            for _ in range(n):
+                gemm.matmul_rows(A, Z.T, H, lanes)
+
+    return min(best(run, repeat), best(run_split, repeat)) / n
 
 
 def time_numpy_engine(width, mode, depth):
