@@ -533,7 +533,8 @@ class _Unit:
 
         if layered:
             nxt, nxt_bias, slot = prefetch_for(layered[0])
-            self._op(k.OP_PREFETCH, nxt=nxt, nxt_bias=nxt_bias, slot=slot)
+            if nxt:
+                self._op(k.OP_PREFETCH, nxt=nxt, nxt_bias=nxt_bias, slot=slot)
         for i, (op, arg, start, slot, _) in enumerate(ops):
             if op == "restart":
                 self._op(k.OP_RESTART, ci=arg - 1)
