@@ -331,7 +331,9 @@ def main():
             line += f" (xTorchExpert {expert / cp:.2f})"
         print(line)
     if not args.no_crossover:
-        rows, cross = crossover((16, 24, 32, 48, 64, 96, 128), 50 if args.quick else 200, repeat)
+        rows, cross = crossover(
+            (16, 24, 32, 48, 64, 96, 128, 160, 192, 256), 50 if args.quick else 200, repeat
+        )
         print("# path crossover, ms per layer (jvp gemm/fused, vjp gemm/fused):")
         for row in rows:
             print(

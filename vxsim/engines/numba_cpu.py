@@ -73,9 +73,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Widths up to this run on the fused path when engine.path = "auto": the
 # crossover measured by scripts/bench_cpu.py on 2 cores (AMD EPYC Zen 4,
-# OpenBLAS 0.3.31, 342 grid points): the fused path is faster at widths
-# 16-96 in JVP (e.g. 0.64 vs 0.72 ms per layer at 96), the GEMM path from 128.
-FUSED_MAX_WIDTH = 96
+# OpenBLAS 0.3.31, 342 grid points). With the vectorised float32 tanh the
+# fused path is faster at widths 16-128 in both modes (at 128, four runs:
+# JVP 0.39-0.51 vs 0.48-0.57, VJP 0.51-0.54 vs 0.62-0.73 ms per layer); at
+# 160-256 the two paths are within each other's noise.
+FUSED_MAX_WIDTH = 128
 
 ZSTORE_BYTES = base.ZSTORE_BYTES
 
