@@ -198,12 +198,26 @@ def jit_times():
     return out
 
 
+def peak_rss_mib():
+    """Peak resident memory of this process in MiB: VmHWM (per address space, so
+    a fresh one after exec), where ru_maxrss after fork and exec still holds the
+    parent's resident size at the fork (Linux) when that was larger."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+
+
 def memory_child(mode, depth, width):
     cfg = make_config(width, depth, mode)
     t = time.perf_counter()
     out = numba_cpu.run_unit(cfg, width, 0)
     elapsed = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    rss = peak_rss_mib()
     finite = bool(np.isfinite(out["log_q"][out["diverged"] == 0]).all())
     print(json.dumps({"mode": mode, "peak_mib": rss, "seconds": elapsed, "finite": finite}))
 
