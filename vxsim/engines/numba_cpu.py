@@ -5,12 +5,13 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
 * **GEMM path** (large widths). Per layer: one BLAS GEMM ``H = A @ Z.T``
   over every batched column (h1, h2 and tangents of every grid point; states
   are rows of C-order (columns, N) arrays, so nothing is copied; its rows
-  split over our own threads with OpenBLAS on one thread, see ``gemm``), then one
-  parallel Numba call that does everything else in one pass per point
-  (scale, bias, norms, divergence, renormalisation, recording, phi and phi'
-  written into the next GEMM input) and, on the same threads, generates the
-  next layer's Z^{s,l} (Philox, bit-identical to ``base.weights``) into the
-  reused (N, N) buffer. Nothing is allocated per layer.
+  are split over threads of our own with OpenBLAS on one thread, which
+  stays fast on a busy machine: see ``gemm``), then one parallel Numba call
+  that does everything else in one pass per point (scale, bias, norms,
+  divergence, renormalisation, recording, phi and phi' written into the next
+  GEMM input) and, on the same threads, generates the next layer's Z^{s,l}
+  (Philox, bit-identical to ``base.weights``) into the reused (N, N) buffer.
+  Nothing is allocated per layer.
 * **Fused path** (small widths, where a BLAS call and a thread-pool wake-up
   per layer cost more than the arithmetic): one Numba call runs all layers;
   each thread takes its share of the grid points through every layer,
@@ -22,7 +23,8 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
 * **VJP**: where phi'(h1) of every layer fits in the memory budget
   (``store_budget()``; ``engine.checkpoint = 0``), the forward pass keeps it
   (and, if they fit too, every Z^l) and the backward pass is the backward
-  steps ``g <- phi' * (s Z^T g)`` alone, as autograd does it: memory O(L N P).
+  steps ``g <- phi' * (s Z^T g)`` alone, as autograd does it: memory O(L N P),
+  and a third fewer GEMM columns than recomputing.
   Otherwise (or with ``engine.checkpoint`` set) the forward pass keeps h1
   every ``checkpoint_every`` layers (~sqrt(L)), then per segment, last first,
   a recomputation from its checkpoint (weights regenerated from the counter)
