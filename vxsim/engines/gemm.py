@@ -47,6 +47,7 @@ _controls = None  # [(set, get)] of every loaded OpenBLAS, found once
 _users = 0  # nesting depth of one_blas_thread() over all threads
 _saved = []  # thread counts to restore when the last user leaves
 _pool = None
+_pool_size = 0
 
 
 def _loaded_libraries():
@@ -113,10 +114,12 @@ def splitting():
 
 
 def _workers(count):
-    global _pool
+    """The shared pool, with at least ``count`` threads."""
+    global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool._max_workers < count:
+        if _pool is None or _pool_size < count:
             _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="vxsim-gemm")
+            _pool_size = count
         return _pool
 
 
