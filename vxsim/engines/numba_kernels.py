@@ -399,7 +399,7 @@ def _act_rows(code, kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
 def _forward_point(p, layer, kind, H, A, D, j, xi, has_bias, pf, pi, res, r, limit, cp, cp_ls, ci):
     """One point's epilogue after the layer's GEMM (H rows hold Z @ input).
 
-    Same steps and order as numpy_ref._forward: pre-activations (with the
+    Same steps and order as generic.forward with models.mlp: pre-activations (with the
     bias rescaled by exp(-ls)), the tangent, the divergence test (then the
     point's GEMM input rows are zeroed and it is skipped from now on),
     renormalisation, checkpoint (``ci`` >= 0), next GEMM input (and, for the
@@ -525,7 +525,7 @@ def _backward_rows(g, u, d, s):
 
 @njit(**_OPT)
 def _backward_point(p, lm1, G, U, drow, pf, pi, res, r):
-    """One backprop step for a point (numpy_ref._backward): g^{l-1} from U = Z^T g^l."""
+    """One backprop step for a point (generic.backward, mlp.cotangent): g^{l-1} from U = Z^T g^l."""
     if pi[I_DEAD, p] or pi[I_COLLAPSED, p]:
         return
     g = G[p]
