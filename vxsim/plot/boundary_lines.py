@@ -9,6 +9,7 @@ as horizontal error bars, one marker shape per file.
 """
 
 import os
+import textwrap
 
 import numpy as np
 
@@ -173,7 +174,8 @@ def _draw(files, extra, dense, estimator, size):
         face = "0.6" if i % 2 == 0 else "none"
         keys.append(Line2D([], [], color="k", marker=style.marker(i), ls="none", ms=3.5, mfc=face))
         where = "" if same or not f["fixed"] else f" [{f['fixed']}]"
-        key_labels.append(f"{f['name']}{where}: measured ({estimator}, 95% CI)")
+        label = f"{f['name']}{where}: measured ({estimator}, 95% CI)"
+        key_labels.append(textwrap.fill(label, 52, break_long_words=False, break_on_hyphens=False))
     fig.legend(colours, names, loc="outside right center")
     fig.legend(keys, key_labels, loc="outside lower center", ncols=1)
     if files and same and files[0]["fixed"]:
