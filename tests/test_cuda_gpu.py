@@ -26,6 +26,9 @@ try:
 except ImportError:  # scripts/gpu_check.py runs these functions without pytest
     pytest = None
 
+from oracle_cases import ACTS, TOL, assert_same, make_config
+from oracle_cases import CASES as BASE_CASES
+
 from vxsim import activations, config, rng
 from vxsim.analysis import growth
 from vxsim.engines import base, cuda_gpu, numpy_ref
@@ -34,40 +37,6 @@ if pytest is not None:
     pytestmark = pytest.mark.skipif(
         not cuda_gpu.available(), reason=f"no CUDA GPU ({cuda_gpu.unavailable_reason()})"
     )
-
-ACTS = '["tanh", "relu", "leaky_relu(0.2)", "gelu", "elu"]'
-TOL = {
-    "float64": {"log_q": 1e-8, "corr": 1e-8, "log_tangent_norm": 1e-8, "log_grad_norm": 1e-8},
-    "float32": {"log_q": 2e-4, "corr": 1e-4, "log_tangent_norm": 2e-3, "log_grad_norm": 2e-3},
-}
-SIGMA_W2 = {"float64": "[0.5, 1.0, 2.0, 3.0, 4.0]", "float32": "[0.5, 1.0, 1.5, 2.0]"}
-
-
-def make_config(*extra, width=16, depth=20, precision="float32", mode="both", sw2=None, acts=ACTS):
-    return config.load(
-        overrides=[
-            f"network.width=[{width}]",
-            f"network.depth={depth}",
-            f"network.activation={acts}",
-            f"grid.sigma_w2={sw2 or SIGMA_W2[precision]}",
-            "grid.sigma_b2=[0.0, 0.05]",
-            "monte_carlo.samples=2",
-            f'measure.mode="{mode}"',
-            f'measure.precision="{precision}"',
-            *extra,
-        ]
-    )
-
-
-def assert_same(got, want, tol, what=""):
-    assert set(got) == set(want), what
-    np.testing.assert_array_equal(got["diverged"], want["diverged"], err_msg=what)
-    for key, ref in want.items():
-        if key == "diverged":
-            continue
-        assert got[key].shape == ref.shape, (what, key)
-        np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(ref), err_msg=f"{what} {key}")
-        np.testing.assert_allclose(got[key], ref, rtol=0, atol=tol[key], err_msg=f"{what} {key}")
 
 
 def backend(precision):
@@ -133,20 +102,7 @@ def test_activations_on_the_device_match_numpy():
 
 # ---------------------------------------------------------------- same numbers as the oracle
 
-CASES = [
-    # precision, mode, path, width, depth, record, checkpoint, sample
-    ("float32", "jvp", "gemm", 16, 40, "{every = 1}", 0, 0),
-    ("float32", "jvp", "fused", 33, 60, "{log = 10}", 0, 1),
-    ("float32", "vjp", "gemm", 64, 60, "{every = 7}", 0, 0),
-    ("float32", "vjp", "fused", 8, 50, "{every = 1}", 7, 1),
-    ("float32", "both", "gemm", 24, 45, "{log = 12}", 1, 1),
-    ("float32", "both", "fused", 48, 60, "{every = 5}", 0, 0),
-    ("float64", "jvp", "fused", 16, 60, "{every = 3}", 0, 0),
-    ("float64", "jvp", "gemm", 40, 30, "{every = 1}", 0, 1),
-    ("float64", "vjp", "fused", 32, 60, "{log = 9}", 0, 1),
-    ("float64", "vjp", "gemm", 8, 60, "{every = 1}", 11, 0),
-    ("float64", "both", "fused", 64, 35, "{every = 4}", 5, 1),
-    ("float64", "both", "gemm", 12, 60, "{log = 20}", 0, 0),
+CASES = BASE_CASES + [
     # several elements per thread (N > 256 threads), N not a multiple of 32
     ("float64", "both", "gemm", 300, 25, "{every = 1}", 0, 1),
     ("float64", "both", "fused", 300, 25, "{every = 2}", 4, 0),

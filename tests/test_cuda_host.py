@@ -24,6 +24,7 @@ import sys
 
 import numpy as np
 import pytest
+from oracle_cases import CASES, TOL, assert_same, make_config
 
 from vxsim import activations, config, engines, rng
 from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref
@@ -37,43 +38,6 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="no CUDA compiler (nvcc) on
 needs_cxx = pytest.mark.skipif(
     cuda_host.compiler() is None, reason="no C++ compiler (g++, c++, clang++ or $CXX) on PATH"
 )
-
-ACTS = '["tanh", "relu", "leaky_relu(0.2)", "gelu", "elu"]'
-# Tolerances against the oracle: those of tests/test_numba_engine.py, for the
-# same reasons (float64: summation order only; float32: the GEMM's summation
-# order and float32 activations, accumulated over the depth).
-TOL = {
-    "float64": {"log_q": 1e-8, "corr": 1e-8, "log_tangent_norm": 1e-8, "log_grad_norm": 1e-8},
-    "float32": {"log_q": 2e-4, "corr": 1e-4, "log_tangent_norm": 2e-3, "log_grad_norm": 2e-3},
-}
-SIGMA_W2 = {"float64": "[0.5, 1.0, 2.0, 3.0, 4.0]", "float32": "[0.5, 1.0, 1.5, 2.0]"}
-
-
-def make_config(*extra, width=16, depth=20, precision="float32", mode="both", sw2=None):
-    return config.load(
-        overrides=[
-            f"network.width=[{width}]",
-            f"network.depth={depth}",
-            f"network.activation={ACTS}",
-            f"grid.sigma_w2={sw2 or SIGMA_W2[precision]}",
-            "grid.sigma_b2=[0.0, 0.05]",
-            "monte_carlo.samples=2",
-            f'measure.mode="{mode}"',
-            f'measure.precision="{precision}"',
-            *extra,
-        ]
-    )
-
-
-def assert_same(got, want, tol):
-    assert set(got) == set(want)
-    np.testing.assert_array_equal(got["diverged"], want["diverged"])
-    for key, ref in want.items():
-        if key == "diverged":
-            continue
-        assert got[key].shape == ref.shape, key
-        np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(ref), err_msg=key)
-        np.testing.assert_allclose(got[key], ref, rtol=0, atol=tol[key], err_msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -340,22 +304,6 @@ def test_activations_match_numpy(host, label):
 
 
 # ---------------------------------------------------------------- the engine on the CPU
-
-CASES = [
-    # precision, mode, path, width, depth, record, checkpoint, sample
-    ("float32", "jvp", "gemm", 16, 40, "{every = 1}", 0, 0),
-    ("float32", "jvp", "fused", 33, 60, "{log = 10}", 0, 1),
-    ("float32", "vjp", "gemm", 64, 60, "{every = 7}", 0, 0),
-    ("float32", "vjp", "fused", 8, 50, "{every = 1}", 7, 1),
-    ("float32", "both", "gemm", 24, 45, "{log = 12}", 1, 1),
-    ("float32", "both", "fused", 48, 60, "{every = 5}", 0, 0),
-    ("float64", "jvp", "fused", 16, 60, "{every = 3}", 0, 0),
-    ("float64", "jvp", "gemm", 40, 30, "{every = 1}", 0, 1),
-    ("float64", "vjp", "fused", 32, 60, "{log = 9}", 0, 1),
-    ("float64", "vjp", "gemm", 8, 60, "{every = 1}", 11, 0),
-    ("float64", "both", "fused", 64, 35, "{every = 4}", 5, 1),
-    ("float64", "both", "gemm", 12, 60, "{log = 20}", 0, 0),
-]
 
 
 @pytest.mark.parametrize("precision,mode,path,width,depth,record,checkpoint,sample", CASES)
