@@ -23,13 +23,9 @@ log = logging.getLogger("vxsim")
 
 def available_memory():
     """Bytes of memory available to this process (Linux MemAvailable, else physical)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    have = base.mem_available()
+    if have is not None:
+        return have
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -87,6 +87,18 @@ def weights(config, width, sample, layer, dtype=None):
     return rng.normal_matrix(config.seed, sample, layer, width, dtype=dtype or config.dtype)
 
 
+def mem_available():
+    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def mean_square(x):
     """Per-column mean of x^2, accumulated in float64."""
     return np.einsum("ij,ij->j", x, x, dtype=np.float64) / x.shape[0]

@@ -270,23 +270,11 @@ def _with_precision(config, dtype):
     return cfg.build(raw)
 
 
-def _available_memory():
-    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def store_budget():
     """Bytes VJP may spend on keeping every layer (see STORE_BYTES)."""
     if STORE_BYTES is not None:
         return int(STORE_BYTES)
-    have = _available_memory()
+    have = base.mem_available()
     if have is None:
         return STORE_BYTES_MAX // 4
     return int(min(STORE_BYTES_MAX, STORE_FRACTION * have))
