@@ -112,3 +112,29 @@ def run_cli(*args, cwd=None):
         text=True,
         timeout=300,
     )
+
+
+def spawn_cli(*args, prelude="", extra_env=None, **kw):
+    """``vxsim ARGS`` started in a new process (after the Python statements in ``prelude``)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra_env or {})
+    code = f"{prelude}\nfrom vxsim.cli import main\nmain(prog_name='vxsim')"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def units_done(path):
+    """Work units flagged complete in a results file (also while it is written); 0 if none yet."""
+    from vxsim.store.hdf5 import open_reader
+
+    try:
+        with open_reader(path) as f:
+            return int(f["completed"][...].sum())
+    except (OSError, KeyError):
+        return 0

@@ -47,6 +47,20 @@ def make_config(*extra, width=16, depth=20, precision="float32", mode="both", sw
     )
 
 
+def case_config(precision, mode, path, width, depth, record, checkpoint, sample, acts=ACTS):
+    """The config of one row of CASES (``sample`` is the row's unit to run, not a config key)."""
+    return make_config(
+        f"measure.record={record}",
+        f"engine.checkpoint={checkpoint}",
+        f'engine.path="{path}"',
+        width=width,
+        depth=depth,
+        precision=precision,
+        mode=mode,
+        acts=acts,
+    )
+
+
 def assert_same(got, want, tol, what=""):
     """Same arrays, same NaN pattern, same divergence flags; values within ``tol[key]``."""
     assert set(got) == set(want), what

@@ -26,7 +26,7 @@ try:
 except ImportError:  # scripts/gpu_check.py runs these functions without pytest
     pytest = None
 
-from oracle_cases import ACTS, TOL, assert_same, make_config
+from oracle_cases import ACTS, TOL, assert_same, case_config, make_config
 from oracle_cases import CASES as BASE_CASES
 
 from vxsim import activations, config, rng
@@ -112,14 +112,15 @@ CASES = BASE_CASES + [
 
 def test_matches_oracle():
     for precision, mode, path, width, depth, record, checkpoint, sample in CASES:
-        cfg = make_config(
-            f"measure.record={record}",
-            f"engine.checkpoint={checkpoint}",
-            f'engine.path="{path}"',
-            width=width,
-            depth=depth,
-            precision=precision,
-            mode=mode,
+        cfg = case_config(
+            precision,
+            mode,
+            path,
+            width,
+            depth,
+            record,
+            checkpoint,
+            sample,
             acts=ACTS if width < 100 else '["tanh", "relu"]',
         )
         got = cuda_gpu.run_unit(cfg, width, sample)

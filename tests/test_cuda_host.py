@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 import pytest
-from oracle_cases import CASES, TOL, assert_same, make_config
+from oracle_cases import CASES, TOL, assert_same, case_config, make_config
 
 from vxsim import activations, config, engines, rng
 from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref
@@ -308,15 +308,7 @@ def test_activations_match_numpy(host, label):
 
 @pytest.mark.parametrize("precision,mode,path,width,depth,record,checkpoint,sample", CASES)
 def test_matches_oracle(host, precision, mode, path, width, depth, record, checkpoint, sample):
-    cfg = make_config(
-        f"measure.record={record}",
-        f"engine.checkpoint={checkpoint}",
-        f'engine.path="{path}"',
-        width=width,
-        depth=depth,
-        precision=precision,
-        mode=mode,
-    )
+    cfg = case_config(precision, mode, path, width, depth, record, checkpoint, sample)
     assert cuda_gpu.choose_path(cfg, width) == path
     got = cuda_gpu.run_unit(cfg, width, sample, backend=host[precision])
     assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
@@ -334,15 +326,7 @@ def test_matches_oracle_with_threads(threads):
     for precision, mode, path, width, depth, record, checkpoint, sample in (
         CASES if threads < 8 else CASES[1::3]
     ):
-        cfg = make_config(
-            f"measure.record={record}",
-            f"engine.checkpoint={checkpoint}",
-            f'engine.path="{path}"',
-            width=width,
-            depth=depth,
-            precision=precision,
-            mode=mode,
-        )
+        cfg = case_config(precision, mode, path, width, depth, record, checkpoint, sample)
         got = cuda_gpu.run_unit(cfg, width, sample, backend=backends[precision])
         assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
 

@@ -3,35 +3,18 @@
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, SLOW_KEYS, small_config
+from conftest import SLOW_KEYS, small_config, spawn_cli, units_done
 
 import vxsim
 from vxsim.store import hdf5
-from vxsim.store.hdf5 import open_reader
 
 NEEDS_DASK = "dask[distributed] is not installed (pip install '.[test]' brings it)"
-
-
-def _vxsim(*args, prelude="", extra_env=None, **kw):
-    """``vxsim ARGS`` in a new process (after the Python statements in ``prelude``)."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(extra_env or {})
-    code = f"{prelude}\nfrom vxsim.cli import main\nmain(prog_name='vxsim')"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
 
 
 def _datasets(path):
@@ -45,14 +28,6 @@ def _assert_same_datasets(a, b):
     assert set(da) == set(db)
     for name in da:
         np.testing.assert_array_equal(da[name], db[name], err_msg=name, strict=True)
-
-
-def _units_done(path):
-    try:
-        with open_reader(path) as f:
-            return int(f["completed"][...].sum())
-    except (OSError, KeyError):
-        return 0
 
 
 def test_dask_on_a_local_cluster_equals_the_single_run(tmp_path):
@@ -145,7 +120,7 @@ def _group_members(pgid):
 @pytest.fixture(scope="module")
 def slow_reference(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ref") / "ref.h5")
-    p = _vxsim("sweep", "-o", path, *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", path, *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     return path
 
@@ -155,14 +130,14 @@ def test_a_killed_dask_sweep_resumes_to_the_single_run(tmp_path, slow_reference)
     """SIGKILL the sweep's process mid-run: its workers go too, and --resume finishes the file."""
     pytest.importorskip("distributed", reason=NEEDS_DASK)
     out = str(tmp_path / "killed.h5")
-    p = _vxsim("sweep", "-o", out, "--executor", "dask", *SLOW_KEYS, start_new_session=True)
+    p = spawn_cli("sweep", "-o", out, "--executor", "dask", *SLOW_KEYS, start_new_session=True)
     start = time.time()
-    while _units_done(out) < 2 and p.poll() is None and time.time() - start < 300:
+    while units_done(out) < 2 and p.poll() is None and time.time() - start < 300:
         time.sleep(0.01)
     assert len(_group_members(p.pid)) >= 2, "expected the sweep and its Dask worker processes"
     p.send_signal(signal.SIGKILL)  # the writer only: workers must not outlive it
     p.wait()
-    done = _units_done(out)
+    done = units_done(out)
     assert 2 <= done < 6, f"{done} units done at the kill; make the sweep slower"
     deadline = time.time() + 60
     while _group_members(p.pid) and time.time() < deadline:
@@ -172,7 +147,7 @@ def test_a_killed_dask_sweep_resumes_to_the_single_run(tmp_path, slow_reference)
         os.kill(pid, signal.SIGKILL)
     assert not left, f"Dask processes outlived the killed sweep: {left}"
 
-    p = _vxsim("sweep", "-o", out, "--resume", "--executor", "dask", *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", out, "--resume", "--executor", "dask", *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     _assert_same_datasets(slow_reference, out)
 
@@ -186,7 +161,7 @@ def _one_line_error(p, expected):
 def test_without_dask_installed_the_dask_executor_is_one_line(tmp_path):
     out = tmp_path / "none.h5"
     block = "import sys\nsys.modules['dask'] = sys.modules['distributed'] = None"
-    p = _vxsim("sweep", "-o", str(out), "--executor", "dask", *SLOW_KEYS, prelude=block)
+    p = spawn_cli("sweep", "-o", str(out), "--executor", "dask", *SLOW_KEYS, prelude=block)
     _one_line_error(p, "the dask executor needs dask and distributed: pip install 'vxsim[dask]'")
     assert not out.exists()
 
@@ -198,7 +173,7 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "none.h5"
     address = f"tcp://127.0.0.1:{port}"
-    p = _vxsim(
+    p = spawn_cli(
         "sweep",
         "-o",
         str(out),
@@ -212,6 +187,6 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
     _one_line_error(p, f"cannot reach the Dask scheduler at {address}: ")
     assert not out.exists()
 
-    p = _vxsim("sweep", "-o", str(out), "--scheduler", address, *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", str(out), "--scheduler", address, *SLOW_KEYS)
     _one_line_error(p, "--scheduler needs --executor dask")
     assert not out.exists()

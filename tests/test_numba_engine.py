@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import small_config
-from oracle_cases import ACTS, CASES, TOL, assert_same, make_config
+from oracle_cases import ACTS, CASES, TOL, assert_same, case_config, make_config
 
 from vxsim import config, engines, rng
 from vxsim.engines import base, numba_cpu, numpy_ref
@@ -64,15 +64,7 @@ def test_box_muller_edge_words_bit_identical():
 
 @pytest.mark.parametrize("precision,mode,path,width,depth,record,checkpoint,sample", CASES)
 def test_matches_oracle(precision, mode, path, width, depth, record, checkpoint, sample):
-    cfg = make_config(
-        f"measure.record={record}",
-        f"engine.checkpoint={checkpoint}",
-        f'engine.path="{path}"',
-        width=width,
-        depth=depth,
-        precision=precision,
-        mode=mode,
-    )
+    cfg = case_config(precision, mode, path, width, depth, record, checkpoint, sample)
     assert numba_cpu.choose_path(cfg, width) == path
     got = numba_cpu.run_unit(cfg, width, sample)
     want = numpy_ref.run_unit(cfg, width, sample)

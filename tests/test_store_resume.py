@@ -3,39 +3,17 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, SLOW_KEYS, small_config
+from conftest import SLOW_KEYS, small_config, spawn_cli, units_done
 
 import vxsim
 from vxsim.errors import VxsimError
 from vxsim.store.hdf5 import open_reader
 from vxsim.store.summary import summarise_file
-
-
-def _vxsim(*args, **kw):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen(
-        [sys.executable, "-m", "vxsim", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
-def _units_done(path):
-    try:
-        with open_reader(path) as f:
-            return int(f["completed"][...].sum())
-    except (OSError, KeyError):
-        return 0
 
 
 def _contents(path):
@@ -58,7 +36,7 @@ def _assert_same_file(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     ref = str(tmp_path_factory.mktemp("ref") / "ref.h5")
-    p = _vxsim("sweep", "-o", ref, *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", ref, *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     return ref
 
@@ -75,22 +53,22 @@ def _wait_for(predicate, timeout=120):
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_when):
     """Killed at several moments (before any unit, between units, inside one), then resumed."""
     out = str(tmp_path / "killed.h5")
-    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
     if kill_when == "file_created":
         _wait_for(lambda: os.path.exists(out))
     elif kill_when == "after_first_unit":
-        _wait_for(lambda: _units_done(out) >= 1)
+        _wait_for(lambda: units_done(out) >= 1)
     elif kill_when == "inside_fourth_unit":
-        _wait_for(lambda: _units_done(out) >= 3)
+        _wait_for(lambda: units_done(out) >= 3)
         time.sleep(0.2)
     else:  # as close as polling gets to the moment the third unit's data land
-        _wait_for(lambda: _units_done(out) >= 2)
+        _wait_for(lambda: units_done(out) >= 2)
         time.sleep(0.45)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert _units_done(out) < 6, "the sweep finished before it could be killed; make it slower"
+    assert units_done(out) < 6, "the sweep finished before it could be killed; make it slower"
 
-    p = _vxsim("sweep", "-o", out, "--resume", *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", out, "--resume", *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     _assert_same_file(uninterrupted, out)
 
@@ -195,10 +173,10 @@ def test_xarray_opens_with_coordinates(tmp_out):
 
 def test_a_second_writer_is_refused_and_a_reader_sees_the_finished_prefix(tmp_path):
     out = str(tmp_path / "live.h5")
-    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
-    _wait_for(lambda: _units_done(out) >= 2)
+    p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
+    _wait_for(lambda: units_done(out) >= 2)
     for flag in ("--resume", "--overwrite"):
-        second = _vxsim("sweep", "-o", out, flag, *SLOW_KEYS)
+        second = spawn_cli("sweep", "-o", out, flag, *SLOW_KEYS)
         assert second.wait(timeout=120) == 2
         assert "open in another process" in second.stderr.read()
     summary = summarise_file(out)  # read beside the writer
@@ -235,7 +213,7 @@ def _finished_units(f):
 def test_a_reader_during_a_running_sweep_sees_a_consistent_prefix(tmp_path, uninterrupted):
     """Poll a running sweep (SWMR): finished units only grow, and each is already final."""
     out = str(tmp_path / "watched.h5")
-    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
     seen = []  # (status, {unit: data}) per read
     while p.poll() is None:
         try:
@@ -265,8 +243,8 @@ def test_a_reader_during_a_running_sweep_sees_a_consistent_prefix(tmp_path, unin
 def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, uninterrupted):
     """SIGKILL leaves the superblock marked open for SWMR writing; resume clears it and finishes."""
     out = str(tmp_path / "marked.h5")
-    p = _vxsim("sweep", "-o", out, *SLOW_KEYS)
-    _wait_for(lambda: _units_done(out) >= 1)
+    p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
+    _wait_for(lambda: units_done(out) >= 1)
     p.send_signal(signal.SIGKILL)
     p.wait()
     with open(out, "rb") as fh:
@@ -275,7 +253,7 @@ def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, uninterrupted
         h5py.File(out, "r")  # why readers fall back to SWMR and the writer clears the marks
     assert 1 <= summarise_file(out)["units_done"] < 6  # still readable as an SWMR reader
 
-    p = _vxsim("sweep", "-o", out, "--resume", *SLOW_KEYS)
+    p = spawn_cli("sweep", "-o", out, "--resume", *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     _assert_same_file(uninterrupted, out)
 
