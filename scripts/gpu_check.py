@@ -13,7 +13,9 @@ Prints, each section on its own and a FAIL with its reason if it breaks:
    shapes timed in the same run; float32 and TF32; per-layer time of each part;
 4. the fused path at width 128 and depth 10,000: network-layers per second,
    GFLOP/s, and the GEMM path on the same work for comparison;
-5. the wall time of the Schoenholz et al. (2017) tanh phase diagram
+5. the residual, Elman, GRU and LSTM networks (engines.generic on CuPy
+   arrays): seconds per work unit and network-steps per second;
+6. the wall time of the Schoenholz et al. (2017) tanh phase diagram
    (data/schoenholz2017_tanh.toml as written: width 1000, depth 1000, 40 x 40
    grid, 8 samples, JVP and VJP) and its boundary beside the theory's.
 
@@ -41,11 +43,13 @@ sys.path.insert(0, str(ROOT))
 FULL = dict(
     gemm_width=4096, gemm_w2=32, gemm_b2=32, gemm_depth=30,
     fused_width=128, fused_depth=10_000, fused_w2=32, fused_b2=4,
+    arch_width=1024, arch_depth=200,
     schoenholz=[],
 )  # fmt: skip
 HOST = dict(
     gemm_width=64, gemm_w2=4, gemm_b2=4, gemm_depth=4,
     fused_width=16, fused_depth=300, fused_w2=4, fused_b2=2,
+    arch_width=24, arch_depth=10,
     schoenholz=["network.width=[24]", "network.depth=20", "monte_carlo.samples=2",
                 "grid.sigma_w2={start=1,stop=4,num=6}", "grid.sigma_b2={start=0,stop=0.3,num=3}"],
 )  # fmt: skip
@@ -154,7 +158,7 @@ def use_host_backend():
     def host_backend(precision):
         key = "float64" if precision == "float64" else "float32"
         if key not in backends:
-            backends[key] = cuda_host.HostBackend(key)
+            backends[key] = cuda_host.HostBackend(key, strict=True)
         return backends[key]
 
     cuda_gpu.gpu_backend = host_backend
@@ -327,6 +331,26 @@ def fused_section(sizes, clock):
     say(f"fused/gemm speedup at width {W}, jvp: {t_gemm / t_fused:.2f}")
 
 
+def architectures_section(sizes, clock):
+    """Each non-MLP architecture, both modes, 32 grid points: time per work unit."""
+    from vxsim.engines import cuda_gpu
+
+    W, L = sizes["arch_width"], sizes["arch_depth"]
+    axes = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
+    for arch, axis in axes.items():
+        overrides = [
+            f'network.architecture="{arch}"', f"network.width=[{W}]",
+            'network.activation=["tanh", "relu"]', "grid.sigma_w2=[0.5, 1.0, 2.0, 4.0]",
+            "grid.sigma_b2=[0.0, 0.1]", f"grid.{axis}=[0.5, 1.0]", 'measure.mode="both"',
+        ]  # fmt: skip
+        cfg = _config(*overrides, f"network.depth={L}")
+        P = math.prod(cfg.grid_shape)
+        cuda_gpu.run_unit(_config(*overrides, "network.depth=2"), W, 0)  # warm: CuPy's kernels
+        t = clock.time(lambda c=cfg: cuda_gpu.run_unit(c, W, 0))
+        say(f"{arch:8s} width {W}, depth {L}, {P} points, jvp+vjp: {t:.3f} s per unit, "
+            f"{P * L / t / 1e3:.1f} k network-steps/s")  # fmt: skip
+
+
 def schoenholz_section(sizes):
     from vxsim import config
     from vxsim.sweep import run_sweep
@@ -390,6 +414,9 @@ def main():
     with section("fused path throughput", args.budget, 20) as go:
         if go:
             fused_section(sizes, clock)
+    with section("other architectures (generic path)", args.budget, 20) as go:
+        if go:
+            architectures_section(sizes, clock)
     with section("Schoenholz et al. 2017 tanh phase diagram", args.budget, 40) as go:
         if go:
             schoenholz_section(sizes)

@@ -15,7 +15,7 @@ from conftest import small_config
 from vxsim import rng
 from vxsim.analysis import growth
 from vxsim.config import ConfigError
-from vxsim.engines import base, numba_cpu, numba_normals, numpy_ref
+from vxsim.engines import base, generic, numba_cpu, numba_normals, numpy_ref
 
 GRID = dict(grid__sigma_w2=[0.6, 1.4, 2.5], grid__sigma_b2=[0.0, 0.2])
 
@@ -166,6 +166,13 @@ def test_parallel_normals_are_bit_identical():
         a = rng.normals(2**40 + 7, sample, layer, stream, count)
         b = numba_normals.normals(2**40 + 7, sample, layer, stream, count)
         np.testing.assert_array_equal(a, b)
+    cfg = small_config(monte_carlo__seed=2**40 + 7)
+    for dtype in (np.float32, np.float64):  # matrices are written in the run's precision
+        for width in (1, 7, 65):
+            got = numba_normals.normal_matrix(cfg, width, 3, 5, rng.STREAM_GATE + 2, dtype)
+            want = rng.normal_matrix(2**40 + 7, 3, 5, width, rng.STREAM_GATE + 2, dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize(
@@ -186,6 +193,57 @@ def test_numba_backend_matches_oracle(arch, axis):
     a, b = numba_cpu.run_unit(config, 24, 3), numpy_ref.run_unit(config, 24, 3)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+ARCH_AXES = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
+
+
+def _vjp_config(arch, **keys):
+    return small_config(
+        network__architecture=arch,
+        network__width=[16],
+        network__depth=30,
+        network__activation=["tanh", "relu"],
+        measure__mode="both",
+        measure__precision="float64",
+        **{f"grid__{ARCH_AXES[arch]}": [0.5, 1.0]},
+        **GRID,
+        **keys,
+    )
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_AXES))
+def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch):
+    """Within the store budget the VJP keeps trajectory 1's state at every layer (and
+    the residual net's every Z^l) and recomputes nothing; beyond it, checkpoints.
+    Both give the same numbers, and the kept weights are drawn once per layer."""
+    config = _vjp_config(arch)
+    drawn = []
+
+    def counting(*args):
+        drawn.append(args[3:5])  # (layer, stream)
+        return numba_normals.normal_matrix(*args)
+
+    plans, results = {}, {}
+    for name, budget in (("store", 2**40), ("checkpoints", 0)):
+        arrays = generic.HostArrays(counting, lambda b=budget: b)
+        unit = generic.Unit(config, 16, 2, arrays)
+        plans[name] = generic.vjp_plan(unit, generic.model_of(config))
+        del drawn[:]
+        results[name] = generic.run_unit(config, 16, 2, arrays)
+        if arch == "residual":
+            fresh = [layer for layer, stream in drawn if stream == rng.STREAM_WEIGHT]
+            assert sorted(set(fresh)) == list(range(1, 31))
+            if name == "store":
+                assert len(fresh) == 30  # forward only: the backward pass reuses them
+    tied = arch != "residual"
+    assert plans == {"store": (1, not tied), "checkpoints": (config.checkpoint_every, False)}
+    for key, value in results["checkpoints"].items():
+        np.testing.assert_allclose(results["store"][key], value, rtol=1e-12, atol=1e-12)
+    # an explicit engine.checkpoint is obeyed whatever the budget
+    spaced = _vjp_config(arch, engine__checkpoint=4)
+    unit = generic.Unit(spaced, 16, 2, generic.HostArrays(None, lambda: 2**40))
+    assert generic.vjp_plan(unit, generic.model_of(spaced)) == (4, False)
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,36 @@ def test_depth_2000_finite_and_deep_fused():
         assert out["log_grad_norm"][tanh, 0, 0, 0] < -100 < out["log_grad_norm"][tanh, 2, 0, 0]
 
 
+# ---------------------------------------------------------------- the other architectures
+
+ARCH_AXES = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
+
+
+def test_architectures_match_oracle():
+    """residual, rnn, gru, lstm (engines.generic on CuPy arrays) against the oracle,
+    every mode, both precisions, within the engine tolerances (cuBLAS and CuPy's
+    elementwise kernels round differently from OpenBLAS and NumPy); and the
+    residual net's Z^l, drawn on the device, are rng's bit for bit."""
+    for arch, axis in ARCH_AXES.items():
+        for precision in ("float64", "float32"):
+            for mode in ("jvp", "vjp"):
+                cfg = make_config(
+                    f'network.architecture="{arch}"',
+                    f"grid.{axis}=[0.5, 1.0]",
+                    "engine.checkpoint=4",
+                    width=48,
+                    depth=20,
+                    precision=precision,
+                    mode=mode,
+                )
+                got = cuda_gpu.run_unit(cfg, 48, 1)
+                want = numpy_ref.run_unit(cfg, 48, 1)
+                assert_same(got, want, TOL[precision], f"{arch} {precision} {mode}")
+    arrays = cuda_gpu.DeviceArrays(backend("float32"))
+    Z = arrays.normal_matrix(cfg, 300, 2, 7, rng.STREAM_WEIGHT, np.float32)
+    np.testing.assert_array_equal(arrays.to_host(Z), base.weights(cfg, 300, 2, 7))
+
+
 # ---------------------------------------------------------------- TF32
 
 

@@ -27,7 +27,7 @@ import pytest
 from oracle_cases import CASES, TOL, assert_same, case_config, make_config
 
 from vxsim import activations, config, engines, rng
-from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref
+from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref, strict_arrays
 from vxsim.errors import VxsimError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def host():
     """{precision: HostBackend}: the kernels built for the CPU (compiled once, cached)."""
     if cuda_host.compiler() is None:
         pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
-    return {p: cuda_host.HostBackend(p) for p in ("float32", "float64")}
+    return {p: cuda_host.HostBackend(p, strict=True) for p in ("float32", "float64")}
 
 
 # ---------------------------------------------------------------- sources
@@ -268,9 +268,10 @@ def test_fused_chunk_fill_transposed_and_layered(host):
     cfg = make_config('engine.path="fused"', width=9, depth=12)
     unit = cuda_gpu._Unit(cfg, 9, 1, backend=host["float32"])
     unit._fill(4, 5, transpose=1, bias=True)
+    Zs, xis = unit.be.to_host(unit.Zbuf), unit.be.to_host(unit.xibuf)
     for li in range(5):
-        np.testing.assert_array_equal(unit.Zbuf[li], base.weights(cfg, 9, 1, 4 + li).T)
-        np.testing.assert_array_equal(unit.xibuf[li], base.bias(cfg, 9, 1, 4 + li))
+        np.testing.assert_array_equal(Zs[li], base.weights(cfg, 9, 1, 4 + li).T)
+        np.testing.assert_array_equal(xis[li], base.bias(cfg, 9, 1, 4 + li))
 
 
 def test_box_muller_edge_words_bit_identical(host):
@@ -329,6 +330,119 @@ def test_matches_oracle_with_threads(threads):
         cfg = case_config(precision, mode, path, width, depth, record, checkpoint, sample)
         got = cuda_gpu.run_unit(cfg, width, sample, backend=backends[precision])
         assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
+
+
+# ---------------------------------------------------------------- the other architectures
+
+ARCH_AXES = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
+
+
+def _arch_config(arch, precision, mode, depth=14, checkpoint=4):
+    return make_config(
+        f'network.architecture="{arch}"',
+        f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]",
+        f"engine.checkpoint={checkpoint}",
+        precision=precision,
+        mode=mode,
+        depth=depth,
+    )
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["jvp", "vjp", "both"])
+@pytest.mark.parametrize("arch", sorted(ARCH_AXES))
+def test_every_architecture_runs_on_the_cuda_engine(host, arch, mode, precision):
+    """residual, rnn, gru, lstm on the cuda engine (engines.generic on device arrays):
+    the oracle's numbers bit for bit, since the host stand-in computes with NumPy and
+    the device generator's weights are rng's. On the strict stand-in, so any host
+    array reaching the device computation (or the reverse) is a TypeError, as in CuPy."""
+    be = host[precision]
+    cfg = _arch_config(arch, precision, mode)
+    del be.launches[:]
+    got = cuda_gpu.run_unit(cfg, 12, 1, backend=be)
+    want = numpy_ref.run_unit(cfg, 12, 1)
+    assert set(got) == set(want)
+    for key in want:
+        assert type(got[key]) is np.ndarray
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    # the residual MLP's fresh Z^l come from the device generator, one launch per use
+    # (forward, then the VJP's recomputation and backward steps); the RNNs' tied
+    # matrices are drawn once, on the host
+    fills = sum(name == "vx_fill_weights" for name, *_ in be.launches)
+    if arch == "residual":
+        per_layer = {"jvp": 1, "vjp": 3, "both": 3}[mode]
+        assert cfg.depth <= fills <= per_layer * cfg.depth, fills
+    else:
+        assert fills == 0
+
+
+@pytest.mark.parametrize("arch", ["residual", "rnn"])
+def test_architecture_divergence_flags_match_oracle(host, arch):
+    """sigma_w2 = 1e6 with elu and gelu (not renormalised) overflows float32 within a
+    few steps: the device path's select-based kill rule flags the same points at the
+    same step as the oracle's masks, and the NaNs stay in those points."""
+    cfg = make_config(f'network.architecture="{arch}"', sw2="[1.0, 1e6]",
+                      acts='["elu", "gelu"]', depth=40)  # fmt: skip
+    got = cuda_gpu.run_unit(cfg, 10, 1, backend=host["float32"])
+    want = numpy_ref.run_unit(cfg, 10, 1)
+    assert np.all(want["diverged"][:, 1] > 0) and not np.any(want["diverged"][:, 0])
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("arch", ["residual", "lstm"])
+def test_architecture_vjp_that_keeps_every_layer_on_the_device(host, arch, monkeypatch):
+    """The store path (every layer kept, nothing recomputed; GPU memory permitting)
+    on the strict stand-in: same numbers as the oracle's checkpoints, to rounding."""
+    monkeypatch.setattr(cuda_gpu.DeviceArrays, "store_bytes", lambda self: 2**40)
+    cfg = _arch_config(arch, "float64", "both", checkpoint=0)
+    got = cuda_gpu.run_unit(cfg, 12, 1, backend=host["float64"])
+    want = numpy_ref.run_unit(cfg, 12, 1)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_a_host_array_in_the_device_computation_is_caught(host, monkeypatch):
+    """The strict stand-in can fail: a unit that left its inputs on the host (as if
+    DeviceArrays.asarray had been forgotten) is refused, naming the host array."""
+    cfg = _arch_config("rnn", "float32", "both")
+    monkeypatch.setattr(cuda_gpu.DeviceArrays, "asarray", lambda self, x: np.asarray(x))
+    with pytest.raises(strict_arrays.HostDeviceMixError, match="host .NumPy. array"):
+        cuda_gpu.run_unit(cfg, 12, 1, backend=host["float32"])
+
+
+def test_strict_arrays_refuse_what_cupy_refuses():
+    xp = strict_arrays.xp
+    d = xp.asarray(np.arange(6.0).reshape(2, 3))
+    assert isinstance(np.exp(d) + 1.0, strict_arrays.DeviceArray)  # ufuncs stay on the device
+    assert isinstance(np.where(d > 2, d, 0.0), strict_arrays.DeviceArray)  # and functions
+    assert isinstance(d.max(), strict_arrays.DeviceArray)  # reductions give 0-d device arrays
+    assert float(d.max()) == 5.0
+    for mix in (lambda: d + np.ones(3), lambda: np.concatenate([d, np.ones((1, 3))]),
+                lambda: np.asarray(d), lambda: np.zeros((2, 3)).__setitem__(..., d),
+                lambda: d.__setitem__((0, 0), np.ones(1))):  # fmt: skip
+        with pytest.raises(strict_arrays.HostDeviceMixError):
+            mix()
+    host_copy = strict_arrays.to_host(d)
+    host_copy[0, 0] = 9.0
+    assert type(host_copy) is np.ndarray and float(d[0, 0]) == 0.0
+
+
+def test_sweep_of_an_rnn_on_the_cuda_engine_is_the_numpy_sweep(tmp_path, monkeypatch, host):
+    """``vxsim sweep --backend cuda`` of an LSTM, with the host stand-in as the GPU:
+    the file's measurements equal the oracle's run."""
+    import h5py
+
+    from vxsim.sweep import run_sweep
+
+    monkeypatch.setattr(cuda_gpu, "available", lambda: True)
+    monkeypatch.setattr(cuda_gpu, "gpu_backend", lambda precision: host["float64"])
+    cfg = _arch_config("lstm", "float64", "both", depth=10)
+    files = {b: run_sweep(cfg, str(tmp_path / f"{b}.h5"), backend=b) for b in ("cuda", "numpy")}
+    with h5py.File(files["cuda"], "r") as a, h5py.File(files["numpy"], "r") as b:
+        assert a.attrs["backend"] == "cuda"
+        for name in ("log_q", "corr", "log_tangent_norm", "log_grad_norm", "diverged"):
+            np.testing.assert_array_equal(a[name][...], b[name][...], err_msg=name)
 
 
 def test_a_missing_barrier_is_caught():
@@ -459,7 +573,7 @@ def test_device_memory_estimate_covers_the_buffers(host):
     for path in ("gemm", "fused"):
         cfg = make_config('engine.path="' + path + '"', width=24, depth=50, mode="both")
         unit = cuda_gpu._Unit(cfg, 24, 0, backend=host["float32"])
-        arrays = [v for k, v in vars(unit).items() if isinstance(v, np.ndarray) and k != "rec"]
+        arrays = [v for v in vars(unit).values() if isinstance(v, strict_arrays.DeviceArray)]
         held = sum(a.nbytes for a in arrays)
         estimate = cuda_gpu.estimate_device_bytes(cfg, 24, path)
         assert held <= estimate <= 1.5 * held + 2**16, (path, held, estimate)
@@ -525,8 +639,10 @@ def test_gpu_check_script_dry_run(tmp_path):
     assert proc.returncode == 0, out + proc.stderr
     assert re.search(r"gpu tests: \d+ passed, 0 failed", out), out
     for title in ("device", "GPU tests", "GEMM path throughput", "fused path throughput",
-                  "Schoenholz"):  # fmt: skip
+                  "other architectures", "Schoenholz"):  # fmt: skip
         assert re.search(rf"^PASS +{title}", out, re.M), (title, out)
+    for arch in ("residual", "rnn", "gru", "lstm"):
+        assert re.search(rf"^{arch} +width \d+, .* k network-steps/s", out, re.M), (arch, out)
     assert re.search(r"engine [\d.]+ TFLOP/s effective, cupy.matmul [\d.]+ TFLOP/s, ratio", out)
     assert re.search(r"fused/gemm speedup at width \d+, jvp: [\d.]+", out)
     assert re.search(r"schoenholz2017_tanh: .* wall time [\d.]+ s", out)

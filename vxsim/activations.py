@@ -36,7 +36,12 @@ INV_SQRT2 = 0.7071067811865476
 
 
 def erf(x):
-    """Error function on arrays (SciPy) and, through the overload below, on Numba scalars."""
+    """Error function on arrays (SciPy's; CuPy's on CuPy arrays) and, through the
+    overload below, on Numba scalars."""
+    if type(x).__module__.startswith("cupy"):
+        from cupyx.scipy import special as device_special
+
+        return device_special.erf(x)
     return special.erf(x)
 
 

@@ -1,8 +1,8 @@
 """Engines say *where* a work unit runs: ``numpy`` (the oracle), ``numba`` (CPU), ``cuda`` (GPU).
 
 Each engine module has ``NAME``, ``available()`` and ``run_unit(config, width, sample)``;
-see ``base`` for what they share. An engine that runs only some architectures lists
-them in ``ARCHITECTURES`` (the cuda engine: the MLP); the others run every one.
+see ``base`` for what they share. An engine that runs only some architectures would
+list them in ``ARCHITECTURES``; the three engines here run every one.
 """
 
 import importlib

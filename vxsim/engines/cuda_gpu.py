@@ -25,6 +25,11 @@ p, h2 in row P + p, its tangent in row 2P + p), on a GPU:
 * ``measure.precision = "tf32"``: float32 states whose GEMMs run on the
   tensor cores in TF32 (cuBLAS ``CUBLAS_COMPUTE_32F_FAST_TF32``), on the GEMM
   path only (the fused path's products stay float32).
+* **The other architectures** (residual, rnn, gru, lstm) run their model's
+  step as ``engines.generic`` drives it, on CuPy arrays (``DeviceArrays``):
+  the same NumPy code as the oracle, dispatched to CuPy's elementwise kernels
+  and cuBLAS, with the residual MLP's per-layer Z drawn on the device by
+  ``vx_fill_weights``. Not fused: a few dozen kernel launches per layer.
 
 The kernels are compiled at run time by NVRTC through ``cupy.RawModule``
 (``--fmad=false``: no contraction, so the normals match the CPU bit for bit),
@@ -48,7 +53,6 @@ from ..errors import VxsimError
 from . import base, cuda_sources
 
 NAME = "cuda"
-ARCHITECTURES = ("mlp",)  # the other architectures run on numba/numpy (engines.generic)
 
 # Widths up to this run on the fused path when engine.path = "auto". Not yet
 # measured on a GPU (scripts/gpu_check.py prints both paths at width 128):
@@ -61,6 +65,10 @@ FUSED_ZBUF_BYTES = 64 * 2**20
 FUSED_SMEM_BYTES = 46 * 1024
 # Threads per block of the per-point kernels (a multiple of 32; fewer for small N).
 MAX_THREADS = 256
+# The other architectures' VJP (engines.generic) keeps every layer instead of
+# recomputing from checkpoints when that fits in min(this, a quarter of the free
+# device memory).
+GENERIC_STORE_BYTES_MAX = 8 * 2**30
 # Threads per block and most blocks of the generator (grid-stride beyond).
 FILL_THREADS = 256
 FILL_MAX_BLOCKS = 65536
@@ -230,6 +238,8 @@ def check_unit(config, width, path, free_bytes=None):
     """VxsimError (one line) when a unit of this width cannot run on this path or device."""
     if config.samples > 2**32:
         raise VxsimError("monte_carlo.samples must be <= 2**32 (a 32-bit Philox counter word)")
+    if config.architecture != "mlp":
+        path = "generic"  # engine.path chooses between the MLP's kernels only
     if path == "fused" and not fused_fits(config, width):
         widest = FUSED_SMEM_BYTES // (6 * config.dtype.itemsize)
         raise VxsimError(
@@ -237,7 +247,11 @@ def check_unit(config, width, path, free_bytes=None):
             f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
         )
     if free_bytes is not None:
-        need, free = estimate_device_bytes(config, width, path), free_bytes()
+        if path == "generic":
+            need = base.estimate_unit_bytes(config, width)  # the same arrays as on the CPU
+        else:
+            need = estimate_device_bytes(config, width, path)
+        free = free_bytes()
         if need > 0.9 * free:
             raise VxsimError(
                 f"a work unit of width {width} needs about {need / 2**30:.1f} GiB of GPU memory "
@@ -536,6 +550,48 @@ class _Unit:
         return base.shape_results(self.config, out)
 
 
+class DeviceArrays:
+    """Where ``engines.generic`` keeps a unit on the GPU (every architecture but the MLP).
+
+    CuPy arrays (``backend.xp``); the per-layer Z^l of stream WEIGHT (the
+    residual MLP) drawn on the device by ``vx_fill_weights``, bit-identical to
+    ``rng.normal_matrix``; the tied RNN matrices, drawn once per unit (the input
+    matrices in float64), by the host's parallel generator and copied once; the
+    vectors (biases, inputs x_t) from ``rng`` on the host, copied.
+    """
+
+    def __init__(self, backend):
+        self.be = backend
+        self.xp = backend.xp
+
+    def asarray(self, x):
+        return self.xp.asarray(x)
+
+    def to_host(self, x):
+        return self.be.to_host(x)
+
+    def gemm_precision(self, tf32):
+        return self.be.gemm_precision(tf32)
+
+    def store_bytes(self):
+        """What the VJP may keep on the device (0 where the backend cannot say)."""
+        free = getattr(self.be, "free_bytes", None)
+        return 0 if free is None else int(min(GENERIC_STORE_BYTES_MAX, 0.25 * free()))
+
+    def normal_matrix(self, config, width, sample, layer, stream, dtype):
+        if stream == rng.STREAM_WEIGHT and np.dtype(dtype) == self.be.real:
+            Z = self.xp.empty((width, width), dtype=dtype)
+            args = (Z, _i32(width), _i32(layer), _i32(1), _i32(0), np.uint32(sample),
+                    *_key(config.seed))  # fmt: skip
+            self.be.launch("vx_fill_weights", _fill_grid((width * width + 3) // 4), FILL_THREADS,
+                           args)  # fmt: skip
+            return Z
+        from . import numba_normals
+
+        host = numba_normals.normal_matrix(config, width, sample, layer, stream, dtype)
+        return self.xp.asarray(host)
+
+
 def weights(config, width, sample, layer, backend=None):
     """Z^{s,l} and xi^{s,l} as the engine generates them, on the host (for tests)."""
     unit = _Unit(config, width, sample, path="gemm", backend=backend)
@@ -545,7 +601,17 @@ def weights(config, width, sample, layer, backend=None):
 
 
 def run_unit(config, width, sample, path=None, backend=None):
-    """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R])."""
+    """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
+
+    The MLP runs on this module's kernels (``path``: 'gemm' or 'fused'); the
+    other architectures run engines.generic on the device (``DeviceArrays``).
+    """
+    if config.architecture != "mlp":
+        from . import generic
+
+        backend = backend or gpu_backend(config.precision)
+        check_unit(config, width, None, getattr(backend, "free_bytes", None))
+        return generic.run_unit(config, width, sample, DeviceArrays(backend))
     return _Unit(config, width, sample, path=path, backend=backend).run()
 
 

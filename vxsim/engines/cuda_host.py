@@ -8,7 +8,10 @@ barriers). ``HostBackend`` offers what ``cuda_gpu._Unit`` needs from a
 backend (NumPy arrays for CuPy's, ``numpy.matmul`` for cuBLAS, the kernels
 through ctypes with the same argument checks as on the GPU), so the CUDA
 engine's orchestration and the kernels' arithmetic run, unchanged, on a
-machine without a GPU and are compared with the NumPy oracle.
+machine without a GPU and are compared with the NumPy oracle. With
+``strict=True`` its arrays are ``strict_arrays``' stand-ins for CuPy's, which
+refuse to mix with host arrays as CuPy does: the engine's Python then shows
+that it moves data between host and device only where it means to.
 
 What this does *not* exercise: the warp-shuffle reductions (the host sums
 the threads' partial values instead), NVRTC and CuPy themselves, cuBLAS, the
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cuda_sources
+from . import cuda_sources, strict_arrays
 
 CXX_FLAGS = (
     "-x", "c++", "-std=c++17", "-O2", "-fPIC", "-shared", "-pthread", "-DVX_HOST",
@@ -125,10 +128,11 @@ class _Team:
 class HostBackend:
     """The cuda engine's backend interface on the CPU (see the module docstring)."""
 
-    xp = np
-
-    def __init__(self, precision, threads=1, timeout=120, text=None):
-        """``text``: a program to build instead of the kernels' (tests of the tests)."""
+    def __init__(self, precision, threads=1, timeout=120, text=None, strict=False):
+        """``text``: a program to build instead of the kernels' (tests of the tests);
+        ``strict``: device arrays that refuse to mix with NumPy's (``strict_arrays``)."""
+        self.strict = strict
+        self.xp = strict_arrays.xp if strict else np
         self.precision = precision
         self.threads = int(threads)
         self.timeout = timeout
@@ -157,7 +161,8 @@ class HostBackend:
         converted = []
         for (ctype, _), arg in zip(signature, args, strict=True):
             if ctype.endswith("*"):
-                converted.append(ctypes.c_void_p(arg.ctypes.data))
+                memory = strict_arrays.host_view(arg) if self.strict else arg
+                converted.append(ctypes.c_void_p(memory.ctypes.data))
             else:
                 converted.append(_CTYPES[ctype](arg.item()))
         fn = getattr(self.lib, name)
@@ -178,7 +183,7 @@ class HostBackend:
         np.matmul(a, b, out=out)
 
     def to_host(self, x):
-        return np.array(x, copy=True)
+        return strict_arrays.to_host(x)
 
     def gemm_precision(self, tf32):
         return contextlib.nullcontext()

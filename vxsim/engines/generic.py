@@ -10,16 +10,23 @@ The driver says *how a unit is measured*, the model says *what a step computes*:
   renormalised every layer, log |t^l|^2 / |t^0|^2 accumulated in float64;
 * VJP: from g^L = gamma down, the model's ``cotangent``, after a forward pass
   that keeps the state every k ~ sqrt(L) layers; each segment is recomputed from
-  its checkpoint (weights regenerated, or tied ones reused).
+  its checkpoint (weights regenerated, or tied ones reused), for trajectory 1
+  alone (the gradient is of its output only): half the forward's columns.
 
 Divergence is the oracle's rule (numpy_ref): a point whose state leaves the float
 range (or, for homogeneous phi, dies) is flagged at that layer, its later records
 are NaN and its columns are zeroed so nothing spreads to its neighbours.
 
-Engines differ only in ``normal_matrix`` (numpy: ``rng.normal_matrix``; numba: its
-parallel Philox), so the weights are bit-identical across them.
+Engines differ only in where a unit's arrays live and how Z is drawn
+(``HostArrays``: NumPy, with ``rng.normal_matrix`` for the oracle and numba's
+parallel Philox for the Numba engine; ``cuda_gpu.DeviceArrays``: CuPy, with
+the CUDA generator), so the weights are bit-identical across them. Models and
+this driver compute with NumPy's functions, which dispatch to CuPy on device
+arrays (``__array_ufunc__``, ``__array_function__``); arrays are created
+through ``unit.xp`` and host data crosses only through ``unit.asarray``.
 """
 
+import contextlib
 import importlib
 
 import numpy as np
@@ -29,26 +36,53 @@ from . import base
 from .base import mean_square
 
 
+class HostArrays:
+    """Where the CPU engines keep a unit: NumPy arrays; Z from ``normal_matrix``
+    (default ``rng.normal_matrix``), called as (config, width, sample, layer, stream, dtype);
+    ``store_bytes()``: what the VJP may keep to recompute nothing (default 0: the
+    oracle always recomputes from checkpoints)."""
+
+    xp = np
+
+    def __init__(self, normal_matrix=None, store_bytes=None):
+        self.normal_matrix = normal_matrix or _numpy_normal_matrix
+        self.store_bytes = store_bytes or (lambda: 0)
+
+    def asarray(self, x):
+        return np.asarray(x)
+
+    def to_host(self, x):
+        return x
+
+    def gemm_precision(self, tf32):
+        return contextlib.nullcontext()
+
+
 class Unit:
     """One (width, sample): the grid's per-point parameters and the weight source."""
 
-    def __init__(self, config, width, sample, normal_matrix=None):
+    def __init__(self, config, width, sample, arrays=None):
         self.config, self.width, self.sample = config, width, sample
+        self.arrays = arrays or HostArrays()
+        self.xp = self.arrays.xp
         self.grid = base.grid(config)
         self.dtype = config.dtype
         self.P = self.grid.points
-        self._normal_matrix = normal_matrix or _numpy_normal_matrix
         homogeneous = np.zeros(self.P, dtype=bool)
         for act, _, cols in self.grid.groups:
             homogeneous[cols] = act.homogeneous
         self.homogeneous = homogeneous
-        self.x1, self.x2, self.v0 = base.inputs(config, width, sample)
+        self.x1, self.x2, self.v0 = map(self.asarray, base.inputs(config, width, sample))
         self.limit = base.divergence_limit(self.dtype)
         self._tied = {}
 
+    def asarray(self, x):
+        """Host data where the unit's arrays live (a copy to the GPU on the cuda engine)."""
+        return self.arrays.asarray(x)
+
     def matrix(self, layer, stream=rng.STREAM_WEIGHT, dtype=None):
         """Z (N x N, run precision unless ``dtype``) of (layer, stream) for this sample."""
-        return self._normal_matrix(
+        return self.arrays.normal_matrix(
             self.config, self.width, self.sample, layer, stream, dtype or self.dtype
         )
 
@@ -59,11 +93,13 @@ class Unit:
         return self._tied[key]
 
     def normals(self, layer, stream, count=None):
-        return rng.normals(self.config.seed, self.sample, layer, stream, count or self.width)
+        """rng.normals of (layer, stream) for this sample (``width`` of them), as a unit array."""
+        z = rng.normals(self.config.seed, self.sample, layer, stream, count or self.width)
+        return self.asarray(z)
 
     def per_point(self, values, copies=2):
-        """A (P,) parameter repeated for the ``copies`` trajectories' column blocks."""
-        return np.tile(np.asarray(values), copies)
+        """A (P,) host parameter repeated for the ``copies`` trajectories' column blocks."""
+        return self.asarray(np.tile(np.asarray(values), copies))
 
     def activate(self, fn_name, h):
         """phi, phi' or phi'' of h (N, k P) column group by column group."""
@@ -114,36 +150,57 @@ def _renormalise(v):
 
 def _diverged(unit, model, state):
     """(P,) points whose state left the float range in either trajectory (or died)."""
-    bad = np.zeros(2 * unit.P, dtype=bool)
+    bad = unit.xp.zeros(2 * unit.P, dtype=bool)
     for arr in model.arrays(state):
         with np.errstate(invalid="ignore"):
             peak = np.max(np.abs(arr), axis=0)
         bad |= ~np.isfinite(peak) | (peak > unit.limit)
     h, _ = model.observe(state)
     if model.LOG_SCALE:
-        bad |= (mean_square(h) == 0) & np.tile(unit.homogeneous, 2)
+        bad |= (mean_square(h) == 0) & unit.per_point(unit.homogeneous)
     return bad[: unit.P] | bad[unit.P :]
 
 
+def _zero(arr, columns):
+    """arr with the given columns (last axis) set to 0, in place.
+
+    On the host a boolean mask (nothing to do while no column is dead); on a
+    device a select, because a mask would stop the host until the GPU caught up.
+    """
+    if isinstance(arr, np.ndarray):
+        arr[..., columns] = 0
+    else:
+        arr[...] = np.where(columns, arr.dtype.type(0), arr)
+    return arr
+
+
 def _kill(unit, model, state, dead):
-    both = np.tile(dead, 2)
+    both = np.concatenate([dead, dead])
     for arr in model.arrays(state):
-        arr[:, both] = 0
+        _zero(arr, both)
     if "ls" in state:
-        state["ls"][both] = 0
+        _zero(state["ls"], both)
 
 
-def forward(unit, model, res, rec, track_tangent, checkpoint_every=None):
-    """Forward over all layers: records log_q, corr (and tangents); returns (dead, checkpoints)."""
+def forward(unit, model, res, rec, track_tangent, checkpoint_every=None, keep_weights=False):
+    """Forward over all layers: records log_q, corr (and tangents).
+
+    Returns (dead, checkpoints, weights): trajectory 1's state every
+    ``checkpoint_every`` layers (for the VJP), and with ``keep_weights`` every
+    layer's Z.
+    """
     cfg, P = unit.config, unit.P
     state = model.start(unit)
-    dead = np.zeros(P, dtype=bool)
-    checkpoints = {0: _copy(state)} if checkpoint_every else None
+    dead = unit.xp.zeros(P, dtype=bool)
+    checkpoints = {0: _trajectory_one(state, P, copy=True)} if checkpoint_every else None
+    weights = {}
     if track_tangent:
         t, _ = _renormalise(model.tangent_start(unit))
-        acc = np.zeros(P)
+        acc = unit.xp.zeros(P)
     for layer in range(1, cfg.depth + 1):
         W = model.weights(unit, layer)
+        if keep_weights:
+            weights[layer] = W
         prev = state
         state = model.step(unit, layer, prev, W)
         if track_tangent:
@@ -152,11 +209,11 @@ def forward(unit, model, res, rec, track_tangent, checkpoint_every=None):
         newly = _diverged(unit, model, state) & ~dead
         if track_tangent:
             newly |= ~np.isfinite(acc) & ~dead
-        res["diverged"][newly] = layer
+        res["diverged"][...] = np.where(newly, layer, res["diverged"])
         dead |= newly
         _kill(unit, model, state, dead)
         if track_tangent:
-            t[:, dead] = 0
+            _zero(t, dead)
         r = rec[layer]
         if r >= 0:
             h, ls = model.observe(state)
@@ -166,48 +223,87 @@ def forward(unit, model, res, rec, track_tangent, checkpoint_every=None):
             if track_tangent:
                 res["log_tangent_norm"][:, r] = np.where(dead, np.nan, acc)
         if checkpoint_every and layer % checkpoint_every == 0 and layer < cfg.depth:
-            checkpoints[layer] = _copy(state)
-    return dead, checkpoints
+            checkpoints[layer] = _trajectory_one(state, P, copy=True)
+    return dead, checkpoints, weights
 
 
-def _copy(state):
-    return {k: v.copy() for k, v in state.items()}
+def _trajectory_one(state, P, copy=False):
+    """The first trajectory's columns of a state (every array's last axis): all the
+    backward pass needs, since the gradient is of trajectory 1's output."""
+    return {k: v[..., :P].copy() if copy else v[..., :P] for k, v in state.items()}
 
 
-def backward(unit, model, res, rec, dead, checkpoints, k):
-    """Backprop from layer L to 1 segment by segment, recomputing each from its checkpoint."""
+def vjp_plan(unit, model):
+    """(k, keep_weights): the VJP's checkpoint spacing, and whether the forward pass
+    keeps every layer's Z.
+
+    With engine.checkpoint = 0, everything (trajectory 1's state at every layer and,
+    unless tied, every Z^l) when it fits in ``arrays.store_bytes()``: k = 1 and the
+    backward pass recomputes nothing. Otherwise k = config.checkpoint_every.
+    """
+    cfg = unit.config
+    if cfg.checkpoint == 0 and cfg.depth > 1:
+        state_bytes = sum(v.nbytes for v in model.start(unit).values()) // 2
+        weight_bytes = 0 if model.TIED_WEIGHTS else unit.width**2 * unit.dtype.itemsize
+        if cfg.depth * (state_bytes + weight_bytes) <= unit.arrays.store_bytes():
+            return 1, not model.TIED_WEIGHTS
+    return cfg.checkpoint_every, False
+
+
+def backward(unit, model, res, rec, dead, checkpoints, k, weights=None):
+    """Backprop from layer L to 1 segment by segment, recomputing each from its checkpoint.
+
+    ``weights``: the Z^l the forward pass kept (all of them, or none). A
+    segment's fresh weights (residual MLP) are kept from its recomputation for
+    its backward steps when k - 1 of them fit in base.ZSTORE_BYTES, else drawn
+    again; tied weights (RNNs) are one array either way.
+    """
+    kept = weights if weights is not None else {}
     L, P = unit.config.depth, unit.P
     g, _ = _renormalise(model.cotangent_start(unit))
-    acc = np.zeros(P)
-    collapsed = np.zeros(P, dtype=bool)
+    acc = unit.xp.zeros(P)
+    collapsed = unit.xp.zeros(P, dtype=bool)
     if rec[L] >= 0:
         res["log_grad_norm"][:, rec[L]] = np.where(dead, np.nan, 0.0)
+    keep = (k - 1) * unit.width**2 * unit.dtype.itemsize <= base.ZSTORE_BYTES
     for start in sorted(checkpoints, reverse=True):
         stop = min(start + k, L)
-        states = {start: checkpoints[start]}
-        for layer in range(start + 1, stop + 1):
-            states[layer] = model.step(unit, layer, states[layer - 1], model.weights(unit, layer))
-        for layer in range(stop, max(start, 1), -1):
+        states = {start: checkpoints.pop(start)}
+        for layer in range(start + 1, stop):
             W = model.weights(unit, layer)
+            states[layer] = model.step(unit, layer, states[layer - 1], W)
+            if keep:
+                kept[layer] = W  # drawn once for the segment's two passes
+        for layer in range(stop, max(start, 1), -1):
+            W = kept.pop(layer, None)
+            if W is None:
+                W = model.weights(unit, layer)
             g, log_sq = _renormalise(model.cotangent(unit, layer, states[layer - 1], W, g))
             acc = acc + log_sq
             newly = ~np.isfinite(acc) & ~collapsed & ~dead
-            res["diverged"][newly] = layer - 1
+            res["diverged"][...] = np.where(newly, layer - 1, res["diverged"])
             collapsed |= newly
-            g[:, collapsed | dead] = 0
+            _zero(g, collapsed | dead)
             r = rec[layer - 1]
             if r >= 0:
                 res["log_grad_norm"][:, r] = np.where(dead | collapsed, np.nan, acc)
 
 
-def run_unit(config, width, sample, normal_matrix=None):
-    """Run one (width, sample) of any architecture; arrays shaped like base.result_shapes."""
-    unit = Unit(config, width, sample, normal_matrix)
+def run_unit(config, width, sample, arrays=None):
+    """Run one (width, sample) of any architecture; arrays shaped like base.result_shapes.
+
+    ``arrays``: where the unit lives (``HostArrays()``, NumPy and rng's weights,
+    by default); the results come back as NumPy arrays.
+    """
+    unit = Unit(config, width, sample, arrays)
     model = model_of(config)
-    res = base.empty_results(config)
+    res = {name: unit.asarray(buf) for name, buf in base.empty_results(config).items()}
     rec = base.record_index(config)
-    k = config.checkpoint_every if "vjp" in config.modes else None
-    dead, checkpoints = forward(unit, model, res, rec, "jvp" in config.modes, k)
-    if k:
-        backward(unit, model, res, rec, dead, checkpoints, k)
-    return base.shape_results(config, res)
+    k, keep_weights = vjp_plan(unit, model) if "vjp" in config.modes else (None, False)
+    with unit.arrays.gemm_precision(config.precision == "tf32"):
+        dead, checkpoints, weights = forward(
+            unit, model, res, rec, "jvp" in config.modes, k, keep_weights
+        )
+        if k:
+            backward(unit, model, res, rec, dead, checkpoints, k, weights)
+    return base.shape_results(config, {name: unit.arrays.to_host(v) for name, v in res.items()})

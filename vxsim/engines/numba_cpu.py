@@ -572,7 +572,8 @@ def run_unit(config, width, sample, path=None):
     if config.architecture != "mlp":
         from . import generic, numba_normals
 
-        return generic.run_unit(config, width, sample, numba_normals.normal_matrix)
+        arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)
+        return generic.run_unit(config, width, sample, arrays)
     unit = _Unit(config, width, sample, path=path)
     with unit.blas_threads():
         unit.forward()

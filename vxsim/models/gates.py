@@ -36,16 +36,37 @@ def tied_weights(unit, n_gates):
     )
 
 
+# Steps t whose input drives one GEMM computes, and how many such blocks are kept:
+# a step's drive is asked for up to three times (step, tangent, cotangent), and
+# the VJP's segments revisit the steps of the last checkpoint interval going down.
+DRIVE_BLOCK = 64
+DRIVE_BLOCKS_KEPT = 3
+
+
 def drive(unit, t, n_gates):
-    """[Z_{U,g} x_t] / sqrt(N) stacked over gates, (G N,) float64: U_g x_t = sqrt(su2) * this."""
-    Z_U = unit.tied(
-        "U",
-        lambda: np.concatenate(
-            [unit.matrix(0, rng.STREAM_GATE_INPUT + g, np.float64) for g in range(n_gates)]
-        ),
-    )
-    x = np.sqrt(unit.config.input_variance) * unit.normals(t, rng.STREAM_SEQUENCE)
-    return Z_U @ x / np.sqrt(unit.width)
+    """[Z_{U,g} x_t] / sqrt(N) stacked over gates, (G N,) float64: U_g x_t = sqrt(su2) * this.
+
+    Computed for DRIVE_BLOCK consecutive steps at once, Z_U [x_t0 ... x_t0+B-1]
+    (one GEMM, reading Z_U once, instead of a matrix-vector product per step and
+    use), and kept for the last DRIVE_BLOCKS_KEPT blocks.
+    """
+    blocks = unit.tied("drives", dict)
+    block = (t - 1) // DRIVE_BLOCK
+    if block not in blocks:
+        Z_U = unit.tied(
+            "U",
+            lambda: np.concatenate(
+                [unit.matrix(0, rng.STREAM_GATE_INPUT + g, np.float64) for g in range(n_gates)]
+            ),
+        )
+        steps = range(
+            block * DRIVE_BLOCK + 1, min((block + 1) * DRIVE_BLOCK, unit.config.depth) + 1
+        )
+        X = np.stack([unit.normals(s, rng.STREAM_SEQUENCE) for s in steps], axis=1)
+        blocks[block] = Z_U @ (np.sqrt(unit.config.input_variance) * X) / np.sqrt(unit.width)
+        while len(blocks) > DRIVE_BLOCKS_KEPT:
+            del blocks[next(iter(blocks))]  # the oldest
+    return blocks[block][:, (t - 1) % DRIVE_BLOCK]
 
 
 def input_bias(unit, t, n_gates, shifted=None, axis=None):
@@ -72,6 +93,6 @@ def preactivation(unit, Zg, h, bias):
     return scale(unit, copies) * (Zg @ h) + bias.astype(h.dtype)
 
 
-def trajectory_one(state):
-    """The first trajectory's columns of a (rows, 2P) state array."""
-    return state[:, : state.shape[1] // 2]
+def trajectory_one(unit, state):
+    """The first trajectory's columns of a state array ((rows, 2P), or (rows, P) already)."""
+    return state[:, : unit.P]

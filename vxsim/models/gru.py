@@ -45,6 +45,7 @@ from .gates import input_bias, preactivation, sigmoid, tied_weights, trajectory_
 from .mlp import cotangent_start, scale, tangent_start  # noqa: F401  (the MLP's)
 
 LOG_SCALE = False
+TIED_WEIGHTS = True  # weights(unit, t): one [Z_r; Z_z; Z_n] for every step
 GATES = ("r", "z", "n")  # gate g uses streams STREAM_GATE + g, STREAM_GATE_INPUT + g
 UPDATE = GATES.index("z")  # the gate that update_bias shifts
 BIAS_AXIS = "update_bias"
@@ -60,7 +61,7 @@ def arrays(state):
 
 def observe(state):
     """(h, zeros): log q_t = log mean h_t^2, c_t from the two trajectories' h_t."""
-    return state["h"], np.zeros(state["h"].shape[1])
+    return state["h"], np.zeros_like(state["h"][0], dtype=np.float64)
 
 
 def start(unit):
@@ -102,7 +103,7 @@ def step(unit, t, state, W):
 def tangent(unit, t, prev, W, v):
     """dh_t = (1 - z) dn + z dh + (h - n) dz (module docstring), trajectory 1."""
     N = unit.width
-    h = trajectory_one(prev["h"])
+    h = trajectory_one(unit, prev["h"])
     g = gates(unit, t, h, W)
     s = scale(unit)
     da = s * (W[: 2 * N] @ v)
@@ -115,7 +116,7 @@ def tangent(unit, t, prev, W, v):
 def cotangent(unit, t, prev, W, gh):
     """g_{t-1} = z g + r g_m + W_z^T (z (1-z) (h-n) g) + W_r^T (r (1-r) h g_m), trajectory 1."""
     N = unit.width
-    h = trajectory_one(prev["h"])
+    h = trajectory_one(unit, prev["h"])
     g = gates(unit, t, h, W)
     s = scale(unit)
     g_an = unit.activate("dphi", g["a_n"]) * g["1-z"] * gh

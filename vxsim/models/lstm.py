@@ -41,6 +41,7 @@ from .gates import input_bias, preactivation, sigmoid, tied_weights, trajectory_
 from .mlp import scale
 
 LOG_SCALE = False
+TIED_WEIGHTS = True  # weights(unit, t): one [Z_i; Z_f; Z_g; Z_o] for every step
 GATES = ("i", "f", "g", "o")  # gate k uses streams STREAM_GATE + k, STREAM_GATE_INPUT + k
 I, F, G, O = 0, 1, 2, 3  # gate k: rows k N : (k + 1) N of the stacked pre-activations
 BIAS_AXIS = "forget_bias"
@@ -53,7 +54,7 @@ def arrays(state):
 
 def observe(state):
     """(h, zeros): log q_t = log mean h_t^2, c_t from the two trajectories' h_t."""
-    return state["h"], np.zeros(state["h"].shape[1])
+    return state["h"], np.zeros_like(state["h"][0], dtype=np.float64)
 
 
 def start(unit):
@@ -73,7 +74,7 @@ def cotangent_start(unit):
     """dE/d(h_T, c_T) = (gamma, 0) stacked, (2N, P), for E = <gamma, h_T>."""
     from ..engines import base
 
-    gamma = base.output_direction(unit.config, unit.width, unit.sample)
+    gamma = unit.asarray(base.output_direction(unit.config, unit.width, unit.sample))
     g = np.repeat(gamma[:, None], unit.P, 1).astype(unit.dtype)
     return np.concatenate([g, np.zeros_like(g)])
 
@@ -115,7 +116,7 @@ def _split(v, N):
 def tangent(unit, t, prev, W, v):
     """(dh_t, dc_t) from (dh, dc) = v (module docstring), trajectory 1, stacked (2N, P)."""
     N = unit.width
-    h, c = trajectory_one(prev["h"]), trajectory_one(prev["c"])
+    h, c = trajectory_one(unit, prev["h"]), trajectory_one(unit, prev["c"])
     k = gates(unit, t, h, c, W)
     dh, dc = _split(v, N)
     da = scale(unit) * (W @ dh)
@@ -131,14 +132,14 @@ def tangent(unit, t, prev, W, v):
 def cotangent(unit, t, prev, W, gv):
     """(g_h, g_c) at t-1 from (g_h, g_c) = gv at t (module docstring), trajectory 1, (2N, P)."""
     N = unit.width
-    h, c = trajectory_one(prev["h"]), trajectory_one(prev["c"])
+    h, c = trajectory_one(unit, prev["h"]), trajectory_one(unit, prev["c"])
     k = gates(unit, t, h, c, W)
     gh, gc = _split(gv, N)
     e = gc + k["o"] * unit.activate("dphi", k["c"]) * gh
-    g_a = np.empty((4 * N, gv.shape[1]), dtype=gv.dtype)
-    g_a[I * N : (I + 1) * N] = k["i"] * k["1-i"] * k["g"] * e
-    g_a[F * N : (F + 1) * N] = k["f"] * k["1-f"] * c * e
-    g_a[G * N : (G + 1) * N] = unit.activate("dphi", k["a_g"]) * k["i"] * e
-    g_a[O * N : (O + 1) * N] = k["o"] * k["1-o"] * k["phi_c"] * gh
-    back = scale(unit) * (W.T @ g_a)
+    g_a = [None] * len(GATES)  # gradients of the four gate pre-activations, in gate order
+    g_a[I] = k["i"] * k["1-i"] * k["g"] * e
+    g_a[F] = k["f"] * k["1-f"] * c * e
+    g_a[G] = unit.activate("dphi", k["a_g"]) * k["i"] * e
+    g_a[O] = k["o"] * k["1-o"] * k["phi_c"] * gh
+    back = scale(unit) * (W.T @ np.concatenate(g_a))
     return np.concatenate([back, k["f"] * e])

@@ -39,6 +39,7 @@ def preactivation(zx, scale, bias_term, log_s, homogeneous):
 # applies no phi to them).
 
 LOG_SCALE = True
+TIED_WEIGHTS = False  # weights(unit, layer): a fresh Z^l for every layer
 
 
 def arrays(state):
@@ -55,7 +56,7 @@ def start(unit):
     """Layer 0: the two inputs, each repeated for the P grid points."""
     P = unit.P
     h = np.concatenate([np.repeat(unit.x1[:, None], P, 1), np.repeat(unit.x2[:, None], P, 1)], 1)
-    return {"h": h.astype(unit.dtype), "ls": np.zeros(2 * P)}
+    return {"h": h.astype(unit.dtype), "ls": unit.xp.zeros(2 * P)}
 
 
 def tangent_start(unit):
@@ -65,7 +66,7 @@ def tangent_start(unit):
 
 def cotangent_start(unit):
     """g^L = gamma (E = <gamma, h^L>), for every grid point."""
-    gamma = base.output_direction(unit.config, unit.width, unit.sample)
+    gamma = unit.asarray(base.output_direction(unit.config, unit.width, unit.sample))
     return np.repeat(gamma[:, None], unit.P, 1).astype(unit.dtype)
 
 
@@ -81,15 +82,25 @@ def scale(unit, copies=1):
 
 def bias_term(unit, layer):
     """b^l = sqrt(sigma_b2) xi^l per column (N, 2P), float64."""
-    xi = base.bias(unit.config, unit.width, unit.sample, layer)
+    xi = unit.asarray(base.bias(unit.config, unit.width, unit.sample, layer))
     return xi[:, None] * unit.per_point(np.sqrt(unit.grid.sigma_b2))[None, :]
 
 
 def advance(unit, layer, state, Z, bias):
-    """h^l = sqrt(sw2/N) Z phi(h^{l-1}) + bias (Z x at layer 1), renormalised (preactivation)."""
+    """h^l = sqrt(sw2/N) Z phi(h^{l-1}) + bias (Z x at layer 1), renormalised (preactivation).
+
+    The state holds both trajectories (2P columns) or, when the VJP recomputes a
+    segment, trajectory 1 alone (P columns); ``bias`` is given for both.
+    """
+    columns = state["h"].shape[1]
+    copies = columns // unit.P
     a = state["h"] if layer == 1 else unit.activate("phi", state["h"])
     h, ls = preactivation(
-        Z @ a, scale(unit, 2), bias, state["ls"], unit.per_point(unit.homogeneous)
+        Z @ a,
+        scale(unit, copies),
+        bias[:, :columns],
+        state["ls"],
+        unit.per_point(unit.homogeneous, copies),
     )
     return {"h": h, "ls": ls}
 

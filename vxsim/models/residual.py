@@ -27,19 +27,24 @@ from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
     weights,
 )
 
+TIED_WEIGHTS = False  # a fresh Z^l for every layer, as in the MLP
+
 
 def alpha(unit, copies=1):
     return unit.per_point(unit.grid.extra["alpha"], copies).astype(unit.dtype)
 
 
 def step(unit, layer, state, Z):
-    """h^l from h^{l-1} (both trajectories), renormalised where phi is homogeneous."""
+    """h^l from h^{l-1} (both trajectories, or trajectory 1 alone when the VJP
+    recomputes a segment), renormalised where phi is homogeneous."""
     hh, ls = state["h"], state["ls"]
-    branch = scale(unit, 2) * (Z @ unit.activate("phi", hh))
-    bias = bias_term(unit, layer) * np.exp(np.minimum(-ls, 700.0))
-    h = hh + alpha(unit, 2) * (branch + bias.astype(hh.dtype))
+    columns = hh.shape[1]
+    copies = columns // unit.P
+    branch = scale(unit, copies) * (Z @ unit.activate("phi", hh))
+    bias = bias_term(unit, layer)[:, :columns] * np.exp(np.minimum(-ls, 700.0))
+    h = hh + alpha(unit, copies) * (branch + bias.astype(hh.dtype))
     rms = np.sqrt(mean_square(h))
-    renorm = unit.per_point(unit.homogeneous) & (rms > 0)
+    renorm = unit.per_point(unit.homogeneous, copies) & (rms > 0)
     divisor = np.where(renorm, rms, 1.0)
     return {"h": h / divisor.astype(h.dtype), "ls": ls + np.log(divisor)}
 

@@ -24,6 +24,8 @@ from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
     tangent_start,
 )
 
+TIED_WEIGHTS = True  # weights(unit, t): one Z_W for every step
+
 
 def weights(unit, layer):
     """Z_W, the same at every step."""
