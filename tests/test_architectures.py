@@ -213,7 +213,7 @@ def _vjp_config(arch, **keys):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCH_AXES))
-def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch):
+def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch, monkeypatch):
     """Within the store budget the VJP keeps trajectory 1's state at every layer (and
     the residual net's every Z^l) and recomputes nothing; beyond it, checkpoints.
     Both give the same numbers, and the kept weights are drawn once per layer."""
@@ -225,10 +225,15 @@ def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch):
         return numba_normals.normal_matrix(*args)
 
     plans, results = {}, {}
-    for name, budget in (("store", 2**40), ("checkpoints", 0)):
+    model = generic.model_of(config)
+    tied, gated = arch != "residual", arch in ("gru", "lstm")
+    # a budget that holds every layer's trajectory-1 state (and Z) but not the gates
+    start = model.start(generic.Unit(config, 16, 2))
+    state_only = 30 * (sum(v.nbytes for v in start.values()) // 2 + 16 * 16 * 8 * (not tied))
+    for name, budget in (("store", 2**40), ("states only", state_only), ("checkpoints", 0)):
         arrays = generic.HostArrays(counting, lambda b=budget: b)
         unit = generic.Unit(config, 16, 2, arrays)
-        plans[name] = generic.vjp_plan(unit, generic.model_of(config))
+        plans[name] = generic.vjp_plan(unit, model)
         del drawn[:]
         results[name] = generic.run_unit(config, 16, 2, arrays)
         if arch == "residual":
@@ -236,14 +241,28 @@ def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch):
             assert sorted(set(fresh)) == list(range(1, 31))
             if name == "store":
                 assert len(fresh) == 30  # forward only: the backward pass reuses them
-    tied = arch != "residual"
-    assert plans == {"store": (1, not tied), "checkpoints": (config.checkpoint_every, False)}
-    for key, value in results["checkpoints"].items():
-        np.testing.assert_allclose(results["store"][key], value, rtol=1e-12, atol=1e-12)
+    assert plans == {
+        "store": (1, not tied, gated),  # gated RNNs keep their gates too
+        "states only": (1, not tied, False),
+        "checkpoints": (config.checkpoint_every, False, False),
+    }
+    if gated:  # kept gates: computed once per step (the forward's), none recomputed
+        computed, real_gates = [], model.gates
+
+        def counting_gates(unit, t, *args):
+            computed.append(t)
+            return real_gates(unit, t, *args)
+
+        monkeypatch.setattr(model, "gates", counting_gates)
+        generic.run_unit(config, 16, 2, generic.HostArrays(None, lambda: 2**40))
+        assert computed == list(range(1, 31))
+    for name in ("store", "states only"):
+        for key, value in results["checkpoints"].items():
+            np.testing.assert_allclose(results[name][key], value, rtol=1e-12, atol=1e-12)
     # an explicit engine.checkpoint is obeyed whatever the budget
     spaced = _vjp_config(arch, engine__checkpoint=4)
     unit = generic.Unit(spaced, 16, 2, generic.HostArrays(None, lambda: 2**40))
-    assert generic.vjp_plan(unit, generic.model_of(spaced)) == (4, False)
+    assert generic.vjp_plan(unit, generic.model_of(spaced)) == (4, False, False)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ The driver says *how a unit is measured*, the model says *what a step computes*:
   that keeps the state every k ~ sqrt(L) layers; each segment is recomputed from
   its checkpoint (weights regenerated, or tied ones reused), for trajectory 1
   alone (the gradient is of its output only): half the forward's columns.
+  Where the engine's store budget allows (``vjp_plan``), the forward pass keeps
+  every layer instead and nothing is recomputed.
 
 Divergence is the oracle's rule (numpy_ref): a point whose state leaves the float
 range (or, for homogeneous phi, dies) is flagged at that layer, its later records
@@ -75,6 +77,7 @@ class Unit:
         self.x1, self.x2, self.v0 = map(self.asarray, base.inputs(config, width, sample))
         self.limit = base.divergence_limit(self.dtype)
         self._tied = {}
+        self.step_store = None  # {t: values} a model keeps per step while the VJP keeps all
 
     def asarray(self, x):
         """Host data where the unit's arrays live (a copy to the GPU on the cuda engine)."""
@@ -87,7 +90,7 @@ class Unit:
         )
 
     def tied(self, key, make):
-        """A per-unit constant (tied RNN weights), made once."""
+        """A per-unit constant (tied RNN weights, per-point parameters), made once."""
         if key not in self._tied:
             self._tied[key] = make()
         return self._tied[key]
@@ -100,6 +103,10 @@ class Unit:
     def per_point(self, values, copies=2):
         """A (P,) host parameter repeated for the ``copies`` trajectories' column blocks."""
         return self.asarray(np.tile(np.asarray(values), copies))
+
+    def homogeneous_columns(self, copies=2):
+        """Which of the ``copies`` P columns have a positively homogeneous phi (renormalised)."""
+        return self.tied(("homogeneous", copies), lambda: self.per_point(self.homogeneous, copies))
 
     def activate(self, fn_name, h):
         """phi, phi' or phi'' of h (N, k P) column group by column group."""
@@ -157,7 +164,7 @@ def _diverged(unit, model, state):
         bad |= ~np.isfinite(peak) | (peak > unit.limit)
     h, _ = model.observe(state)
     if model.LOG_SCALE:
-        bad |= (mean_square(h) == 0) & unit.per_point(unit.homogeneous)
+        bad |= (mean_square(h) == 0) & unit.homogeneous_columns()
     return bad[: unit.P] | bad[unit.P :]
 
 
@@ -234,20 +241,27 @@ def _trajectory_one(state, P, copy=False):
 
 
 def vjp_plan(unit, model):
-    """(k, keep_weights): the VJP's checkpoint spacing, and whether the forward pass
-    keeps every layer's Z.
+    """(k, keep_weights, keep_steps): the VJP's checkpoint spacing, whether the
+    forward pass keeps every layer's Z, and whether the model keeps its per-step
+    values (a gated RNN's gates, model.STEP_VALUES arrays of N x P) for the
+    cotangents.
 
-    With engine.checkpoint = 0, everything (trajectory 1's state at every layer and,
-    unless tied, every Z^l) when it fits in ``arrays.store_bytes()``: k = 1 and the
-    backward pass recomputes nothing. Otherwise k = config.checkpoint_every.
+    With engine.checkpoint = 0, every layer (trajectory 1's state and, unless
+    tied, Z^l; the step values too if they also fit) when it fits in
+    ``arrays.store_bytes()``: k = 1 and the backward pass recomputes nothing.
+    Otherwise k = config.checkpoint_every.
     """
     cfg = unit.config
     if cfg.checkpoint == 0 and cfg.depth > 1:
+        budget = unit.arrays.store_bytes()
         state_bytes = sum(v.nbytes for v in model.start(unit).values()) // 2
         weight_bytes = 0 if model.TIED_WEIGHTS else unit.width**2 * unit.dtype.itemsize
-        if cfg.depth * (state_bytes + weight_bytes) <= unit.arrays.store_bytes():
-            return 1, not model.TIED_WEIGHTS
-    return cfg.checkpoint_every, False
+        step_bytes = model.STEP_VALUES * unit.width * unit.P * unit.dtype.itemsize
+        layer_bytes = state_bytes + weight_bytes
+        if cfg.depth * layer_bytes <= budget:
+            keep_steps = model.STEP_VALUES > 0 and cfg.depth * (layer_bytes + step_bytes) <= budget
+            return 1, not model.TIED_WEIGHTS, keep_steps
+    return cfg.checkpoint_every, False, False
 
 
 def backward(unit, model, res, rec, dead, checkpoints, k, weights=None):
@@ -299,7 +313,9 @@ def run_unit(config, width, sample, arrays=None):
     model = model_of(config)
     res = {name: unit.asarray(buf) for name, buf in base.empty_results(config).items()}
     rec = base.record_index(config)
-    k, keep_weights = vjp_plan(unit, model) if "vjp" in config.modes else (None, False)
+    no_vjp = (None, False, False)
+    k, keep_weights, keep_steps = vjp_plan(unit, model) if "vjp" in config.modes else no_vjp
+    unit.step_store = {} if keep_steps else None
     with unit.arrays.gemm_precision(config.precision == "tf32"):
         dead, checkpoints, weights = forward(
             unit, model, res, rec, "jvp" in config.modes, k, keep_weights

@@ -79,11 +79,12 @@ def input_bias(unit, t, n_gates, shifted=None, axis=None):
     xi = unit.tied(
         "xi", lambda: np.concatenate([unit.normals(g, rng.STREAM_BIAS) for g in range(n_gates)])
     )
-    sb = unit.per_point(np.sqrt(unit.grid.sigma_b2))
-    su = unit.per_point(np.sqrt(unit.grid.extra["sigma_u2"]))
+    sb = unit.tied("sqrt_sigma_b2", lambda: unit.per_point(np.sqrt(unit.grid.sigma_b2)))
+    su = unit.tied("sqrt_sigma_u2", lambda: unit.per_point(np.sqrt(unit.grid.extra["sigma_u2"])))
     out = xi[:, None] * sb[None, :] + drive(unit, t, n_gates)[:, None] * su[None, :]
     if axis is not None:
-        out[shifted * N : (shifted + 1) * N] += unit.per_point(unit.grid.extra[axis])[None, :]
+        shift = unit.tied(axis, lambda: unit.per_point(unit.grid.extra[axis]))
+        out[shifted * N : (shifted + 1) * N] += shift[None, :]
     return out
 
 
@@ -91,6 +92,31 @@ def preactivation(unit, Zg, h, bias):
     """sqrt(sw2/N) (Zg @ h) + bias, per column, in the run's precision."""
     copies = h.shape[1] // unit.P
     return scale(unit, copies) * (Zg @ h) + bias.astype(h.dtype)
+
+
+def remember(unit, t, prev, values):
+    """Keep the gate values that step t computed from the state ``prev``.
+
+    The driver calls a step's tangent (and, recomputing a VJP segment, the
+    cotangent of the last step it recomputed) with the very same state object
+    right after the step, before anything else touches it: ``recall`` then
+    hands back trajectory 1's columns instead of a second GEMM. While a VJP
+    keeps every layer (``unit.step_store``, see engines.generic.vjp_plan), a
+    copy of trajectory 1's values is kept for the cotangent of step t too.
+    """
+    unit.step_gates = (t, prev, values)
+    if unit.step_store is not None:
+        unit.step_store[t] = {name: value[:, : unit.P].copy() for name, value in values.items()}
+
+
+def recall(unit, t, prev):
+    """Trajectory 1's gate values of step t from ``prev``, if kept (see ``remember``), else None."""
+    kept = getattr(unit, "step_gates", None)
+    if kept is not None and kept[0] == t and kept[1] is prev:
+        return {name: value[:, : unit.P] for name, value in kept[2].items()}
+    if unit.step_store:
+        return unit.step_store.pop(t, None)  # the backward pass uses each once
+    return None
 
 
 def trajectory_one(unit, state):

@@ -41,11 +41,20 @@ renormalised (LOG_SCALE = False): the gates are not homogeneous.
 
 import numpy as np
 
-from .gates import input_bias, preactivation, sigmoid, tied_weights, trajectory_one
+from .gates import (
+    input_bias,
+    preactivation,
+    recall,
+    remember,
+    sigmoid,
+    tied_weights,
+    trajectory_one,
+)
 from .mlp import cotangent_start, scale, tangent_start  # noqa: F401  (the MLP's)
 
 LOG_SCALE = False
 TIED_WEIGHTS = True  # weights(unit, t): one [Z_r; Z_z; Z_n] for every step
+STEP_VALUES = 6  # (N, P) arrays of gate values a VJP keeps per step (gates.remember)
 GATES = ("r", "z", "n")  # gate g uses streams STREAM_GATE + g, STREAM_GATE_INPUT + g
 UPDATE = GATES.index("z")  # the gate that update_bias shifts
 BIAS_AXIS = "update_bias"
@@ -97,14 +106,21 @@ def step(unit, t, state, W):
     """h_t = (1 - z_t) * n_t + z_t * h_{t-1}, both trajectories."""
     h = state["h"]
     g = gates(unit, t, h, W)
+    remember(unit, t, state, g)
     return {"h": g["1-z"] * g["n"] + g["z"] * h}
+
+
+def _gates_one(unit, t, prev, W):
+    """Trajectory 1's h_{t-1} and gate values at step t (the step's own when it just ran)."""
+    h = trajectory_one(unit, prev["h"])
+    g = recall(unit, t, prev)
+    return h, (g if g is not None else gates(unit, t, h, W))
 
 
 def tangent(unit, t, prev, W, v):
     """dh_t = (1 - z) dn + z dh + (h - n) dz (module docstring), trajectory 1."""
     N = unit.width
-    h = trajectory_one(unit, prev["h"])
-    g = gates(unit, t, h, W)
+    h, g = _gates_one(unit, t, prev, W)
     s = scale(unit)
     da = s * (W[: 2 * N] @ v)
     dr = g["r"] * g["1-r"] * da[:N]
@@ -116,8 +132,7 @@ def tangent(unit, t, prev, W, v):
 def cotangent(unit, t, prev, W, gh):
     """g_{t-1} = z g + r g_m + W_z^T (z (1-z) (h-n) g) + W_r^T (r (1-r) h g_m), trajectory 1."""
     N = unit.width
-    h = trajectory_one(unit, prev["h"])
-    g = gates(unit, t, h, W)
+    h, g = _gates_one(unit, t, prev, W)
     s = scale(unit)
     g_an = unit.activate("dphi", g["a_n"]) * g["1-z"] * gh
     g_m = s * (W[2 * N :].T @ g_an)

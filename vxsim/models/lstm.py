@@ -37,11 +37,20 @@ Nothing is renormalised (LOG_SCALE = False); log q_t and c_t are of h_t.
 
 import numpy as np
 
-from .gates import input_bias, preactivation, sigmoid, tied_weights, trajectory_one
+from .gates import (
+    input_bias,
+    preactivation,
+    recall,
+    remember,
+    sigmoid,
+    tied_weights,
+    trajectory_one,
+)
 from .mlp import scale
 
 LOG_SCALE = False
 TIED_WEIGHTS = True  # weights(unit, t): one [Z_i; Z_f; Z_g; Z_o] for every step
+STEP_VALUES = 10  # (N, P) arrays of gate values a VJP keeps per step (gates.remember)
 GATES = ("i", "f", "g", "o")  # gate k uses streams STREAM_GATE + k, STREAM_GATE_INPUT + k
 I, F, G, O = 0, 1, 2, 3  # gate k: rows k N : (k + 1) N of the stacked pre-activations
 BIAS_AXIS = "forget_bias"
@@ -106,7 +115,15 @@ def gates(unit, t, h, c, W):
 def step(unit, t, state, W):
     """c_t = f * c_{t-1} + i * g, h_t = o * phi(c_t), both trajectories."""
     k = gates(unit, t, state["h"], state["c"], W)
+    remember(unit, t, state, k)
     return {"h": k["o"] * k["phi_c"], "c": k["c"]}
+
+
+def _gates_one(unit, t, prev, W):
+    """Trajectory 1's (h, c)_{t-1} and gate values at step t (the step's own when it just ran)."""
+    h, c = trajectory_one(unit, prev["h"]), trajectory_one(unit, prev["c"])
+    k = recall(unit, t, prev)
+    return h, c, (k if k is not None else gates(unit, t, h, c, W))
 
 
 def _split(v, N):
@@ -116,8 +133,7 @@ def _split(v, N):
 def tangent(unit, t, prev, W, v):
     """(dh_t, dc_t) from (dh, dc) = v (module docstring), trajectory 1, stacked (2N, P)."""
     N = unit.width
-    h, c = trajectory_one(unit, prev["h"]), trajectory_one(unit, prev["c"])
-    k = gates(unit, t, h, c, W)
+    h, c, k = _gates_one(unit, t, prev, W)
     dh, dc = _split(v, N)
     da = scale(unit) * (W @ dh)
     di = k["i"] * k["1-i"] * da[I * N : (I + 1) * N]
@@ -132,8 +148,7 @@ def tangent(unit, t, prev, W, v):
 def cotangent(unit, t, prev, W, gv):
     """(g_h, g_c) at t-1 from (g_h, g_c) = gv at t (module docstring), trajectory 1, (2N, P)."""
     N = unit.width
-    h, c = trajectory_one(unit, prev["h"]), trajectory_one(unit, prev["c"])
-    k = gates(unit, t, h, c, W)
+    h, c, k = _gates_one(unit, t, prev, W)
     gh, gc = _split(gv, N)
     e = gc + k["o"] * unit.activate("dphi", k["c"]) * gh
     g_a = [None] * len(GATES)  # gradients of the four gate pre-activations, in gate order

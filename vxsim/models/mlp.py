@@ -40,6 +40,7 @@ def preactivation(zx, scale, bias_term, log_s, homogeneous):
 
 LOG_SCALE = True
 TIED_WEIGHTS = False  # weights(unit, layer): a fresh Z^l for every layer
+STEP_VALUES = 0  # (N, P) arrays a VJP keeps per layer beside the state (gated RNNs: gates)
 
 
 def arrays(state):
@@ -77,13 +78,17 @@ def weights(unit, layer):
 
 def scale(unit, copies=1):
     """sqrt(sigma_w2 / N) per column, in the run's precision."""
-    return unit.per_point(np.sqrt(unit.grid.sigma_w2 / unit.width), copies).astype(unit.dtype)
+    return unit.tied(
+        ("scale", copies),
+        lambda: unit.per_point(np.sqrt(unit.grid.sigma_w2 / unit.width), copies).astype(unit.dtype),
+    )
 
 
 def bias_term(unit, layer):
     """b^l = sqrt(sigma_b2) xi^l per column (N, 2P), float64."""
     xi = unit.asarray(base.bias(unit.config, unit.width, unit.sample, layer))
-    return xi[:, None] * unit.per_point(np.sqrt(unit.grid.sigma_b2))[None, :]
+    sb = unit.tied("sqrt_sigma_b2", lambda: unit.per_point(np.sqrt(unit.grid.sigma_b2)))
+    return xi[:, None] * sb[None, :]
 
 
 def advance(unit, layer, state, Z, bias):
@@ -100,7 +105,7 @@ def advance(unit, layer, state, Z, bias):
         scale(unit, copies),
         bias[:, :columns],
         state["ls"],
-        unit.per_point(unit.homogeneous, copies),
+        unit.homogeneous_columns(copies),
     )
     return {"h": h, "ls": ls}
 

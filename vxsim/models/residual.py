@@ -28,10 +28,14 @@ from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
 )
 
 TIED_WEIGHTS = False  # a fresh Z^l for every layer, as in the MLP
+STEP_VALUES = 0
 
 
 def alpha(unit, copies=1):
-    return unit.per_point(unit.grid.extra["alpha"], copies).astype(unit.dtype)
+    return unit.tied(
+        ("alpha", copies),
+        lambda: unit.per_point(unit.grid.extra["alpha"], copies).astype(unit.dtype),
+    )
 
 
 def step(unit, layer, state, Z):
@@ -44,7 +48,7 @@ def step(unit, layer, state, Z):
     bias = bias_term(unit, layer)[:, :columns] * np.exp(np.minimum(-ls, 700.0))
     h = hh + alpha(unit, copies) * (branch + bias.astype(hh.dtype))
     rms = np.sqrt(mean_square(h))
-    renorm = unit.per_point(unit.homogeneous, copies) & (rms > 0)
+    renorm = unit.homogeneous_columns(copies) & (rms > 0)
     divisor = np.where(renorm, rms, 1.0)
     return {"h": h / divisor.astype(h.dtype), "ls": ls + np.log(divisor)}
 

@@ -25,6 +25,7 @@ from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
 )
 
 TIED_WEIGHTS = True  # weights(unit, t): one Z_W for every step
+STEP_VALUES = 0
 
 
 def weights(unit, layer):
