@@ -276,3 +276,30 @@ def test_lookup3_matches_hdf5_superblock_checksum(tmp_path):
     block = open(path, "rb").read(48)
     assert block[8] >= 2 and block[9] == 8  # superblock v2+, 8-byte offsets: 44 bytes + checksum
     assert int.from_bytes(block[44:48], "little") == lookup3(block[:44])
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next(tmp_path):
+    """A process killed inside hdf5._replacing (creating, finishing, merging) leaves
+    its hidden temporary behind; the next one on this host removes those of dead
+    processes, and keeps a live process's and another host's."""
+    import subprocess
+    import sys
+
+    from vxsim.store import hdf5
+
+    out = tmp_path / "merged.h5"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    host = hdf5._host()
+    stale = tmp_path / f".merged.h5.merging-{host}-{dead}"
+    live = tmp_path / f".merged.h5.merging-{host}-{os.getppid()}"
+    elsewhere = tmp_path / f".merged.h5.merging-otherhost-{dead}"
+    other_purpose = tmp_path / f".merged.h5.finishing-{host}-{dead}"
+    for path in (stale, live, elsewhere, other_purpose):
+        path.write_bytes(b"partial")
+    with hdf5._replacing(str(out), "merging") as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(b"whole")
+    assert out.read_bytes() == b"whole"
+    assert not stale.exists()
+    assert live.exists() and elsewhere.exists() and other_purpose.exists()

@@ -179,9 +179,17 @@ def create(path, config, backend, device, extra=None):
 
 @contextlib.contextmanager
 def _replacing(path, purpose):
-    """Yield a temporary name beside ``path``; rename it over ``path`` if the block succeeds."""
+    """Yield a temporary name beside ``path``; rename it over ``path`` if the block succeeds.
+
+    The name carries this host and process (``.NAME.PURPOSE-HOST-PID``): a
+    process killed before it could clean up leaves its file behind, and the
+    next one here removes such files of dead processes of this host (another
+    host's, on a shared file system, are left alone: their PIDs mean nothing here).
+    """
     folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{purpose}-{os.getpid()}")
+    prefix = f".{name}.{purpose}-{_host()}-"
+    _remove_stale(folder, prefix)
+    tmp = os.path.join(folder, f"{prefix}{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -189,6 +197,35 @@ def _replacing(path, purpose):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _host():
+    """This host's name, safe inside a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in os.uname().nodename) or "host"
+
+
+def _remove_stale(folder, prefix):
+    """Delete ``prefix``PID files in ``folder`` whose process no longer exists."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for entry in names:
+        pid = entry[len(prefix) :]
+        if not entry.startswith(prefix) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, entry))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def refuse_if_written(path):
