@@ -34,10 +34,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench_cpu import best  # noqa: E402  (this folder is on sys.path)
+
 from vxsim import config as config_mod  # noqa: E402
 from vxsim.engines import numba_cpu  # noqa: E402
 
-AXES = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
+# each architecture's own grid axis (alpha, sigma_u2, update_bias, forget_bias)
+AXES = {arch: list(axes)[-1] for arch, axes in config_mod.EXTRA_AXES.items() if axes}
 AXIS_VALUES = {"alpha": [0.5, 1.0], "sigma_u2": [0.5, 1.0], "update_bias": [0.0, 1.0],
                "forget_bias": [0.0, 1.0]}  # fmt: skip
 SIGMA_W2 = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
@@ -61,15 +64,6 @@ def make_config(arch, width, depth, mode):
             'measure.precision="float32"',
         ]
     )
-
-
-def best(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def time_vxsim(arch, width, depth, mode, repeat):

@@ -336,8 +336,12 @@ def architectures_section(sizes, clock):
     from vxsim.engines import cuda_gpu
 
     W, L = sizes["arch_width"], sizes["arch_depth"]
-    axes = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
-    for arch, axis in axes.items():
+    from vxsim.config import EXTRA_AXES
+
+    for arch, extra in EXTRA_AXES.items():
+        if not extra:
+            continue  # the MLP: sections above
+        axis = list(extra)[-1]  # the architecture's own axis
         overrides = [
             f'network.architecture="{arch}"', f"network.width=[{W}]",
             'network.activation=["tanh", "relu"]', "grid.sigma_w2=[0.5, 1.0, 2.0, 4.0]",

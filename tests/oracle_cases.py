@@ -29,6 +29,8 @@ TOL = {
     "float32": {"log_q": 2e-4, "corr": 1e-4, "log_tangent_norm": 2e-3, "log_grad_norm": 2e-3},
 }
 SIGMA_W2 = {"float64": "[0.5, 1.0, 2.0, 3.0, 4.0]", "float32": "[0.5, 1.0, 1.5, 2.0]"}
+# The architectures beside the MLP, each with its own grid axis (its last one).
+ARCH_AXES = {arch: list(axes)[-1] for arch, axes in config.EXTRA_AXES.items() if axes}
 
 
 def make_config(*extra, width=16, depth=20, precision="float32", mode="both", sw2=None, acts=ACTS):

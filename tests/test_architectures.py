@@ -11,6 +11,7 @@ which moves the last few digits of values of order 1-100.
 import numpy as np
 import pytest
 from conftest import small_config
+from oracle_cases import ARCH_AXES
 
 from vxsim import rng
 from vxsim.analysis import growth
@@ -175,41 +176,29 @@ def test_parallel_normals_are_bit_identical():
             np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize(
-    "arch,axis",
-    [("residual", "alpha"), ("rnn", "sigma_u2"), ("gru", "update_bias"), ("lstm", "forget_bias")],
-)
-def test_numba_backend_matches_oracle(arch, axis):
-    config = small_config(
-        network__architecture=arch,
-        network__width=[24],
-        network__depth=40,
-        network__activation=["tanh", "relu"],
-        measure__mode="both",
-        measure__precision="float64",
-        **{f"grid__{axis}": [0.3, 1.0]},
-        **GRID,
-    )
-    a, b = numba_cpu.run_unit(config, 24, 3), numpy_ref.run_unit(config, 24, 3)
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-10, err_msg=key)
-
-
-ARCH_AXES = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
-
-
-def _vjp_config(arch, **keys):
+def arch_config(arch, width=16, depth=30, **keys):
+    """tanh and relu, GRID, two values of the architecture's axis, float64, JVP and VJP."""
     return small_config(
         network__architecture=arch,
-        network__width=[16],
-        network__depth=30,
+        network__width=[width],
+        network__depth=depth,
         network__activation=["tanh", "relu"],
         measure__mode="both",
         measure__precision="float64",
-        **{f"grid__{ARCH_AXES[arch]}": [0.5, 1.0]},
+        **{f"grid__{ARCH_AXES[arch]}": [0.3, 1.0]},
         **GRID,
         **keys,
     )
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_AXES))
+def test_numba_backend_matches_oracle(arch):
+    """Numba keeps every layer within its store budget, the oracle recomputes from
+    checkpoints: the same numbers to rounding."""
+    config = arch_config(arch, width=24, depth=40)
+    a, b = numba_cpu.run_unit(config, 24, 3), numpy_ref.run_unit(config, 24, 3)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-10, err_msg=key)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCH_AXES))
@@ -217,7 +206,7 @@ def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch, monkeypatc
     """Within the store budget the VJP keeps trajectory 1's state at every layer (and
     the residual net's every Z^l) and recomputes nothing; beyond it, checkpoints.
     Both give the same numbers, and the kept weights are drawn once per layer."""
-    config = _vjp_config(arch)
+    config = arch_config(arch)
     drawn = []
 
     def counting(*args):
@@ -260,7 +249,7 @@ def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch, monkeypatc
         for key, value in results["checkpoints"].items():
             np.testing.assert_allclose(results[name][key], value, rtol=1e-12, atol=1e-12)
     # an explicit engine.checkpoint is obeyed whatever the budget
-    spaced = _vjp_config(arch, engine__checkpoint=4)
+    spaced = arch_config(arch, engine__checkpoint=4)
     unit = generic.Unit(spaced, 16, 2, generic.HostArrays(None, lambda: 2**40))
     assert generic.vjp_plan(unit, generic.model_of(spaced)) == (4, False, False)
 

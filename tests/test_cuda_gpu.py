@@ -26,7 +26,7 @@ try:
 except ImportError:  # scripts/gpu_check.py runs these functions without pytest
     pytest = None
 
-from oracle_cases import ACTS, TOL, assert_same, case_config, make_config
+from oracle_cases import ACTS, ARCH_AXES, TOL, assert_same, case_config, make_config
 from oracle_cases import CASES as BASE_CASES
 
 from vxsim import activations, config, rng
@@ -178,8 +178,6 @@ def test_depth_2000_finite_and_deep_fused():
 
 
 # ---------------------------------------------------------------- the other architectures
-
-ARCH_AXES = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
 
 
 def test_architectures_match_oracle():

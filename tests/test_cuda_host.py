@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 import pytest
-from oracle_cases import CASES, TOL, assert_same, case_config, make_config
+from oracle_cases import ARCH_AXES, CASES, TOL, assert_same, case_config, make_config
 
 from vxsim import activations, config, engines, rng
 from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref, strict_arrays
@@ -333,8 +333,6 @@ def test_matches_oracle_with_threads(threads):
 
 
 # ---------------------------------------------------------------- the other architectures
-
-ARCH_AXES = {"residual": "alpha", "rnn": "sigma_u2", "gru": "update_bias", "lstm": "forget_bias"}
 
 
 def _arch_config(arch, precision, mode, depth=14, checkpoint=4):
