@@ -77,6 +77,7 @@ class Unit:
         self.x1, self.x2, self.v0 = map(self.asarray, base.inputs(config, width, sample))
         self.limit = base.divergence_limit(self.dtype)
         self._tied = {}
+        self.step_gates = None  # (t, state, values) of the last step (models.gates.remember)
         self.step_store = None  # {t: values} a model keeps per step while the VJP keeps all
 
     def asarray(self, x):

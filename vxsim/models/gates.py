@@ -111,7 +111,7 @@ def remember(unit, t, prev, values):
 
 def recall(unit, t, prev):
     """Trajectory 1's gate values of step t from ``prev``, if kept (see ``remember``), else None."""
-    kept = getattr(unit, "step_gates", None)
+    kept = unit.step_gates
     if kept is not None and kept[0] == t and kept[1] is prev:
         return {name: value[:, : unit.P] for name, value in kept[2].items()}
     if unit.step_store:
