@@ -400,6 +400,24 @@ def test_architecture_vjp_that_keeps_every_layer_on_the_device(host, arch, monke
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=key)
 
 
+def test_tf32_architectures_take_the_float32_path(host, monkeypatch):
+    """measure.precision = "tf32" on the generic path: float32 arrays with the GEMMs
+    switched by the backend (the host stand-in has no TF32, so float32's numbers)."""
+    asked = []
+    real = host["float32"].gemm_precision
+    monkeypatch.setattr(
+        host["float32"], "gemm_precision", lambda tf32: asked.append(tf32) or real(tf32)
+    )
+    cfg = make_config('network.architecture="gru"', 'measure.precision="tf32"',
+                      'engine.backend="cuda"', width=12, depth=10)  # fmt: skip
+    ref = make_config('network.architecture="gru"', width=12, depth=10, precision="float32")
+    got = cuda_gpu.run_unit(cfg, 12, 0, backend=host["float32"])
+    want = numpy_ref.run_unit(ref, 12, 0)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert asked == [True]
+
+
 def test_a_host_array_in_the_device_computation_is_caught(host, monkeypatch):
     """The strict stand-in can fail: a unit that left its inputs on the host (as if
     DeviceArrays.asarray had been forgotten) is refused, naming the host array."""
