@@ -50,7 +50,7 @@ import numpy as np
 
 from .. import rng
 from ..errors import VxsimError
-from . import base, cuda_sources
+from . import base, cuda_sources, layout
 
 NAME = "cuda"
 
@@ -229,7 +229,7 @@ def estimate_device_bytes(config, width, path):
         every = config.checkpoint_every
         total += max(1, (config.depth - 1) // every) * P * (width * item + 8)  # checkpoints
         total += every * P * width * item + 2 * P * width * item  # D, G, U
-    total += 4 * P * config.layers.size * 8 + P * (8 * cuda_sources.N_F + 4 * cuda_sources.N_I)
+    total += 4 * P * config.layers.size * 8 + P * (8 * layout.N_F + 4 * layout.N_I)
     total += 4 * width * item + 4 * (config.depth + 1)  # inputs, output direction, record index
     return int(total)
 
@@ -290,14 +290,14 @@ class _Unit:
         self.tf32 = config.precision == "tf32"
         check_unit(config, width, self.path, getattr(be, "free_bytes", None))
         # Per-point tables.
-        pf = np.zeros((cuda_sources.N_F, P))
-        pf[cuda_sources.F_SCALE] = np.sqrt(grid.sigma_w2 / N).astype(dt).astype(np.float64)
-        pf[cuda_sources.F_BAMP] = np.sqrt(grid.sigma_b2)
-        pi = np.zeros((cuda_sources.N_I, P), dtype=np.int32)
+        pf = np.zeros((layout.N_F, P))
+        pf[layout.F_SCALE] = np.sqrt(grid.sigma_w2 / N).astype(dt).astype(np.float64)
+        pf[layout.F_BAMP] = np.sqrt(grid.sigma_b2)
+        pi = np.zeros((layout.N_I, P), dtype=np.int32)
         for act, param, cols in grid.groups:
-            pf[cuda_sources.F_PARAM, cols] = dt.type(param)
-            pi[cuda_sources.I_CODE, cols] = cuda_sources.activation_code(act.name)
-            pi[cuda_sources.I_HOMOG, cols] = int(act.homogeneous)
+            pf[layout.F_PARAM, cols] = dt.type(param)
+            pi[layout.I_CODE, cols] = cuda_sources.activation_code(act.name)
+            pi[layout.I_HOMOG, cols] = int(act.homogeneous)
         self.pf = xp.asarray(pf)
         self.pi = xp.asarray(pi)
         self.R = config.layers.size
@@ -375,7 +375,7 @@ class _Unit:
         A[P : 2 * P] = self.x2
         if self.jvp:
             A[2 * P :] = self.v0
-        kind = cuda_sources.KIND_JVP if self.jvp else cuda_sources.KIND_FWD
+        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
         if self.path == "fused":
             self._fused_forward(kind)
             return
@@ -409,7 +409,7 @@ class _Unit:
             )
 
     def _fused_forward(self, kind):
-        vectors = 6 if kind == cuda_sources.KIND_JVP else 4
+        vectors = 6 if kind == layout.KIND_JVP else 4
         smem = fused_smem(self.N, self.dt.itemsize, vectors)
         for layer0 in range(1, self.L + 1, self.chunk):
             nl = min(self.chunk, self.L - layer0 + 1)
@@ -539,14 +539,14 @@ class _Unit:
         res = self.be.to_host(self.res)
         pi = self.be.to_host(self.pi)
         out = {
-            "log_q": res[cuda_sources.R_LOGQ],
-            "corr": res[cuda_sources.R_CORR],
-            "diverged": pi[cuda_sources.I_DIVERGED].astype(np.int32),
+            "log_q": res[layout.R_LOGQ],
+            "corr": res[layout.R_CORR],
+            "diverged": pi[layout.I_DIVERGED].astype(np.int32),
         }
         if self.jvp:
-            out["log_tangent_norm"] = res[cuda_sources.R_TAN]
+            out["log_tangent_norm"] = res[layout.R_TAN]
         if self.vjp:
-            out["log_grad_norm"] = res[cuda_sources.R_GRAD]
+            out["log_grad_norm"] = res[layout.R_GRAD]
         return base.shape_results(self.config, out)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import activations, rng
+from . import layout
 
 # The translation units, in program order; each includes the headers it needs.
 UNITS = ("generate.cu", "epilogue.cu", "fused.cu", "probe.cu")
@@ -42,35 +43,11 @@ GENERATED = "vx_generated.cuh"
 # the matrix-vector products are unaffected).
 NVRTC_OPTIONS = ("--fmad=false",)
 
-# Rows of the per-point float64 table ``pf`` (N_F, P).
-F_SCALE = 0  # sqrt(sigma_w2 / N), as rounded to the run's dtype
-F_BAMP = 1  # sqrt(sigma_b2)
-F_PARAM = 2  # activation parameter, as rounded to the run's dtype
-F_LS1 = 3  # log-scale of h1 (homogeneous activations), forward pass
-F_LS2 = 4  # log-scale of h2
-F_ACC = 5  # accumulated log |t|^2 (JVP)
-F_LSR = 6  # log-scale of h1 while a VJP segment is recomputed
-F_GACC = 7  # accumulated log |g|^2 (VJP)
-N_F = 8
-# Rows of the per-point int32 table ``pi`` (N_I, P).
-I_CODE = 0  # activation code
-I_HOMOG = 1  # 1 if the activation is positively homogeneous
-I_DEAD = 2  # 1 once the forward pass declared the point diverged
-I_DIVERGED = 3  # layer at which it diverged (0: never)
-I_COLLAPSED = 4  # 1 once its backpropagated gradient collapsed (VJP)
-N_I = 5
-# Planes of the result array ``res`` (4, P, R), float64.
-R_LOGQ = 0
-R_CORR = 1
-R_TAN = 2
-R_GRAD = 3
-# What a forward epilogue writes for the next layer.
-KIND_FWD = 0  # phi(h1), phi(h2)
-KIND_JVP = 1  # phi(h1), phi(h2), phi'(h1) * t
-
+# The per-point tables' rows (pf, pi, res) and the epilogue kinds, shared with
+# the Numba kernels; the CUDA program gets them as #define VX_<NAME> lines.
 _TABLES = {
     name: value
-    for name, value in globals().items()
+    for name, value in vars(layout).items()
     if re.fullmatch(r"(F|I|R|KIND)_[A-Z0-9]+|N_[FI]", name)
 }
 

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import activations, rng
-from . import base, gemm
+from . import base, gemm, layout
 
 NAME = "numba"
 
@@ -122,7 +122,7 @@ def cache_dir():
 
 
 def _source_files():
-    return [_TEMPLATE, Path(rng.__file__), Path(activations.__file__)]
+    return [_TEMPLATE, Path(rng.__file__), Path(activations.__file__), Path(layout.__file__)]
 
 
 def generate_source(names):

@@ -51,6 +51,28 @@ from numba.extending import intrinsic
 
 from vxsim import rng
 from vxsim.activations import REGISTRY as _REGISTRY
+from vxsim.engines import layout
+from vxsim.engines.layout import (  # noqa: F401  (numba_cpu reads them from here)
+    F_ACC,
+    F_BAMP,
+    F_GACC,
+    F_LS1,
+    F_LS2,
+    F_LSR,
+    F_PARAM,
+    F_SCALE,
+    I_CODE,
+    I_COLLAPSED,
+    I_DEAD,
+    I_DIVERGED,
+    I_HOMOG,
+    N_F,
+    N_I,
+    R_CORR,
+    R_GRAD,
+    R_LOGQ,
+    R_TAN,
+)
 
 # Options. error_model="numpy": no ZeroDivisionError checks (they block
 # vectorisation; a zero or non-finite norm is handled explicitly instead).
@@ -61,33 +83,13 @@ _OPT = dict(cache=True, error_model="numpy", nogil=True)
 _RED = dict(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "contract"})
 _PAR = dict(cache=True, error_model="numpy", parallel=True)
 
-# Rows of the per-point float64 table ``pf``.
-F_SCALE = 0  # sqrt(sigma_w2 / N), as rounded to the run's dtype
-F_BAMP = 1  # sqrt(sigma_b2)
-F_PARAM = 2  # activation parameter
-F_LS1 = 3  # log-scale of h1 (homogeneous activations), forward pass
-F_LS2 = 4  # log-scale of h2
-F_ACC = 5  # accumulated log |t|^2 (JVP)
-F_LSR = 6  # log-scale of h1 while a VJP segment is recomputed
-F_GACC = 7  # accumulated log |g|^2 (VJP)
-N_F = 8
-# Rows of the per-point int64 table ``pi``.
-I_CODE = 0  # activation code (position in the generated module's activation list)
-I_HOMOG = 1  # 1 if the activation is positively homogeneous
-I_DEAD = 2  # 1 once the forward pass declared the point diverged
-I_DIVERGED = 3  # layer at which it diverged (0: never), as the oracle reports it
-I_COLLAPSED = 4  # 1 once its backpropagated gradient collapsed (VJP)
-N_I = 5
-# Planes of the result array ``res`` (4, P, R).
-R_LOGQ = 0
-R_CORR = 1
-R_TAN = 2
-R_GRAD = 3
+# The per-point tables' rows (pf float64, pi int64, res) are ``layout``'s,
+# shared with the CUDA kernels.
 # What a forward epilogue writes for the next GEMM.
 # (NumPy scalars, so that Numba types them int64, not as literals that would
 # each compile their own specialisation of the callee.)
-KIND_FWD = np.int64(0)  # phi(h1), phi(h2)
-KIND_JVP = np.int64(1)  # phi(h1), phi(h2), phi'(h1) * t
+KIND_FWD = np.int64(layout.KIND_FWD)  # phi(h1), phi(h2)
+KIND_JVP = np.int64(layout.KIND_JVP)  # phi(h1), phi(h2), phi'(h1) * t
 KIND_REC = np.int64(2)  # phi(h1) and phi'(h1) (VJP recomputation; h2 and t unused)
 KIND_FWD_KEEP = np.int64(3)  # as KIND_FWD, and phi'(h1) kept for VJP (no recomputation)
 KIND_JVP_KEEP = np.int64(4)  # as KIND_JVP, and phi'(h1) kept for VJP
