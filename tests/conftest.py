@@ -34,6 +34,17 @@ def _toml(value):
     return repr(value)
 
 
+def materialised_layers(config, width, sample, sigma_w2, sigma_b2):
+    """W^l = sqrt(sigma_w2/N) Z^l and b^l = sqrt(sigma_b2) xi^l for l = 1..L, float64."""
+    L = config.depth
+    Ws = [
+        np.sqrt(sigma_w2 / width) * base.weights(config, width, sample, l, np.float64)
+        for l in range(1, L + 1)
+    ]
+    bs = [np.sqrt(sigma_b2) * base.bias(config, width, sample, l) for l in range(1, L + 1)]
+    return Ws, bs
+
+
 def reference_network(config, width, sample, act, param, sigma_w2, sigma_b2):
     """One network at a time with materialised W^l and b^l, float64, no renormalisation.
 
@@ -42,11 +53,7 @@ def reference_network(config, width, sample, act, param, sigma_w2, sigma_b2):
     """
     L = config.depth
     x1, x2, v0 = base.inputs(config, width, sample)
-    Ws = [
-        np.sqrt(sigma_w2 / width) * base.weights(config, width, sample, l, np.float64)
-        for l in range(1, L + 1)
-    ]
-    bs = [np.sqrt(sigma_b2) * base.bias(config, width, sample, l) for l in range(1, L + 1)]
+    Ws, bs = materialised_layers(config, width, sample, sigma_w2, sigma_b2)
     h1s, h2s = [], []
     a1, a2, t = x1, x2, v0
     log_t = []
@@ -82,8 +89,18 @@ def tmp_out(tmp_path):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
 # Six units of about half a second each on the numpy engine (2-core CPU): a sweep
 # slow enough to be killed or read while it runs.
+@pytest.fixture(scope="session")
+def slow_reference(tmp_path_factory):
+    """The SLOW_KEYS sweep run once, uninterrupted, in a process of its own."""
+    path = str(tmp_path_factory.mktemp("ref") / "ref.h5")
+    p = spawn_cli("sweep", "-o", path, *SLOW_KEYS)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    return path
+
+
 SLOW_KEYS = [
     "--set",
     "network.width=64",

@@ -10,7 +10,7 @@ which moves the last few digits of values of order 1-100.
 
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import materialised_layers, small_config
 from oracle_cases import ARCH_AXES
 
 from vxsim import rng
@@ -36,11 +36,7 @@ def residual_reference(config, width, sample, act, param, sw2, sb2, alpha):
     """h^l = h^{l-1} + alpha (W^l phi(h^{l-1}) + b^l), one network, float64."""
     L = config.depth
     x1, x2, v0 = base.inputs(config, width, sample)
-    Ws = [
-        np.sqrt(sw2 / width) * base.weights(config, width, sample, l, np.float64)
-        for l in range(1, L + 1)
-    ]
-    bs = [np.sqrt(sb2) * base.bias(config, width, sample, l) for l in range(1, L + 1)]
+    Ws, bs = materialised_layers(config, width, sample, sw2, sb2)
     h1, h2, t = x1, x2, v0
     h1s, h2s, log_t = [x1], [x2], []
     for l in range(L):

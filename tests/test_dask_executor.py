@@ -117,14 +117,6 @@ def _group_members(pgid):
     return members
 
 
-@pytest.fixture(scope="module")
-def slow_reference(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("ref") / "ref.h5")
-    p = spawn_cli("sweep", "-o", path, *SLOW_KEYS)
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-    return path
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process groups in /proc")
 def test_a_killed_dask_sweep_resumes_to_the_single_run(tmp_path, slow_reference):
     """SIGKILL the sweep's process mid-run: its workers go too, and --resume finishes the file."""

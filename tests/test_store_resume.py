@@ -33,14 +33,6 @@ def _assert_same_file(a, b):
         np.testing.assert_array_equal(da[name], db[name], err_msg=name)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    ref = str(tmp_path_factory.mktemp("ref") / "ref.h5")
-    p = spawn_cli("sweep", "-o", ref, *SLOW_KEYS)
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-    return ref
-
-
 def _wait_for(predicate, timeout=120):
     start = time.time()
     while not predicate() and time.time() - start < timeout:
@@ -50,7 +42,7 @@ def _wait_for(predicate, timeout=120):
 @pytest.mark.parametrize(
     "kill_when", ["file_created", "after_first_unit", "inside_fourth_unit", "writing_third_unit"]
 )
-def test_sigkill_and_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_when):
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path, slow_reference, kill_when):
     """Killed at several moments (before any unit, between units, inside one), then resumed."""
     out = str(tmp_path / "killed.h5")
     p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
@@ -70,7 +62,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_w
 
     p = spawn_cli("sweep", "-o", out, "--resume", *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
-    _assert_same_file(uninterrupted, out)
+    _assert_same_file(slow_reference, out)
 
 
 def test_resume_computes_no_finished_unit_twice(tmp_out, monkeypatch):
@@ -210,7 +202,7 @@ def _finished_units(f):
     return out
 
 
-def test_a_reader_during_a_running_sweep_sees_a_consistent_prefix(tmp_path, uninterrupted):
+def test_a_reader_during_a_running_sweep_sees_a_consistent_prefix(tmp_path, slow_reference):
     """Poll a running sweep (SWMR): finished units only grow, and each is already final."""
     out = str(tmp_path / "watched.h5")
     p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
@@ -224,7 +216,7 @@ def test_a_reader_during_a_running_sweep_sees_a_consistent_prefix(tmp_path, unin
             seen.append((f.attrs["status"], _finished_units(f)))
         time.sleep(0.02)
     assert p.returncode == 0, p.stderr.read()
-    _assert_same_file(uninterrupted, out)  # the reads did not disturb the writer
+    _assert_same_file(slow_reference, out)  # the reads did not disturb the writer
 
     with h5py.File(out, "r") as f:
         final = _finished_units(f)
@@ -240,7 +232,7 @@ def test_a_reader_during_a_running_sweep_sees_a_consistent_prefix(tmp_path, unin
                 np.testing.assert_array_equal(values, final[unit][name], err_msg=f"{unit} {name}")
 
 
-def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, uninterrupted):
+def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, slow_reference):
     """SIGKILL leaves the superblock marked open for SWMR writing; resume clears it and finishes."""
     out = str(tmp_path / "marked.h5")
     p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
@@ -255,7 +247,7 @@ def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, uninterrupted
 
     p = spawn_cli("sweep", "-o", out, "--resume", *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
-    _assert_same_file(uninterrupted, out)
+    _assert_same_file(slow_reference, out)
 
 
 def test_lookup3_known_answers():
