@@ -132,9 +132,14 @@ def run_cli(*args, cwd=None):
 
 
 def spawn_cli(*args, prelude="", extra_env=None, **kw):
-    """``vxsim ARGS`` started in a new process (after the Python statements in ``prelude``)."""
+    """``vxsim ARGS`` started in a new process (after the Python statements in ``prelude``);
+    ``extra_env`` sets variables, or removes those it maps to None."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(extra_env or {})
+    for name, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     code = f"{prelude}\nfrom vxsim.cli import main\nmain(prog_name='vxsim')"
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],

@@ -144,8 +144,8 @@ def test_vjp_plan_within_budget_and_checkpointed_at_depth_10000():
 
 
 def test_gemm_rows_split_over_threads_change_nothing(monkeypatch):
-    """The GEMM path splits each GEMM's rows over the lanes (OpenBLAS on one
-    thread) when every block gets enough rows: the same bits as one GEMM."""
+    """The GEMM path splits each GEMM's rows over the lanes (BLAS on one thread)
+    at verified cuts: the same bits as one single-threaded GEMM."""
     cfg = make_config(
         "grid.sigma_w2=[0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0]",
         'engine.path="gemm"',
@@ -156,10 +156,13 @@ def test_gemm_rows_split_over_threads_change_nothing(monkeypatch):
     unit = numba_cpu._Unit(cfg, 128, 0)
     if unit.lanes < 2:
         pytest.skip("Numba runs one thread here: the GEMMs are never split")
-    assert unit.split and unit.P == 80
+    assert unit.P == 80
+    with numba_cpu.gemm.one_blas_thread():
+        assert len(numba_cpu.gemm.cuts(unit.A, unit.Zs[0, 0].T, unit.lanes)) > 2
     split = numba_cpu.run_unit(cfg, 128, 0)
     monkeypatch.setattr(numba_cpu.gemm, "MIN_ROWS", 10**9)
-    assert not numba_cpu._Unit(cfg, 128, 0).split
+    with numba_cpu.gemm.one_blas_thread():
+        assert numba_cpu.gemm.cuts(unit.A, unit.Zs[0, 0].T, unit.lanes) == (0, 240)
     whole = numba_cpu.run_unit(cfg, 128, 0)
     for key, value in whole.items():
         np.testing.assert_array_equal(split[key], value, err_msg=key)

@@ -47,10 +47,12 @@ def serial(engine, config, units):
 
 
 def run_unit(engine_name, config, unit):
-    """One work unit where a Dask worker runs it; the engine is looked up there by name."""
+    """One work unit where a Dask worker runs it; the engine is looked up there by
+    name. Returns what decides the worker's last bits too (``engines.numerics``)."""
     from . import engines
 
-    return unit, engines.get(engine_name).run_unit(config, unit[1], unit[2])
+    engine = engines.get(engine_name)
+    return unit, engine.run_unit(config, unit[1], unit[2]), engines.numerics(engine)
 
 
 def _import_distributed():
@@ -79,11 +81,20 @@ def _dask(scheduler):
         if client is None:
             cluster = local_cluster(engine.NAME)
             client = distributed.Client(cluster)
+        from . import engines
+
+        here = engines.numerics(engine)
         futures = [client.submit(run_unit, engine.NAME, config, u, pure=False) for u in units]
         results = distributed.as_completed(futures, with_results=True)
         del futures  # each result is dropped from the cluster once it is yielded
         try:
-            for _, (unit, arrays) in results:
+            for _, (unit, arrays, numerics) in results:
+                if numerics != here:
+                    raise VxsimError(
+                        f"a Dask worker computed with {numerics}, this process with {here}: "
+                        "their numbers would differ in the last bits; use workers on machines "
+                        "like this one (finished units are kept: --resume continues)"
+                    )
                 yield unit, arrays
         except distributed.KilledWorker as err:
             raise VxsimError(

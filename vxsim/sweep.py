@@ -87,7 +87,7 @@ def prepare(config, output, backend=None, resume=False, overwrite=False, shard=N
             f"{output} exists; pass --resume to continue it or --overwrite to replace it"
         )
     if resume and exists:
-        hdf5.check_resumable(output, config)
+        hdf5.check_resumable(output, config, engines.numerics(engine))
         shardfile.check_resumable(output, shard)
     else:
         if exists:
@@ -95,7 +95,14 @@ def prepare(config, output, backend=None, resume=False, overwrite=False, shard=N
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
             raise VxsimError(f"output directory {parent} does not exist")
-        hdf5.create(output, config, engine.NAME, device_name(engine.NAME), extra=extra)
+        hdf5.create(
+            output,
+            config,
+            engine.NAME,
+            device_name(engine.NAME),
+            extra=extra,
+            numerics=engines.numerics(engine),
+        )
     return config, engine
 
 

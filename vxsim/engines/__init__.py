@@ -43,6 +43,12 @@ def get(name, architecture=None):
     return module
 
 
+def numerics(module):
+    """What decides the last bits of an engine's numbers here: its name and its
+    GEMMs' library, version and kernel (files record it; resume and merge compare)."""
+    return f"{module.NAME} ({module.numerics()})"
+
+
 def runs(module, architecture):
     """Whether an engine module runs ``architecture``."""
     return architecture in getattr(module, "ARCHITECTURES", (architecture,))

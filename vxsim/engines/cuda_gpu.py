@@ -50,7 +50,7 @@ import numpy as np
 
 from .. import rng
 from ..errors import VxsimError
-from . import base, cuda_sources, layout
+from . import base, cuda_sources, gemm, layout
 
 NAME = "cuda"
 
@@ -95,6 +95,16 @@ def unavailable_reason():
     except Exception as err:
         return f"CUDA is not usable ({type(err).__name__}: {err})"
     return None
+
+
+def numerics():
+    """What decides the bits: the device and CuPy's cuBLAS (the fused kernels are exact)."""
+    try:
+        cupy = _import_cupy()
+        blas = cupy.cuda.cublas.getVersion(cupy.cuda.device.get_cublas_handle())
+        return f"{device_name()}, cupy {cupy.__version__}, cuBLAS {blas}"
+    except Exception:
+        return "cuda (no GPU visible)"
 
 
 def available():
@@ -600,6 +610,7 @@ def weights(config, width, sample, layer, backend=None):
     return unit.be.to_host(unit.Zbuf), unit.be.to_host(unit.xibuf)[0]
 
 
+@gemm.deterministic
 def run_unit(config, width, sample, path=None, backend=None):
     """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
 

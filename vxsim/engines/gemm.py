@@ -1,116 +1,109 @@
-"""GEMMs split by rows over threads of our own, with OpenBLAS on one thread.
+"""Every CPU GEMM single-threaded in BLAS, split by rows over threads of our own.
 
-OpenBLAS's thread server (the pthreads build in NumPy's wheels) makes the
-calling thread wait for its workers by spinning on ``sched_yield``. Where
-every core is busy with other processes, a yielding thread hands its core to
-them for a whole time slice, so a GEMM is delayed by every slice its workers
-miss. Measured on 2 cores (AMD EPYC Zen 4, OpenBLAS 0.3.31) with one other
-process busy: (342, 1024) @ (1024, 1024) in float32 took 22-25 ms instead of
-4 ms on the quiet machine, where PyTorch (MKL, OpenMP) took 8 ms; splitting
-the rows into one block per core, each a single-threaded BLAS call on a
-thread that waits on a futex (a ``concurrent.futures`` worker), took 8-9 ms
-there and ~5 % more than OpenBLAS's own threads on the quiet machine.
+Why single-threaded. OpenBLAS's multithreaded GEMM cuts M and N at
+thread-count-dependent places that are not multiples of its micro-kernel's
+tile, and the rows of a partial tile are computed by another kernel with
+another summation order: on 2 cores (OpenBLAS 0.3.31, Haswell kernels) a
+684 x 1024 float32 GEMM with 2 threads differs from the 1-thread one in 3 %
+of its elements. So the numbers would depend on OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS (which Dask, Slurm and ``vxsim slurm --cpus-per-task`` set)
+and the core count. Inside ``one_blas_thread()`` (every engine's unit runs
+there: see ``deterministic``) every BLAS call runs on one thread, through
+threadpoolctl, and ``matmul(a, b, out, lanes)`` splits the rows of ``a`` over
+``lanes`` threads of a ``concurrent.futures`` pool (which also avoids
+OpenBLAS's workers spinning on ``sched_yield`` on a busy machine: measured
+22-25 ms against 8-9 ms for a 342 x 1024 GEMM with one other busy process).
 
-``one_blas_thread()`` switches the process's OpenBLAS (found among the loaded
-libraries, called through ctypes) to one thread while a block of work runs,
-and ``matmul_rows(a, b, out, lanes)`` then splits the rows of ``a`` (and
-``out``) into ``lanes`` blocks. Where no OpenBLAS is found (NumPy built on
-MKL or Accelerate, non-Linux systems) both do nothing special: np.matmul.
-Each block is computed exactly as the whole GEMM computes those rows (BLAS
-splits neither the sum over k nor, for aligned blocks, the row tiles), so
-results do not depend on the split; the tests check that bit for bit.
+Why the cuts are verified. A block of rows gives the whole GEMM's bits only
+when it starts at a multiple of the micro-kernel's M tile (24 rows for
+OpenBLAS's Haswell float32 kernel, 16 for others), which no BLAS reports. So
+the first time a shape is multiplied, ``cuts`` tries row alignments of
+increasing size on random operands of that exact shape and memory layout and
+keeps the first whose blocks reproduce the single GEMM bit for bit; where none
+does, that shape is not split. The tests check the split against one GEMM.
+
+What stays machine-dependent: which micro-kernel BLAS runs (the CPU, or
+OPENBLAS_CORETYPE, chooses it at start-up). ``signature()`` names it; files
+record it and resume and merge refuse to mix two (``store.hdf5``).
 """
 
 import contextlib
-import ctypes
-import os
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import threadpoolctl
 
-# Block boundaries are multiples of this many rows: OpenBLAS's float32 and
-# float64 micro-kernels on x86-64 tile M by 4, 8 or 16.
-ROW_ALIGN = 16
+# Row alignments tried, smallest first: multiples of every M tile of OpenBLAS's
+# x86-64 and Arm kernels (4, 8, 12, 16, 24, 32) among them.
+ALIGNMENTS = (16, 24, 48, 96, 192)
 # Below this many rows per block, one BLAS call.
 MIN_ROWS = 32
 
-_SYMBOLS = (
-    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-)
-
 _lock = threading.Lock()
-_controls = None  # [(set, get)] of every loaded OpenBLAS, found once
 _users = 0  # nesting depth of one_blas_thread() over all threads
-_saved = []  # thread counts to restore when the last user leaves
+_limits = None  # threadpoolctl's limiter while _users > 0
 _pool = None
 _pool_size = 0
+# threadpoolctl lets only the thread that first limited OpenBLAS's shared pool
+# change it again, so one thread of our own sets and restores the limits for
+# every user: overlapping users in other threads (a multithreaded Dask worker)
+# then still restore the counts when the last one leaves.
+_controller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vxsim-blas-limits")
 
 
-def _loaded_libraries():
-    """Paths of the shared libraries mapped into this process (Linux)."""
-    try:
-        with open(f"/proc/{os.getpid()}/maps") as fh:
-            return sorted({line.split()[-1] for line in fh if ".so" in line and "/" in line})
-    except OSError:
-        return []
-
-
-def openblas_controls():
-    """(set_num_threads, get_num_threads) of each OpenBLAS loaded in this process."""
-    global _controls
-    with _lock:
-        if _controls is None:
-            found = []
-            for path in _loaded_libraries():
-                if "openblas" not in os.path.basename(path).lower():
-                    continue
-                try:
-                    lib = ctypes.CDLL(path)
-                except OSError:
-                    continue
-                for set_name, get_name in _SYMBOLS:
-                    setter = getattr(lib, set_name, None)
-                    getter = getattr(lib, get_name, None)
-                    if setter is not None and getter is not None:
-                        setter.argtypes, setter.restype = [ctypes.c_int], None
-                        getter.argtypes, getter.restype = [], ctypes.c_int
-                        found.append((setter, getter))
-                        break
-            _controls = found
-        return _controls
+def _limit():
+    return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
 @contextlib.contextmanager
 def one_blas_thread():
-    """OpenBLAS on one thread inside the block (process-wide: OpenBLAS has no
-    per-thread setting), its thread counts restored when the last of any
+    """Every BLAS on one thread inside the block (process-wide: BLAS has no
+    per-thread setting); the thread counts are restored when the last of any
     nested or concurrent users leaves."""
-    global _users, _saved
-    controls = openblas_controls()
+    global _users, _limits
     with _lock:
         if _users == 0:
-            _saved = [get() for _, get in controls]
-            for setter, _ in controls:
-                setter(1)
+            _limits = _controller.submit(_limit).result()
         _users += 1
     try:
-        yield bool(controls)
+        yield
     finally:
         with _lock:
             _users -= 1
             if _users == 0:
-                for (setter, _), count in zip(controls, _saved, strict=True):
-                    setter(count)
-                _saved = []
+                _controller.submit(_limits.restore_original_limits).result()
+                _limits = None
 
 
-def splitting():
-    """True while matmul_rows splits GEMMs (inside one_blas_thread, OpenBLAS found)."""
-    return _users > 0 and bool(_controls)
+def deterministic(run_unit):
+    """Decorator for an engine's ``run_unit``: the whole unit with BLAS on one thread."""
+
+    @functools.wraps(run_unit)
+    def wrapped(*args, **kwargs):
+        with one_blas_thread():
+            return run_unit(*args, **kwargs)
+
+    return wrapped
+
+
+def single_threaded():
+    """True inside one_blas_thread()."""
+    return _users > 0
+
+
+@functools.cache
+def signature():
+    """What decides the bits of a CPU GEMM here: each BLAS library, version and kernel."""
+    libs = threadpoolctl.threadpool_info()
+    names = sorted(
+        " ".join(str(lib.get(k) or "") for k in ("internal_api", "version", "architecture")).strip()
+        for lib in libs
+        if lib.get("user_api") == "blas"
+    )
+    names = sorted(set(names))
+    return "; ".join(names) or "numpy's own loops (no BLAS found)"
 
 
 def _workers(count):
@@ -123,21 +116,20 @@ def _workers(count):
         return _pool
 
 
-def row_blocks(rows, lanes):
+def row_blocks(rows, lanes, align):
     """Boundaries 0 = r_0 < r_1 < ... < r_k = rows of at most ``lanes`` blocks,
-    the inner ones multiples of ROW_ALIGN, none under MIN_ROWS rows (but one)."""
-    lanes = max(1, min(lanes, rows // MIN_ROWS))
+    the inner ones multiples of ``align``, none under MIN_ROWS rows (but one)."""
+    lanes = max(1, min(lanes, rows // max(MIN_ROWS, align)))
     cuts = {0, rows}
     for i in range(1, lanes):
-        cuts.add(min(rows, (rows * i // lanes + ROW_ALIGN // 2) // ROW_ALIGN * ROW_ALIGN))
+        cut = (rows * i // lanes + align // 2) // align * align
+        if 0 < cut < rows:
+            cuts.add(cut)
     return sorted(cuts)
 
 
-def matmul_rows(a, b, out, lanes):
-    """out = a @ b, the rows split over ``lanes`` threads while splitting(), else np.matmul."""
-    if lanes < 2 or not splitting():
-        return np.matmul(a, b, out=out)
-    cuts = row_blocks(a.shape[0], lanes)
+def _split(a, b, out, cuts):
+    """out[lo:hi] = a[lo:hi] @ b for each block, the first in this thread."""
     if len(cuts) <= 2:
         return np.matmul(a, b, out=out)
     pool = _workers(len(cuts) - 2)
@@ -149,3 +141,44 @@ def matmul_rows(a, b, out, lanes):
     for f in futures:
         f.result()
     return out
+
+
+@functools.cache
+def _verified(key, lanes):
+    """The row cuts for operands like ``key`` (shapes, dtypes, orders) on ``lanes``
+    threads that reproduce one GEMM bit for bit, or (0, rows): no split."""
+    (m, k), (_, n), dtype, a_order, b_order = key
+    rows = m
+    rng = np.random.default_rng(12345)
+    a = np.asarray(rng.standard_normal((m, k)), dtype=dtype, order=a_order)
+    b = np.asarray(rng.standard_normal((k, n)), dtype=dtype, order=b_order)
+    with one_blas_thread():
+        want = np.matmul(a, b)
+        for align in ALIGNMENTS:
+            cuts = row_blocks(rows, lanes, align)
+            if len(cuts) <= 2:
+                break
+            got = _split(a, b, np.empty_like(want), cuts)
+            if np.array_equal(got, want, equal_nan=True):
+                return tuple(cuts)
+    return (0, rows)
+
+
+def _order(x):
+    return "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+
+
+def cuts(a, b, lanes):
+    """Verified row cuts for ``a @ b`` on ``lanes`` threads (see the module docstring)."""
+    if lanes < 2 or a.shape[0] < 2 * MIN_ROWS:
+        return (0, a.shape[0])
+    key = (a.shape, b.shape, np.dtype(a.dtype).str, _order(a), _order(b))
+    return _verified(key, lanes)
+
+
+def matmul(a, b, out, lanes):
+    """out = a @ b; inside one_blas_thread() the rows are split over ``lanes``
+    threads at verified cuts (the bits of one single-threaded GEMM)."""
+    if lanes < 2 or not single_threaded():
+        return np.matmul(a, b, out=out)
+    return _split(a, b, out, cuts(a, b, lanes))

@@ -43,7 +43,6 @@ between runs (``$VXSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/vxsim``, else
 ``~/.cache/vxsim``).
 """
 
-import contextlib
 import hashlib
 import importlib.util
 import os
@@ -99,6 +98,11 @@ _DISPATCH_ARGS = "kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a"
 
 _lock = threading.Lock()
 _modules = {}
+
+
+def numerics():
+    """What decides the bits: the BLAS kernel (the fused kernels are IEEE-exact loops)."""
+    return gemm.signature()
 
 
 def available():
@@ -362,9 +366,6 @@ class _Unit:
         self.wbuf, self.obuf = _scratch(k, self.lanes)
         self.x1, self.x2, self.v0 = base.inputs(config, N, sample)
         rows = 3 if self.jvp else 2
-        # GEMM rows split over our threads (gemm.matmul_rows) when every block
-        # gets enough rows; else OpenBLAS's own threads.
-        self.split = self.path == "gemm" and self.lanes >= 2 and P >= gemm.MIN_ROWS * self.lanes
         self.A = np.zeros((rows * P, N), dtype=dt)
         self.H = np.zeros((rows * P, N), dtype=dt)
         # Weights: one buffer per lane on the fused path, one shared on the GEMM path;
@@ -432,11 +433,7 @@ class _Unit:
         )
 
     def _matmul(self, a, b, out):
-        gemm.matmul_rows(a, b, out, self.lanes)
-
-    def blas_threads(self):
-        """Context in which to run the passes: OpenBLAS on one thread when splitting."""
-        return gemm.one_blas_thread() if self.split else contextlib.nullcontext()
+        gemm.matmul(a, b, out, self.lanes)
 
     # -- forward
 
@@ -562,6 +559,7 @@ class _Unit:
         return base.shape_results(self.config, out)
 
 
+@gemm.deterministic
 def run_unit(config, width, sample, path=None):
     """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
 
@@ -575,8 +573,7 @@ def run_unit(config, width, sample, path=None):
         arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)
         return generic.run_unit(config, width, sample, arrays)
     unit = _Unit(config, width, sample, path=path)
-    with unit.blas_threads():
-        unit.forward()
-        if unit.vjp:
-            unit.backward()
+    unit.forward()
+    if unit.vjp:
+        unit.backward()
     return unit.results()

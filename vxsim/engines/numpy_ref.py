@@ -16,7 +16,7 @@ after a forward pass that keeps h only every k ~ sqrt(L) layers; each segment
 is recomputed from its checkpoint with weights regenerated from the counter.
 """
 
-from . import generic
+from . import gemm, generic
 
 NAME = "numpy"
 
@@ -25,6 +25,11 @@ def available():
     return True
 
 
+def numerics():
+    return gemm.signature()
+
+
+@gemm.deterministic
 def run_unit(config, width, sample):
     """Run one (width, sample) for every grid point; arrays shaped like base.result_shapes."""
     return generic.run_unit(config, width, sample)

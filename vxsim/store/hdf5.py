@@ -144,24 +144,26 @@ def _layout(f, config, compressed):
     return out
 
 
-def _write_attrs(f, config, backend, device, created=None):
+def _write_attrs(f, config, backend, device, created=None, numerics=""):
     f.attrs["vxsim_version"] = __version__
     f.attrs["config"] = config.canonical()
     f.attrs["config_text"] = json.dumps(config.raw, sort_keys=True, indent=1)
     f.attrs["backend"] = backend
     f.attrs["device"] = device
+    f.attrs["numerics"] = numerics
     f.attrs["seed"] = np.uint64(config.seed)
     f.attrs["created"] = created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     f.attrs["status"] = "running"
     f.attrs["Conventions"] = "CF-1.8"
 
 
-def create(path, config, backend, device, extra=None):
+def create(path, config, backend, device, extra=None, numerics=""):
     """A new results file with every variable allocated and marked incomplete.
 
     Built under a temporary name and renamed into place, so that a kill during
     creation leaves either no file or a whole one. ``extra``: more root
     variables and attributes, as for ``_write_extra`` (a shard's, say).
+    ``numerics``: what decides the last bits of the numbers (``engines.numerics``).
     """
     with _replacing(path, "creating") as tmp:
         try:
@@ -169,7 +171,7 @@ def create(path, config, backend, device, extra=None):
         except OSError as err:
             raise VxsimError(f"cannot create {path}: {_reason(err)}") from None
         with f:
-            _write_attrs(f, config, backend, device)
+            _write_attrs(f, config, backend, device, numerics=numerics)
             datasets = _layout(f, config, compressed=False)
             for ds in datasets.values():
                 ds[(0,) * ds.ndim] = ds.fillvalue  # allocate contiguous storage now
@@ -302,11 +304,13 @@ def _diff_keys(a, b, prefix="", labels=("file", "now")):
     return keys
 
 
-def check_resumable(path, config):
-    """Refuse to resume a file written for another config (say which keys differ)."""
+def check_resumable(path, config, numerics=None):
+    """Refuse to resume a file written for another config (say which keys differ),
+    or, given ``numerics``, by an engine whose numbers would differ in the last bits."""
     try:
         with open_reader(path) as f:
             stored = f.attrs["config"]
+            had = str(f.attrs.get("numerics", ""))
     except OSError as err:
         raise VxsimError(f"cannot resume {path}: {_reason(err)}") from None
     except KeyError:
@@ -314,6 +318,12 @@ def check_resumable(path, config):
     if stored != config.canonical():
         diffs = _diff_keys(json.loads(stored), json.loads(config.canonical()))
         raise VxsimError(f"cannot resume {path}: config differs in " + "; ".join(diffs))
+    if numerics is not None and had != numerics:
+        raise VxsimError(
+            f"cannot resume {path}: its units were computed by {had or 'an unknown engine'}, "
+            f"this process would use {numerics} and its numbers would differ in the last "
+            "bits; resume with the same backend on the same kind of machine, or --overwrite"
+        )
 
 
 class Writer:

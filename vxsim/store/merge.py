@@ -35,7 +35,13 @@ def merge(parts, output, overwrite=False):
     config = _config_of(infos[0])
     owner = _check_units(infos, config)
     with hdf5._replacing(output, "merging") as tmp:
-        hdf5.create(tmp, config, _joined(infos, "backend"), _joined(infos, "device"))
+        hdf5.create(
+            tmp,
+            config,
+            _joined(infos, "backend"),
+            _joined(infos, "device"),
+            numerics=str(infos[0]["attrs"].get("numerics", "")),
+        )
         with h5py.File(tmp, "r+") as dst:
             for key in ("vxsim_version", "config_text"):
                 dst.attrs[key] = infos[0]["attrs"][key]
@@ -104,6 +110,11 @@ def _check_same_sweep(infos):
                 json.loads(a["config"]), json.loads(b["config"]), labels=(ref, path)
             )
             problems.append(f"{path} has another config than {ref}: " + ", ".join(diffs))
+        if str(b.get("numerics", "")) != str(a.get("numerics", "")):
+            problems.append(
+                f"{path} was computed by {b.get('numerics') or 'an unknown engine'}, "
+                f"{ref} by {a.get('numerics') or 'an unknown engine'} (the last bits differ)"
+            )
         if b.get("vxsim_version") != a.get("vxsim_version"):
             problems.append(
                 f"{path} was written by vxsim {b.get('vxsim_version')}, "
