@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench_cpu import best  # noqa: E402  (this folder is on sys.path)
+from docs_block import recorded  # noqa: E402
 
 from vxsim import config as config_mod  # noqa: E402
 from vxsim.engines import numba_cpu  # noqa: E402
@@ -223,7 +224,15 @@ def main():
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--archs", default=",".join(AXES))
     parser.add_argument("--no-torch", action="store_true", help="vxsim only")
+    parser.add_argument(
+        "--docs", action="store_true", help="also write the output into docs/performance.md"
+    )
     args = parser.parse_args()
+    with recorded("bench_architectures", write=args.docs):
+        table(args)
+
+
+def table(args):
     widths = [int(w) for w in (args.widths or ("256" if args.quick else "256,512,1024")).split(",")]
     depth = args.depth or (40 if args.quick else 100)
     repeat = 1 if args.quick else 2

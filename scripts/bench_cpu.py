@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+from docs_block import recorded  # noqa: E402
 
 from vxsim import config as config_mod  # noqa: E402
 from vxsim.engines import gemm, numba_cpu, numpy_ref  # noqa: E402
@@ -134,7 +135,7 @@ def crossover(widths, depth, repeat):
 
 def time_matmul(width, columns, repeat):
     """Seconds of the faster of NumPy's matmul (OpenBLAS's threads) and the
-    engine's row-split GEMM (gemm.matmul_rows) for (C, N) @ (N, N)."""
+    engine's row-split GEMM (gemm.matmul, one BLAS thread) for (C, N) @ (N, N)."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((columns, width), dtype=np.float32)
     Z = rng.standard_normal((width, width), dtype=np.float32)
@@ -150,7 +151,7 @@ def time_matmul(width, columns, repeat):
     def run_split():
         with gemm.one_blas_thread():
             for _ in range(n):
-                gemm.matmul_rows(A, Z.T, H, lanes)
+                gemm.matmul(A, Z.T, H, lanes)
 
     return min(best(run, repeat), best(run_split, repeat)) / n
 
@@ -276,10 +277,18 @@ def main():
     parser.add_argument("--memory-depth", type=int, default=10_000)
     parser.add_argument("--memory-width", type=int, default=1024)
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--docs", action="store_true", help="also write the output into docs/performance.md"
+    )
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.memory_depth, args.memory_width)
         return
+    with recorded("bench_cpu", write=args.docs):
+        table(args)
+
+
+def table(args):
     repeat = args.repeat or (2 if args.quick else 3)
     widths = [int(w) for w in args.widths.split(",")]
     modes = args.modes.split(",")
