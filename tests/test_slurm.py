@@ -14,10 +14,12 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -219,6 +221,62 @@ def test_scripts_run_with_stand_ins_and_quote_paths(tmp_path):
     logs = [o for o in directives(job["array"]) if o.startswith("--output=")]
     pattern = logs[0][len("--output=") :]
     assert pattern == str(folder).replace("%", "%%") + "/logs/part-%a.out"
+
+
+def test_a_signalled_shard_stops_vxsim_and_requeues_itself(tmp_path):
+    """SIGTERM to the batch shell (Slurm's --signal=B:TERM ahead of the time limit) reaches
+    vxsim; vxsim's exit status 143 (stopped at a safe point) makes the task requeue itself.
+    A failing vxsim is not requeued: its status fails the task."""
+    record = tmp_path / "calls.jsonl"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    ready = tmp_path / "ready"
+    executable(
+        bindir / "fake-vxsim",
+        f"#!{sys.executable}\n"
+        "import json, signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    open({str(record)!r}, 'a').write(json.dumps({{'got': 'TERM'}}) + '\\n')\n"
+        "    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "if '--fail' in sys.argv: sys.exit(1)\n"
+        "time.sleep(60)\n",
+    )
+    executable(
+        bindir / "scontrol",
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(record)!r}, 'a').write(json.dumps({{'scontrol': sys.argv[1:]}}) + '\\n')\n",
+    )
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        SLURM_ARRAY_TASK_ID="2",
+        SLURM_ARRAY_JOB_ID="55",
+        SLURM_JOB_ID="57",
+    )
+    job = slurm.write_job(tmp_path / "job", 3, command=str(bindir / "fake-vxsim"), stop_before=300)
+    assert "--signal=B:TERM@300" in directives(job["array"])
+    assert "--signal=B:TERM@120" in directives(slurm.write_job(tmp_path / "j2", 1)["array"])
+    p = subprocess.Popen(["bash", job["array"]], env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    assert "stopped by a signal, part kept; requeueing it" in out and "done" not in out
+    calls = [json.loads(x) for x in record.read_text().splitlines()]
+    assert calls == [{"got": "TERM"}, {"scontrol": ["requeue", "55_2"]}]
+
+    record.unlink()
+    failing = slurm.write_job(
+        tmp_path / "job3", 1, command=str(bindir / "fake-vxsim"), overrides=[]
+    )
+    text = open(failing["array"]).read().replace(' "$@" &', ' "$@" --fail &')
+    Path(failing["array"]).write_text(text)
+    r = subprocess.run(["bash", failing["array"]], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and not record.exists(), r.stdout
 
 
 def test_submit_reports_a_failing_sbatch(tmp_path):
@@ -439,3 +497,53 @@ def test_array_of_shards_and_dependent_merge_on_real_slurm(cluster, tmp_path):
             np.testing.assert_array_equal(merged[name], values, err_msg=name)
         else:
             assert np.array_equal(merged[name], values), name
+
+
+SLOW = """\
+[network]
+width = [64]
+depth = 1500
+activation = ["tanh"]
+[grid]
+sigma_w2 = [0.8, 1.5, 3.0]
+sigma_b2 = [0.0]
+[monte_carlo]
+samples = 4
+seed = 3
+[measure]
+mode = "both"
+"""
+
+
+def test_a_shard_stopped_by_sigterm_is_requeued_and_the_merge_is_the_same(cluster, tmp_path):
+    """Preemption on the real cluster: scancel --signal=TERM to a running shard's batch
+    shell; the shard stops at a safe point, requeues itself, resumes its part, and the
+    merged file equals one uninterrupted run."""
+    from conftest import units_done
+
+    cfg = tmp_path / "slow.toml"
+    cfg.write_text(SLOW)
+    folder = tmp_path / "job"
+    job = slurm.write_job(folder, 2, config=str(cfg), backend="numpy", job_name="vxsim-stop")
+    ids = slurm.submit(folder)
+    part = str(folder / "part-1.h5")
+    deadline = time.monotonic() + 300
+    while units_done(part) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert units_done(part) == 1, "shard 1 finished or never started; make SLOW slower"
+    task = f"{ids['array_job']}_1"
+    subprocess.run(["scancel", "--signal=TERM", "--batch", task], check=True, timeout=30)
+    finished = _wait_gone([ids["array_job"], ids["merge_job"]], timeout=600)
+    logs = {p.name: p.read_text() for p in (folder / "logs").glob("*.out")}
+    if not finished:
+        subprocess.run(["scancel", ids["array_job"], ids["merge_job"]], timeout=30)
+    assert finished, logs
+    log = logs["part-1.out"]
+    assert "stopped by a signal, part kept; requeueing it" in log, log
+    assert "shard 1/2 resumed" in log and "vxsim: shard 1/2 done" in log, log
+    assert "vxsim: merge done" in logs.get("merge.out", ""), logs
+
+    reference = run_sweep(config_mod.load(str(cfg)), str(tmp_path / "single.h5"), backend="numpy")
+    merged, single = _datasets(job["result"]), _datasets(reference)
+    for name, values in single.items():
+        np.testing.assert_array_equal(merged[name], values, err_msg=name)

@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from .errors import VxsimError
+from .interrupt import Stopped
 
 
 def fail(message):
@@ -24,6 +25,13 @@ def guarded(fn):
             return fn(*args, **kwargs)
         except VxsimError as err:
             fail(str(err))
+        except Stopped as stop:
+            click.echo(
+                f"vxsim: stopped by {stop.name} at a safe point: every finished work unit "
+                "is kept and the output is resumable (run the same command with --resume)",
+                err=True,
+            )
+            sys.exit(128 + stop.signum)
         except KeyboardInterrupt:
             click.echo("vxsim: interrupted (finished work units are kept: --resume)", err=True)
             sys.exit(130)

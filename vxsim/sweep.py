@@ -10,7 +10,7 @@ import logging
 import os
 import platform
 
-from . import engines, executors
+from . import engines, executors, interrupt
 from .analysis import growth, report
 from .config import Config, load
 from .engines import base
@@ -128,13 +128,16 @@ def run_sweep(
     """
     if shard is not None:
         shard = parse_shard(shard)
-    with executors.start(executor, scheduler) as compute:
-        config, engine = prepare(config, output, backend, resume, overwrite, shard)
-        _run_units(config, engine, output, compute, progress, shard)
-    if shard is not None:
-        shardfile.seal(output, config)
-    else:
-        finish(output, config)
+    with interrupt.stoppable():  # SIGTERM/SIGINT: stop at a safe point, file resumable
+        with executors.start(executor, scheduler) as compute:
+            with interrupt.critical():
+                config, engine = prepare(config, output, backend, resume, overwrite, shard)
+            _run_units(config, engine, output, compute, progress, shard)
+        with interrupt.critical():
+            if shard is not None:
+                shardfile.seal(output, config)
+            else:
+                finish(output, config)
     return output
 
 
@@ -151,7 +154,8 @@ def _run_units(config, engine, output, compute, progress, shard=None):
         if progress:
             progress(finished, len(units))
         for (wi, width, sample), arrays in compute(engine, config, todo):
-            writer.write_unit(wi, sample, arrays)
+            with interrupt.critical():
+                writer.write_unit(wi, sample, arrays)
             finished += 1
             log.info("unit width=%d sample=%d done (%d/%d)", width, sample, finished, len(units))
             if progress:

@@ -51,6 +51,12 @@ from vxsim.errors import VxsimError
     metavar="KEY=VALUE",
     help="override a config key, passed to every shard (repeatable)",
 )
+@click.option(
+    "--stop-before",
+    metavar="SECONDS",
+    help=f"SIGTERM each shard this long before --time runs out; it stops at a safe point and "
+    f"is requeued to continue (default {slurm_mod.STOP_BEFORE})",
+)
 @click.option("--python", help="interpreter on the compute nodes (default: this one)")
 @click.option("--vxsim-command", help="shell command that starts vxsim in a job, used as given")
 @click.option("--submit", is_flag=True, help="submit the jobs now (runs DIR/submit.sh)")
@@ -72,6 +78,7 @@ def slurm(
     extra_sbatch,
     backend,
     overrides,
+    stop_before,
     python,
     vxsim_command,
     submit,
@@ -103,6 +110,7 @@ def slurm(
         qos=qos,
         max_parallel=_whole("--max-parallel", max_parallel),
         extra_sbatch=extra_sbatch,
+        stop_before=_whole("--stop-before", stop_before),
     )
     d = job["directory"]
     lines = [

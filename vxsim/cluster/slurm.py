@@ -34,6 +34,8 @@ from ..errors import VxsimError
 from ..sweep import work_units
 
 BACKENDS = config_mod.BACKENDS
+# Seconds before the time limit at which Slurm asks a shard to stop (SIGTERM).
+STOP_BEFORE = 120
 _WORD = re.compile(r"[A-Za-z0-9_.,:@+=-]+")
 _MEM = re.compile(r"[0-9]+[KMGTkmgt]?")
 _GPUS = re.compile(r"(?:[A-Za-z0-9_.-]+:)?([0-9]+)")
@@ -216,8 +218,15 @@ def array_script(
     qos=None,
     max_parallel=None,
     extra=(),
+    stop_before=STOP_BEFORE,
 ):
-    """The text of sweep.sbatch: array task I of 1..``shards`` runs shard I into part-I.h5."""
+    """The text of sweep.sbatch: array task I of 1..``shards`` runs shard I into part-I.h5.
+
+    Slurm sends SIGTERM to the batch shell ``stop_before`` seconds ahead of the time
+    limit (``--signal=B:TERM@S``; on preemption it signals every process itself). The
+    shell passes it on to vxsim, which stops at a safe point with its part resumable,
+    and then requeues the task, which continues the part with --resume.
+    """
     q = shlex.quote
     array = f"1-{shards}" + (f"%{max_parallel}" if max_parallel else "")
     log = _log_pattern(directory, "part-%a.out")
@@ -229,6 +238,7 @@ def array_script(
         f'#SBATCH --output="{log}"',
         "#SBATCH --open-mode=append",
         "#SBATCH --requeue",
+        f"#SBATCH --signal=B:TERM@{stop_before}",
     ]
     if gpus_per_task is not None:
         head.append(f"#SBATCH --gpus-per-task={gpus_per_task}")
@@ -253,8 +263,21 @@ def array_script(
         'part="$DIR/part-$task.h5"',
         'if [ -e "$part" ]; then set -- --resume; how=resumed; else set --; how=started; fi',
         f'echo "vxsim: shard $task/{shards} $how on $(hostname), job ${{SLURM_JOB_ID:-?}}"',
+        "trap 'kill -TERM \"$pid\" 2>/dev/null || true' TERM  # on to vxsim: a safe stop",
         f'{run} sweep "$DIR/config.toml" --shard auto/{shards} -o "$part" "$@"'
-        + (f" {args.strip()}" if args.strip() else ""),
+        + (f" {args.strip()}" if args.strip() else "")
+        + " &",
+        "pid=$!",
+        "while :; do  # a trapped signal ends `wait` early: wait until vxsim has exited",
+        '    status=0; wait "$pid" || status=$?',
+        '    kill -0 "$pid" 2>/dev/null || break',
+        "done",
+        'if [ "$status" = 143 ] || [ "$status" = 130 ]; then  # stopped by SIGTERM / SIGINT',
+        f'    echo "vxsim: shard $task/{shards} stopped by a signal, part kept; requeueing it"',
+        '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || exit "$status"',
+        "    exit 0",
+        "fi",
+        '[ "$status" = 0 ] || exit "$status"',
         f'echo "vxsim: shard $task/{shards} done"',
     ]
     return "\n".join(head + body) + "\n"
@@ -353,6 +376,7 @@ def write_job(
     qos=None,
     max_parallel=None,
     extra_sbatch=(),
+    stop_before=STOP_BEFORE,
 ):
     """Write the job folder for a sweep of ``config`` (a TOML path; None: the default)
     in ``shards`` shards; returns {'directory', 'config', 'array', 'merge', 'submit',
@@ -392,6 +416,7 @@ def write_job(
         check_gpus(str(gpus_per_task))
     _positive("--cpus-per-task", cpus_per_task)
     _positive("--max-parallel", max_parallel)
+    stop_before = STOP_BEFORE if stop_before is None else _positive("--stop-before", stop_before)
     extra = [_sbatch_directive(line) for line in extra_sbatch]
     run, pythonpath = vxsim_command(python, command)
     directory = _job_path(directory)
@@ -431,6 +456,7 @@ def write_job(
             gpus_per_task=gpus_per_task,
             cpus_per_task=cpus_per_task,
             max_parallel=max_parallel,
+            stop_before=stop_before,
             **common,
         ),
         0o755,
