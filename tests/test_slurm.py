@@ -28,6 +28,7 @@ import pytest
 from vxsim import config as config_mod
 from vxsim.cluster import slurm
 from vxsim.errors import VxsimError
+from vxsim.shards import shard_units
 from vxsim.store import hdf5
 from vxsim.sweep import run_sweep
 
@@ -547,3 +548,56 @@ def test_a_shard_stopped_by_sigterm_is_requeued_and_the_merge_is_the_same(cluste
     merged, single = _datasets(job["result"]), _datasets(reference)
     for name, values in single.items():
         np.testing.assert_array_equal(merged[name], values, err_msg=name)
+
+
+def test_status_of_a_job_folder(tmp_path, monkeypatch):
+    """Shard 1 done, shard 2 stopped once (requeued) after one unit and running, shard 3
+    pending: vxsim status counts units from the parts, states from squeue, requeues from
+    the logs; without Slurm the states come from the files alone."""
+    from vxsim.cluster import status as status_mod
+    from vxsim.interrupt import Stopped
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.replace("samples = 2", "samples = 4"))
+    folder = tmp_path / "job"
+    slurm.write_job(folder, 3, config=str(cfg), backend="numpy")
+    (folder / "jobs.txt").write_text("array_job=55\nmerge_job=56\n")
+    config = config_mod.load(str(cfg))
+    run_sweep(config, str(folder / "part-1.h5"), backend="numpy", shard=(1, 3))
+    real = hdf5.Writer.write_unit
+
+    def stop_after_one(self, wi, sample, arrays):
+        real(self, wi, sample, arrays)
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(hdf5.Writer, "write_unit", stop_after_one)
+    with pytest.raises(Stopped):
+        run_sweep(config, str(folder / "part-2.h5"), backend="numpy", shard=(2, 3))
+    monkeypatch.setattr(hdf5.Writer, "write_unit", real)
+    (folder / "logs" / "part-2.out").write_text(
+        f"vxsim: shard 2/3 started\nvxsim: shard 2/3 {status_mod.REQUEUED}\n"
+    )
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    executable(bindir / "squeue", "#!/bin/sh\nprintf '55_2 RUNNING\\n55_3 PENDING\\n'\n")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+
+    r = run_cli("status", str(folder), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    sizes = [len(shard_units(config, i, 3)) for i in (1, 2, 3)]
+    assert [(x["units"], x["done"], x["state"], x["requeued"]) for x in s["shards"]] == [
+        (sizes[0], sizes[0], "done", 0),
+        (sizes[1], 1, "running", 1),
+        (sizes[2], 0, "pending", 0),
+    ]
+    assert s["units"] == 8 and s["units_done"] == sizes[0] + 1
+    assert s["eta_seconds"] > 0 and not s["merged"] and s["array_job"] == "55"
+    text = run_cli("status", str(folder)).stdout
+    assert f"{sizes[0] + 1}/8 work units done" in text and "1 running" in text
+
+    monkeypatch.setattr(status_mod, "_queue", lambda job: None)
+    states = [x["state"] for x in status_mod.status(folder)["shards"]]
+    assert states == ["done", "partial", "not started"]
+    r = run_cli("status", str(tmp_path))
+    assert r.returncode == 2 and "is not a vxsim slurm job folder" in r.stderr

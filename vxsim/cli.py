@@ -12,7 +12,7 @@ import numpy as np
 
 from . import __version__
 from .clitools import emit, guarded
-from .cluster.cli import slurm
+from .cluster.cli import slurm, status
 from .errors import VxsimError
 from .plot.cli import plot
 from .theory.cli import theory
@@ -279,6 +279,7 @@ def _gpus():
 main.add_command(theory)
 main.add_command(plot)
 main.add_command(slurm)
+main.add_command(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

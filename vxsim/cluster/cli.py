@@ -10,6 +10,7 @@ import click
 
 from vxsim.clitools import emit, guarded
 from vxsim.cluster import slurm as slurm_mod
+from vxsim.cluster import status as status_mod
 from vxsim.config import BACKENDS
 from vxsim.errors import VxsimError
 
@@ -148,3 +149,14 @@ def _whole(option, text, required=False):
         return int(text)
     except ValueError:
         raise VxsimError(f"{option} must be a whole number, got {text!r}") from None
+
+
+@click.command("status")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@guarded
+def status(directory, as_json):
+    """What the Slurm job folder DIR (written by `vxsim slurm`) has done: per shard its
+    work units done, its queue state and requeues; the ETA; whether it is merged."""
+    s = status_mod.status(directory)
+    emit(s, as_json, status_mod.format_status(s))
