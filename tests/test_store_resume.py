@@ -164,20 +164,39 @@ def test_xarray_opens_with_coordinates(tmp_out):
 
 
 def test_a_second_writer_is_refused_and_a_reader_sees_the_finished_prefix(tmp_path):
+    """The writer is held after its second unit (until the test opens a gate), so the
+    second writers and the readers always meet it running, however fast the machine."""
     out = str(tmp_path / "live.h5")
-    p = spawn_cli("sweep", "-o", out, *SLOW_KEYS)
-    _wait_for(lambda: units_done(out) >= 2)
-    for flag in ("--resume", "--overwrite"):
-        second = spawn_cli("sweep", "-o", out, flag, *SLOW_KEYS)
-        assert second.wait(timeout=120) == 2
-        assert "open in another process" in second.stderr.read()
-    summary = summarise_file(out)  # read beside the writer
-    assert summary["status"] == "running" and 2 <= summary["units_done"] < 6
-    with h5py.File(out, "r", swmr=True) as f:  # a plain h5py SWMR reader, no vxsim
-        done = f["completed"][0].astype(bool)
-        finished = f["log_q"][0, :, :, :, done]
-    assert np.all(np.isfinite(finished))  # every unit flagged complete is whole
-    assert p.wait(timeout=300) == 0
+    gate = tmp_path / "gate"
+    hold = (
+        "import os, time\n"
+        "from vxsim.store import hdf5\n"
+        "_write, _n = hdf5.Writer.write_unit, []\n"
+        "def _held(self, *args):\n"
+        "    _write(self, *args)\n"
+        "    _n.append(1)\n"
+        f"    while len(_n) == 2 and not os.path.exists({str(gate)!r}):\n"
+        "        time.sleep(0.01)\n"
+        "hdf5.Writer.write_unit = _held\n"
+    )
+    p = spawn_cli("sweep", "-o", out, *SLOW_KEYS, prelude=hold)
+    try:
+        _wait_for(lambda: units_done(out) >= 2)
+        for flag in ("--resume", "--overwrite"):
+            second = spawn_cli("sweep", "-o", out, flag, *SLOW_KEYS)
+            assert second.wait(timeout=120) == 2
+            assert "open in another process" in second.stderr.read()
+        summary = summarise_file(out)  # read beside the writer
+        assert summary["status"] == "running" and summary["units_done"] == 2
+        with h5py.File(out, "r", swmr=True) as f:  # a plain h5py SWMR reader, no vxsim
+            done = f["completed"][0].astype(bool)
+            finished = f["log_q"][0, :, :, :, done]
+        assert done.sum() == 2 and np.all(np.isfinite(finished))  # flagged units are whole
+        assert p.poll() is None  # still held: the writer was running all along
+    finally:
+        gate.touch()
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert units_done(out) == 6
 
 
 def _unit_axes(ds):
