@@ -3,7 +3,6 @@
 Bad input of any kind ends with one line ``vxsim: error: ...`` and exit status 2.
 """
 
-import logging
 import os
 import sys
 
@@ -62,6 +61,14 @@ def main():
     help="Dask scheduler for --executor dask (default: a cluster of this machine)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the result summary as JSON")
+@click.option(
+    "--progress",
+    "progress_kind",
+    type=click.Choice(["auto", "bar", "log", "json"]),
+    default="auto",
+    show_default=True,
+    help="bars on a terminal, a line every 30 s in a batch log, or JSON lines (auto: by stderr)",
+)
 @click.option("-q", "--quiet", is_flag=True, help="no progress output")
 @guarded
 def sweep(
@@ -75,53 +82,39 @@ def sweep(
     executor,
     scheduler,
     as_json,
+    progress_kind,
     quiet,
 ):
     """Run a sweep of CONFIG (TOML; the embedded default if omitted) into OUTPUT."""
     from . import config as config_mod
+    from .progress import Reporter
     from .store.summary import summarise_file
-    from .sweep import parse_shard, run_sweep, shard_units
+    from .sweep import parse_shard, run_sweep
 
     cfg = config_mod.load(config, overrides=overrides)
     if resume and overwrite:
         raise VxsimError("--resume and --overwrite exclude each other")
-    n_units = len(cfg.widths) * cfg.samples
     if shard is not None:
         shard = parse_shard(shard)
-        n_units = len(shard_units(cfg, *shard))
-    progress = None
-    bar = None
-    if not quiet and sys.stderr.isatty():
-        bar = click.progressbar(length=n_units, label="work units", file=sys.stderr)
-        progress = _bar_progress(bar)
-    elif not quiet:
-        logging.basicConfig(level=logging.INFO, format="vxsim: %(message)s", stream=sys.stderr)
-    run_sweep(
-        cfg,
-        output,
-        backend=backend,
-        resume=resume,
-        overwrite=overwrite,
-        progress=progress,
-        shard=shard,
-        executor=executor,
-        scheduler=scheduler,
-    )
-    if bar is not None:
-        bar.render_finish()
+    every = float(os.environ.get("VXSIM_PROGRESS_EVERY", "30"))  # seconds between log lines
+    reporter = Reporter("quiet" if quiet else progress_kind, every=every)
+    try:
+        run_sweep(
+            cfg,
+            output,
+            backend=backend,
+            resume=resume,
+            overwrite=overwrite,
+            progress=reporter,
+            shard=shard,
+            executor=executor,
+            scheduler=scheduler,
+        )
+    finally:
+        reporter.close()
 
     summary = summarise_file(output)
     emit(summary, as_json, f"wrote {output}\n" + _format_summary(summary))
-
-
-def _bar_progress(bar):
-    state = {"shown": 0}
-
-    def update(done, total):
-        bar.update(done - state["shown"])
-        state["shown"] = done
-
-    return update
 
 
 @main.command()

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 
+from . import progress
 from .errors import VxsimError
 
 EXECUTORS = ("serial", "dask")
@@ -43,6 +44,7 @@ def start(name="serial", scheduler=None):
 def serial(engine, config, units):
     """Each unit in turn, in this process."""
     for unit in units:
+        progress.starting(f"width {unit[1]}, sample {unit[2]}")
         yield unit, engine.run_unit(config, unit[1], unit[2])
 
 

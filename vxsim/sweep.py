@@ -11,6 +11,7 @@ import os
 import platform
 
 from . import engines, executors, interrupt
+from . import progress as progress_mod
 from .analysis import growth, report
 from .config import Config, load
 from .engines import base
@@ -120,7 +121,8 @@ def run_sweep(
     """Run (or finish) a sweep into ``output``; returns the path.
 
     ``config``: a Config, a TOML path or None (the embedded default).
-    ``progress``: optional callable(done, total) after each unit.
+    ``progress``: a ``progress.Reporter`` (units, and steps inside each unit), or a
+    callable(done, total) called after each unit.
     ``shard``: (i, n), "i/n" or "auto/n": compute only shard i (1-based) of n
     into a shard file (status 'shard-complete' when done; ``vxsim.merge`` joins them).
     ``executor``: 'serial' (this process) or 'dask' (Dask tasks on the scheduler at
@@ -128,7 +130,8 @@ def run_sweep(
     """
     if shard is not None:
         shard = parse_shard(shard)
-    with interrupt.stoppable():  # SIGTERM/SIGINT: stop at a safe point, file resumable
+    reporter = progress if isinstance(progress, progress_mod.Reporter) else None
+    with interrupt.stoppable(), progress_mod.listening(reporter):
         with executors.start(executor, scheduler) as compute:
             with interrupt.critical():
                 config, engine = prepare(config, output, backend, resume, overwrite, shard)
@@ -151,15 +154,16 @@ def _run_units(config, engine, output, compute, progress, shard=None):
         done = writer.completed()
         todo = [u for u in units if not done[u[0], u[2]]]
         finished = len(units) - len(todo)
-        if progress:
-            progress(finished, len(units))
+        tell = progress.units if isinstance(progress, progress_mod.Reporter) else progress
+        if tell:
+            tell(finished, len(units))
         for (wi, width, sample), arrays in compute(engine, config, todo):
             with interrupt.critical():
                 writer.write_unit(wi, sample, arrays)
             finished += 1
             log.info("unit width=%d sample=%d done (%d/%d)", width, sample, finished, len(units))
-            if progress:
-                progress(finished, len(units))
+            if tell:
+                tell(finished, len(units))
 
 
 def finish(output, config):
