@@ -33,9 +33,10 @@ import numpy as np
 
 from .. import variables
 from ..errors import VxsimError
+from ..variables import unit_variables
 from . import schema, swmr
 from .locks import BUSY, lock_for_writing, reason, refuse_if_written, replacing
-from .schema import file_dims, unit_variables
+from .schema import file_dims
 from .swmr import open_reader
 
 __all__ = [

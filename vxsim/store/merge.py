@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 
 from .. import config as config_mod
-from .. import sweep
+from .. import sweep, variables
 from ..errors import VxsimError
-from . import hdf5, locks, schema, shardfile
+from . import hdf5, locks, shardfile
 
 SHOWN = 8  # units named in a refusal before "... and k more"
 
@@ -208,13 +208,13 @@ def unit_index(dims, width_index, sample):
 
 def _copy_units(dst, infos, owner, config):
     """Copy every unit's per-unit variables from the part that holds it, then flag it done."""
-    variables = schema.unit_variables(config)
+    unit_vars = variables.unit_variables(config)
     for k, info in enumerate(infos):
         units = [u for u, holder in owner.items() if holder == k]
         if not units:
             continue
         with hdf5.open_reader(info["path"]) as src:
-            for name, dims in variables.items():
+            for name, dims in unit_vars.items():
                 for wi, sample in units:
                     index = unit_index(dims, wi, sample)
                     dst[name][index] = src[name][index]

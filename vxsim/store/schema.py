@@ -22,11 +22,6 @@ from .. import __version__, variables
 STR = h5py.string_dtype()
 
 
-def dims(config):
-    """Dimensions of a per-layer per-unit variable: width, the grid axes, sample, layer."""
-    return ("width",) + config.grid_dims + ("sample", "layer")
-
-
 def coordinates(config):
     """{dimension name: coordinate values} of a config's results file."""
     return {
@@ -38,11 +33,6 @@ def coordinates(config):
         "sample": np.arange(config.samples, dtype=np.int64),
         "layer": np.asarray(config.layers, dtype=np.int64),
     }
-
-
-def unit_variables(config):
-    """{name: dims} of the per-unit variables this config produces (from the catalogue)."""
-    return variables.unit_variables(config)
 
 
 def scale(f, name, values):
