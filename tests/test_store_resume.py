@@ -93,7 +93,7 @@ def test_resume_computes_no_finished_unit_twice(tmp_out, monkeypatch):
 def test_a_file_begun_before_swmr_still_resumes(tmp_out, monkeypatch):
     """A running file in the old format (superblock v0, no SWMR) is finished plainly."""
     from vxsim.engines import numpy_ref
-    from vxsim.store import hdf5
+    from vxsim.store import swmr
 
     cfg = small_config(
         network__width=16, network__depth=20, monte_carlo__samples=3, engine__backend="numpy"
@@ -101,7 +101,7 @@ def test_a_file_begun_before_swmr_still_resumes(tmp_out, monkeypatch):
     ref = tmp_out + ".ref.h5"
     vxsim.run_sweep(cfg, ref)
     real = numpy_ref.run_unit
-    monkeypatch.setattr(hdf5, "RUNNING_LIBVER", "earliest")
+    monkeypatch.setattr(swmr, "RUNNING_LIBVER", "earliest")
     monkeypatch.setattr(
         numpy_ref, "run_unit", lambda c, w, s: real(c, w, s) if s < 1 else 1 / 0
     )  # dies in the second unit
@@ -271,7 +271,7 @@ def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, slow_referenc
 
 def test_lookup3_known_answers():
     """Bob Jenkins' published lookup3 vectors, and the checksum of a real HDF5 superblock."""
-    from vxsim.store.hdf5 import lookup3
+    from vxsim.store.swmr import lookup3
 
     assert lookup3(b"") == 0xDEADBEEF
     assert lookup3(b"Four score and seven years ago") == 0x17770551
@@ -279,7 +279,7 @@ def test_lookup3_known_answers():
 
 
 def test_lookup3_matches_hdf5_superblock_checksum(tmp_path):
-    from vxsim.store.hdf5 import lookup3
+    from vxsim.store.swmr import lookup3
 
     path = str(tmp_path / "sb.h5")
     with h5py.File(path, "w", libver="latest") as f:
@@ -290,25 +290,25 @@ def test_lookup3_matches_hdf5_superblock_checksum(tmp_path):
 
 
 def test_a_killed_writers_temporary_file_is_removed_by_the_next(tmp_path):
-    """A process killed inside hdf5._replacing (creating, finishing, merging) leaves
+    """A process killed inside locks.replacing (creating, finishing, merging) leaves
     its hidden temporary behind; the next one on this host removes those of dead
     processes, and keeps a live process's and another host's."""
     import subprocess
     import sys
 
-    from vxsim.store import hdf5
+    from vxsim.store import locks
 
     out = tmp_path / "merged.h5"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    host = hdf5._host()
+    host = locks.host()
     stale = tmp_path / f".merged.h5.merging-{host}-{dead}"
     live = tmp_path / f".merged.h5.merging-{host}-{os.getppid()}"
     elsewhere = tmp_path / f".merged.h5.merging-otherhost-{dead}"
     other_purpose = tmp_path / f".merged.h5.finishing-{host}-{dead}"
     for path in (stale, live, elsewhere, other_purpose):
         path.write_bytes(b"partial")
-    with hdf5._replacing(str(out), "merging") as tmp:
+    with locks.replacing(str(out), "merging") as tmp:
         with open(tmp, "wb") as fh:
             fh.write(b"whole")
     assert out.read_bytes() == b"whole"

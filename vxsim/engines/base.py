@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import rng
+from .. import rng, variables
 
 # Pre-activations of non-homogeneous activations beyond this (relative to the
 # dtype's sqrt(max)) are declared diverged: the next GEMM could overflow.
@@ -110,18 +110,16 @@ def divergence_limit(dtype):
 
 
 def result_shapes(config):
-    """Arrays an engine returns for one unit, with their dims after (width, ..., sample)."""
+    """Arrays an engine returns for one unit, with their dims after (width, ..., sample).
+
+    One per catalogue variable of role "unit" that the config's modes produce
+    (``vxsim.variables``): grid_shape, plus the recorded layers when per layer.
+    """
     shape = config.grid_shape
-    out = {
-        "log_q": shape + (config.layers.size,),
-        "corr": shape + (config.layers.size,),
-        "diverged": shape,
+    return {
+        v.name: shape + (config.layers.size,) if v.per_layer else shape
+        for v in variables.of_role("unit", config)
     }
-    if "jvp" in config.modes:
-        out["log_tangent_norm"] = shape + (config.layers.size,)
-    if "vjp" in config.modes:
-        out["log_grad_norm"] = shape + (config.layers.size,)
-    return out
 
 
 def record_index(config):
@@ -132,14 +130,16 @@ def record_index(config):
 
 
 def empty_results(config):
-    """Per-point result buffers, (P, R) float64 filled with NaN, diverged (P,) zeros."""
+    """Per-point result buffers, (P, R) per layer or (P,), of the catalogue's dtype and fill.
+
+    (log_q, corr and the norms: float64 NaN; diverged: int32 zeros.)
+    """
     n_points = int(np.prod(config.grid_shape))
     out = {}
     for name, shape in result_shapes(config).items():
-        if name == "diverged":
-            out[name] = np.zeros(n_points, dtype=np.int32)
-        else:
-            out[name] = np.full((n_points, shape[-1]), np.nan)
+        v = variables.CATALOGUE[name]
+        flat = (n_points, shape[-1]) if v.per_layer else (n_points,)
+        out[name] = np.full(flat, v.fill, dtype=v.dtype)
     return out
 
 

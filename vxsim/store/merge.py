@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 
 from .. import config as config_mod
-from .. import sweep
+from .. import sweep, variables
 from ..errors import VxsimError
-from . import hdf5, shardfile
+from . import hdf5, locks, shardfile
 
 SHOWN = 8  # units named in a refusal before "... and k more"
 
@@ -34,7 +34,7 @@ def merge(parts, output, overwrite=False):
     _check_same_sweep(infos)
     config = _config_of(infos[0])
     owner = _check_units(infos, config)
-    with hdf5._replacing(output, "merging") as tmp:
+    with locks.replacing(output, "merging") as tmp:
         hdf5.create(
             tmp,
             config,
@@ -68,7 +68,7 @@ def _check_paths(parts, output, overwrite):
                 )
         if not overwrite:
             raise VxsimError(f"{output} exists; pass --overwrite to replace it")
-        hdf5.refuse_if_written(output)
+        locks.refuse_if_written(output)
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise VxsimError(f"output directory {parent} does not exist")
@@ -77,15 +77,15 @@ def _check_paths(parts, output, overwrite):
 def _read_part(path):
     """Attributes, completion mask and shard info of one part (opened read-only)."""
     try:
-        hdf5.refuse_if_written(path)
+        locks.refuse_if_written(path)
     except VxsimError:
         raise VxsimError(
-            f"cannot merge: {path}: {hdf5.BUSY}; is its sweep still running?"
+            f"cannot merge: {path}: {locks.BUSY}; is its sweep still running?"
         ) from None
     try:
         f = hdf5.open_reader(path)  # a killed shard's file too: its units count as missing
     except OSError as err:
-        raise VxsimError(f"cannot merge: {path}: {hdf5._reason(err)}") from None
+        raise VxsimError(f"cannot merge: {path}: {locks.reason(err)}") from None
     with f:
         attrs = {k: f.attrs[k] for k in f.attrs}
         if "config" not in attrs or "completed" not in f or "config_text" not in attrs:
@@ -106,7 +106,7 @@ def _check_same_sweep(infos):
     for info in infos[1:]:
         b, path = info["attrs"], info["path"]
         if b["config"] != a["config"]:
-            diffs = hdf5._diff_keys(
+            diffs = hdf5.diff_keys(
                 json.loads(a["config"]), json.loads(b["config"]), labels=(ref, path)
             )
             problems.append(f"{path} has another config than {ref}: " + ", ".join(diffs))
@@ -208,13 +208,13 @@ def unit_index(dims, width_index, sample):
 
 def _copy_units(dst, infos, owner, config):
     """Copy every unit's per-unit variables from the part that holds it, then flag it done."""
-    variables = hdf5.unit_variables(config)
+    unit_vars = variables.unit_variables(config)
     for k, info in enumerate(infos):
         units = [u for u, holder in owner.items() if holder == k]
         if not units:
             continue
         with hdf5.open_reader(info["path"]) as src:
-            for name, dims in variables.items():
+            for name, dims in unit_vars.items():
                 for wi, sample in units:
                     index = unit_index(dims, wi, sample)
                     dst[name][index] = src[name][index]

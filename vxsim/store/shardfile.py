@@ -15,7 +15,7 @@ recomputed, so a resumed shard continues exactly the units it was created with.
 import numpy as np
 
 from ..errors import VxsimError
-from . import hdf5
+from . import hdf5, locks
 
 MASK = "shard_units"
 SEALED = "shard-complete"
@@ -49,7 +49,7 @@ def read(path):
                 "mask": f[MASK][...].astype(bool),
             }
     except OSError as err:
-        raise VxsimError(f"cannot read {path}: {hdf5._reason(err)}") from None
+        raise VxsimError(f"cannot read {path}: {locks.reason(err)}") from None
 
 
 def label(info):
