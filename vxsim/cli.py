@@ -69,6 +69,9 @@ def main():
     show_default=True,
     help="bars on a terminal, a line every 30 s in a batch log, or JSON lines (auto: by stderr)",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="print the work units, memory and file size; run nothing"
+)
 @click.option("-q", "--quiet", is_flag=True, help="no progress output")
 @guarded
 def sweep(
@@ -83,19 +86,24 @@ def sweep(
     scheduler,
     as_json,
     progress_kind,
+    dry_run,
     quiet,
 ):
     """Run a sweep of CONFIG (TOML; the embedded default if omitted) into OUTPUT."""
     from . import config as config_mod
     from .progress import Reporter
     from .store.summary import summarise_file
-    from .sweep import parse_shard, run_sweep
+    from .sweep import parse_shard, plan, run_sweep
 
     cfg = config_mod.load(config, overrides=overrides)
     if resume and overwrite:
         raise VxsimError("--resume and --overwrite exclude each other")
     if shard is not None:
         shard = parse_shard(shard)
+    if dry_run:
+        p = plan(cfg, output, backend=backend, shard=shard)
+        emit(p, as_json, _format_plan(p))
+        return
     every = float(os.environ.get("VXSIM_PROGRESS_EVERY", "30"))  # seconds between log lines
     reporter = Reporter("quiet" if quiet else progress_kind, every=every)
     try:
@@ -144,6 +152,24 @@ def show(path, as_json):
 
     summary = summarise_file(path)
     emit(summary, as_json, _format_summary(summary))
+
+
+def _format_plan(p):
+    from .store.space import human
+
+    mem = ", ".join(f"width {w}: {human(b)}" for w, b in p["unit_memory_bytes"].items())
+    free = "unknown" if p["free_bytes"] is None else human(p["free_bytes"])
+    return "\n".join(
+        [
+            f"dry run: nothing computed or written ({p['output']})",
+            f"backend       {p['backend']}",
+            f"work units    {p['work_units']} (width x sample), {p['grid_points']} grid points "
+            f"x {p['depth']} layers each",
+            f"memory        per unit: {mem}",
+            f"results file  about {human(p['file_bytes'])} ({free} free there; finishing "
+            "needs as much again for a moment)",
+        ]
+    )
 
 
 def _format_summary(s):

@@ -9,6 +9,9 @@ never computed again; a killed sweep continues with ``resume=True``. With
 import logging
 import os
 import platform
+import shutil
+
+import numpy as np
 
 from . import engines, executors, interrupt
 from . import progress as progress_mod
@@ -17,7 +20,7 @@ from .config import Config, load
 from .engines import base
 from .errors import VxsimError
 from .shards import parse_shard, shard_units, work_units
-from .store import hdf5, shardfile
+from .store import hdf5, shardfile, space
 
 log = logging.getLogger("vxsim")
 
@@ -64,6 +67,32 @@ def device_name(backend):
     return f"{platform.machine()} x {os.cpu_count()}"
 
 
+def plan(config, output, backend=None, shard=None):
+    """What a sweep would do, computing and writing nothing (``vxsim sweep --dry-run``):
+    the engine, the work units, the memory of a unit per width, the file's size and
+    the free space beside it."""
+    if not isinstance(config, Config):
+        config = load(config)
+    units = work_units(config) if shard is None else shard_units(config, *parse_shard(shard))
+    engine = engines.get(backend or config.backend, config.architecture)
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    return {
+        "backend": engine.NAME,
+        "work_units": len(units),
+        "units": [{"width": w, "sample": s} for _, w, s in units],
+        "grid_points": int(np.prod(config.grid_shape)),
+        "depth": config.depth,
+        "unit_memory_bytes": {str(w): base.estimate_unit_bytes(config, w) for w in config.widths},
+        "file_bytes": space.file_bytes(config),
+        "free_bytes": free,
+        "output": os.path.abspath(output),
+    }
+
+
 def prepare(config, output, backend=None, resume=False, overwrite=False, shard=None):
     """Validate everything before the first unit; returns (config, engine module).
 
@@ -90,7 +119,12 @@ def prepare(config, output, backend=None, resume=False, overwrite=False, shard=N
     if resume and exists:
         hdf5.check_resumable(output, config, engines.numerics(engine))
         shardfile.check_resumable(output, shard)
+        done = hdf5.open_reader(output)
+        with done:
+            fraction = float(done["completed"][...].mean())
+        space.check(output, config, fraction)
     else:
+        space.check(output, config)
         if exists:
             hdf5.refuse_if_written(output)
         parent = os.path.dirname(os.path.abspath(output))

@@ -34,7 +34,7 @@ import numpy as np
 from .. import variables
 from ..errors import VxsimError
 from ..variables import unit_variables
-from . import schema, swmr
+from . import schema, space, swmr
 from .locks import BUSY, lock_for_writing, reason, refuse_if_written, replacing
 from .schema import file_dims
 from .swmr import open_reader
@@ -56,7 +56,8 @@ __all__ = [
 
 
 def create(path, config, backend, device, extra=None, numerics=""):
-    """A new results file with every variable allocated and marked incomplete.
+    """A new results file with every variable laid out (allocated as units arrive) and
+    every unit marked incomplete.
 
     Built under a temporary name and renamed into place, so that a kill during
     creation leaves either no file or a whole one. ``extra``: more root
@@ -68,11 +69,12 @@ def create(path, config, backend, device, extra=None, numerics=""):
             f = h5py.File(tmp, "w", libver=swmr.RUNNING_LIBVER)
         except OSError as err:
             raise VxsimError(f"cannot create {path}: {reason(err)}") from None
-        with f:
+        with f, space.writing(path, "creating"):
             schema.write_attrs(f, config, backend, device, numerics=numerics)
             datasets = schema.layout(f, config, compressed=False)
             for ds in datasets.values():
-                ds[(0,) * ds.ndim] = ds.fillvalue  # allocate contiguous storage now
+                if ds.chunks is None:  # small contiguous ones (the progress flags): now
+                    ds[(0,) * ds.ndim] = ds.fillvalue
             if extra:
                 schema.write_extra(f, extra)
 
@@ -118,7 +120,14 @@ class Writer:
 
     Holds an exclusive lock on the file (a second writer is refused) and
     the file open in SWMR-write mode (readers see every flushed unit). Writes
-    raw data into the preallocated datasets only: SWMR forbids new objects.
+    raw data into the laid-out datasets only: SWMR forbids new objects.
+
+    A unit's chunks are allocated as it is written, so a disk may fill here.
+    HDF5 reports a failed chunk write only when the chunk leaves its cache, so
+    the datasets stay open and each is flushed before the unit's completion
+    flag is set; and a unit is not started when the disk has less free space
+    than it needs (``space.check_unit``), which keeps HDF5 off the failure paths
+    it does not recover from.
     """
 
     def __init__(self, path):
@@ -130,23 +139,35 @@ class Writer:
             if self.lock is not None:
                 os.close(self.lock)
             raise
+        self.datasets = {}
 
     def completed(self):
         return self.file["completed"][...].astype(bool)
 
+    def _dataset(self, name):
+        if name not in self.datasets:
+            self.datasets[name] = self.file[name]
+        return self.datasets[name]
+
     def write_unit(self, width_index, sample, arrays):
-        f = self.file
-        for name, values in arrays.items():
-            ds = f[name]
-            has_layer = ds.dims[ds.ndim - 1][0].name.endswith("/layer")
-            index = (width_index, Ellipsis, sample) + ((slice(None),) if has_layer else ())
-            ds[index] = values
-        f.flush()
-        f["completed"][width_index, sample] = 1
-        f.flush()
+        unit_bytes = sum(np.asarray(v).nbytes for v in arrays.values())
+        space.check_unit(self.path, unit_bytes)
+        with space.writing(self.path, "writing a work unit to"):
+            for name, values in arrays.items():
+                ds = self._dataset(name)
+                ds[unit_index(ds, width_index, sample)] = values
+                ds.id.flush()  # raises here if the chunk cannot be written
+            self.file.flush()
+            self._dataset("completed")[width_index, sample] = 1
+            self.file.flush()
 
     def close(self):
-        self.file.close()
+        self.datasets = {}
+        try:
+            self.file.close()
+        except OSError as err:  # the disk filled: what is finished was flushed before
+            if space.disk_error(err) is None:
+                raise
         if self.lock is not None:
             os.close(self.lock)  # releases the lock, after HDF5 has closed the file
             self.lock = None
@@ -156,6 +177,11 @@ class Writer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def unit_index(ds, width_index, sample):
+    """The hyperslab of one work unit (width, sample) in a per-unit dataset."""
+    return (width_index, Ellipsis, sample) + ((slice(None),) if _has_layer(ds) else ())
 
 
 def read_unit_variables(path):
@@ -177,13 +203,13 @@ def finalize(path, config, summary, analysis=None, status="complete", extra=None
     ``status``: the status it ends with; ``extra``: root variables to carry along
     (see ``schema.write_extra``; root attributes are always kept).
     """
-    with replacing(path, "finishing") as tmp:
+    with replacing(path, "finishing") as tmp, space.writing(path, "finishing"):
         with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
             datasets = schema.layout(dst, config, compressed=True)
             for name, ds in datasets.items():
-                ds[...] = src[name][...]
+                _copy(src[name], ds)
             if summary:
                 schema.write_summary(dst, summary)
             if analysis:
@@ -191,6 +217,22 @@ def finalize(path, config, summary, analysis=None, status="complete", extra=None
             if extra:
                 schema.write_extra(dst, extra)
             dst.attrs["status"] = status
+
+
+def _copy(src, dst):
+    """dst[...] = src[...], one work unit at a time where dst is chunked by unit (memory
+    stays one unit's however large the file)."""
+    if dst.chunks is None:
+        dst[...] = src[...]
+        return
+    for wi in range(dst.shape[0]):
+        for sample in range(dst.shape[dst.ndim - 2 if _has_layer(dst) else dst.ndim - 1]):
+            index = unit_index(dst, wi, sample)
+            dst[index] = src[index]
+
+
+def _has_layer(ds):
+    return ds.dims[ds.ndim - 1][0].name.endswith("/layer")
 
 
 def open_results(path, group=None):

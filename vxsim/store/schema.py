@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from .. import __version__, variables
+from . import space
 
 STR = h5py.string_dtype()
 
@@ -43,17 +44,20 @@ def scale(f, name, values):
     return ds
 
 
-def variable(f, name, dims, shape, dtype, compressed, fill):
+def variable(f, name, dims, shape, dtype, compressed, fill, chunked=None):
     """An empty variable on the scales ``dims``, with the catalogue's attributes.
 
-    Compressed: chunked one (width, sample) unit at a time, gzip with shuffle.
+    Chunked: one (width, sample) unit a chunk, allocated as units are written (so
+    a running file takes the disk its finished units need); compressed: also
+    gzip with shuffle. ``chunked`` defaults to ``compressed``.
     """
     kw = {}
-    if compressed:
-        chunks = tuple(
+    if compressed if chunked is None else chunked:
+        kw["chunks"] = tuple(
             1 if d in ("width", "sample") else n for d, n in zip(dims, shape, strict=True)
         )
-        kw = dict(chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
+    if compressed:
+        kw.update(compression="gzip", compression_opts=4, shuffle=True)
     ds = f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill, **kw)
     for i, dim in enumerate(dims):
         ds.dims[i].attach_scale(f[dim])
@@ -74,8 +78,9 @@ def layout(f, config, compressed):
     for name, var_dims in variables.stored_variables(config).items():
         v = variables.CATALOGUE[name]
         shape = tuple(sizes[d] for d in var_dims)
-        packed = compressed and v.role == "unit"  # the progress flags stay contiguous
-        out[name] = variable(f, name, var_dims, shape, v.dtype, packed, v.fill)
+        unit = v.role == "unit"  # the progress flags stay contiguous
+        dtype = space.storage_dtype(config, v)
+        out[name] = variable(f, name, var_dims, shape, dtype, compressed and unit, v.fill, unit)
     return out
 
 
