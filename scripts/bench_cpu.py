@@ -112,7 +112,8 @@ def time_vjp_checkpointed(width, depth, repeat):
 
 def vjp_plan_text(width, depth):
     cfg = make_config(width, depth, "vjp")
-    every, full, zstore = numba_cpu.vjp_plan(cfg, width, POINTS, numba_cpu.choose_path(cfg, width))
+    plan = numba_cpu.vjp_plan(cfg, width, POINTS, numba_cpu.choose_path(cfg, width))
+    every, full, zstore = plan.every, plan.keep_all, plan.keep_weights
     if full:
         return "every layer's phi'" + (" and Z" if zstore else "") + " kept"
     return f"checkpoints every {every} layers" + (", segment's Z kept" if zstore else "")

@@ -16,7 +16,7 @@ from oracle_cases import ARCH_AXES
 from vxsim import rng
 from vxsim.analysis import growth
 from vxsim.config import ConfigError
-from vxsim.engines import base, generic, numba_cpu, numba_normals, numpy_ref
+from vxsim.engines import base, generic, numba_cpu, numba_normals, numpy_ref, schedule
 
 GRID = dict(grid__sigma_w2=[0.6, 1.4, 2.5], grid__sigma_b2=[0.0, 0.2])
 
@@ -226,10 +226,12 @@ def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch, monkeypatc
             assert sorted(set(fresh)) == list(range(1, 31))
             if name == "store":
                 assert len(fresh) == 30  # forward only: the backward pass reuses them
+    # (every, keep_all, keep_weights, keep_steps); checkpointed, a segment's Z^l are
+    # kept from its recomputation (they fit in schedule.ZSTORE_BYTES)
     assert plans == {
-        "store": (1, not tied, gated),  # gated RNNs keep their gates too
-        "states only": (1, not tied, False),
-        "checkpoints": (config.checkpoint_every, False, False),
+        "store": schedule.Plan(30, True, not tied, gated),  # gated RNNs keep their gates too
+        "states only": schedule.Plan(30, True, not tied, False),
+        "checkpoints": schedule.Plan(config.checkpoint_every, False, True, False),
     }
     if gated:  # kept gates: computed once per step (the forward's), none recomputed
         computed, real_gates = [], model.gates
@@ -247,7 +249,7 @@ def test_vjp_that_keeps_every_layer_equals_the_checkpointed_one(arch, monkeypatc
     # an explicit engine.checkpoint is obeyed whatever the budget
     spaced = arch_config(arch, engine__checkpoint=4)
     unit = generic.Unit(spaced, 16, 2, generic.HostArrays(None, lambda: 2**40))
-    assert generic.vjp_plan(unit, generic.model_of(spaced)) == (4, False, False)
+    assert generic.vjp_plan(unit, generic.model_of(spaced)) == schedule.Plan(4, False, True, False)
 
 
 @pytest.mark.parametrize(

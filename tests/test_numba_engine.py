@@ -16,7 +16,7 @@ from conftest import small_config
 from oracle_cases import ACTS, CASES, TOL, assert_same, case_config, make_config
 
 from vxsim import config, engines, rng
-from vxsim.engines import base, numba_cpu, numpy_ref
+from vxsim.engines import base, numba_cpu, numba_normals, numpy_ref, schedule
 
 pytestmark = pytest.mark.skipif(not numba_cpu.available(), reason="numba not installed")
 
@@ -45,7 +45,6 @@ def test_weights_bit_identical_to_oracle(precision):
 def test_box_muller_edge_words_bit_identical():
     """The vectorisable Box-Muller of the kernels against rng's, on the words
     where the exponent folding and the quadrant selection change."""
-    k = numba_cpu.kernels(numba_cpu._activation_codes(base.grid(make_config()))[0])
     edges = {0, 1, 2, 3, 2**32 - 1, 2**32 - 2, 0x3FFFFFFF, 0x40000000, 0x7FFFFFFF, 0x80000000}
     edges |= {2**e for e in range(32)} | {2**e - 1 for e in range(1, 33)}
     edges |= {int(2**e * 1.4142135623730951) + d for e in range(1, 31) for d in (-1, 0, 1)}
@@ -54,7 +53,7 @@ def test_box_muller_edge_words_bit_identical():
     ka = np.array([a for a, _ in pairs], dtype=np.uint64)
     kb = np.array([b for _, b in pairs], dtype=np.uint64)
     z0, z1 = rng.box_muller(ka, kb)
-    got = np.array([k._box_muller(a, b) for a, b in zip(ka, kb, strict=True)])
+    got = np.array([numba_normals._box_muller(a, b) for a, b in zip(ka, kb, strict=True)])
     np.testing.assert_array_equal(got[:, 0], z0)
     np.testing.assert_array_equal(got[:, 1], z1)
 
@@ -127,7 +126,8 @@ def test_vjp_plan_within_budget_and_checkpointed_at_depth_10000():
     for depth, width, points in ((10, 64, 40), (500, 256, 342), (2000, 1024, 100)):
         cfg = make_config(width=width, depth=depth, mode="vjp")
         item = cfg.dtype.itemsize
-        every, full, zstore = numba_cpu.vjp_plan(cfg, width, points, "gemm")
+        every, full, zstore, keep_steps = numba_cpu.vjp_plan(cfg, width, points, "gemm")
+        assert not keep_steps  # the MLP has no per-step values
         kept = 0
         if full:
             assert every == depth
@@ -137,10 +137,10 @@ def test_vjp_plan_within_budget_and_checkpointed_at_depth_10000():
         assert kept <= numba_cpu.store_budget()
     assert numba_cpu.store_budget() <= numba_cpu.STORE_BYTES_MAX
     cfg = make_config(width=1024, depth=10_000, mode="vjp")
-    assert numba_cpu.vjp_plan(cfg, 1024, 342, "gemm") == (100, False, False)
+    assert numba_cpu.vjp_plan(cfg, 1024, 342, "gemm") == schedule.Plan(100, False, False, False)
     # engine.checkpoint set: always checkpoints, at that spacing
     cfg = make_config("engine.checkpoint=7", width=16, depth=50, mode="vjp")
-    assert numba_cpu.vjp_plan(cfg, 16, 40, "gemm") == (7, False, True)
+    assert numba_cpu.vjp_plan(cfg, 16, 40, "gemm") == schedule.Plan(7, False, True, False)
 
 
 def test_gemm_rows_split_over_threads_change_nothing(monkeypatch):
@@ -176,7 +176,7 @@ def test_vjp_regenerating_weights_matches_oracle(path, monkeypatch):
     cfg = make_config("engine.checkpoint=6", width=24, depth=40, precision="float64", mode="vjp")
     assert not numba_cpu._Unit(cfg, 24, 1, path=path).full  # checkpointed: spacing given
     kept = numba_cpu.run_unit(cfg, 24, 1, path=path)
-    monkeypatch.setattr(numba_cpu, "ZSTORE_BYTES", 0)
+    monkeypatch.setattr(schedule, "ZSTORE_BYTES", 0)
     assert not numba_cpu._Unit(cfg, 24, 1, path=path).zstore
     regenerated = numba_cpu.run_unit(cfg, 24, 1, path=path)
     for key, value in kept.items():

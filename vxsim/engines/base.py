@@ -15,15 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import rng, variables
+from .schedule import ZSTORE_BYTES
 
 # Pre-activations of non-homogeneous activations beyond this (relative to the
 # dtype's sqrt(max)) are declared diverged: the next GEMM could overflow.
 _DIVERGE_MARGIN = 1e-4
-
-# VJP: a segment's weights Z^l may be kept for its backward steps (one
-# generation per layer instead of two) when they fit in this many bytes;
-# beyond it they are regenerated, so memory stays O(sqrt(L) N P).
-ZSTORE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ The driver says *how a unit is measured*, the model says *what a step computes*:
   numbers); log q^l and c^l are recorded from the model's ``observe``;
 * JVP: a tangent of trajectory 1 carried by the model's ``tangent``,
   renormalised every layer, log |t^l|^2 / |t^0|^2 accumulated in float64;
-* VJP: from g^L = gamma down, the model's ``cotangent``, after a forward pass
-  that keeps the state every k ~ sqrt(L) layers; each segment is recomputed from
-  its checkpoint (weights regenerated, or tied ones reused), for trajectory 1
-  alone (the gradient is of its output only): half the forward's columns.
-  Where the engine's store budget allows (``vjp_plan``), the forward pass keeps
-  every layer instead and nothing is recomputed.
+* VJP: from g^L = gamma down, the model's ``cotangent``, in the order of
+  ``schedule.backward_ops``: after a forward pass that keeps the state every
+  k ~ sqrt(L) layers, each segment is recomputed from its checkpoint (weights
+  regenerated, or tied ones reused), for trajectory 1 alone (the gradient is of
+  its output only): half the forward's columns. Where the engine's store budget
+  allows (``vjp_plan``, a ``schedule.Plan``), the forward pass keeps every layer
+  instead and nothing is recomputed.
 
 Divergence is the oracle's rule (numpy_ref): a point whose state leaves the float
 range (or, for homogeneous phi, dies) is flagged at that layer, its later records
@@ -34,7 +35,7 @@ import importlib
 import numpy as np
 
 from .. import rng
-from . import base
+from . import base, schedule
 from .base import mean_square
 
 
@@ -190,25 +191,24 @@ def _kill(unit, model, state, dead):
         _zero(state["ls"], both)
 
 
-def forward(unit, model, res, rec, track_tangent, checkpoint_every=None, keep_weights=False):
-    """Forward over all layers: records log_q, corr (and tangents).
+def forward(unit, model, res, ops, track_tangent, keep_states=False):
+    """Forward over all layers (``schedule.Forward`` ops): records log_q, corr (and tangents).
 
-    Returns (dead, checkpoints, weights): trajectory 1's state every
-    ``checkpoint_every`` layers (for the VJP), and with ``keep_weights`` every
-    layer's Z.
+    Returns (dead, states, slots): with ``keep_states`` (a VJP), trajectory 1's state
+    at layer 0 and wherever an op keeps or checkpoints it, by layer; the weight slots
+    as the ops left them (Z^l in op.slot).
     """
-    cfg, P = unit.config, unit.P
+    P = unit.P
     state = model.start(unit)
     dead = unit.xp.zeros(P, dtype=bool)
-    checkpoints = {0: _trajectory_one(state, P, copy=True)} if checkpoint_every else None
-    weights = {}
+    states = {0: _trajectory_one(state, P, copy=True)} if keep_states else None
+    slots = {}
     if track_tangent:
         t, _ = _renormalise(model.tangent_start(unit))
         acc = unit.xp.zeros(P)
-    for layer in range(1, cfg.depth + 1):
-        W = model.weights(unit, layer)
-        if keep_weights:
-            weights[layer] = W
+    for op in ops:
+        layer = op.layer
+        W = slots[op.slot] = model.weights(unit, layer)
         prev = state
         state = model.step(unit, layer, prev, W)
         if track_tangent:
@@ -222,7 +222,7 @@ def forward(unit, model, res, rec, track_tangent, checkpoint_every=None, keep_we
         _kill(unit, model, state, dead)
         if track_tangent:
             _zero(t, dead)
-        r = rec[layer]
+        r = op.record
         if r >= 0:
             h, ls = model.observe(state)
             (h1, h2), (ls1, _) = _split(h, P), _split(ls, P)
@@ -230,9 +230,9 @@ def forward(unit, model, res, rec, track_tangent, checkpoint_every=None, keep_we
             res["corr"][:, r] = np.where(dead, np.nan, _correlation(h1, h2))
             if track_tangent:
                 res["log_tangent_norm"][:, r] = np.where(dead, np.nan, acc)
-        if checkpoint_every and layer % checkpoint_every == 0 and layer < cfg.depth:
-            checkpoints[layer] = _trajectory_one(state, P, copy=True)
-    return dead, checkpoints, weights
+        if keep_states and (op.keep or op.checkpoint >= 0):
+            states[layer] = _trajectory_one(state, P, copy=True)
+    return dead, states, slots
 
 
 def _trajectory_one(state, P, copy=False):
@@ -242,66 +242,51 @@ def _trajectory_one(state, P, copy=False):
 
 
 def vjp_plan(unit, model):
-    """(k, keep_weights, keep_steps): the VJP's checkpoint spacing, whether the
-    forward pass keeps every layer's Z, and whether the model keeps its per-step
-    values (a gated RNN's gates, model.STEP_VALUES arrays of N x P) for the
-    cotangents.
-
-    With engine.checkpoint = 0, every layer (trajectory 1's state and, unless
-    tied, Z^l; the step values too if they also fit) when it fits in
-    ``arrays.store_bytes()``: k = 1 and the backward pass recomputes nothing.
-    Otherwise k = config.checkpoint_every.
-    """
-    cfg = unit.config
-    if cfg.checkpoint == 0 and cfg.depth > 1:
-        budget = unit.arrays.store_bytes()
-        state_bytes = sum(v.nbytes for v in model.start(unit).values()) // 2
-        weight_bytes = 0 if model.TIED_WEIGHTS else unit.width**2 * unit.dtype.itemsize
-        step_bytes = model.STEP_VALUES * unit.width * unit.P * unit.dtype.itemsize
-        layer_bytes = state_bytes + weight_bytes
-        if cfg.depth * layer_bytes <= budget:
-            keep_steps = model.STEP_VALUES > 0 and cfg.depth * (layer_bytes + step_bytes) <= budget
-            return 1, not model.TIED_WEIGHTS, keep_steps
-    return cfg.checkpoint_every, False, False
+    """The unit's schedule.Plan: every layer kept when trajectory 1's state and, unless
+    tied, Z^l fit in ``arrays.store_bytes()`` for all L layers (the step values of a
+    gated RNN, model.STEP_VALUES arrays of N x P, too if they also fit); else
+    checkpoints every config.checkpoint_every layers."""
+    item = unit.dtype.itemsize
+    layer = schedule.LayerBytes(
+        state=sum(v.nbytes for v in model.start(unit).values()) // 2,
+        weights=0 if model.TIED_WEIGHTS else unit.width**2 * item,
+        steps=model.STEP_VALUES * unit.width * unit.P * item,
+    )
+    budget = unit.arrays.store_bytes() if unit.config.checkpoint == 0 else 0
+    return schedule.vjp_plan(unit.config, layer, budget, weights_with_state=True)
 
 
-def backward(unit, model, res, rec, dead, checkpoints, k, weights=None):
-    """Backprop from layer L to 1 segment by segment, recomputing each from its checkpoint.
-
-    ``weights``: the Z^l the forward pass kept (all of them, or none). A
-    segment's fresh weights (residual MLP) are kept from its recomputation for
-    its backward steps when k - 1 of them fit in base.ZSTORE_BYTES, else drawn
-    again; tied weights (RNNs) are one array either way.
-    """
-    kept = weights if weights is not None else {}
-    L, P = unit.config.depth, unit.P
+def backward(unit, model, res, ops, dead, states, slots):
+    """Backprop from layer L to 1 (``schedule.backward_ops``): per segment the model's
+    steps recompute trajectory 1 from its checkpoint (``states``), then its cotangents
+    run down; Z^l is drawn where an op says so, else taken from its slot."""
+    P = unit.P
+    L = unit.config.depth
     g, _ = _renormalise(model.cotangent_start(unit))
     acc = unit.xp.zeros(P)
     collapsed = unit.xp.zeros(P, dtype=bool)
-    if rec[L] >= 0:
-        res["log_grad_norm"][:, rec[L]] = np.where(dead, np.nan, 0.0)
-    keep = (k - 1) * unit.width**2 * unit.dtype.itemsize <= base.ZSTORE_BYTES
-    for start in sorted(checkpoints, reverse=True):
-        stop = min(start + k, L)
-        states = {start: checkpoints.pop(start)}
-        for layer in range(start + 1, stop):
-            W = model.weights(unit, layer)
+    r = base.record_index(unit.config)[L]
+    if r >= 0:
+        res["log_grad_norm"][:, r] = np.where(dead, np.nan, 0.0)
+    for op in ops:
+        if isinstance(op, schedule.Restart):
+            continue  # the segment's first state is its checkpoint, in ``states``
+        layer = op.layer
+        if isinstance(op, schedule.Recompute):
+            W = slots[op.slot] = model.weights(unit, layer)
             states[layer] = model.step(unit, layer, states[layer - 1], W)
-            if keep:
-                kept[layer] = W  # drawn once for the segment's two passes
-        for layer in range(stop, max(start, 1), -1):
-            W = kept.pop(layer, None)
-            if W is None:
-                W = model.weights(unit, layer)
-            g, log_sq = _renormalise(model.cotangent(unit, layer, states[layer - 1], W, g))
-            acc = acc + log_sq
-            newly = ~np.isfinite(acc) & ~collapsed & ~dead
-            res["diverged"][...] = np.where(newly, layer - 1, res["diverged"])
-            collapsed |= newly
-            _zero(g, collapsed | dead)
-            r = rec[layer - 1]
-            if r >= 0:
-                res["log_grad_norm"][:, r] = np.where(dead | collapsed, np.nan, acc)
+            continue
+        if op.draw:
+            slots[op.slot] = model.weights(unit, layer)
+        prev = states.pop(layer - 1)
+        g, log_sq = _renormalise(model.cotangent(unit, layer, prev, slots[op.slot], g))
+        acc = acc + log_sq
+        newly = ~np.isfinite(acc) & ~collapsed & ~dead
+        res["diverged"][...] = np.where(newly, layer - 1, res["diverged"])
+        collapsed |= newly
+        _zero(g, collapsed | dead)
+        if op.record >= 0:
+            res["log_grad_norm"][:, op.record] = np.where(dead | collapsed, np.nan, acc)
 
 
 def run_unit(config, width, sample, arrays=None):
@@ -314,13 +299,14 @@ def run_unit(config, width, sample, arrays=None):
     model = model_of(config)
     res = {name: unit.asarray(buf) for name, buf in base.empty_results(config).items()}
     rec = base.record_index(config)
-    no_vjp = (None, False, False)
-    k, keep_weights, keep_steps = vjp_plan(unit, model) if "vjp" in config.modes else no_vjp
-    unit.step_store = {} if keep_steps else None
+    vjp = "vjp" in config.modes
+    plan = vjp_plan(unit, model) if vjp else schedule.NO_VJP
+    unit.step_store = {} if plan.keep_steps else None
+    L = config.depth
     with unit.arrays.gemm_precision(config.precision == "tf32"):
-        dead, checkpoints, weights = forward(
-            unit, model, res, rec, "jvp" in config.modes, k, keep_weights
+        dead, states, slots = forward(
+            unit, model, res, schedule.forward_ops(L, plan, rec), "jvp" in config.modes, vjp
         )
-        if k:
-            backward(unit, model, res, rec, dead, checkpoints, k, weights)
+        if vjp:
+            backward(unit, model, res, schedule.backward_ops(L, plan, rec), dead, states, slots)
     return base.shape_results(config, {name: unit.arrays.to_host(v) for name, v in res.items()})

@@ -4,7 +4,7 @@ A work unit's per-point state lives in two small tables, ``pf`` (N_F, P)
 float64 and ``pi`` (N_I, P) integers, and its records in ``res`` (4, P, R)
 float64. Both engines lay them out the same way; the CUDA program gets these
 numbers as ``#define VX_<NAME>`` lines (``cuda_sources``), the Numba kernels
-as module constants (``numba_kernels``). A layout change is made here, once.
+as module constants (``numba_epilogue``). A layout change is made here, once.
 """
 
 # Rows of the per-point float64 table ``pf``.
@@ -33,3 +33,6 @@ R_GRAD = 3
 # kernels have further kinds of their own.
 KIND_FWD = 0  # phi(h1), phi(h2)
 KIND_JVP = 1  # phi(h1), phi(h2), phi'(h1) * t
+# exp(-ls) rescales the bias of a renormalised state (h = e^ls hh); -ls is capped here so
+# that exp cannot overflow (models/mlp.preactivation; the CUDA header's VX_EXP_CAP).
+EXP_CAP = 700.0

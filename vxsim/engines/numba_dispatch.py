@@ -1,0 +1,120 @@
+"""The Numba engine's one parallel entry point, ``run``, lowering schedule steps on every lane.
+
+Part of the generated kernel module (see ``numba_epilogue``): it follows the
+epilogues there, for the registered activations.
+
+Every parallel operation is ``run(buffers, steps, first, last, fused)``: one task
+per lane (thread; ``wbuf.shape[0]`` of them), each doing ``_lane`` on its share of
+the points (p = lane, lane + lanes, ...: activation groups are contiguous, so
+striding spreads each activation's cost over every lane). A single parallel
+function keeps the JIT time down (Numba's parallel lowering costs seconds per
+function) and a single signature per dtype. ``steps`` is the unit's schedule
+lowered by ``numba_cpu`` (``numba_types.STEP`` records).
+
+GEMM path, per layer: one BLAS call, then one ``run`` of a single step doing
+the points' epilogues *and* generating the Z (and bias noise, double-buffered in
+``xis[layer % 2]``) of the next GEMM, so the thread pool wakes once per layer
+and the generator runs on every core while BLAS sleeps.
+
+Fused path: one ``run`` for a whole pass (steps first..last-1). Each lane takes
+its points through every step, generating each Z itself into its own slots
+``Zs[lane]`` (all lanes generate the same Z, as the counter dictates: common
+random numbers) and doing the matrix-vector products itself. No
+synchronisation between layers, which at small widths costs more than the
+arithmetic.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from vxsim.engines.layout import I_COLLAPSED, I_DEAD
+from vxsim.engines.numba_epilogue import (
+    KIND_JVP,
+    KIND_JVP_KEEP,
+    _backward_point,
+    _forward_point,
+    _recompute_point,
+    _restart_share,
+)
+from vxsim.engines.numba_matvec import _matvec, _matvec2, _matvec3, _vecmat
+from vxsim.engines.numba_normals import fill_layer, fill_share
+from vxsim.engines.numba_types import OP_BACKWARD, OP_FORWARD, OP_RECOMPUTE, OP_RESTART
+from vxsim.engines.numba_types import OPT as _OPT
+from vxsim.engines.numba_types import PAR as _PAR
+
+
+@njit(**_OPT)
+def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o):
+    """Steps first..last-1 for the points of one lane, drawing Z^l into its own ``Zs``
+    (slots, N, N) and xi^l into ``xi`` where a step says so."""
+    P = b.pi.shape[1]
+    pi = b.pi
+    for i in range(first, last):
+        s = steps[i]
+        op = s.op
+        if op == OP_RESTART:
+            _restart_share(p0, lanes, s.ci, b.x1, b.A, b.cp, b.cp_ls, b.pf, pi, b.D)
+            continue
+        Z = Zs[s.slot]
+        if s.draw:
+            fill_layer(Z, xi, s.layer, s.bias != 0, b.keys, w, o)
+        H, A = b.H, b.A
+        if op == OP_FORWARD:
+            jvp = s.kind == KIND_JVP or s.kind == KIND_JVP_KEEP
+            for p in range(p0, P, lanes):
+                if pi[I_DEAD, p] == 0:
+                    if jvp:
+                        _matvec3(Z, A[p], A[P + p], A[2 * P + p], H[p], H[P + p], H[2 * P + p])
+                    else:
+                        _matvec2(Z, A[p], A[P + p], H[p], H[P + p])
+                    _forward_point(p, s.layer, s.kind, H, A, b.D, s.j, xi, s.bias != 0, b.pf,
+                                   pi, b.res, s.r, b.limit, b.cp, b.cp_ls, s.ci)  # fmt: skip
+        elif op == OP_RECOMPUTE:
+            for p in range(p0, P, lanes):
+                if pi[I_DEAD, p] == 0:
+                    _matvec(Z, A[p], H[p])
+                    _recompute_point(p, H, A, xi, s.bias != 0, b.pf, pi, b.D[s.j, p])
+        elif op == OP_BACKWARD:
+            G, U = b.G, b.U
+            for p in range(p0, P, lanes):
+                if pi[I_DEAD, p] == 0 and pi[I_COLLAPSED, p] == 0:
+                    _vecmat(Z, G[p], U[p])
+                    _backward_point(p, s.layer - 1, G, U, b.D[s.j, p], b.pf, pi, b.res, s.r)
+
+
+@njit(**_OPT)
+def _gemm_lane(p0, lanes, b, s, w, o):
+    """One step's epilogues (after its GEMM) for the points of one lane, then the lane's
+    share of what the next step needs (Z^nxt into slot nxt_slot, xi^nxt)."""
+    P = b.pi.shape[1]
+    op = s.op
+    xi = b.xis[s.layer % 2]
+    if op == OP_FORWARD:
+        for p in range(p0, P, lanes):
+            _forward_point(p, s.layer, s.kind, b.H, b.A, b.D, s.j, xi, s.bias != 0, b.pf, b.pi,
+                           b.res, s.r, b.limit, b.cp, b.cp_ls, s.ci)  # fmt: skip
+    elif op == OP_RECOMPUTE:
+        for p in range(p0, P, lanes):
+            _recompute_point(p, b.H, b.A, xi, s.bias != 0, b.pf, b.pi, b.D[s.j, p])
+    elif op == OP_RESTART:
+        _restart_share(p0, lanes, s.ci, b.x1, b.A, b.cp, b.cp_ls, b.pf, b.pi, b.D)
+    elif op == OP_BACKWARD:
+        for p in range(p0, P, lanes):
+            _backward_point(p, s.layer - 1, b.G, b.U, b.D[s.j, p], b.pf, b.pi, b.res, s.r)
+    fill_share(b.Zs[0, s.nxt_slot], b.xis, s.nxt, s.nxt_bias != 0, b.keys, w, o, p0, lanes)
+
+
+@njit(**_PAR)
+def run(b, steps, first, last, fused):
+    """Steps first..last-1 of ``steps`` on every lane: all of them per lane (``fused``),
+    or the one step ``first`` after its GEMM (see above). ``b``: numba_types.Buffers."""
+    lanes = b.wbuf.shape[0]
+    P = b.pi.shape[1]
+    for lu in prange(lanes):
+        lane = np.int64(lu)
+        if fused:
+            if P > lane:
+                _fused_lane(lane, lanes, b, steps, first, last, b.Zs[lane], b.xis[lane],
+                            b.wbuf[lane], b.obuf[lane])  # fmt: skip
+        else:
+            _gemm_lane(lane, lanes, b, steps[first], b.wbuf[lane], b.obuf[lane])

@@ -1,0 +1,74 @@
+"""What the Numba kernels share: compile options, the unit's Buffers, Step rows, op codes.
+
+A unit hands its arrays to the kernels as one ``Buffers`` NamedTuple (Numba takes
+NamedTuples of arrays as arguments) and its schedule (``engines.schedule``) as an
+array of ``STEP`` records, one per operation, lowered by ``numba_cpu``: the kernels
+read ``steps[i].layer`` etc. and decide nothing themselves.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+# Options. error_model="numpy": no ZeroDivisionError checks (they block
+# vectorisation; a zero or non-finite norm is handled explicitly instead).
+OPT = dict(cache=True, error_model="numpy", nogil=True)
+# Reductions (sums of squares, dot products) may be reordered so that they
+# vectorise; they are float64 (or, in matrix-vector products, the run's dtype
+# like BLAS) and tolerance-compared against the oracle anyway.
+RED = dict(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "contract"})
+PAR = dict(cache=True, error_model="numpy", parallel=True)
+
+
+class Buffers(NamedTuple):
+    """Every array of a unit, allocated once (numba_cpu._Unit)."""
+
+    H: np.ndarray  # (rows * P, N) GEMM output: h1 rows, h2 rows (, tangent rows)
+    A: np.ndarray  # (rows * P, N) GEMM input: phi(h1), phi(h2) (, phi'(h1) * t)
+    G: np.ndarray  # (P, N) gradients g
+    U: np.ndarray  # (P, N) Z^T g
+    D: np.ndarray  # (every, P, N) phi'(h1) of a segment (or of every layer)
+    Zs: np.ndarray  # (lanes or 1, slots, N, N) weight slots
+    xis: np.ndarray  # (>= 2, N) bias noise: per lane, or this layer's and the next's
+    x1: np.ndarray  # (N,) the first input, in the run's dtype
+    cp: np.ndarray  # (checkpoints, P, N) hh1 at the checkpoints
+    cp_ls: np.ndarray  # (checkpoints, P) its log-scale
+    pf: np.ndarray  # (N_F, P) float64 per-point table (engines.layout)
+    pi: np.ndarray  # (N_I, P) int64 per-point table
+    res: np.ndarray  # (4, P, R) records
+    wbuf: np.ndarray  # (lanes, 4, CHUNK) uint64 generator scratch (its length: the lanes)
+    obuf: np.ndarray  # (lanes, 4, CHUNK) float64 generator scratch
+    keys: np.ndarray  # (sample, k0, k1) uint64
+    limit: float  # divergence limit of |h|
+
+
+# Operations (``op`` of a step).
+OP_PREFETCH = 0  # nothing but the prefetch (GEMM path)
+OP_FORWARD = 1  # forward epilogues of ``layer`` after H = A @ Z.T
+OP_RECOMPUTE = 2  # h1 epilogues of a recomputed ``layer`` (phi' into D[j])
+OP_RESTART = 3  # segment start from checkpoint ``ci`` (ci < 0: from the input x1)
+OP_BACKWARD = 4  # backprop steps ``layer`` -> ``layer - 1`` after U = G @ Z
+
+# One lowered schedule operation. The fused path draws Z^layer into its lane's
+# ``slot`` itself where ``draw`` (with the bias noise where ``bias``); the GEMM path's
+# BLAS call reads Z from ``slot`` and the step then generates what the next one
+# needs (``nxt`` > 0: Z^nxt into ``nxt_slot``, and xi^nxt where ``nxt_bias``).
+STEP = np.dtype(
+    [
+        (name, np.int64)
+        for name in (
+            "op",
+            "layer",
+            "kind",  # epilogue kind of a forward step (numba_epilogue.KIND_*)
+            "j",  # D index (a kept or recomputed phi', or the one a backward step reads)
+            "r",  # record index of the layer written (-1: none)
+            "ci",  # checkpoint index (-1: none)
+            "slot",
+            "draw",
+            "bias",
+            "nxt",
+            "nxt_bias",
+            "nxt_slot",
+        )
+    ]
+)
