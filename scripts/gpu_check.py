@@ -255,7 +255,7 @@ def gemm_section(sizes, clock, host):
 def _gemm_one(sizes, clock, host, precision):
     import numpy as np
 
-    from vxsim.engines import cuda_gpu
+    from vxsim.engines import cuda_gpu, cuda_mlp
 
     W, D = sizes["gemm_width"], sizes["gemm_depth"]
     xp = np if host else clock.cupy
@@ -266,7 +266,7 @@ def _gemm_one(sizes, clock, host, precision):
         'measure.mode="vjp"', "measure.record={log = 16}", 'engine.path="gemm"',
         f'measure.precision="{precision}"',
     )  # fmt: skip
-    unit = cuda_gpu._Unit(cfg, W, 0)
+    unit = cuda_mlp.Unit(cfg, W, 0, cuda_gpu.gpu_backend(precision))
     cols = 2 * unit.P
     rnd = np.random.default_rng(0)
     A = xp.asarray(rnd.standard_normal((cols, W), dtype=np.float32))

@@ -26,12 +26,13 @@ try:
 except ImportError:  # scripts/gpu_check.py runs these functions without pytest
     pytest = None
 
+import cuda_probes
 from oracle_cases import ACTS, ARCH_AXES, TOL, assert_same, case_config, make_config
 from oracle_cases import CASES as BASE_CASES
 
 from vxsim import activations, config, rng
 from vxsim.analysis import growth
-from vxsim.engines import base, cuda_gpu, numpy_ref
+from vxsim.engines import base, cuda_generic, cuda_gpu, cuda_mlp, cuda_paths, numpy_ref
 
 if pytest is not None:
     pytestmark = pytest.mark.skipif(
@@ -50,12 +51,12 @@ def test_philox_and_normals_bit_identical():
     be = backend("float64")
     for seed, layer, sample, stream in ((0, 1, 0, 0), (2**40 + 7, 999, 3, 1), (2**64 - 1, 2, 1, 2)):
         n = 200_003
-        got = cuda_gpu.probe_philox(be, 0, n, layer, sample, stream, seed)
+        got = cuda_probes.probe_philox(be, 0, n, layer, sample, stream, seed)
         k0, k1 = rng.seed_key(seed)
         c = [np.full(n, v, dtype=np.uint64) for v in (layer, sample, stream)]
         want = np.stack(rng.philox4x32_10(np.arange(n, dtype=np.uint64), *c, k0, k1), axis=1)
         np.testing.assert_array_equal(got, want.astype(np.uint32))
-        z = cuda_gpu.probe_normals(be, 4 * n - 3, layer, sample, stream, seed)
+        z = cuda_probes.probe_normals(be, 4 * n - 3, layer, sample, stream, seed)
         np.testing.assert_array_equal(z, rng.normals(seed, sample, layer, stream, 4 * n - 3))
 
 
@@ -66,7 +67,7 @@ def test_box_muller_edge_words_bit_identical():
     words = np.array(sorted(w for w in edges if 0 <= w < 2**32), dtype=np.uint64)
     ka = np.repeat(words, words.size)
     kb = np.tile(words, words.size)
-    got = cuda_gpu.probe_box_muller(backend("float64"), ka, kb)
+    got = cuda_probes.probe_box_muller(backend("float64"), ka, kb)
     z0, z1 = rng.box_muller(ka, kb)
     np.testing.assert_array_equal(got[:, 0], z0)
     np.testing.assert_array_equal(got[:, 1], z1)
@@ -77,12 +78,12 @@ def test_weights_bit_identical():
         cfg = make_config("monte_carlo.seed=1099511627781", precision=precision)
         for width in (1, 7, 33, 64, 1000, 2048):
             for sample, layer in ((0, 1), (3, 200)):
-                Z, xi = cuda_gpu.weights(cfg, width, sample, layer, backend=backend(precision))
+                Z, xi = cuda_probes.weights(cfg, width, sample, layer, backend=backend(precision))
                 assert Z.dtype == np.dtype(precision)
                 np.testing.assert_array_equal(Z, base.weights(cfg, width, sample, layer))
                 np.testing.assert_array_equal(xi, base.bias(cfg, width, sample, layer))
     cfg = make_config('engine.path="fused"', width=97, depth=12)
-    unit = cuda_gpu._Unit(cfg, 97, 1, backend=backend("float32"))
+    unit = cuda_mlp.Unit(cfg, 97, 1, backend=backend("float32"))
     unit._fill(4, 5, transpose=1, bias=True)
     Zs, xis = unit.be.to_host(unit.Zbuf), unit.be.to_host(unit.xibuf)
     for li in range(5):
@@ -95,7 +96,7 @@ def test_activations_on_the_device_match_numpy():
         act, a = activations.parse(label)
         x = np.concatenate([np.linspace(-6.0, 6.0, 1200), np.array(act.kinks(a) or [0.0])])
         for fn in ("phi", "dphi", "d2phi"):
-            got = cuda_gpu.probe_activation(backend("float64"), act.name, fn, x, a)
+            got = cuda_probes.probe_activation(backend("float64"), act.name, fn, x, a)
             want = np.broadcast_to(np.asarray(getattr(act, fn)(x, a), dtype=np.float64), x.shape)
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15, err_msg=f"{label} {fn}")
 
@@ -139,12 +140,12 @@ def test_tiny_networks_and_chunks_match_oracle():
     cfg = make_config("engine.checkpoint=5", 'engine.path="fused"', width=10, depth=23,
                       precision="float64")  # fmt: skip
     whole = cuda_gpu.run_unit(cfg, 10, 1)
-    saved = cuda_gpu.FUSED_ZBUF_BYTES
-    cuda_gpu.FUSED_ZBUF_BYTES = 3 * 10 * 10 * 8
+    saved = cuda_paths.FUSED_ZBUF_BYTES
+    cuda_paths.FUSED_ZBUF_BYTES = 3 * 10 * 10 * 8
     try:
         split = cuda_gpu.run_unit(cfg, 10, 1)
     finally:
-        cuda_gpu.FUSED_ZBUF_BYTES = saved
+        cuda_paths.FUSED_ZBUF_BYTES = saved
     for key, value in whole.items():
         np.testing.assert_array_equal(split[key], value, err_msg=key)
 
@@ -200,7 +201,7 @@ def test_architectures_match_oracle():
                 got = cuda_gpu.run_unit(cfg, 48, 1)
                 want = numpy_ref.run_unit(cfg, 48, 1)
                 assert_same(got, want, TOL[precision], f"{arch} {precision} {mode}")
-    arrays = cuda_gpu.DeviceArrays(backend("float32"))
+    arrays = cuda_generic.DeviceArrays(backend("float32"))
     Z = arrays.normal_matrix(cfg, 300, 2, 7, rng.STREAM_WEIGHT, np.float32)
     np.testing.assert_array_equal(arrays.to_host(Z), base.weights(cfg, 300, 2, 7))
 

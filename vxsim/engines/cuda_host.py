@@ -4,7 +4,7 @@
 a launch runs its blocks one after the other, each by ``threads`` host
 threads that meet at real barriers (``threads = 1``, the default, is
 fastest; more threads test the partition of each block's work and the
-barriers). ``HostBackend`` offers what ``cuda_gpu._Unit`` needs from a
+barriers). ``HostBackend`` offers what the cuda engine's units need from a
 backend (NumPy arrays for CuPy's, ``numpy.matmul`` for cuBLAS, the kernels
 through ctypes with the same argument checks as on the GPU), so the CUDA
 engine's orchestration and the kernels' arithmetic run, unchanged, on a

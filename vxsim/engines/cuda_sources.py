@@ -18,7 +18,7 @@ the Python side, so that nothing is stated twice:
   (``vxsim.activations``: ``act.c``), activation codes in the order of
   ``activations.names()``;
 * the row and plane indices of the per-point tables shared with
-  ``cuda_gpu.py`` (below).
+  ``cuda_mlp.py`` (below).
 
 ``kernel_signatures(text)`` reads the parameter lists of the ``VX_KERNEL``
 functions, so that the engine can check every launch's argument types (CuPy
