@@ -135,10 +135,14 @@ def _nvcc(tmp_path, text, name, *options, arch="sm_90"):
 @needs_nvcc
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_whole_program_compiles_with_nvcc(tmp_path, precision):
-    """The program exactly as the engine hands it to NVRTC, for Hopper (sm_90)."""
+    """The program exactly as the engine hands it to NVRTC, for Hopper (sm_90); every
+    kernel carries the launch bound (.maxntid), so its registers fit a full block."""
     ptx = _nvcc(tmp_path, cuda_sources.program(precision), precision, *cuda_sources.NVRTC_OPTIONS)
+    bound = cuda_sources.MAX_BLOCK_THREADS
     for name in cuda_sources.kernel_signatures(cuda_sources.program(precision)):
         assert re.search(rf"\.entry {name}\(", ptx), name  # extern "C": unmangled entry points
+        entry = re.search(rf"\.entry {name}\([^)]*\)\s*(\.maxntid [^\n]*)", ptx)
+        assert entry and entry.group(1) == f".maxntid {bound}, 1, 1", name
 
 
 @needs_nvcc
@@ -618,10 +622,8 @@ def test_registry_and_config():
     assert cuda_sources.program(cfg.precision).startswith("#define VX_REAL float")
     with pytest.raises(config.ConfigError, match="tf32.*cuda backend"):
         make_config('measure.precision="tf32"', 'engine.backend="numba"')
-    w = cuda_paths.FUSED_MAX_WIDTH
-    assert cuda_paths.choose_path(make_config(), w) == "fused"
-    assert cuda_paths.choose_path(make_config(), w + 1) == "gemm"
     assert cuda_paths.choose_path(make_config('engine.path="gemm"'), 8) == "gemm"
+    assert cuda_paths.choose_path(make_config('engine.path="fused"'), 2000) == "fused"
     # the fused kernels' shared memory (6 N reals <= 46 KiB) and the GPU's free memory
     cuda_paths.check_unit(make_config(precision="float64"), 981, "fused")
     with pytest.raises(VxsimError, match="takes widths up to 981 in float64"):
@@ -630,6 +632,38 @@ def test_registry_and_config():
     cuda_paths.check_unit(make_config(), 512, "gemm", lambda: 2 * need)
     with pytest.raises(VxsimError, match="GiB of GPU memory"):
         cuda_paths.check_unit(make_config(), 512, "gemm", lambda: need)
+
+
+def _grid(points_per_axis, *extra, precision="float32"):
+    return make_config(
+        f"grid.sigma_w2={{start=0.5, stop=4.0, num={points_per_axis}}}",
+        f"grid.sigma_b2={{start=0.0, stop=0.3, num={points_per_axis}}}",
+        *extra, acts='["tanh"]', mode="jvp", precision=precision,
+    )  # fmt: skip
+
+
+def test_path_is_chosen_by_a_cost_model_in_points_and_width():
+    """engine.path = "auto": the fused path (every block streams all of Z, P N^2 bytes a
+    layer) for small grids or small widths, the GEMM path (three launches a layer, N^2
+    bytes) for large ones; never a fused path that does not fit in shared memory."""
+    small, schoenholz = _grid(4), _grid(40)  # 16 and 1,600 points
+    assert int(np.prod(schoenholz.grid_shape)) == 1600
+    assert cuda_paths.choose_path(small, 8) == cuda_paths.choose_path(small, 256) == "fused"
+    assert cuda_paths.choose_path(schoenholz, 64) == "fused"
+    assert cuda_paths.choose_path(schoenholz, 256) == "gemm"  # ~420 MB of Z reads a layer
+    assert not cuda_paths.fused_fits(_grid(2, precision="float64"), 982)
+    assert cuda_paths.choose_path(_grid(2, precision="float64"), 982) == "gemm"
+    assert cuda_paths.choose_path(_grid(2, precision="float64"), 512) == "fused"
+    for width in (16, 64, 128, 256, 512, 1000):  # more points never favour the fused path
+        paths = [cuda_paths.choose_path(_grid(n), width) for n in (2, 8, 20, 40, 80)]
+        assert paths == sorted(paths, key=("fused", "gemm").index), (width, paths)
+    for points in (16, 1600):  # nor does a wider network, at a given grid
+        widths = [
+            cuda_paths.layer_seconds("fused", points, w, 4, 3)
+            / cuda_paths.layer_seconds("gemm", points, w, 4, 3)
+            for w in (16, 64, 256, 1024)
+        ]
+        assert widths == sorted(widths), widths
 
 
 def _cli(tmp_path, *args):

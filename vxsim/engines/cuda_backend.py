@@ -16,6 +16,8 @@ probes) shares.
 """
 
 import contextlib
+import importlib
+import logging
 import math
 
 import numpy as np
@@ -24,8 +26,10 @@ from .. import rng
 from ..errors import VxsimError
 from . import cuda_sources
 
+log = logging.getLogger("vxsim")
+
 # Threads per block and most blocks of the generator (grid-stride beyond).
-FILL_THREADS = 256
+FILL_THREADS = cuda_sources.MAX_BLOCK_THREADS
 FILL_MAX_BLOCKS = 65536
 
 
@@ -39,7 +43,13 @@ def _import_cupy():
 
 
 def unavailable_reason():
-    """Why the engine cannot run here (None when it can)."""
+    """Why the engine cannot run here (None when it can).
+
+    CuPy must import and see a GPU, and load the two CUDA libraries the engine
+    needs beyond the driver: NVRTC (the kernels are compiled at run time) and
+    cuBLAS (the GEMMs). CuPy 14's wheel brings neither (its ``ctk`` extra, or a
+    CUDA toolkit, does), and ``cupy.cuda.is_available()`` is true without them.
+    """
     try:
         cupy = _import_cupy()
     except Exception as err:  # ImportError, or a broken CUDA install raising anything
@@ -49,7 +59,25 @@ def unavailable_reason():
             return "no CUDA GPU is visible to CuPy"
     except Exception as err:
         return f"CUDA is not usable ({type(err).__name__}: {err})"
+    for library, load in (("NVRTC", _load_nvrtc), ("cuBLAS", _load_cublas)):
+        try:
+            load(cupy)
+        except Exception as err:
+            return (
+                f"CuPy sees a GPU but cannot load {library} ({type(err).__name__}: {err}); "
+                f"pip install 'vxsim[gpu]' (cupy-cuda13x[ctk]) or install the CUDA toolkit"
+            )
     return None
+
+
+def _load_nvrtc(cupy):
+    """NVRTC's version (loads libnvrtc, as the first kernel compile would)."""
+    return cupy.cuda.nvrtc.getVersion()
+
+
+def _load_cublas(cupy):
+    """A cuBLAS handle of the current device (loads libcublas, as the first GEMM would)."""
+    return cupy.cuda.device.get_cublas_handle()
 
 
 def numerics():
@@ -62,12 +90,24 @@ def numerics():
         return "cuda (no GPU visible)"
 
 
+_said = set()
+
+
 def available():
-    """True where CuPy imports and sees a GPU; never raises."""
+    """True where CuPy imports, sees a GPU and loads NVRTC and cuBLAS; never raises.
+
+    Where CuPy is installed but the engine still cannot run (no GPU visible, a
+    CUDA library missing), says why once, in one log line (``--backend auto``
+    then falls back to the CPU engines); where CuPy is not installed, says nothing.
+    """
     try:
-        return unavailable_reason() is None
-    except Exception:
-        return False
+        why = unavailable_reason()
+    except Exception as err:
+        why = f"{type(err).__name__}: {err}"
+    if why is not None and not why.startswith("cupy cannot be imported") and why not in _said:
+        _said.add(why)
+        log.warning("the cuda backend is not usable here: %s", why)
+    return why is None
 
 
 def device_name():
@@ -118,8 +158,11 @@ class GpuBackend:
 
         The argument types are checked against the kernel's C signature on its
         first launch (CuPy passes NumPy scalars by their exact type, and a
-        float64 array where a float* is expected would be read as garbage).
+        float64 array where a float* is expected would be read as garbage); the
+        launch shape on every launch (``cuda_sources.check_launch``: a multiple
+        of 32 threads, within the kernels' ``__launch_bounds__``).
         """
+        cuda_sources.check_launch(name, grid, block)
         if name not in self.checked:
             cuda_sources.check_args(name, self.signatures[name], args, self.real)
             self.checked.add(name)
@@ -134,30 +177,40 @@ class GpuBackend:
     def to_host(self, x):
         return self.cupy.asnumpy(x)
 
-    @contextlib.contextmanager
     def gemm_precision(self, tf32):
-        """float32 GEMMs on the tensor cores in TF32 inside the block (tf32=True)."""
-        if not tf32:
-            yield
-            return
-        core = self.cupy._core
-        try:
-            from cupy._core import _routines_linalg as linalg
-
-            mode = linalg.COMPUTE_TYPE_TF32
-            old = core.get_compute_type(np.float32)
-        except (ImportError, AttributeError) as err:
-            raise VxsimError(f"this CuPy cannot switch GEMMs to TF32 ({err})") from None
-        core.set_compute_type(np.float32, mode)
-        try:
-            yield
-        finally:
-            core.set_compute_type(np.float32, old)
+        """float32 GEMMs in TF32 (tf32=True) or strict float32 inside the block."""
+        return gemm_compute_type(self.cupy, tf32)
 
     def free_bytes(self):
         """Device memory free to this process: the driver's, plus CuPy's pool's cached blocks."""
         free, _total = self.cupy.cuda.Device().mem_info
         return int(free) + int(self.cupy.get_default_memory_pool().free_bytes())
+
+
+@contextlib.contextmanager
+def gemm_compute_type(cupy, tf32):
+    """CuPy's float32 GEMM compute type set inside the block, the previous one restored after.
+
+    tf32=True: TF32 on the tensor cores (cuBLAS ``CUBLAS_COMPUTE_32F_FAST_TF32``);
+    tf32=False: ``COMPUTE_TYPE_DEFAULT`` (``CUBLAS_COMPUTE_32F``), set explicitly so
+    that neither ``CUPY_TF32=1`` in the environment nor a caller's setting makes a
+    "float32" run use TF32. A CuPy without the switch has no TF32 to leak: float32
+    runs go on, tf32 runs are refused.
+    """
+    try:
+        linalg = importlib.import_module(cupy.__name__ + "._core._routines_linalg")
+        mode = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
+        old = cupy._core.get_compute_type(np.float32)
+    except (ImportError, AttributeError) as err:
+        if tf32:
+            raise VxsimError(f"this CuPy cannot switch GEMMs to TF32 ({err})") from None
+        yield
+        return
+    cupy._core.set_compute_type(np.float32, mode)
+    try:
+        yield
+    finally:
+        cupy._core.set_compute_type(np.float32, old)
 
 
 _backends = {}

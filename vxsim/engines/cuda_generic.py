@@ -52,7 +52,14 @@ class DeviceArrays:
             self.be.launch("vx_fill_weights", fill_grid((width * width + 3) // 4), FILL_THREADS,
                            args)  # fmt: skip
             return Z
-        from . import numba_normals
+        return self.xp.asarray(host_normal_matrix(config, width, sample, layer, stream, dtype))
 
-        host = numba_normals.normal_matrix(config, width, sample, layer, stream, dtype)
-        return self.xp.asarray(host)
+
+def host_normal_matrix(config, width, sample, layer, stream, dtype):
+    """Z of (layer, stream) on the host: Numba's parallel generator, or ``rng``'s where
+    Numba cannot be imported (the same bits: both are ``rng.normals``)."""
+    try:
+        from . import numba_normals
+    except ImportError:
+        return rng.normal_matrix(config.seed, sample, layer, width, stream=stream, dtype=dtype)
+    return numba_normals.normal_matrix(config, width, sample, layer, stream, dtype)

@@ -15,19 +15,25 @@ import math
 import numpy as np
 
 from ..errors import VxsimError
-from . import base, layout
+from . import base, cuda_sources, layout
 
-# Widths up to this run on the fused path when engine.path = "auto". Not yet
-# measured on a GPU (scripts/gpu_check.py prints both paths at width 128):
-# a guess from the work per layer, to be replaced by the measured crossover.
-FUSED_MAX_WIDTH = 256
+# The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
+# datasheet-level guesses until scripts/gpu_check.py's "path crossover" section
+# has measured both paths on a (P, N) grid; replace them with its fitted figures.
+LAUNCH_SECONDS = 8e-6  # one kernel launch issued from Python through CuPy
+FUSED_READ_BYTES_PER_S = 8e12  # the fused blocks reading a layer's Z (an L2-resident chunk)
+CORE_FLOPS = {4: 50e12, 8: 25e12}  # the fused products on the CUDA cores, by itemsize
+GEMM_FLOPS = {4: 40e12, 8: 45e12}  # cuBLAS SGEMM / DGEMM sustained
+HBM_BYTES_PER_S = 4e12  # streaming device memory (fill, epilogue)
 # Weights of one fused chunk of layers (generated together) take at most this.
 FUSED_ZBUF_BYTES = 64 * 2**20
 # The fused kernels keep 6 vectors of N reals in shared memory; CUDA grants
 # 48 KiB per block without an opt-in, so widths are limited to this.
 FUSED_SMEM_BYTES = 46 * 1024
-# Threads per block of the per-point kernels (a multiple of 32; fewer for small N).
+# Threads per block of the per-point kernels (a multiple of 32; fewer for small N;
+# at most the kernels' __launch_bounds__).
 MAX_THREADS = 256
+assert MAX_THREADS <= cuda_sources.MAX_BLOCK_THREADS
 
 
 def threads_for(width):
@@ -35,11 +41,46 @@ def threads_for(width):
     return min(MAX_THREADS, 32 * max(1, math.ceil(width / 32)))
 
 
+def layer_seconds(path, points, width, itemsize, rows, chunk=1):
+    """Estimated time of one forward layer of a unit on a path (the cost model).
+
+    With P points, N the width, s the itemsize, r the rows per point (2, or 3
+    with the JVP's tangent) and k the layers per fused launch:
+
+        fused:  t = P N^2 s / B_fused + 2 r P N^2 / F_cores + N^2 s / B_hbm + 2 t_launch / k
+        gemm:   t = 3 t_launch + 2 r P N^2 / F_gemm + (N^2 s + 3 r P N s) / B_hbm
+
+    The fused path's P blocks each read the whole N x N matrix (P N^2 s bytes a
+    layer, against N^2 s for cuBLAS); the GEMM path pays three launches a layer
+    (fill, GEMM, epilogue) and the state's round trips through device memory.
+    """
+    P, N, s, r = float(points), float(width), float(itemsize), float(rows)
+    if path == "fused":
+        return (
+            P * N * N * s / FUSED_READ_BYTES_PER_S
+            + 2 * r * P * N * N / CORE_FLOPS[itemsize]
+            + N * N * s / HBM_BYTES_PER_S
+            + 2 * LAUNCH_SECONDS / chunk
+        )
+    return (
+        3 * LAUNCH_SECONDS
+        + 2 * r * P * N * N / GEMM_FLOPS[itemsize]
+        + (N * N * s + 3 * r * P * N * s) / HBM_BYTES_PER_S
+    )
+
+
 def choose_path(config, width):
-    """'gemm' or 'fused' for this width (engine.path forces either)."""
+    """'gemm' or 'fused' for this width and grid (engine.path forces either): the
+    fused path where it fits in shared memory and the cost model says it is faster."""
     if config.path in ("gemm", "fused"):
         return config.path
-    return "fused" if width <= FUSED_MAX_WIDTH and fused_fits(config, width) else "gemm"
+    if not fused_fits(config, width):
+        return "gemm"
+    points = int(np.prod(config.grid_shape))
+    item = config.dtype.itemsize
+    rows = 3 if "jvp" in config.modes else 2
+    fused = layer_seconds("fused", points, width, item, rows, fused_chunk(config, width))
+    return "fused" if fused <= layer_seconds("gemm", points, width, item, rows) else "gemm"
 
 
 def fused_smem(width, itemsize, vectors):
