@@ -224,3 +224,57 @@ def test_launch_bound_is_stated_once():
     assert cuda_backend.FILL_THREADS <= cuda_sources.MAX_BLOCK_THREADS
     assert cuda_paths.threads_for(10**6) == cuda_paths.MAX_THREADS
     cuda_sources.check_launch("vx_forward", 1, cuda_sources.MAX_BLOCK_THREADS)
+
+
+# ---------------------------------------------------------------- gpu_check's report
+
+
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check_under_test", os.path.join(ROOT, "scripts", "gpu_check.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_names_the_first_failure_and_the_sticky_cuda_error(capsys):
+    """A kernel fault poisons CUDA's context: the report says which section failed
+    first, that later failures may only echo it, and how to rerun that section with
+    CUDA_LAUNCH_BLOCKING=1; sections that could not run say SKIPPED, not FAIL."""
+    gc = _gpu_check()
+    args = types.SimpleNamespace(host=False)
+    with gc.section("versions", 100, 0) as go:
+        assert go
+    with gc.section(gc._TITLES["gemm"], 100, 0) as go:
+        raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered")
+    with gc.section(gc._TITLES["fused"], 100, 0) as go:
+        raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered")
+    with gc.section(gc._TITLES["schoenholz"], 100, 10**6) as go:
+        assert not go  # over the budget
+    with gc.section(gc._TITLES["crossover"], 100, 0, requires=lambda: False) as go:
+        assert not go
+    assert gc.summary(args) == 1
+    out = capsys.readouterr().out
+    assert f"(after the CUDA error in '{gc._TITLES['gemm']}': this may only echo it)" in out
+    report = out[out.index("== summary") :]
+    statuses = [line.split()[0] for line in report.splitlines()[1:6]]
+    assert statuses == ["PASS", "FAIL", "FAIL", "SKIPPED", "SKIPPED"]
+    assert f"first failure: {gc._TITLES['gemm']}" in report
+    assert "CUDA_LAUNCH_BLOCKING=1 bash scripts/gpu_check.sh --only gemm" in report
+
+
+def test_gpu_check_reports_an_interrupted_run(capsys):
+    """gpu_check.sh's time limit sends SIGINT: the running section FAILs as interrupted,
+    the rest are SKIPPED, and the summary is still printed."""
+    gc = _gpu_check()
+    with gc.section(gc._TITLES["tests"], 100, 0):
+        raise KeyboardInterrupt
+    with gc.section(gc._TITLES["gemm"], 100, 0) as go:
+        assert not go
+    assert gc.summary(types.SimpleNamespace(host=True)) == 1
+    report = capsys.readouterr().out.split("== summary")[1]
+    assert "interrupted by the time limit" in report
+    assert "the time limit was reached" in report

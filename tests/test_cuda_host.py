@@ -699,9 +699,13 @@ def test_gpu_check_script_dry_run(tmp_path):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert re.search(r"gpu tests: \d+ passed, 0 failed", out), out
-    for title in ("device", "GPU tests", "GEMM path throughput", "fused path throughput",
-                  "other architectures", "Schoenholz"):  # fmt: skip
-        assert re.search(rf"^PASS +{title}", out, re.M), (title, out)
+    assert "Traceback" not in out + proc.stderr
+    for title in ("versions", "device", "GPU tests", "GEMM path throughput",
+                  "fused path throughput", "path crossover", "other architectures",
+                  "Schoenholz"):  # fmt: skip
+        assert re.search(rf"^PASS +[\d.]+ s  {title}", out, re.M), (title, out)
+    assert re.search(r"^python  3\.\d+\.\d+  numpy \S+  numba \S+", out, re.M), out
+    assert re.search(r"auto picked the faster path in \d+ of \d+ cases", out), out
     for arch in ("residual", "rnn", "gru", "lstm"):
         assert re.search(rf"^{arch} +width \d+, .* k network-steps/s", out, re.M), (arch, out)
     assert re.search(r"engine [\d.]+ TFLOP/s effective, cupy.matmul [\d.]+ TFLOP/s, ratio", out)
