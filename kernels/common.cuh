@@ -69,6 +69,27 @@ extern "C" void vx_host_launch(long long grid, long long smem_bytes, int threads
 // The calling host thread is thread `tid` of every block of the next launch.
 extern "C" void vx_host_thread(int tid) { vx_host_tid = tid; }
 
+// The device build's single-precision flush-to-zero (CuPy compiles with
+// -ftz=true, after any option of ours): float results and float operands below
+// FLT_MIN read as 0. On x86 the SSE control word's FTZ and DAZ bits do this for
+// the calling thread (for doubles too, which the float32 program never brings
+// near their own subnormal range). Set around a kernel call, restored after.
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <xmmintrin.h>
+extern "C" int vx_host_ftz_supported() { return 1; }
+extern "C" unsigned vx_host_ftz_begin()
+{
+    const unsigned old = _mm_getcsr();
+    _mm_setcsr(old | 0x8000u | 0x0040u);  // FTZ (bit 15), DAZ (bit 6)
+    return old;
+}
+extern "C" void vx_host_ftz_end(unsigned old) { _mm_setcsr(old); }
+#else
+extern "C" int vx_host_ftz_supported() { return 0; }
+extern "C" unsigned vx_host_ftz_begin() { return 0u; }
+extern "C" void vx_host_ftz_end(unsigned old) { (void)old; }
+#endif
+
 struct Block {
     long long b;
     explicit Block(long long index) : b(index) {}
@@ -121,8 +142,14 @@ VX_FN double vx_fma(double a, double b, double c) { return fma(a, b, c); }
 
 #else
 // ------------------------------------------------------------------ device build
+#ifndef VX_MAX_THREADS
+#error "VX_MAX_THREADS (the launch bound) comes from cuda_sources.precision_prefix"
+#endif
 #define VX_FN __device__ __forceinline__
-#define VX_KERNEL extern "C" __global__
+// Every kernel is launched with at most VX_MAX_THREADS threads per block, and
+// says so: the compiler then keeps its registers within what such a block may
+// use, so a launch of up to that many threads cannot fail for lack of them.
+#define VX_KERNEL extern "C" __global__ __launch_bounds__(VX_MAX_THREADS)
 
 extern __shared__ double vx_dyn_smem[];
 

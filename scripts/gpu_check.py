@@ -1,8 +1,12 @@
 """The CUDA engine's device check: correctness and speed on one GPU, in a few minutes.
 
 Run through scripts/gpu_check.sh (from the source tree, nothing installed).
-Prints, each section on its own and a FAIL with its reason if it breaks:
+Prints, each section on its own, timed, and a FAIL with its reason if it breaks
+(a section that did not run says SKIPPED, and why), then a summary:
 
+0. the versions of Python, NumPy, Numba, SciPy, h5py and CuPy, each imported
+   on its own (a Numba that refuses the NumPy is reported: the cuda engine
+   does not need it), and the cache folders;
 1. the device, CuPy, CUDA and the NVRTC compile time of the kernels;
 2. PASS/FAIL of every test in tests/test_cuda_gpu.py (bit-identical weights,
    agreement with the NumPy oracle, TF32 against float32), run without pytest;
@@ -13,6 +17,9 @@ Prints, each section on its own and a FAIL with its reason if it breaks:
    shapes timed in the same run; float32 and TF32; per-layer time of each part;
 4. the fused path at width 128 and depth 10,000: network-layers per second,
    GFLOP/s, and the GEMM path on the same work for comparison;
+4b. the path crossover: per-layer time of both paths on a grid of widths and
+   grid sizes P, beside the cost model's estimates (cuda_paths.layer_seconds),
+   and which path engine.path = "auto" picks against which was faster;
 5. the residual, Elman, GRU and LSTM networks (engines.generic on CuPy
    arrays): seconds per work unit and network-steps per second;
 6. the wall time of the Schoenholz et al. (2017) tanh phase diagram
@@ -20,7 +27,13 @@ Prints, each section on its own and a FAIL with its reason if it breaks:
    grid, 8 samples, JVP and VJP) and its boundary beside the theory's.
 
 ``--host`` runs the same script on the CPU (the kernels built with g++, tiny
-sizes, no CuPy): a check of this script itself, not of a GPU.
+sizes, no CuPy): a check of this script itself, not of a GPU. ``--only
+tests,gemm`` runs some sections (the versions and the device always run).
+
+A kernel fault leaves CUDA's context unusable, so every later section fails
+too: the summary names the first failure, and offers the rerun of that section
+alone with CUDA_LAUNCH_BLOCKING=1 (each launch waits, so the error is raised
+at the launch that faulted).
 """
 
 import argparse
@@ -53,10 +66,26 @@ HOST = dict(
     schoenholz=["network.width=[24]", "network.depth=20", "monte_carlo.samples=2",
                 "grid.sigma_w2={start=1,stop=4,num=6}", "grid.sigma_b2={start=0,stop=0.3,num=3}"],
 )  # fmt: skip
+FULL["crossover"] = dict(widths=(64, 128, 256), grid=(8, 20, 40), depth=50)
+HOST["crossover"] = dict(widths=(16, 32), grid=(2, 4), depth=5)
 SKIP_ON_HOST = {"test_tf32_growth_rates_match_float32"}
+_TITLES = {
+    "tests": "GPU tests (tests/test_cuda_gpu.py)",
+    "gemm": "GEMM path throughput",
+    "fused": "fused path throughput",
+    "crossover": "path crossover (cost model)",
+    "architectures": "other architectures (generic path)",
+    "schoenholz": "Schoenholz et al. 2017 tanh phase diagram",
+}
+SECTIONS = tuple(_TITLES)
 
 START = time.perf_counter()
-RESULTS = []  # (section, ok)
+RESULTS = []  # (section, status PASS/FAIL/SKIPPED, seconds, note)
+STATE = {"first_failure": None, "cuda_error": None, "interrupted": False}
+# What a sticky CUDA error (a kernel fault) looks like in CuPy's and cuBLAS's exceptions.
+CUDA_FAULTS = ("cudaError", "CUDA_ERROR", "illegal memory access", "illegal address",
+               "unspecified launch failure", "misaligned address", "illegal instruction",
+               "CUBLAS_STATUS", "launch timed out")  # fmt: skip
 
 
 def say(text=""):
@@ -64,49 +93,78 @@ def say(text=""):
 
 
 @contextlib.contextmanager
-def section(title, budget, need):
-    """A section that reports FAIL (with the reason) instead of stopping the script."""
+def section(title, budget, need, requires=None):
+    """A section: SKIPPED (with the reason) when it cannot run, FAIL (with the reason)
+    instead of stopping the script when it breaks, its time in every case."""
     say(f"\n== {title}")
-    left = budget - (time.perf_counter() - START)
-    if left < need:
-        say(f"SKIPPED: {left:.0f} s left of the {budget:.0f} s budget, this needs ~{need:.0f} s")
-        RESULTS.append((title, None))
+    t0 = time.perf_counter()
+    left = budget - (t0 - START)
+    why = None
+    if STATE["interrupted"]:
+        why = "the time limit was reached"
+    elif requires is not None and not requires():
+        why = "needs the device section, which did not pass"
+    elif left < need:
+        why = f"{left:.0f} s left of the {budget:.0f} s budget, this needs ~{need:.0f} s"
+    if why:
+        say(f"SKIPPED: {why}")
+        RESULTS.append((title, "SKIPPED", 0.0, why))
         yield False
         return
-    t0 = time.perf_counter()
+    status, note = "PASS", ""
     try:
         yield True
+    except KeyboardInterrupt:  # gpu_check.sh's timeout sends SIGINT
+        STATE["interrupted"] = True
+        status, note = "FAIL", "interrupted by the time limit"
+        say(f"FAIL: {note}")
     except Exception as err:
+        status, note = "FAIL", f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+        if STATE["cuda_error"]:
+            say(f"(after the CUDA error in '{STATE['cuda_error']}': this may only echo it)")
+        elif any(mark in f"{type(err).__name__}: {err}" for mark in CUDA_FAULTS):
+            STATE["cuda_error"] = title
         say(f"FAIL: {type(err).__name__}: {err}")
         say("".join(traceback.format_exc().splitlines(keepends=True)[-8:]).rstrip())
-        RESULTS.append((title, False))
-    else:
-        RESULTS.append((title, True))
-    say(f"({time.perf_counter() - t0:.1f} s)")
+    seconds = time.perf_counter() - t0
+    if status == "FAIL" and STATE["first_failure"] is None:
+        STATE["first_failure"] = title
+    RESULTS.append((title, status, seconds, note))
+    say(f"({seconds:.1f} s)")
 
 
-def preflight():
-    """Versions of what the check imports; a stand-in for SciPy if it is missing."""
+def versions_section():
+    """Every version, each package imported on its own (so one broken import is one line)."""
     found = {}
-    for name in ("numpy", "scipy", "numba", "h5py", "click", "cupy"):
-        spec = importlib.util.find_spec(name)
-        if spec is None:
-            found[name] = "MISSING"
-            continue
+    for name in ("numpy", "numba", "scipy", "h5py", "click", "threadpoolctl", "cupy"):
         try:
-            __import__(name)
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:  # cupy-cuda12x and the like
-            found[name] = "present"
-        except Exception as err:  # a broken install: say so, go on
-            found[name] = f"BROKEN ({type(err).__name__}: {err})"
+            module = importlib.import_module(name)
+        except Exception as err:  # missing, or refusing this NumPy: say so, go on
+            found[name] = "MISSING" if isinstance(err, ModuleNotFoundError) else "BROKEN"
+            if found[name] == "BROKEN" or name == "numpy":
+                say(f"{name}: {type(err).__name__}: {err}")
+            continue
+        found[name] = _dist_version(name) or getattr(module, "__version__", "present")
     say(
         "python  " + sys.version.split()[0] + "  " + "  ".join(f"{k} {v}" for k, v in found.items())
     )
+    if found["numba"] in ("MISSING", "BROKEN"):
+        say("NOTE: numba unusable here: the cuda engine does not need it (--backend numba does)")
     if found["scipy"] == "MISSING":
         install_scipy_stand_in()
         say("NOTE: scipy missing: vxsim's three scipy calls (special.erf, optimize.brentq,")
         say("      optimize.minimize_scalar) run on a minimal stand-in from this script")
+    for var in ("CUPY_CACHE_DIR", "VXSIM_CACHE_DIR"):
+        say(f"{var}={os.environ.get(var, '(not set)')}")
+    if found["numpy"] in ("MISSING", "BROKEN"):
+        raise RuntimeError("numpy cannot be imported: nothing else can run")
+
+
+def _dist_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:  # cupy-cuda13x and the like
+        return None
 
 
 def install_scipy_stand_in():
@@ -189,8 +247,12 @@ class Clock:
 
 
 def device_section(host):
+    if host:
+        use_host_backend()
     from vxsim.engines import cuda_gpu
 
+    if not cuda_gpu.available():
+        raise RuntimeError(f"no usable GPU: {cuda_gpu.unavailable_reason()}")
     if host:
         say("device  CPU (--host: the kernels built with g++, one thread per block)")
     else:
@@ -255,7 +317,7 @@ def gemm_section(sizes, clock, host):
 def _gemm_one(sizes, clock, host, precision):
     import numpy as np
 
-    from vxsim.engines import cuda_gpu
+    from vxsim.engines import cuda_gpu, cuda_mlp
 
     W, D = sizes["gemm_width"], sizes["gemm_depth"]
     xp = np if host else clock.cupy
@@ -266,7 +328,7 @@ def _gemm_one(sizes, clock, host, precision):
         'measure.mode="vjp"', "measure.record={log = 16}", 'engine.path="gemm"',
         f'measure.precision="{precision}"',
     )  # fmt: skip
-    unit = cuda_gpu._Unit(cfg, W, 0)
+    unit = cuda_mlp.Unit(cfg, W, 0, cuda_gpu.gpu_backend(precision))
     cols = 2 * unit.P
     rnd = np.random.default_rng(0)
     A = xp.asarray(rnd.standard_normal((cols, W), dtype=np.float32))
@@ -331,6 +393,41 @@ def fused_section(sizes, clock):
     say(f"fused/gemm speedup at width {W}, jvp: {t_gemm / t_fused:.2f}")
 
 
+def crossover_section(sizes, clock):
+    """Per-layer time of both MLP paths over widths and grid sizes, beside the cost model."""
+    from vxsim.engines import cuda_gpu, cuda_paths
+
+    spec = sizes["crossover"]
+    D = spec["depth"]
+    agree = total = 0
+    say(" width  points   fused ms/layer (model)   gemm ms/layer (model)   faster  auto")
+    for W in spec["widths"]:
+        for n in spec["grid"]:
+            grid = (f"grid.sigma_w2={{start=0.5, stop=4.0, num={n}}}",
+                    f"grid.sigma_b2={{start=0.0, stop=0.3, num={n}}}")  # fmt: skip
+            base = (f"network.width=[{W}]", 'network.activation=["tanh"]', 'measure.mode="jvp"',
+                    "measure.record={log = 8}", *grid)  # fmt: skip
+            times, model = {}, {}
+            for path in ("fused", "gemm"):
+                cfg = _config(*base, f"network.depth={D}", f'engine.path="{path}"')
+                cuda_gpu.run_unit(_config(*base, "network.depth=2", f'engine.path="{path}"'), W, 0)
+                times[path] = clock.time(lambda c=cfg, w=W: cuda_gpu.run_unit(c, w, 0)) / D
+                P = math.prod(cfg.grid_shape)
+                chunk = cuda_paths.fused_chunk(cfg, W)
+                model[path] = cuda_paths.layer_seconds(path, P, W, cfg.dtype.itemsize, 3, chunk)
+            auto = cuda_paths.choose_path(_config(*base, f"network.depth={D}"), W)
+            faster = min(times, key=times.get)
+            agree += auto == faster
+            total += 1
+            say(f"{W:6d} {P:7d}   {1e3 * times['fused']:9.4f} ({1e3 * model['fused']:8.4f})"
+                f"    {1e3 * times['gemm']:9.4f} ({1e3 * model['gemm']:8.4f})    "
+                f"{faster:6s} {auto}")  # fmt: skip
+    say(
+        f"auto picked the faster path in {agree} of {total} cases (float32, jvp; the model's "
+        "rates: vxsim/engines/cuda_paths.py)"
+    )
+
+
 def architectures_section(sizes, clock):
     """Each non-MLP architecture, both modes, 32 grid points: time per work unit."""
     from vxsim.engines import cuda_gpu
@@ -389,46 +486,56 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", action="store_true", help="CPU dry run of this script")
     parser.add_argument("--budget", type=float, default=285.0, help="seconds for the whole check")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections among {', '.join(SECTIONS)}")  # fmt: skip
     args = parser.parse_args()
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if only - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(only - set(SECTIONS))}; known: {SECTIONS}")
     sizes = HOST if args.host else FULL
     say(f"vxsim gpu_check  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  source {ROOT}")
-    preflight()
-    if args.host:
-        use_host_backend()
-    else:
-        from vxsim.engines import cuda_gpu
-
-        if not cuda_gpu.available():
-            say(f"FAIL: no usable GPU: {cuda_gpu.unavailable_reason()}")
-            return 2
     clock = None
+    with section("versions", args.budget, 0) as go:
+        if go:
+            versions_section()
     with section("device", args.budget, 0) as go:
         if go:
             device_section(args.host)
             clock = Clock(args.host)
-    if clock is None:
-        say("FAIL: cannot go on without the device")
-        return 2
-    with section("GPU tests (tests/test_cuda_gpu.py)", args.budget, 30) as go:
-        if go:
-            tests_section(args.host)
-    with section("GEMM path throughput", args.budget, 20) as go:
-        if go:
-            gemm_section(sizes, clock, args.host)
-    with section("fused path throughput", args.budget, 20) as go:
-        if go:
-            fused_section(sizes, clock)
-    with section("other architectures (generic path)", args.budget, 20) as go:
-        if go:
-            architectures_section(sizes, clock)
-    with section("Schoenholz et al. 2017 tanh phase diagram", args.budget, 40) as go:
-        if go:
-            schoenholz_section(sizes)
+    ready = lambda: clock is not None  # noqa: E731
+    plan = [
+        ("tests", 30, lambda: tests_section(args.host)),
+        ("gemm", 20, lambda: gemm_section(sizes, clock, args.host)),
+        ("fused", 20, lambda: fused_section(sizes, clock)),
+        ("crossover", 20, lambda: crossover_section(sizes, clock)),
+        ("architectures", 20, lambda: architectures_section(sizes, clock)),
+        ("schoenholz", 40, lambda: schoenholz_section(sizes)),
+    ]
+    for key, need, run in plan:
+        if key not in only:
+            continue
+        with section(_TITLES[key], args.budget, need, requires=ready) as go:
+            if go:
+                run()
+    return summary(args)
+
+
+def summary(args):
     say("\n== summary")
-    for title, ok in RESULTS:
-        say(f"{'PASS' if ok else 'SKIPPED' if ok is None else 'FAIL':8s} {title}")
+    for title, status, seconds, note in RESULTS:
+        say(f"{status:8s} {seconds:6.1f} s  {title}" + (f"  ({note})" if note else ""))
     say(f"total {time.perf_counter() - START:.1f} s")
-    return 0 if all(ok for _, ok in RESULTS) else 1
+    first = STATE["first_failure"]
+    if first:
+        say(f"first failure: {first}")
+    if STATE["cuda_error"]:
+        key = next((k for k, t in _TITLES.items() if t == STATE["cuda_error"]), None)
+        again = f" --only {key}" if key else ""
+        host = " --host" if args.host else ""
+        say(f"a CUDA error in '{STATE['cuda_error']}' leaves the context unusable: later "
+            f"failures may only echo it. To find the launch that faulted, rerun\n"
+            f"  CUDA_LAUNCH_BLOCKING=1 bash scripts/gpu_check.sh{host}{again}")  # fmt: skip
+    return 0 if all(status == "PASS" for _, status, _, _ in RESULTS) else 1
 
 
 if __name__ == "__main__":

@@ -22,12 +22,23 @@ import shutil
 import subprocess
 import sys
 
+import cuda_probes
 import numpy as np
 import pytest
 from oracle_cases import ARCH_AXES, CASES, TOL, assert_same, case_config, make_config
 
 from vxsim import activations, config, engines, rng
-from vxsim.engines import base, cuda_gpu, cuda_host, cuda_sources, numpy_ref, strict_arrays
+from vxsim.engines import (
+    base,
+    cuda_generic,
+    cuda_gpu,
+    cuda_host,
+    cuda_mlp,
+    cuda_paths,
+    cuda_sources,
+    numpy_ref,
+    strict_arrays,
+)
 from vxsim.errors import VxsimError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,10 +135,14 @@ def _nvcc(tmp_path, text, name, *options, arch="sm_90"):
 @needs_nvcc
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_whole_program_compiles_with_nvcc(tmp_path, precision):
-    """The program exactly as the engine hands it to NVRTC, for Hopper (sm_90)."""
+    """The program exactly as the engine hands it to NVRTC, for Hopper (sm_90); every
+    kernel carries the launch bound (.maxntid), so its registers fit a full block."""
     ptx = _nvcc(tmp_path, cuda_sources.program(precision), precision, *cuda_sources.NVRTC_OPTIONS)
+    bound = cuda_sources.MAX_BLOCK_THREADS
     for name in cuda_sources.kernel_signatures(cuda_sources.program(precision)):
         assert re.search(rf"\.entry {name}\(", ptx), name  # extern "C": unmangled entry points
+        entry = re.search(rf"\.entry {name}\([^)]*\)\s*(\.maxntid [^\n]*)", ptx)
+        assert entry and entry.group(1) == f".maxntid {bound}, 1, 1", name
 
 
 @needs_nvcc
@@ -232,10 +247,10 @@ def test_philox_known_answers_and_rng(host):
     be = host["float32"]
     for (c0, c1, c2, c3), (k0, k1), words in KAT:
         seed = k0 + (k1 << 32)
-        got = cuda_gpu.probe_philox(be, c0, 1, c1, c2, c3, seed)
+        got = cuda_probes.probe_philox(be, c0, 1, c1, c2, c3, seed)
         assert tuple(int(w) for w in got[0]) == words
     for seed, layer, sample, stream in ((0, 1, 0, 0), (2**40 + 7, 999, 3, 1), (2**64 - 1, 2, 1, 2)):
-        got = cuda_gpu.probe_philox(be, 0, 1000, layer, sample, stream, seed)
+        got = cuda_probes.probe_philox(be, 0, 1000, layer, sample, stream, seed)
         k0, k1 = rng.seed_key(seed)
         n = np.arange(1000, dtype=np.uint64)
         c = [np.full(1000, v, dtype=np.uint64) for v in (layer, sample, stream)]
@@ -247,7 +262,7 @@ def test_normals_bit_identical_in_float64(host):
     be = host["float64"]
     for count, layer, sample, stream, seed in ((1, 1, 0, 0, 0), (4097, 7, 2, 1, 12345),
                                                (30001, 200, 1, 3, 2**33 + 5)):  # fmt: skip
-        got = cuda_gpu.probe_normals(be, count, layer, sample, stream, seed)
+        got = cuda_probes.probe_normals(be, count, layer, sample, stream, seed)
         np.testing.assert_array_equal(got, rng.normals(seed, sample, layer, stream, count))
 
 
@@ -257,7 +272,7 @@ def test_weights_and_bias_bit_identical(host, precision):
     cfg = make_config("monte_carlo.seed=1099511627781", precision=precision)
     for width in (1, 7, 33, 64):
         for sample, layer in ((0, 1), (1, 5), (3, 200)):
-            Z, xi = cuda_gpu.weights(cfg, width, sample, layer, backend=host[precision])
+            Z, xi = cuda_probes.weights(cfg, width, sample, layer, backend=host[precision])
             assert Z.dtype == np.dtype(precision)
             np.testing.assert_array_equal(Z, base.weights(cfg, width, sample, layer))
             np.testing.assert_array_equal(xi, base.bias(cfg, width, sample, layer))
@@ -266,7 +281,7 @@ def test_weights_and_bias_bit_identical(host, precision):
 def test_fused_chunk_fill_transposed_and_layered(host):
     """Several layers at once, transposed, as the fused forward pass reads them."""
     cfg = make_config('engine.path="fused"', width=9, depth=12)
-    unit = cuda_gpu._Unit(cfg, 9, 1, backend=host["float32"])
+    unit = cuda_mlp.Unit(cfg, 9, 1, backend=host["float32"])
     unit._fill(4, 5, transpose=1, bias=True)
     Zs, xis = unit.be.to_host(unit.Zbuf), unit.be.to_host(unit.xibuf)
     for li in range(5):
@@ -282,7 +297,7 @@ def test_box_muller_edge_words_bit_identical(host):
     words = np.array(sorted(w for w in edges if 0 <= w < 2**32), dtype=np.uint64)
     ka = np.repeat(words, words[::7].size)
     kb = np.tile(words[::7], words.size)
-    got = cuda_gpu.probe_box_muller(host["float64"], ka, kb)
+    got = cuda_probes.probe_box_muller(host["float64"], ka, kb)
     z0, z1 = rng.box_muller(ka, kb)
     np.testing.assert_array_equal(got[:, 0], z0)
     np.testing.assert_array_equal(got[:, 1], z1)
@@ -299,7 +314,7 @@ def test_activations_match_numpy(host, label):
     act, a = activations.parse(label)
     x = np.concatenate([np.linspace(-6.0, 6.0, 1200), np.array(act.kinks(a) or [0.0])])
     for fn in ("phi", "dphi", "d2phi"):
-        got = cuda_gpu.probe_activation(host["float64"], act.name, fn, x, a)
+        got = cuda_probes.probe_activation(host["float64"], act.name, fn, x, a)
         want = np.broadcast_to(np.asarray(getattr(act, fn)(x, a), dtype=np.float64), x.shape)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15, err_msg=f"{label} {fn}")
 
@@ -310,7 +325,7 @@ def test_activations_match_numpy(host, label):
 @pytest.mark.parametrize("precision,mode,path,width,depth,record,checkpoint,sample", CASES)
 def test_matches_oracle(host, precision, mode, path, width, depth, record, checkpoint, sample):
     cfg = case_config(precision, mode, path, width, depth, record, checkpoint, sample)
-    assert cuda_gpu.choose_path(cfg, width) == path
+    assert cuda_paths.choose_path(cfg, width) == path
     got = cuda_gpu.run_unit(cfg, width, sample, backend=host[precision])
     assert_same(got, numpy_ref.run_unit(cfg, width, sample), TOL[precision])
 
@@ -392,7 +407,7 @@ def test_architecture_divergence_flags_match_oracle(host, arch):
 def test_architecture_vjp_that_keeps_every_layer_on_the_device(host, arch, monkeypatch):
     """The store path (every layer kept, nothing recomputed; GPU memory permitting)
     on the strict stand-in: same numbers as the oracle's checkpoints, to rounding."""
-    monkeypatch.setattr(cuda_gpu.DeviceArrays, "store_bytes", lambda self: 2**40)
+    monkeypatch.setattr(cuda_generic.DeviceArrays, "store_bytes", lambda self: 2**40)
     cfg = _arch_config(arch, "float64", "both", checkpoint=0)
     got = cuda_gpu.run_unit(cfg, 12, 1, backend=host["float64"])
     want = numpy_ref.run_unit(cfg, 12, 1)
@@ -422,7 +437,7 @@ def test_a_host_array_in_the_device_computation_is_caught(host, monkeypatch):
     """The strict stand-in can fail: a unit that left its inputs on the host (as if
     DeviceArrays.asarray had been forgotten) is refused, naming the host array."""
     cfg = _arch_config("rnn", "float32", "both")
-    monkeypatch.setattr(cuda_gpu.DeviceArrays, "asarray", lambda self, x: np.asarray(x))
+    monkeypatch.setattr(cuda_generic.DeviceArrays, "asarray", lambda self, x: np.asarray(x))
     with pytest.raises(strict_arrays.HostDeviceMixError, match="host .NumPy. array"):
         cuda_gpu.run_unit(cfg, 12, 1, backend=host["float32"])
 
@@ -497,8 +512,8 @@ def test_fused_chunks_change_nothing(host, monkeypatch):
     cfg = make_config("engine.checkpoint=5", 'engine.path="fused"', width=10, depth=23,
                       precision="float64")  # fmt: skip
     whole = cuda_gpu.run_unit(cfg, 10, 1, backend=host["float64"])
-    monkeypatch.setattr(cuda_gpu, "FUSED_ZBUF_BYTES", 3 * 10 * 10 * 8)
-    unit = cuda_gpu._Unit(cfg, 10, 1, backend=host["float64"])
+    monkeypatch.setattr(cuda_paths, "FUSED_ZBUF_BYTES", 3 * 10 * 10 * 8)
+    unit = cuda_mlp.Unit(cfg, 10, 1, backend=host["float64"])
     assert unit.chunk == 3
     split = unit.run()
     for key, value in whole.items():
@@ -571,7 +586,7 @@ def test_launch_shapes_and_kernels_used(host):
     for path in ("gemm", "fused"):
         cfg = make_config('engine.path="' + path + '"', width=40, depth=9, mode="both")
         be = cuda_host.HostBackend("float32")
-        unit = cuda_gpu._Unit(cfg, 40, 0, backend=be)
+        unit = cuda_mlp.Unit(cfg, 40, 0, backend=be)
         unit.run()
         for name, grid, block, smem in be.launches:
             seen.setdefault(name, set()).add((grid, block, smem))
@@ -588,10 +603,10 @@ def test_launch_shapes_and_kernels_used(host):
 def test_device_memory_estimate_covers_the_buffers(host):
     for path in ("gemm", "fused"):
         cfg = make_config('engine.path="' + path + '"', width=24, depth=50, mode="both")
-        unit = cuda_gpu._Unit(cfg, 24, 0, backend=host["float32"])
+        unit = cuda_mlp.Unit(cfg, 24, 0, backend=host["float32"])
         arrays = [v for v in vars(unit).values() if isinstance(v, strict_arrays.DeviceArray)]
         held = sum(a.nbytes for a in arrays)
-        estimate = cuda_gpu.estimate_device_bytes(cfg, 24, path)
+        estimate = cuda_paths.estimate_device_bytes(cfg, 24, path)
         assert held <= estimate <= 1.5 * held + 2**16, (path, held, estimate)
 
 
@@ -607,18 +622,48 @@ def test_registry_and_config():
     assert cuda_sources.program(cfg.precision).startswith("#define VX_REAL float")
     with pytest.raises(config.ConfigError, match="tf32.*cuda backend"):
         make_config('measure.precision="tf32"', 'engine.backend="numba"')
-    w = cuda_gpu.FUSED_MAX_WIDTH
-    assert cuda_gpu.choose_path(make_config(), w) == "fused"
-    assert cuda_gpu.choose_path(make_config(), w + 1) == "gemm"
-    assert cuda_gpu.choose_path(make_config('engine.path="gemm"'), 8) == "gemm"
+    assert cuda_paths.choose_path(make_config('engine.path="gemm"'), 8) == "gemm"
+    assert cuda_paths.choose_path(make_config('engine.path="fused"'), 2000) == "fused"
     # the fused kernels' shared memory (6 N reals <= 46 KiB) and the GPU's free memory
-    cuda_gpu.check_unit(make_config(precision="float64"), 981, "fused")
+    cuda_paths.check_unit(make_config(precision="float64"), 981, "fused")
     with pytest.raises(VxsimError, match="takes widths up to 981 in float64"):
-        cuda_gpu.check_unit(make_config(precision="float64"), 982, "fused")
-    need = cuda_gpu.estimate_device_bytes(make_config(), 512, "gemm")
-    cuda_gpu.check_unit(make_config(), 512, "gemm", lambda: 2 * need)
+        cuda_paths.check_unit(make_config(precision="float64"), 982, "fused")
+    need = cuda_paths.estimate_device_bytes(make_config(), 512, "gemm")
+    cuda_paths.check_unit(make_config(), 512, "gemm", lambda: 2 * need)
     with pytest.raises(VxsimError, match="GiB of GPU memory"):
-        cuda_gpu.check_unit(make_config(), 512, "gemm", lambda: need)
+        cuda_paths.check_unit(make_config(), 512, "gemm", lambda: need)
+
+
+def _grid(points_per_axis, *extra, precision="float32"):
+    return make_config(
+        f"grid.sigma_w2={{start=0.5, stop=4.0, num={points_per_axis}}}",
+        f"grid.sigma_b2={{start=0.0, stop=0.3, num={points_per_axis}}}",
+        *extra, acts='["tanh"]', mode="jvp", precision=precision,
+    )  # fmt: skip
+
+
+def test_path_is_chosen_by_a_cost_model_in_points_and_width():
+    """engine.path = "auto": the fused path (every block streams all of Z, P N^2 bytes a
+    layer) for small grids or small widths, the GEMM path (three launches a layer, N^2
+    bytes) for large ones; never a fused path that does not fit in shared memory."""
+    small, schoenholz = _grid(4), _grid(40)  # 16 and 1,600 points
+    assert int(np.prod(schoenholz.grid_shape)) == 1600
+    assert cuda_paths.choose_path(small, 8) == cuda_paths.choose_path(small, 256) == "fused"
+    assert cuda_paths.choose_path(schoenholz, 64) == "fused"
+    assert cuda_paths.choose_path(schoenholz, 256) == "gemm"  # ~420 MB of Z reads a layer
+    assert not cuda_paths.fused_fits(_grid(2, precision="float64"), 982)
+    assert cuda_paths.choose_path(_grid(2, precision="float64"), 982) == "gemm"
+    assert cuda_paths.choose_path(_grid(2, precision="float64"), 512) == "fused"
+    for width in (16, 64, 128, 256, 512, 1000):  # more points never favour the fused path
+        paths = [cuda_paths.choose_path(_grid(n), width) for n in (2, 8, 20, 40, 80)]
+        assert paths == sorted(paths, key=("fused", "gemm").index), (width, paths)
+    for points in (16, 1600):  # nor does a wider network, at a given grid
+        widths = [
+            cuda_paths.layer_seconds("fused", points, w, 4, 3)
+            / cuda_paths.layer_seconds("gemm", points, w, 4, 3)
+            for w in (16, 64, 256, 1024)
+        ]
+        assert widths == sorted(widths), widths
 
 
 def _cli(tmp_path, *args):
@@ -654,9 +699,13 @@ def test_gpu_check_script_dry_run(tmp_path):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert re.search(r"gpu tests: \d+ passed, 0 failed", out), out
-    for title in ("device", "GPU tests", "GEMM path throughput", "fused path throughput",
-                  "other architectures", "Schoenholz"):  # fmt: skip
-        assert re.search(rf"^PASS +{title}", out, re.M), (title, out)
+    assert "Traceback" not in out + proc.stderr
+    for title in ("versions", "device", "GPU tests", "GEMM path throughput",
+                  "fused path throughput", "path crossover", "other architectures",
+                  "Schoenholz"):  # fmt: skip
+        assert re.search(rf"^PASS +[\d.]+ s  {title}", out, re.M), (title, out)
+    assert re.search(r"^python  3\.\d+\.\d+  numpy \S+  numba \S+", out, re.M), out
+    assert re.search(r"auto picked the faster path in \d+ of \d+ cases", out), out
     for arch in ("residual", "rnn", "gru", "lstm"):
         assert re.search(rf"^{arch} +width \d+, .* k network-steps/s", out, re.M), (arch, out)
     assert re.search(r"engine [\d.]+ TFLOP/s effective, cupy.matmul [\d.]+ TFLOP/s, ratio", out)

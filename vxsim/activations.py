@@ -24,9 +24,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import types
-from numba.extending import overload, register_jitable
 from scipy import special
+
+from .numba_optional import overload, register_jitable, types
 
 SELU_LAMBDA = 1.0507009873554805
 SELU_ALPHA = 1.6732632423543772

@@ -23,7 +23,8 @@ Numba twin).
 """
 
 import numpy as np
-from numba.extending import register_jitable
+
+from .numba_optional import register_jitable
 
 # Philox4x32 round constants (Salmon et al. 2011, Random123).
 PHILOX_M0 = np.uint64(0xD2511F53)

@@ -4,7 +4,7 @@
 a launch runs its blocks one after the other, each by ``threads`` host
 threads that meet at real barriers (``threads = 1``, the default, is
 fastest; more threads test the partition of each block's work and the
-barriers). ``HostBackend`` offers what ``cuda_gpu._Unit`` needs from a
+barriers). ``HostBackend`` offers what the cuda engine's units need from a
 backend (NumPy arrays for CuPy's, ``numpy.matmul`` for cuBLAS, the kernels
 through ctypes with the same argument checks as on the GPU), so the CUDA
 engine's orchestration and the kernels' arithmetic run, unchanged, on a
@@ -128,9 +128,11 @@ class _Team:
 class HostBackend:
     """The cuda engine's backend interface on the CPU (see the module docstring)."""
 
-    def __init__(self, precision, threads=1, timeout=120, text=None, strict=False):
+    def __init__(self, precision, threads=1, timeout=120, text=None, strict=False, ftz=False):
         """``text``: a program to build instead of the kernels' (tests of the tests);
-        ``strict``: device arrays that refuse to mix with NumPy's (``strict_arrays``)."""
+        ``strict``: device arrays that refuse to mix with NumPy's (``strict_arrays``);
+        ``ftz``: float32 subnormals flushed to zero in the kernels and the GEMMs, as
+        NVRTC's ``-ftz=true`` (which CuPy always adds) does on the GPU (x86 only)."""
         self.strict = strict
         self.xp = strict_arrays.xp if strict else np
         self.precision = precision
@@ -148,6 +150,12 @@ class HostBackend:
         self.lib.vx_host_launch.restype = None
         self.lib.vx_host_thread.argtypes = [ctypes.c_int]
         self.lib.vx_host_thread.restype = None
+        self.lib.vx_host_ftz_begin.restype = ctypes.c_uint
+        self.lib.vx_host_ftz_end.argtypes = [ctypes.c_uint]
+        self.lib.vx_host_ftz_end.restype = None
+        if ftz and not self.lib.vx_host_ftz_supported():
+            raise RuntimeError("flush-to-zero is emulated on x86 (SSE control word) only")
+        self.ftz = bool(ftz)
         self.team = _Team(self.threads) if self.threads > 1 else None
         self.launches = []  # (kernel name, grid, block, shared memory bytes) of every launch
 
@@ -156,7 +164,7 @@ class HostBackend:
         device's block size ``block`` is checked, not used)."""
         signature = self.signatures[name]
         cuda_sources.check_args(name, signature, args, self.real)
-        assert int(grid) >= 1 and 32 <= int(block) <= 1024 and int(block) % 32 == 0
+        cuda_sources.check_launch(name, grid, block)
         self.launches.append((name, int(grid), int(block), int(smem)))
         converted = []
         for (ctype, _), arg in zip(signature, args, strict=True):
@@ -170,7 +178,8 @@ class HostBackend:
 
         def job(tid):
             self.lib.vx_host_thread(tid)
-            fn(*converted)
+            with self.flush_to_zero():
+                fn(*converted)
 
         with _lock:
             self.lib.vx_host_launch(int(grid), int(smem), self.threads)
@@ -179,8 +188,21 @@ class HostBackend:
             else:
                 self.team.run(job, self.timeout)
 
+    @contextlib.contextmanager
+    def flush_to_zero(self):
+        """The calling thread's float arithmetic with -ftz=true semantics inside (if ftz)."""
+        if not self.ftz:
+            yield
+            return
+        old = self.lib.vx_host_ftz_begin()
+        try:
+            yield
+        finally:
+            self.lib.vx_host_ftz_end(old)
+
     def matmul(self, a, b, out):
-        np.matmul(a, b, out=out)
+        with self.flush_to_zero():
+            np.matmul(a, b, out=out)
 
     def to_host(self, x):
         return strict_arrays.to_host(x)

@@ -18,7 +18,7 @@ the Python side, so that nothing is stated twice:
   (``vxsim.activations``: ``act.c``), activation codes in the order of
   ``activations.names()``;
 * the row and plane indices of the per-point tables shared with
-  ``cuda_gpu.py`` (below).
+  ``cuda_mlp.py`` (below).
 
 ``kernel_signatures(text)`` reads the parameter lists of the ``VX_KERNEL``
 functions, so that the engine can check every launch's argument types (CuPy
@@ -42,6 +42,11 @@ GENERATED = "vx_generated.cuh"
 # would change the Box-Muller arithmetic's rounding (explicit fma() calls in
 # the matrix-vector products are unaffected).
 NVRTC_OPTIONS = ("--fmad=false",)
+# Most threads per block of any launch: every kernel is declared with
+# __launch_bounds__(VX_MAX_THREADS) (common.cuh), so the compiler keeps each
+# kernel's registers within what a block of this size may use, and raising the
+# launch's thread count up to it cannot make a launch fail for lack of registers.
+MAX_BLOCK_THREADS = 256
 
 # The per-point tables' rows (pf, pi, res) and the epilogue kinds, shared with
 # the Numba kernels; the CUDA program gets them as #define VX_<NAME> lines.
@@ -173,9 +178,10 @@ def assemble(unit, seen=None):
 
 
 def precision_prefix(precision):
-    """The lines that select the floating-point type of states (``real``)."""
+    """The lines that select the floating-point type of states (``real``) and state the
+    launch bound (``VX_MAX_THREADS``, common.cuh's ``__launch_bounds__``)."""
     real = {"float32": "float", "tf32": "float", "float64": "double"}[precision]
-    return f"#define VX_REAL {real}\n"
+    return f"#define VX_REAL {real}\n#define VX_MAX_THREADS {MAX_BLOCK_THREADS}\n"
 
 
 def program(precision, units=UNITS):
@@ -212,6 +218,17 @@ def kernel_signatures(text):
 # NumPy types that CuPy (and ctypes, in the host build) must be given for each C type.
 SCALAR_TYPES = {"int": np.int32, "long long": np.int64, "u32": np.uint32, "double": np.float64}
 POINTER_TYPES = {"double*": np.float64, "int*": np.int32, "u32*": np.uint32}
+
+
+def check_launch(name, grid, block):
+    """AssertionError unless a launch shape suits the kernels: at least one block, and a
+    whole number of warps (the block reductions' full-mask warp shuffles need every
+    lane) within ``MAX_BLOCK_THREADS`` (the kernels' ``__launch_bounds__``)."""
+    grid, block = int(grid), int(block)
+    assert grid >= 1, f"{name}: grid of {grid} blocks"
+    assert 32 <= block <= MAX_BLOCK_THREADS and block % 32 == 0, (
+        f"{name}: {block} threads per block (a multiple of 32, at most {MAX_BLOCK_THREADS})"
+    )
 
 
 def check_args(name, signature, args, real):

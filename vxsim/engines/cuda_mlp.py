@@ -1,0 +1,314 @@
+"""The CUDA engine's MLP unit: one (width, sample) on the kernels of ``kernels/``.
+
+The same computation as the Numba engine (``numba_cpu``), laid out the same
+way (states are rows of C-order ``(rows * P, N)`` arrays: point p's h1 in row
+p, h2 in row P + p, its tangent in row 2P + p), on a backend
+(``cuda_backend.GpuBackend``, or ``cuda_host.HostBackend`` on the CPU):
+
+* **GEMM path** (large widths). Per layer, launched from the host without
+  ever synchronising: ``vx_fill_weights`` writes Z^{s,l} from the counter
+  (Philox4x32-10 and the portable Box-Muller, bit-identical to
+  ``rng.normal_matrix``), one cuBLAS GEMM ``H = A @ Z.T`` over every column
+  (``cupy.matmul``), then ``vx_forward``: one thread block per grid point
+  doing scale, bias, the squared norms and the correlation dot product
+  (float64 block reductions), the divergence test, renormalisation,
+  checkpointing, recording and phi / phi' written into the next GEMM input.
+  Results stay on the device until the unit is done and come back in one
+  copy.
+* **Fused path** (small widths). One thread block per grid point keeps its
+  state in shared memory across a chunk of layers and does the
+  matrix-vector products itself; the chunk's weights are generated once for
+  all blocks just before (see ``kernels/fused.cu``).
+* **VJP**: checkpoints every ``checkpoint_every`` layers in the forward pass,
+  then per segment, last first, a recomputation from its checkpoint with
+  weights regenerated from the counter (phi' kept for the segment), and the
+  backward steps ``g <- phi' * (s Z^T g)`` (GEMM ``U = G @ Z``).
+* ``measure.precision = "tf32"``: float32 states whose GEMMs run on the
+  tensor cores in TF32 (cuBLAS ``CUBLAS_COMPUTE_32F_FAST_TF32``), on the GEMM
+  path only (the fused path's products stay float32).
+
+Which path a unit takes and what it needs: ``cuda_paths``.
+"""
+
+import numpy as np
+
+from .. import rng
+from . import base, cuda_sources, layout
+from .cuda_backend import FILL_THREADS, fill_grid, i32
+from .cuda_paths import check_unit, choose_path, fused_chunk, fused_smem, threads_for
+
+
+class Unit:
+    """One (width, sample) on a backend: every buffer allocated once, on the device."""
+
+    def __init__(self, config, width, sample, backend, path=None):
+        self.config, self.width, self.sample = config, width, sample
+        self.path = path or choose_path(config, width)
+        self.be = be = backend
+        xp = be.xp
+        grid = base.grid(config)
+        P, N, dt = grid.points, width, config.dtype
+        self.P, self.N, self.dt, self.L = P, N, dt, config.depth
+        self.jvp = "jvp" in config.modes
+        self.vjp = "vjp" in config.modes
+        self.tf32 = config.precision == "tf32"
+        check_unit(config, width, self.path, getattr(be, "free_bytes", None))
+        # Per-point tables.
+        pf = np.zeros((layout.N_F, P))
+        pf[layout.F_SCALE] = np.sqrt(grid.sigma_w2 / N).astype(dt).astype(np.float64)
+        pf[layout.F_BAMP] = np.sqrt(grid.sigma_b2)
+        pi = np.zeros((layout.N_I, P), dtype=np.int32)
+        for act, param, cols in grid.groups:
+            pf[layout.F_PARAM, cols] = dt.type(param)
+            pi[layout.I_CODE, cols] = cuda_sources.activation_code(act.name)
+            pi[layout.I_HOMOG, cols] = int(act.homogeneous)
+        self.pf = xp.asarray(pf)
+        self.pi = xp.asarray(pi)
+        self.R = config.layers.size
+        self.res = xp.full((4, P, self.R), np.nan)
+        self.rec = base.record_index(config)
+        self.rec_d = xp.asarray(self.rec.astype(np.int32))
+        self.limit = np.float64(base.divergence_limit(dt))
+        self.has_bias = int(np.any(grid.sigma_b2 > 0))
+        k0, k1 = rng.seed_key(config.seed)
+        self.keys = (np.uint32(sample), np.uint32(k0), np.uint32(k1))
+        x1, x2, v0 = base.inputs(config, N, sample)
+        self.x1 = xp.asarray(x1.astype(dt))
+        self.x2 = xp.asarray(x2.astype(dt))
+        self.v0 = xp.asarray((v0 / np.linalg.norm(v0)).astype(dt))
+        rows = 3 if self.jvp else 2
+        self.A = xp.zeros((rows * P, N), dtype=dt)
+        self.H = xp.zeros((rows * P, N), dtype=dt)
+        self.threads = threads_for(N)
+        if self.path == "fused":
+            self.chunk = fused_chunk(config, N)
+            self.Zbuf = xp.zeros((self.chunk, N, N), dtype=dt)
+            self.xibuf = xp.zeros((self.chunk, N))
+        else:
+            self.chunk = 1
+            self.Zbuf = xp.zeros((N, N), dtype=dt)
+            self.xibuf = xp.zeros((1, N))
+        self.every = config.checkpoint_every if self.vjp else 0
+        if self.vjp:
+            ncp = max(1, (self.L - 1) // self.every)
+            self.cp = xp.zeros((ncp, P, N), dtype=dt)
+            self.cp_ls = xp.zeros((ncp, P))
+            self.G = xp.zeros((P, N), dtype=dt)
+            self.U = xp.zeros((P, N), dtype=dt)
+            self.D = xp.zeros((self.every, P, N), dtype=dt)
+            gamma = base.output_direction(config, N, sample)
+            self.gamma = xp.asarray((gamma / np.linalg.norm(gamma)).astype(dt))
+        else:
+            self.cp = xp.zeros((1, 1, 1), dtype=dt)
+            self.cp_ls = xp.zeros((1, 1))
+            self.G = self.U = xp.zeros((1, 1), dtype=dt)
+            self.D = xp.zeros((1, 1, 1), dtype=dt)
+
+    # -- generation
+
+    def _fill(self, layer0, nlayers, transpose, bias):
+        """Z^{layer0 ..} into Zbuf (transposed for the fused forward), xi into xibuf."""
+        N = self.N
+        total = ((N * N + 3) // 4) * nlayers
+        blocks = fill_grid(total)
+        self.be.launch(
+            "vx_fill_weights",
+            blocks,
+            FILL_THREADS,
+            (self.Zbuf, i32(N), i32(layer0), i32(nlayers), i32(transpose), *self.keys),
+        )
+        if bias and self.has_bias:
+            total = ((N + 3) // 4) * nlayers
+            blocks = fill_grid(total)
+            self.be.launch(
+                "vx_fill_bias",
+                blocks,
+                FILL_THREADS,
+                (self.xibuf, i32(N), i32(layer0), i32(nlayers), *self.keys),
+            )
+
+    def _checkpoint_index(self, layer):
+        every = self.every
+        return layer // every - 1 if every and layer % every == 0 and layer < self.L else -1
+
+    # -- forward
+
+    def forward(self):
+        P, A = self.P, self.A
+        A[:P] = self.x1
+        A[P : 2 * P] = self.x2
+        if self.jvp:
+            A[2 * P :] = self.v0
+        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
+        if self.path == "fused":
+            self._fused_forward(kind)
+            return
+        Z = self.Zbuf
+        for layer in range(1, self.L + 1):
+            self._fill(layer, 1, transpose=0, bias=True)
+            self.be.matmul(A, Z.T, self.H)
+            self.be.launch(
+                "vx_forward",
+                P,
+                self.threads,
+                (
+                    self.H,
+                    A,
+                    self.xibuf,
+                    self.pf,
+                    self.pi,
+                    self.res,
+                    self.cp,
+                    self.cp_ls,
+                    i32(P),
+                    i32(self.N),
+                    i32(self.R),
+                    i32(layer),
+                    i32(kind),
+                    i32(self.has_bias),
+                    i32(self.rec[layer]),
+                    i32(self._checkpoint_index(layer)),
+                    self.limit,
+                ),
+            )
+
+    def _fused_forward(self, kind):
+        vectors = 6 if kind == layout.KIND_JVP else 4
+        smem = fused_smem(self.N, self.dt.itemsize, vectors)
+        for layer0 in range(1, self.L + 1, self.chunk):
+            nl = min(self.chunk, self.L - layer0 + 1)
+            self._fill(layer0, nl, transpose=1, bias=True)
+            self.be.launch(
+                "vx_fused_forward",
+                self.P,
+                self.threads,
+                (
+                    self.Zbuf,
+                    self.xibuf,
+                    self.A,
+                    self.pf,
+                    self.pi,
+                    self.res,
+                    self.cp,
+                    self.cp_ls,
+                    self.rec_d,
+                    i32(self.P),
+                    i32(self.N),
+                    i32(self.R),
+                    i32(layer0),
+                    i32(nl),
+                    i32(kind),
+                    i32(self.has_bias),
+                    i32(self.every),
+                    i32(self.L),
+                    self.limit,
+                ),
+                smem=smem,
+            )
+
+    # -- backward
+
+    def backward(self):
+        P, N, L = self.P, self.N, self.L
+        self.be.launch(
+            "vx_grad_init",
+            P,
+            self.threads,
+            (self.gamma, self.G, self.pf, self.pi, self.res, i32(P), i32(N), i32(self.R),
+             i32(self.rec[L])),
+        )  # fmt: skip
+        for seg in range((L - 1) // self.every, -1, -1):
+            start = seg * self.every
+            stop = min(start + self.every, L)
+            self._restart(seg - 1)
+            if self.path == "fused":
+                self._fused_segment(start, stop)
+            else:
+                self._gemm_segment(start, stop)
+
+    def _restart(self, ci):
+        self.be.launch(
+            "vx_restart",
+            self.P,
+            self.threads,
+            (self.x1, self.cp, self.cp_ls, self.A[: self.P], self.D, self.pf, self.pi,
+             i32(self.P), i32(self.N), i32(ci)),
+        )  # fmt: skip
+
+    def _gemm_segment(self, start, stop):
+        P, N, Z = self.P, self.N, self.Zbuf
+        A1, H1 = self.A[:P], self.H[:P]
+        for layer in range(start + 1, stop):
+            self._fill(layer, 1, transpose=0, bias=True)
+            self.be.matmul(A1, Z.T, H1)
+            self.be.launch(
+                "vx_recompute",
+                P,
+                self.threads,
+                (H1, A1, self.D, self.xibuf, self.pf, self.pi, i32(P), i32(N),
+                 i32(layer - start), i32(self.has_bias)),
+            )  # fmt: skip
+        for layer in range(stop, max(start, 1), -1):
+            self._fill(layer, 1, transpose=0, bias=False)
+            self.be.matmul(self.G, Z, self.U)
+            self.be.launch(
+                "vx_backward",
+                P,
+                self.threads,
+                (self.G, self.U, self.D, self.pf, self.pi, self.res, i32(P), i32(N),
+                 i32(self.R), i32(layer - 1 - start), i32(layer - 1),
+                 i32(self.rec[layer - 1])),
+            )  # fmt: skip
+
+    def _fused_segment(self, start, stop):
+        P, N = self.P, self.N
+        smem = fused_smem(N, self.dt.itemsize, 2)
+        for layer0 in range(start + 1, stop, self.chunk):
+            nl = min(self.chunk, stop - layer0)
+            self._fill(layer0, nl, transpose=1, bias=True)
+            self.be.launch(
+                "vx_fused_recompute",
+                P,
+                self.threads,
+                (self.Zbuf, self.xibuf, self.A[:P], self.D, self.pf, self.pi, i32(P), i32(N),
+                 i32(layer0), i32(nl), i32(start), i32(self.has_bias)),
+                smem=smem,
+            )  # fmt: skip
+        lowest = max(start, 1) + 1
+        hi = stop
+        while hi >= lowest:
+            lo = max(lowest, hi - self.chunk + 1)
+            self._fill(lo, hi - lo + 1, transpose=0, bias=False)
+            self.be.launch(
+                "vx_fused_backward",
+                P,
+                self.threads,
+                (self.Zbuf, self.G, self.D, self.pf, self.pi, self.res, self.rec_d, i32(P),
+                 i32(N), i32(self.R), i32(lo), i32(hi), i32(start)),
+                smem=smem,
+            )  # fmt: skip
+            hi = lo - 1
+
+    # -- all of it
+
+    def run(self):
+        with self.be.gemm_precision(self.tf32):
+            self.forward()
+            if self.vjp:
+                self.backward()
+        return self.results()
+
+    def results(self):
+        """The unit's arrays, copied to the host once (the only synchronisation)."""
+        res = self.be.to_host(self.res)
+        pi = self.be.to_host(self.pi)
+        out = {
+            "log_q": res[layout.R_LOGQ],
+            "corr": res[layout.R_CORR],
+            "diverged": pi[layout.I_DIVERGED].astype(np.int32),
+        }
+        if self.jvp:
+            out["log_tangent_norm"] = res[layout.R_TAN]
+        if self.vjp:
+            out["log_grad_norm"] = res[layout.R_GRAD]
+        return base.shape_results(self.config, out)

@@ -1,0 +1,144 @@
+"""The CUDA engine's MLP paths: which one a unit takes, and whether it fits the device.
+
+* **GEMM path** (large widths): per layer a Philox fill of Z, one cuBLAS GEMM
+  over every column, a per-point epilogue kernel.
+* **Fused path** (small widths): one thread block per grid point keeps its
+  state in shared memory across a chunk of layers and does the matrix-vector
+  products itself.
+
+The other architectures take neither (``engines.generic`` on device arrays);
+``check_unit`` sizes them as the CPU engines do.
+"""
+
+import math
+
+import numpy as np
+
+from ..errors import VxsimError
+from . import base, cuda_sources, layout
+
+# The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
+# datasheet-level guesses until scripts/gpu_check.py's "path crossover" section
+# has measured both paths on a (P, N) grid; replace them with its fitted figures.
+LAUNCH_SECONDS = 8e-6  # one kernel launch issued from Python through CuPy
+FUSED_READ_BYTES_PER_S = 8e12  # the fused blocks reading a layer's Z (an L2-resident chunk)
+CORE_FLOPS = {4: 50e12, 8: 25e12}  # the fused products on the CUDA cores, by itemsize
+GEMM_FLOPS = {4: 40e12, 8: 45e12}  # cuBLAS SGEMM / DGEMM sustained
+HBM_BYTES_PER_S = 4e12  # streaming device memory (fill, epilogue)
+# Weights of one fused chunk of layers (generated together) take at most this.
+FUSED_ZBUF_BYTES = 64 * 2**20
+# The fused kernels keep 6 vectors of N reals in shared memory; CUDA grants
+# 48 KiB per block without an opt-in, so widths are limited to this.
+FUSED_SMEM_BYTES = 46 * 1024
+# Threads per block of the per-point kernels (a multiple of 32; fewer for small N;
+# at most the kernels' __launch_bounds__).
+MAX_THREADS = 256
+assert MAX_THREADS <= cuda_sources.MAX_BLOCK_THREADS
+
+
+def threads_for(width):
+    """Threads per block of the per-point kernels: N rounded up to a warp, at most MAX_THREADS."""
+    return min(MAX_THREADS, 32 * max(1, math.ceil(width / 32)))
+
+
+def layer_seconds(path, points, width, itemsize, rows, chunk=1):
+    """Estimated time of one forward layer of a unit on a path (the cost model).
+
+    With P points, N the width, s the itemsize, r the rows per point (2, or 3
+    with the JVP's tangent) and k the layers per fused launch:
+
+        fused:  t = P N^2 s / B_fused + 2 r P N^2 / F_cores + N^2 s / B_hbm + 2 t_launch / k
+        gemm:   t = 3 t_launch + 2 r P N^2 / F_gemm + (N^2 s + 3 r P N s) / B_hbm
+
+    The fused path's P blocks each read the whole N x N matrix (P N^2 s bytes a
+    layer, against N^2 s for cuBLAS); the GEMM path pays three launches a layer
+    (fill, GEMM, epilogue) and the state's round trips through device memory.
+    """
+    P, N, s, r = float(points), float(width), float(itemsize), float(rows)
+    if path == "fused":
+        return (
+            P * N * N * s / FUSED_READ_BYTES_PER_S
+            + 2 * r * P * N * N / CORE_FLOPS[itemsize]
+            + N * N * s / HBM_BYTES_PER_S
+            + 2 * LAUNCH_SECONDS / chunk
+        )
+    return (
+        3 * LAUNCH_SECONDS
+        + 2 * r * P * N * N / GEMM_FLOPS[itemsize]
+        + (N * N * s + 3 * r * P * N * s) / HBM_BYTES_PER_S
+    )
+
+
+def choose_path(config, width):
+    """'gemm' or 'fused' for this width and grid (engine.path forces either): the
+    fused path where it fits in shared memory and the cost model says it is faster."""
+    if config.path in ("gemm", "fused"):
+        return config.path
+    if not fused_fits(config, width):
+        return "gemm"
+    points = int(np.prod(config.grid_shape))
+    item = config.dtype.itemsize
+    rows = 3 if "jvp" in config.modes else 2
+    fused = layer_seconds("fused", points, width, item, rows, fused_chunk(config, width))
+    return "fused" if fused <= layer_seconds("gemm", points, width, item, rows) else "gemm"
+
+
+def fused_smem(width, itemsize, vectors):
+    """Shared memory of a fused kernel's block: ``vectors`` vectors of ``width`` reals."""
+    return vectors * width * itemsize
+
+
+def fused_fits(config, width):
+    return fused_smem(width, config.dtype.itemsize, 6) <= FUSED_SMEM_BYTES
+
+
+def fused_chunk(config, width):
+    """Layers per fused launch: as many weight matrices as fit in FUSED_ZBUF_BYTES."""
+    per_layer = width * width * config.dtype.itemsize
+    return max(1, min(config.depth, FUSED_ZBUF_BYTES // per_layer))
+
+
+def estimate_device_bytes(config, width, path):
+    """GPU memory of one unit's buffers, in bytes (what ``cuda_mlp.Unit`` allocates)."""
+    P = int(np.prod(config.grid_shape))
+    item = config.dtype.itemsize
+    rows = 3 if "jvp" in config.modes else 2
+    total = 2 * rows * P * width * item  # A, H
+    if path == "fused":
+        k = fused_chunk(config, width)
+        total += k * width * (width * item + 8)
+    else:
+        total += width * width * item + width * 8
+    if "vjp" in config.modes:
+        every = config.checkpoint_every
+        total += max(1, (config.depth - 1) // every) * P * (width * item + 8)  # checkpoints
+        total += every * P * width * item + 2 * P * width * item  # D, G, U
+    total += 4 * P * config.layers.size * 8 + P * (8 * layout.N_F + 4 * layout.N_I)
+    total += 4 * width * item + 4 * (config.depth + 1)  # inputs, output direction, record index
+    return int(total)
+
+
+def check_unit(config, width, path, free_bytes=None):
+    """VxsimError (one line) when a unit of this width cannot run on this path or device."""
+    if config.samples > 2**32:
+        raise VxsimError("monte_carlo.samples must be <= 2**32 (a 32-bit Philox counter word)")
+    if config.architecture != "mlp":
+        path = "generic"  # engine.path chooses between the MLP's kernels only
+    if path == "fused" and not fused_fits(config, width):
+        widest = FUSED_SMEM_BYTES // (6 * config.dtype.itemsize)
+        raise VxsimError(
+            f"engine.path = 'fused' on the cuda backend takes widths up to {widest} "
+            f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
+        )
+    if free_bytes is not None:
+        if path == "generic":
+            need = base.estimate_unit_bytes(config, width)  # the same arrays as on the CPU
+        else:
+            need = estimate_device_bytes(config, width, path)
+        free = free_bytes()
+        if need > 0.9 * free:
+            raise VxsimError(
+                f"a work unit of width {width} needs about {need / 2**30:.1f} GiB of GPU memory "
+                f"but only {free / 2**30:.1f} GiB is free; lower network.width, the grid or "
+                f"(in vjp mode) set engine.checkpoint"
+            )
