@@ -248,7 +248,7 @@ def check_unit(config, width, path, free_bytes=None):
     """VxsimError (one line) when a unit of this width cannot run on this path or device."""
     if config.samples > 2**32:
         raise VxsimError("monte_carlo.samples must be <= 2**32 (a 32-bit Philox counter word)")
-    if config.architecture != "mlp":
+    if NAME not in config.arch.fast_paths:
         path = "generic"  # engine.path chooses between the MLP's kernels only
     if path == "fused" and not fused_fits(config, width):
         widest = FUSED_SMEM_BYTES // (6 * config.dtype.itemsize)
@@ -617,7 +617,7 @@ def run_unit(config, width, sample, path=None, backend=None):
     The MLP runs on this module's kernels (``path``: 'gemm' or 'fused'); the
     other architectures run engines.generic on the device (``DeviceArrays``).
     """
-    if config.architecture != "mlp":
+    if NAME not in config.arch.fast_paths:
         from . import generic
 
         backend = backend or gpu_backend(config.precision)
