@@ -47,8 +47,6 @@ def __getattr__(name):
         return tuple(arch.name for arch in models.records() if arch.recurrent)
     if name == "EXTRA_AXES":
         return {arch.name: dict(arch.axes) for arch in models.records()}
-    if name == "OPTIONAL":
-        return {section: optional(section) for section in ("grid", "network")}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
