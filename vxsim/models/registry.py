@@ -1,11 +1,16 @@
 """The architectures vxsim knows: name -> ``Architecture`` record, in registration order.
 
-The built-in models register on import; a new one registers its record with
-``register`` (from its own module, a plugin, or a test) before a config names it.
+Every module of this package that declares ``ARCHITECTURE`` is registered on
+import, in module-name order: a new built-in architecture is one new module here
+and nothing else. Others (a plugin, a test) call ``register`` before a config
+names them; a sweep's worker processes must then register them too.
 """
 
+import importlib
+import pkgutil
+
 from ..errors import VxsimError
-from . import gru, lstm, mlp, residual, rnn
+from .architecture import Architecture
 
 _REGISTRY = {}
 
@@ -46,5 +51,15 @@ def records():
     return tuple(_REGISTRY.values())
 
 
-for _module in (mlp, residual, rnn, gru, lstm):
-    register(_module.ARCHITECTURE)
+def _register_builtins():
+    """Register the ``ARCHITECTURE`` of every module of vxsim.models, by module name."""
+    package = __name__.rpartition(".")[0]
+    found = pkgutil.iter_modules(importlib.import_module(package).__path__)
+    for info in sorted(found, key=lambda info: info.name):
+        module = importlib.import_module(f"{package}.{info.name}")
+        arch = getattr(module, "ARCHITECTURE", None)
+        if isinstance(arch, Architecture):
+            register(arch)
+
+
+_register_builtins()
