@@ -46,6 +46,7 @@ class Architecture:
     # its mean-field critical line is the plain chi1 = 1 line of theory.critical_sigma_w2
     # (a figure may recompute it on a fine sigma_b2 grid instead of the file's own values)
     dense_critical_line: bool = False
+    order: int = None  # place in the lists of messages and docs; None: after those with one
 
     def __post_init__(self):
         object.__setattr__(
@@ -80,6 +81,10 @@ class Architecture:
             out.append("signed_axes must be among its axes")
         if self.mean_field is not None and not callable(self.mean_field):
             out.append("mean_field must be callable or None")
+        if self.order is not None and (
+            isinstance(self.order, bool) or not isinstance(self.order, int)
+        ):
+            out.append("order must be an integer or None")
         if isinstance(self.gates, bool) or not isinstance(self.gates, int) or self.gates < 1:
             out.append("gates must be a positive integer")
         return out

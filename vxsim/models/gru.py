@@ -148,6 +148,7 @@ def cotangent(unit, t, prev, W, gh):
 
 ARCHITECTURE = Architecture(
     name="gru",
+    order=3,
     steps=sys.modules[__name__],
     axes={"sigma_u2": [1.0], BIAS_AXIS: [0.0]},
     signed_axes=(BIAS_AXIS,),  # a gate-bias shift may be negative

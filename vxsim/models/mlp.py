@@ -139,6 +139,7 @@ def mean_field(config):
 
 ARCHITECTURE = Architecture(
     name="mlp",
+    order=0,  # first in lists (messages, docs)
     steps=sys.modules[__name__],
     streams=(rng.STREAM_INPUT, rng.STREAM_OUTPUT_GRAD, rng.STREAM_WEIGHT, rng.STREAM_BIAS),
     growth_law="exponential",

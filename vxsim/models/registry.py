@@ -1,8 +1,8 @@
 """The architectures vxsim knows: name -> ``Architecture`` record, in registration order.
 
 Every module of this package that declares ``ARCHITECTURE`` is registered on
-import, in module-name order: a new built-in architecture is one new module here
-and nothing else. Others (a plugin, a test) call ``register`` before a config
+import, by its ``order`` (then by name): a new built-in architecture is one new
+module here and nothing else. Others (a plugin, a test) call ``register`` before a config
 names them; a sweep's worker processes must then register them too.
 """
 
@@ -52,14 +52,16 @@ def records():
 
 
 def _register_builtins():
-    """Register the ``ARCHITECTURE`` of every module of vxsim.models, by module name."""
+    """Register the ``ARCHITECTURE`` of every module of vxsim.models, by order then name."""
     package = __name__.rpartition(".")[0]
-    found = pkgutil.iter_modules(importlib.import_module(package).__path__)
-    for info in sorted(found, key=lambda info: info.name):
-        module = importlib.import_module(f"{package}.{info.name}")
-        arch = getattr(module, "ARCHITECTURE", None)
+    found = []
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        arch = getattr(importlib.import_module(f"{package}.{info.name}"), "ARCHITECTURE", None)
         if isinstance(arch, Architecture):
-            register(arch)
+            found.append(arch)
+    unordered = float("inf")
+    for arch in sorted(found, key=lambda a: (unordered if a.order is None else a.order, a.name)):
+        register(arch)
 
 
 _register_builtins()

@@ -78,6 +78,7 @@ def mean_field(config):
 
 ARCHITECTURE = Architecture(
     name="residual",
+    order=1,
     steps=sys.modules[__name__],
     axes={"alpha": [1.0]},
     streams=(rng.STREAM_INPUT, rng.STREAM_OUTPUT_GRAD, rng.STREAM_WEIGHT, rng.STREAM_BIAS),

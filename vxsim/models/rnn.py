@@ -64,6 +64,7 @@ def mean_field(config):
 
 ARCHITECTURE = Architecture(
     name="rnn",
+    order=2,
     steps=sys.modules[__name__],
     axes={"sigma_u2": [1.0]},
     recurrent=True,
