@@ -9,7 +9,7 @@ import sys
 import click
 import numpy as np
 
-from . import __version__
+from . import __version__, engines
 from .clitools import emit, guarded
 from .cluster.cli import slurm, status
 from .errors import VxsimError
@@ -28,7 +28,7 @@ def main():
 @click.option("-o", "--output", default="vxsim.h5", show_default=True, help="results file (HDF5)")
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "numpy", "numba", "cuda"]),
+    type=click.Choice(engines.choices()),
     default=None,
     help="where to run (default: engine.backend of the config, 'auto')",
 )
@@ -255,7 +255,7 @@ def info(as_json):
     import h5py
     import numba
 
-    from . import activations, engines
+    from . import activations
 
     data = {
         "vxsim": __version__,

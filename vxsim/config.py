@@ -15,34 +15,39 @@ from importlib import resources
 
 import numpy as np
 
-from . import activations
+from . import activations, engines, models
 from .errors import ConfigError
 
-ARCHITECTURES = ("mlp", "residual", "rnn", "gru", "lstm")
-RECURRENT = ("rnn", "gru", "lstm")
-
-# Grid axes beyond (activation, sigma_w2, sigma_b2), per architecture, with the
-# value used when the config leaves them out. They are not in default.toml: a
+# The architectures, their grid axes beyond (activation, sigma_w2, sigma_b2) with
+# the values used when the config leaves them out, and whether they are recurrent,
+# come from their declarations (vxsim.models). The axes are not in default.toml: a
 # key that the architecture does not use is an error, not silently ignored.
-EXTRA_AXES = {
-    "mlp": {},
-    "residual": {"alpha": [1.0]},
-    "rnn": {"sigma_u2": [1.0]},
-    "gru": {"sigma_u2": [1.0], "update_bias": [0.0]},
-    "lstm": {"sigma_u2": [1.0], "forget_bias": [0.0]},
-}
-SIGNED_AXES = ("update_bias", "forget_bias")  # gate-bias shifts may be negative
-# Optional keys, known to the schema but absent from default.toml.
-OPTIONAL = {
-    "grid": {name: None for axes in EXTRA_AXES.values() for name in axes},
-    "network": {"input_variance": None},
-}
-INPUT_VARIANCE = 1.0  # default variance of the RNN inputs x_t
+INPUT_VARIANCE = 1.0  # default variance of the recurrent architectures' inputs x_t
 MODES = ("jvp", "vjp", "both")
 PRECISIONS = ("float32", "float64", "tf32")  # tf32: float32 states, TF32 GEMMs (cuda only)
-BACKENDS = ("auto", "numpy", "numba", "cuda")
+BACKENDS = ("auto", *engines.names())
 PATHS = ("auto", "gemm", "fused")
 MAX_WIDTH = 131072  # N^2 / 4 Philox blocks must fit a 32-bit counter word
+
+
+def optional(section):
+    """{key: None} of a section's optional keys: known to the schema, absent from default.toml."""
+    if section == "grid":
+        return {name: None for arch in models.records() for name in arch.axes}
+    if section == "network":
+        return {"input_variance": None}
+    return {}
+
+
+def __getattr__(name):
+    """ARCHITECTURES, RECURRENT and EXTRA_AXES: views of the registry as it is now."""
+    if name == "ARCHITECTURES":
+        return models.names()
+    if name == "RECURRENT":
+        return tuple(arch.name for arch in models.records() if arch.recurrent)
+    if name == "EXTRA_AXES":
+        return {arch.name: dict(arch.axes) for arch in models.records()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_text():
@@ -105,9 +110,14 @@ class Config:
         return (len(self.activations), len(self.sigma_w2), len(self.sigma_b2)) + extra
 
     @property
+    def arch(self):
+        """The architecture's declaration (vxsim.models.Architecture)."""
+        return models.get(self.architecture)
+
+    @property
     def recurrent(self):
-        """True for unrolled RNNs (rnn, gru, lstm): weights tied across time steps."""
-        return self.architecture in RECURRENT
+        """True for unrolled RNNs: fed inputs x_t every step, weights tied across steps."""
+        return self.arch.recurrent
 
     @property
     def checkpoint_every(self):
@@ -127,12 +137,12 @@ class Config:
 def _merge(base, override, prefix=""):
     for key, value in override.items():
         name = f"{prefix}{key}"
-        if key not in base and key in OPTIONAL.get(prefix.rstrip("."), {}):
+        if key not in base and key in optional(prefix.rstrip(".")):
             base[key] = value
             continue
         if key not in base:
             section = prefix.rstrip(".") or "the top level"
-            allowed = ", ".join(sorted(set(base) | set(OPTIONAL.get(prefix.rstrip("."), {}))))
+            allowed = ", ".join(sorted(set(base) | set(optional(prefix.rstrip(".")))))
             raise ConfigError(f"unknown key {name!r} in {section}; allowed: {allowed}")
         if isinstance(base[key], dict) and not _is_leaf_table(name):
             if not isinstance(value, dict):
@@ -255,7 +265,7 @@ def build(raw):
     net, grid, mc, meas, eng = (
         raw[k] for k in ("network", "grid", "monte_carlo", "measure", "engine")
     )
-    architecture = _choice("network.architecture", net["architecture"], ARCHITECTURES)
+    architecture = _choice("network.architecture", net["architecture"], models.names())
     widths = tuple(_int("network.width", w, low=1) for w in _as_list(net["width"]))
     if not widths:
         raise ConfigError("network.width must hold at least one width")
@@ -321,10 +331,11 @@ def build(raw):
 
 def _extra_axes(architecture, grid):
     """The architecture's further grid axes; an axis it does not use is an error."""
-    wanted = EXTRA_AXES[architecture]
-    for name in OPTIONAL["grid"]:
+    arch = models.get(architecture)
+    wanted = arch.axes
+    for name in optional("grid"):
         if name in grid and name not in wanted:
-            users = [a for a, axes in EXTRA_AXES.items() if name in axes]
+            users = [a.name for a in models.records() if name in a.axes]
             raise ConfigError(
                 f"grid.{name} does not apply to architecture {architecture!r} "
                 f"(it is an axis of {', '.join(users)})"
@@ -332,19 +343,26 @@ def _extra_axes(architecture, grid):
     out = {}
     for name, default in wanted.items():
         value = grid.get(name, default)
-        out[name] = _variance_axis(f"grid.{name}", value, signed=name in SIGNED_AXES)
+        out[name] = _variance_axis(f"grid.{name}", value, signed=name in arch.signed_axes)
     return out
 
 
 def _input_variance(architecture, net):
     """q_x, the variance of each entry of the RNN inputs x_t (zero allowed)."""
-    if architecture not in RECURRENT:
+    if not models.get(architecture).recurrent:
         if "input_variance" in net:
+            users = [a.name for a in models.records() if a.recurrent]
             raise ConfigError(
-                f"network.input_variance applies to rnn, gru and lstm, not {architecture!r}"
+                f"network.input_variance applies to {_in_words(users)}, not {architecture!r}"
             )
         return 0.0
     value = _float("network.input_variance", net.get("input_variance", INPUT_VARIANCE))
     if value < 0:
         raise ConfigError(f"network.input_variance must be >= 0, got {value:g}")
     return value
+
+
+def _in_words(names):
+    """'a, b and c' (or 'a', or 'a and b')."""
+    names = list(names) or ["none"]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

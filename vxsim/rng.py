@@ -34,7 +34,8 @@ PHILOX_W1 = np.uint64(0xBB67AE85)
 MASK32 = np.uint64(0xFFFFFFFF)
 SHIFT32 = np.uint64(32)
 
-# Streams: which matrix or vector of a (sample, layer) a counter addresses.
+# Streams: which matrix or vector of a (sample, layer) a counter addresses. Each
+# architecture declares the streams it draws (vxsim.models: Architecture.streams).
 STREAM_WEIGHT = 0  # W^l (N x N)
 STREAM_BIAS = 1  # b^l (N)
 STREAM_INPUT = 2  # the two inputs x1, x2 and the input tangent (layer index 0..2)

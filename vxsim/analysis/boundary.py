@@ -9,37 +9,17 @@ smooth.
 
 import numpy as np
 
-from .growth import DIRECTION, fit_abscissa, fit_window, quiet, slopes
+from ..fits import (
+    DIRECTION,
+    fit_abscissa,
+    fit_window,
+    quiet,
+    slopes,
+    zero_crossing,  # noqa: F401  (analysis's name for it)
+)
 
 N_BOOT = 400
 LEVEL = 0.95
-
-
-def zero_crossing(sigma_w2, rate):
-    """sigma_w2 where ``rate`` first goes from < 0 to >= 0, linear between grid points.
-
-    With rate_i < 0 <= rate_{i+1} at s_i < s_{i+1}:
-        s* = s_i - rate_i (s_{i+1} - s_i) / (rate_{i+1} - rate_i).
-    ``rate`` may have leading dimensions (..., n_sigma_w2); NaN where no crossing.
-    """
-    s = np.asarray(sigma_w2, dtype=np.float64)
-    order = np.argsort(s)
-    s = s[order]
-    r = np.asarray(rate, dtype=np.float64)[..., order]
-    if s.size < 2:  # one sigma_w2: nothing to cross between
-        x = np.full(r.shape[:-1], np.nan)
-        return float(x) if x.ndim == 0 else x
-    lo, hi = r[..., :-1], r[..., 1:]
-    with quiet():
-        cond = np.isfinite(lo) & np.isfinite(hi) & (lo < 0) & (hi >= 0)
-    found = cond.any(axis=-1)
-    i = np.argmax(cond, axis=-1)
-    a = np.take_along_axis(lo, i[..., None], -1)[..., 0]
-    b = np.take_along_axis(hi, i[..., None], -1)[..., 0]
-    with quiet():
-        x = s[i] - a * (s[i + 1] - s[i]) / (b - a)
-    x = np.where(found, x, np.nan)
-    return float(x) if x.ndim == 0 else x
 
 
 def resample_counts(n_samples, n_boot=N_BOOT, seed=0):

@@ -10,8 +10,9 @@
 import numpy as np
 
 from .. import activations
+from ..theory.architectures import predict
 from . import boundary, depth
-from .growth import MODE_VARIABLE, growth_law
+from .growth import MODE_VARIABLE
 
 ESTIMATORS = ("quenched", "annealed")
 
@@ -22,11 +23,9 @@ def analyse(data, coords, config, summary):
     ``summary`` is ``growth.summarise``'s output: its growth rates are the point
     estimates whose zero crossings give the critical sigma_w2.
     """
-    from ..theory.architectures import predict
-
     modes = list(config.modes)
     layers = coords["layer"]
-    law = growth_law(config.architecture)
+    law = config.arch.growth_law
     counts = boundary.resample_counts(config.samples, seed=config.seed)
     grid_dims = config.grid_dims
     point_dims = ("mode", "width") + grid_dims

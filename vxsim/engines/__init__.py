@@ -1,15 +1,31 @@
 """Engines say *where* a work unit runs: ``numpy`` (the oracle), ``numba`` (CPU), ``cuda`` (GPU).
 
 Each engine module has ``NAME``, ``available()`` and ``run_unit(config, width, sample)``;
-see ``base`` for what they share. An engine that runs only some architectures would
-list them in ``ARCHITECTURES``; the three engines here run every one.
+see ``base`` for what they share. ``ENGINES`` below is the one declaration of the
+engines (backend name -> module of this package), in the order ``auto`` prefers
+them; the config, the command line and ``vxsim info`` read it. An engine that runs
+only some architectures would list them in ``ARCHITECTURES``; the three engines
+here run every one (an architecture names the engines that have kernels of their
+own for it in ``Architecture.fast_paths``; the others run ``generic``).
 """
 
 import importlib
 
 from ..errors import VxsimError
 
-_MODULES = {"numpy": "numpy_ref", "numba": "numba_cpu", "cuda": "cuda_gpu"}
+# backend name -> module, the oracle first and the fastest last: ``auto`` takes the
+# last one that is available (and runs the architecture).
+ENGINES = {"numpy": "numpy_ref", "numba": "numba_cpu", "cuda": "cuda_gpu"}
+
+
+def names():
+    """The backend names, the oracle first."""
+    return tuple(ENGINES)
+
+
+def choices():
+    """What ``engine.backend`` and ``--backend`` accept: 'auto' and every engine."""
+    return ("auto", *names())
 
 
 def get(name, architecture=None):
@@ -20,12 +36,12 @@ def get(name, architecture=None):
     """
     if name == "auto":
         name = auto(architecture)
-    if name not in _MODULES:
-        raise VxsimError(f"unknown backend {name!r}; allowed: auto, {', '.join(_MODULES)}")
+    if name not in ENGINES:
+        raise VxsimError(f"unknown backend {name!r}; allowed: {', '.join(choices())}")
     try:
-        module = importlib.import_module(f".{_MODULES[name]}", __name__)
+        module = importlib.import_module(f".{ENGINES[name]}", __name__)
     except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{_MODULES[name]}":
+        if err.name == f"{__name__}.{ENGINES[name]}":
             raise VxsimError(f"backend {name!r} is not part of this version of vxsim") from None
         raise VxsimError(f"backend {name!r} cannot be loaded: {err}") from None
     except ImportError as err:
@@ -57,7 +73,8 @@ def runs(module, architecture):
 def available():
     """{backend name: True/False} for every known backend."""
     out = {}
-    for name, module in _MODULES.items():
+    for name in names():
+        module = ENGINES[name]
         try:
             out[name] = bool(importlib.import_module(f".{module}", __name__).available())
         except ImportError:
@@ -66,12 +83,15 @@ def available():
 
 
 def auto(architecture=None):
-    """cuda where a GPU is usable (and runs the architecture), else numba, else numpy."""
+    """The fastest engine that is available and runs the architecture (ENGINES' last such).
+
+    Today: cuda where a GPU is usable, else numba, else numpy.
+    """
     avail = available()
-    for name in ("cuda", "numba", "numpy"):
+    for name in reversed(ENGINES):
         if avail.get(name) and (
             architecture is None
-            or runs(importlib.import_module(f".{_MODULES[name]}", __name__), architecture)
+            or runs(importlib.import_module(f".{ENGINES[name]}", __name__), architecture)
         ):
             return name
-    return "numpy"
+    return names()[0]  # the oracle

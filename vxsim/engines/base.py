@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import rng, variables
+from .. import variables
+from ..models.inputs import (  # noqa: F401  (the engines' names for the model inputs)
+    bias,
+    inputs,
+    mean_square,
+    output_direction,
+    weights,
+)
 from .schedule import ZSTORE_BYTES
 
 # Pre-activations of non-homogeneous activations beyond this (relative to the
@@ -50,39 +57,6 @@ def grid(config):
     return Grid(np.tile(mesh[0], n_act), np.tile(mesh[1], n_act), groups, extra)
 
 
-def inputs(config, width, sample):
-    """The two inputs x1, x2 and the input tangent v0, shared by all grid points.
-
-    x1 and x2 have mean squared entry q0 and correlation exactly c0; v0 has
-    mean squared entry 1. All three come from the counter-based stream.
-    """
-    z = [rng.normals(config.seed, sample, k, rng.STREAM_INPUT, width) for k in range(3)]
-    u1 = z[0] / np.linalg.norm(z[0])
-    e2 = z[1] - (z[1] @ u1) * u1
-    e2 = e2 / np.linalg.norm(e2) if width > 1 else e2 * 0.0
-    scale = np.sqrt(config.q0 * width)
-    x1 = scale * u1
-    x2 = scale * (config.c0 * u1 + np.sqrt(1.0 - config.c0**2) * e2)
-    v0 = z[2] * np.sqrt(width) / np.linalg.norm(z[2])
-    return x1, x2, v0
-
-
-def output_direction(config, width, sample):
-    """dE/dh^L: the direction backprop starts from (E = <gamma, h^L>), unit mean square."""
-    gamma = rng.normals(config.seed, sample, 0, rng.STREAM_OUTPUT_GRAD, width)
-    return gamma * np.sqrt(width) / np.linalg.norm(gamma)
-
-
-def bias(config, width, sample, layer):
-    """xi^l: the bias noise of a layer, shared by all grid points (b = sqrt(sigma_b2) xi)."""
-    return rng.normals(config.seed, sample, layer, rng.STREAM_BIAS, width)
-
-
-def weights(config, width, sample, layer, dtype=None):
-    """Z^{s,l} in the run's precision (W^l = sqrt(sigma_w2 / N) Z)."""
-    return rng.normal_matrix(config.seed, sample, layer, width, dtype=dtype or config.dtype)
-
-
 def mem_available():
     """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
     try:
@@ -93,11 +67,6 @@ def mem_available():
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def mean_square(x):
-    """Per-column mean of x^2, accumulated in float64."""
-    return np.einsum("ij,ij->j", x, x, dtype=np.float64) / x.shape[0]
 
 
 def divergence_limit(dtype):
@@ -152,9 +121,9 @@ def estimate_unit_bytes(config, width):
     """
     n_points = int(np.prod(config.grid_shape))
     item = config.dtype.itemsize
-    gates = {"gru": 3, "lstm": 4}.get(config.architecture, 1)
-    inputs = 2 if config.recurrent else 1  # RNNs keep W and U (tied) for the whole unit
-    total = gates * inputs * width * width * (8 + item) + 8 * gates * width * n_points * 3 * item
+    gates = config.arch.gates  # N x N matrices per step (one per gate)
+    matrices = 2 if config.recurrent else 1  # RNNs keep W and U (tied) for the whole unit
+    total = gates * matrices * width * width * (8 + item) + 8 * gates * width * n_points * 3 * item
     if "vjp" in config.modes:
         k = config.checkpoint_every
         stored = config.depth // k + k + 2

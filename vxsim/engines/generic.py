@@ -30,7 +30,6 @@ through ``unit.xp`` and host data crosses only through ``unit.asarray``.
 """
 
 import contextlib
-import importlib
 
 import numpy as np
 
@@ -127,8 +126,8 @@ def _numpy_normal_matrix(config, width, sample, layer, stream, dtype):
 
 
 def model_of(config):
-    """The module of vxsim.models that holds this config's architecture."""
-    return importlib.import_module(f"..models.{config.architecture}", __package__)
+    """The step functions of this config's architecture (its declaration's ``steps``)."""
+    return config.arch.steps
 
 
 def _split(v, P):

@@ -46,6 +46,7 @@ between runs (``$VXSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/vxsim``, else
 ``~/.cache/vxsim``).
 """
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -302,10 +303,8 @@ def _with_precision(config, dtype):
     """The config, or a copy of it in another precision."""
     if dtype is None or np.dtype(dtype) == config.dtype:
         return config
-    from .. import config as cfg
-
     raw = {**config.raw, "measure": {**config.raw["measure"], "precision": np.dtype(dtype).name}}
-    return cfg.build(raw)
+    return dataclasses.replace(config, precision=np.dtype(dtype).name, raw=raw)
 
 
 def store_budget():
@@ -545,7 +544,7 @@ def run_unit(config, width, sample, path=None):
     their model's NumPy step (engines.generic) with BLAS GEMMs and weights from
     the parallel generator, bit-identical to the oracle's.
     """
-    if config.architecture != "mlp":
+    if NAME not in config.arch.fast_paths:
         from . import generic, numba_normals
 
         arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)

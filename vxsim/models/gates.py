@@ -16,6 +16,19 @@ from .. import rng
 from .mlp import scale
 
 
+def streams(n_gates):
+    """The rng streams an RNN with ``n_gates`` gates draws: inputs, output direction,
+    biases xi_g, the sequence x_t, and Z_g, Z_{U,g} for every gate."""
+    return (
+        rng.STREAM_INPUT,
+        rng.STREAM_OUTPUT_GRAD,
+        rng.STREAM_BIAS,
+        rng.STREAM_SEQUENCE,
+        *(rng.STREAM_GATE + g for g in range(n_gates)),
+        *(rng.STREAM_GATE_INPUT + g for g in range(n_gates)),
+    )
+
+
 def sigmoid(x):
     """(sigma(x), 1 - sigma(x)) for sigma(x) = 1/(1 + exp(-x)), without overflow.
 

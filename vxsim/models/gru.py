@@ -39,14 +39,18 @@ needs r_t first. Nothing is
 renormalised (LOG_SCALE = False): the gates are not homogeneous.
 """
 
+import sys
+
 import numpy as np
 
+from .architecture import Architecture
 from .gates import (
     input_bias,
     preactivation,
     recall,
     remember,
     sigmoid,
+    streams,
     tied_weights,
     trajectory_one,
 )
@@ -140,3 +144,17 @@ def cotangent(unit, t, prev, W, gh):
     g_az = g["z"] * g["1-z"] * (h - g["n"]) * gh
     back = s * (W[: 2 * N].T @ np.concatenate([g_ar, g_az]))
     return g["z"] * gh + g["r"] * g_m + back
+
+
+ARCHITECTURE = Architecture(
+    name="gru",
+    order=3,
+    steps=sys.modules[__name__],
+    axes={"sigma_u2": [1.0], BIAS_AXIS: [0.0]},
+    signed_axes=(BIAS_AXIS,),  # a gate-bias shift may be negative
+    recurrent=True,
+    gates=len(GATES),
+    streams=streams(len(GATES)),
+    growth_law="exponential",
+    mean_field=None,  # no mean-field theory: measured only
+)

@@ -35,14 +35,19 @@ every W_k applied to the previous h:
 Nothing is renormalised (LOG_SCALE = False); log q_t and c_t are of h_t.
 """
 
+import sys
+
 import numpy as np
 
+from . import inputs
+from .architecture import Architecture
 from .gates import (
     input_bias,
     preactivation,
     recall,
     remember,
     sigmoid,
+    streams,
     tied_weights,
     trajectory_one,
 )
@@ -81,9 +86,7 @@ def tangent_start(unit):
 
 def cotangent_start(unit):
     """dE/d(h_T, c_T) = (gamma, 0) stacked, (2N, P), for E = <gamma, h_T>."""
-    from ..engines import base
-
-    gamma = unit.asarray(base.output_direction(unit.config, unit.width, unit.sample))
+    gamma = unit.asarray(inputs.output_direction(unit.config, unit.width, unit.sample))
     g = np.repeat(gamma[:, None], unit.P, 1).astype(unit.dtype)
     return np.concatenate([g, np.zeros_like(g)])
 
@@ -158,3 +161,17 @@ def cotangent(unit, t, prev, W, gv):
     g_a[O] = k["o"] * k["1-o"] * k["phi_c"] * gh
     back = scale(unit) * (W.T @ np.concatenate(g_a))
     return np.concatenate([back, k["f"] * e])
+
+
+ARCHITECTURE = Architecture(
+    name="lstm",
+    order=4,
+    steps=sys.modules[__name__],
+    axes={"sigma_u2": [1.0], BIAS_AXIS: [0.0]},
+    signed_axes=(BIAS_AXIS,),  # a gate-bias shift may be negative
+    recurrent=True,
+    gates=len(GATES),
+    streams=streams(len(GATES)),
+    growth_law="exponential",
+    mean_field=None,  # no mean-field theory: measured only
+)

@@ -10,10 +10,14 @@ scale, phi(h) = exp(log_s) phi(hh) and phi'(h) = phi'(hh); otherwise log_s
 stays 0 and h is the true pre-activation.
 """
 
+import sys
+
 import numpy as np
 
-from ..engines import base
-from ..engines.base import mean_square
+from .. import rng
+from . import inputs
+from .architecture import Architecture
+from .inputs import mean_square
 
 
 def preactivation(zx, scale, bias_term, log_s, homogeneous):
@@ -67,7 +71,7 @@ def tangent_start(unit):
 
 def cotangent_start(unit):
     """g^L = gamma (E = <gamma, h^L>), for every grid point."""
-    gamma = unit.asarray(base.output_direction(unit.config, unit.width, unit.sample))
+    gamma = unit.asarray(inputs.output_direction(unit.config, unit.width, unit.sample))
     return np.repeat(gamma[:, None], unit.P, 1).astype(unit.dtype)
 
 
@@ -86,7 +90,7 @@ def scale(unit, copies=1):
 
 def bias_term(unit, layer):
     """b^l = sqrt(sigma_b2) xi^l per column (N, 2P), float64."""
-    xi = unit.asarray(base.bias(unit.config, unit.width, unit.sample, layer))
+    xi = unit.asarray(inputs.bias(unit.config, unit.width, unit.sample, layer))
     sb = unit.tied("sqrt_sigma_b2", lambda: unit.per_point(np.sqrt(unit.grid.sigma_b2)))
     return xi[:, None] * sb[None, :]
 
@@ -124,3 +128,22 @@ def tangent(unit, layer, prev, Z, t):
 def cotangent(unit, layer, prev, Z, g):
     """g^{l-1} = phi'(h^{l-1}) * sqrt(sw2/N) (Z^l)^T g^l."""
     return unit.activate("dphi", prev["h"][:, : unit.P]) * (scale(unit) * (Z.T @ g))
+
+
+def mean_field(config):
+    """The mean-field maps q -> q*, chi1 on the grid (theory.architectures.maps)."""
+    from ..theory.architectures import maps  # here, so that importing a model needs no SciPy
+
+    return maps(config)
+
+
+ARCHITECTURE = Architecture(
+    name="mlp",
+    order=0,  # first in lists (messages, docs)
+    steps=sys.modules[__name__],
+    streams=(rng.STREAM_INPUT, rng.STREAM_OUTPUT_GRAD, rng.STREAM_WEIGHT, rng.STREAM_BIAS),
+    growth_law="exponential",
+    mean_field=mean_field,
+    fast_paths=("numba", "cuda"),  # fused kernels (engines.numba_cpu, engines.cuda_gpu)
+    dense_critical_line=True,
+)

@@ -12,8 +12,12 @@ As in the MLP, h = exp(ls) hh with hh renormalised every layer where phi is
 positively homogeneous: h^l = e^ls (hh + alpha (s Z phi(hh) + e^-ls b)).
 """
 
+import sys
+
 import numpy as np
 
+from .. import rng
+from .architecture import Architecture
 from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
     LOG_SCALE,
     arrays,
@@ -63,3 +67,21 @@ def cotangent(unit, layer, prev, Z, g):
     """g^{l-1} = g^l + alpha phi'(h^{l-1}) * sqrt(sw2/N) (Z^l)^T g^l."""
     d = unit.activate("dphi", prev["h"][:, : unit.P])
     return g + alpha(unit) * d * (scale(unit) * (Z.T @ g))
+
+
+def mean_field(config):
+    """The power-law growth exponent of the mean-field gradient curves (theory.residual)."""
+    from ..theory.architectures import power_law_rates  # here: importing a model needs no SciPy
+
+    return power_law_rates(config)
+
+
+ARCHITECTURE = Architecture(
+    name="residual",
+    order=1,
+    steps=sys.modules[__name__],
+    axes={"alpha": [1.0]},
+    streams=(rng.STREAM_INPUT, rng.STREAM_OUTPUT_GRAD, rng.STREAM_WEIGHT, rng.STREAM_BIAS),
+    growth_law="power",  # |g^l|^2 ~ l^rate (Yang & Schoenholz 2017)
+    mean_field=mean_field,
+)

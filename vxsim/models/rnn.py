@@ -11,7 +11,10 @@ the bias, so the tangent (forward in time from h_0) and the gradient
 (backpropagation through time from step T) are the MLP's too.
 """
 
+import sys
+
 from . import gates
+from .architecture import Architecture
 from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
     LOG_SCALE,
     advance,
@@ -40,3 +43,33 @@ def bias_term(unit, t):
 
 def step(unit, t, state, Z):
     return advance(unit, t, state, Z, bias_term(unit, t))
+
+
+def effective_sigma_b2(config, sigma_b2, extra):
+    """sigma_b2 + sigma_u2 q_x: the drive U x_t acts as extra bias variance in mean field.
+
+    u_t = W h_{t-1} + U x_t + b, and both trajectories see the same fresh x_t every
+    step (tied W, U, b; mean field treats them as independent of the state at
+    infinite width).
+    """
+    return sigma_b2 + extra["sigma_u2"] * config.input_variance
+
+
+def mean_field(config):
+    """The MLP's mean-field maps with sigma_b2 -> effective_sigma_b2 (theory.architectures)."""
+    from ..theory.architectures import maps  # here, so that importing a model needs no SciPy
+
+    return maps(config, effective_sigma_b2)
+
+
+ARCHITECTURE = Architecture(
+    name="rnn",
+    order=2,
+    steps=sys.modules[__name__],
+    axes={"sigma_u2": [1.0]},
+    recurrent=True,
+    gates=1,
+    streams=gates.streams(1),
+    growth_law="exponential",
+    mean_field=mean_field,
+)

@@ -94,9 +94,9 @@ def _read_file(source, sel, estimator):
         out["activation"] = [str(a) for a in da.activation.values]
         out["sigma_b2"] = da.sigma_b2.values
         out["fixed"] = data.describe(fixed)
-        out["architecture"] = res.config.get("network", {}).get("architecture", "mlp")
+        out["architecture"] = critical.architecture_of(res.config)
         out["q0"] = float(data.config_value(res.config, "measure", "q0", 1.0))
-        if out["architecture"] != "mlp":
+        if not critical.dense(out["architecture"]):
             th = data.restrict(an["theory_critical_sigma_w2"], sel, "activation", res.name)
             th, _ = data.fix(th, mine, keep, res.name)
             out["theory"] = th.values
@@ -108,7 +108,8 @@ def _draw(files, extra, dense, estimator, size):
 
     fig = style.new_figure(style.figure_size(size, 2.8))
     ax = fig.add_subplot()
-    archs = {f["architecture"] for f in files} | ({"mlp"} if extra else set())
+    plain = critical.dense_architecture()  # whose line theory() recomputes
+    archs = {f["architecture"] for f in files} | ({plain} if extra else set())
     curves = {}  # (architecture, activation, q0) -> colour index
 
     def curve(arch, label, q0):
@@ -130,12 +131,12 @@ def _draw(files, extra, dense, estimator, size):
 
     for f in files:
         for a, label in enumerate(f["activation"]):
-            if f["architecture"] == "mlp":
-                theory("mlp", label, f["q0"])
+            if critical.dense(f["architecture"]):
+                theory(f["architecture"], label, f["q0"])
             else:
                 theory(f["architecture"], label, f["q0"], f["theory"][a], f["sigma_b2"])
     for label in extra:
-        theory("mlp", label, 1.0)
+        theory(plain, label, 1.0)
     for i, f in enumerate(files):
         for a, label in enumerate(f["activation"]):
             colour, _ = curve(f["architecture"], label, f["q0"])
@@ -165,7 +166,7 @@ def _draw(files, extra, dense, estimator, size):
     colours, names = [], []
     for (arch, label, q0), k in curves.items():
         colours.append(Line2D([], [], color=style.colour(k), lw=1.2))
-        text = label if archs == {"mlp"} else f"{arch} {label}"
+        text = label if archs == {plain} else f"{arch} {label}"
         names.append(text + (f" ($q_0$ = {q0:g})" if q0 != 1.0 else ""))
     keys = [Line2D([], [], color="k", lw=1.2)]
     key_labels = [r"theory, $\chi_1 = 1$"]

@@ -1,15 +1,16 @@
 """The theory's critical line (chi1 = 1) as a figure draws it.
 
-For the plain MLP the line is recomputed from ``theory.critical_sigma_w2`` on a
-fine sigma_b2 grid (plus the file's own sigma_b2 values), so that it is smooth
-where it bends (tanh near sigma_b2 = 0 rises like sqrt(sigma_b2)). For other
-architectures it is the file's own ``analysis/theory_critical_sigma_w2`` at the
-grid's sigma_b2: that is where the sweep put the theory of its architecture.
+For the plain MLP (an architecture that declares ``dense_critical_line``) the
+line is recomputed from ``theory.critical_sigma_w2`` on a fine sigma_b2 grid
+(plus the file's own sigma_b2 values), so that it is smooth where it bends
+(tanh near sigma_b2 = 0 rises like sqrt(sigma_b2)). For other architectures it
+is the file's own ``analysis/theory_critical_sigma_w2`` at the grid's sigma_b2:
+that is where the sweep put the theory of its architecture.
 """
 
 import numpy as np
 
-from .. import theory
+from .. import config, models, theory
 from ..errors import VxsimError
 
 N_POINTS = 41
@@ -25,6 +26,22 @@ def sigma_b2_grid(low, high, grid=(), n=N_POINTS):
     t = np.linspace(0.0, 1.0, n)
     dense = low + (high - low) * t * t if high > low else np.array([low])
     return np.unique(np.concatenate([dense, np.asarray(grid, dtype=np.float64)]))
+
+
+def architecture_of(raw_config):
+    """The architecture a file's config names (the default one where it names none)."""
+    default = config.default_raw()["network"]["architecture"]
+    return raw_config.get("network", {}).get("architecture", default)
+
+
+def dense(architecture):
+    """Whether a figure recomputes this architecture's critical line (``mlp_line``)."""
+    return architecture in models.names() and models.get(architecture).dense_critical_line
+
+
+def dense_architecture():
+    """The name of the architecture whose critical line ``mlp_line`` draws."""
+    return next(arch.name for arch in models.records() if arch.dense_critical_line)
 
 
 def mlp_line(label, sigma_b2, q0=1.0):

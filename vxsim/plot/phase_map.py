@@ -87,7 +87,7 @@ def phase(source, sel=None, estimator="annealed", analysis=None, size=None):
 
 def _theory_lines(res, labels, sb2, rest):
     """{label: (sigma_w2 on the line, sigma_b2)} of the theory's critical line per activation."""
-    if res.config.get("network", {}).get("architecture", "mlp") == "mlp":
+    if critical.dense(critical.architecture_of(res.config)):
         q0 = data.config_value(res.config, "measure", "q0", 1.0)
         grid = critical.sigma_b2_grid(sb2.min(), sb2.max(), sb2)
         return {a: (critical.mlp_line(a, grid, q0), grid) for a in labels}

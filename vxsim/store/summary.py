@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from ..analysis.boundary import zero_crossing
 from ..errors import VxsimError
+from ..fits import zero_crossing
 from .hdf5 import file_dims, open_reader
 
 

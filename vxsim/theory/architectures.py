@@ -1,29 +1,25 @@
-"""Theory beside every measurement, per architecture, on a config's whole grid.
+"""Theory beside every measurement, on a config's whole grid: the architectures' mean-field hooks.
 
-``predict(config)`` returns what the ``analysis`` group stores next to the data:
+``predict(config)`` returns what the ``analysis`` group stores next to the data,
+from the hook the config's architecture declares (``Architecture.mean_field``,
+see vxsim.models); without one every theory value is NaN (measured only). A hook
+is ``hook(config) -> {key: array}`` with any of the keys of ``empty(config)``;
+the two families of hooks are here:
 
-* mlp: the mean-field log chi1, q*, xi_c (``theory.grid``) and the critical sigma_w2;
-* rnn (Elman): the same maps with the input acting as extra bias variance,
-  u_t = W h_{t-1} + U x_t + b has sigma_b2_eff = sigma_b2 + sigma_u2 q_x, because
-  both trajectories see the same fresh x_t every step (tied W, U, b; mean field
-  treats them as independent of the state at infinite width);
-* residual: no fixed point and no critical line; the growth exponent of the
-  mean-field gradient curve (``theory.residual``), fitted as the data are;
-* gru, lstm: no theory (NaN): measured only.
+* ``maps``: the mean-field log chi1, q*, xi_c (``theory.grid``) and the critical
+  sigma_w2 of the plain MLP; an architecture whose layer is the MLP's with extra
+  bias variance passes ``effective_sigma_b2`` (the Elman RNN: the input drive
+  U x_t adds sigma_u2 q_x, see models.rnn);
+* ``power_law_rates``: no fixed point and no critical line; the growth exponent
+  of the mean-field residual gradient curve (``theory.residual``), fitted as the
+  data are.
 """
 
 import numpy as np
 
-from ..analysis import growth
+from ..fits import growth_rates
 from . import meanfield, residual
 from .grid import grid as theory_grid
-
-
-def effective_sigma_b2(config, sigma_b2, extra):
-    """sigma_b2 + sigma_u2 q_x for the Elman RNN; sigma_b2 elsewhere."""
-    if config.architecture == "rnn":
-        return sigma_b2 + extra["sigma_u2"] * config.input_variance
-    return sigma_b2
 
 
 def _extra_points(config):
@@ -37,59 +33,53 @@ def _extra_points(config):
     return out
 
 
-def predict(config):
-    """{name: (dims, array, description)} of the theory for ``config``'s grid."""
+def empty(config):
+    """{key: NaN array} of every theory value a hook may give, shaped for ``config``'s grid."""
     shape = config.grid_shape
-    log_chi1 = np.full(shape, np.nan)
-    q_star = np.full(shape, np.nan)
-    xi_c = np.full(shape, np.nan)
-    critical = np.full((shape[0], shape[2]) + shape[3:], np.nan)
-    rate = np.full((len(config.modes),) + shape, np.nan)
-    arch = config.architecture
-    if arch in ("mlp", "rnn"):
-        for a, (act, param) in enumerate(config.activation_specs):
-            if not act.mlp_theory:
-                continue  # NaN: see activations (relu_power)
-            for idx, extra in _extra_points(config):
-                sb2 = effective_sigma_b2(config, config.sigma_b2, extra)
-                values = theory_grid(act, param, config.sigma_w2, sb2, q0=config.q0)
-                at = (a, slice(None), slice(None)) + idx
-                log_chi1[at], q_star[at], xi_c[at] = (
-                    values["log_chi1"],
-                    values["q_star"],
-                    values["xi_c"],
-                )
-                for j, b in enumerate(sb2):
-                    try:
-                        critical[(a, j) + idx] = meanfield.critical_sigma_w2(
-                            act, param, b, q0=config.q0
-                        )
-                    except meanfield.NoFixedPoint:
-                        pass
-        rate[...] = log_chi1[None]
-    elif arch == "residual":
-        rate[...] = _residual_rates(config)
-    dims = config.grid_dims
     return {
-        "theory_log_chi1": (dims, log_chi1, "mean-field log chi1 (annealed rate; NaN: none)"),
-        "theory_q_star": (dims, q_star, "mean-field fixed point q* (NaN: none)"),
-        "theory_xi_c": (dims, xi_c, "mean-field correlation depth scale xi_c"),
-        "theory_growth_rate": (
-            ("mode",) + dims,
-            rate,
-            "mean-field growth rate of E|g|^2 in the file's growth law, fitted over the "
-            "same layers as the data (NaN: no theory for this architecture)",
-        ),
-        "theory_critical_sigma_w2": (
-            ("activation", "sigma_b2") + dims[3:],
-            critical,
-            "mean-field critical sigma_w2 (chi1 = 1) for the same sigma_b2 (NaN: none)",
-        ),
+        "log_chi1": np.full(shape, np.nan),
+        "q_star": np.full(shape, np.nan),
+        "xi_c": np.full(shape, np.nan),
+        "critical": np.full((shape[0], shape[2]) + shape[3:], np.nan),
+        "rate": np.full((len(config.modes),) + shape, np.nan),
     }
 
 
-def _residual_rates(config):
-    """Power-law exponent of the mean-field residual gradient curves, per mode and point."""
+def maps(config, effective_sigma_b2=None):
+    """The MLP's mean-field maps on the grid; sigma_b2 -> effective_sigma_b2(config, sb2, extra).
+
+    log chi1, q*, xi_c per point (``theory.grid``), the critical sigma_w2 (chi1 = 1)
+    per (activation, sigma_b2, ...), and the growth rate log chi1 in both modes.
+    """
+    out = empty(config)
+    for a, (act, param) in enumerate(config.activation_specs):
+        if not act.mlp_theory:
+            continue  # NaN: see activations (relu_power)
+        for idx, extra in _extra_points(config):
+            sb2 = config.sigma_b2
+            if effective_sigma_b2 is not None:
+                sb2 = effective_sigma_b2(config, sb2, extra)
+            values = theory_grid(act, param, config.sigma_w2, sb2, q0=config.q0)
+            at = (a, slice(None), slice(None)) + idx
+            for key in ("log_chi1", "q_star", "xi_c"):
+                out[key][at] = values[key]
+            for j, b in enumerate(sb2):
+                try:
+                    out["critical"][(a, j) + idx] = meanfield.critical_sigma_w2(
+                        act, param, b, q0=config.q0
+                    )
+                except meanfield.NoFixedPoint:
+                    pass
+    out["rate"][...] = out["log_chi1"][None]
+    return out
+
+
+def power_law_rates(config):
+    """Power-law exponent of the mean-field residual gradient curves, per mode and point.
+
+    h^l = h^{l-1} + alpha (W phi(h^{l-1}) + b) (theory.residual.curves), fitted over the
+    recorded layers with the data's power law (vxsim.fits.growth_rates).
+    """
     layers = np.asarray(config.layers)
     out = np.full((len(config.modes),) + config.grid_shape, np.nan)
     sw2, sb2, alpha = np.meshgrid(
@@ -101,6 +91,35 @@ def _residual_rates(config):
         for m, mode in enumerate(config.modes):
             curve = log_chi[layers] if mode == "jvp" else log_chi[-1] - log_chi[layers]
             y = np.moveaxis(curve, 0, -1)[..., None, :]  # one "sample"
-            fit = growth.growth_rates(y, layers, config.depth, config.transient, mode, "power")
+            fit = growth_rates(y, layers, config.depth, config.transient, mode, "power")
             out[m, a] = fit["annealed"]
-    return out
+    return {"rate": out}
+
+
+def predict(config):
+    """{name: (dims, array, description)} of the theory for ``config``'s grid."""
+    values = empty(config)
+    hook = config.arch.mean_field
+    if hook is not None:
+        values.update(hook(config))
+    dims = config.grid_dims
+    return {
+        "theory_log_chi1": (
+            dims,
+            values["log_chi1"],
+            "mean-field log chi1 (annealed rate; NaN: none)",
+        ),
+        "theory_q_star": (dims, values["q_star"], "mean-field fixed point q* (NaN: none)"),
+        "theory_xi_c": (dims, values["xi_c"], "mean-field correlation depth scale xi_c"),
+        "theory_growth_rate": (
+            ("mode",) + dims,
+            values["rate"],
+            "mean-field growth rate of E|g|^2 in the file's growth law, fitted over the "
+            "same layers as the data (NaN: no theory for this architecture)",
+        ),
+        "theory_critical_sigma_w2": (
+            ("activation", "sigma_b2") + dims[3:],
+            values["critical"],
+            "mean-field critical sigma_w2 (chi1 = 1) for the same sigma_b2 (NaN: none)",
+        ),
+    }
