@@ -16,10 +16,10 @@ import os
 import h5py
 import numpy as np
 
-from .. import config as config_mod
-from .. import sweep, variables
-from ..errors import VxsimError
-from . import hdf5, locks, shardfile
+from . import config as config_mod
+from . import sweep, variables
+from .errors import VxsimError
+from .store import hdf5, locks, shardfile
 
 SHOWN = 8  # units named in a refusal before "... and k more"
 
