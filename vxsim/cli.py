@@ -229,7 +229,7 @@ def boundary(path, as_json):
     rows = boundary_rows(path)
     fmt = lambda v: "   -   " if v is None else f"{v:7.4f}"  # noqa: E731
     base_keys = {"mode", "estimator", "width", "activation", "sigma_b2", "critical_sigma_w2"}
-    base_keys |= {"ci_low", "ci_high", "theory_sigma_w2"}
+    base_keys |= {"ci_low", "ci_high", "theory_sigma_w2", "flag", "note"}
     extra = [k for k in (rows[0] if rows else {}) if k not in base_keys]
     lines = [
         "mode estimator  width activation        sigma_b2"
@@ -243,6 +243,11 @@ def boundary(path, as_json):
             + "".join(f" {r[k]:11.4g}" for k in extra)
             + f"  {fmt(r['critical_sigma_w2'])} "
             f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]  {fmt(r['theory_sigma_w2'])}"
+            + "".join(
+                f"  ({text})"
+                for text in (r.get("note"), r.get("flag"))
+                if text and text != "inside the grid"
+            )
         )
     emit(rows, as_json, "\n".join(lines))
 

@@ -139,3 +139,42 @@ def zero_crossing(sigma_w2, rate):
         x = s[i] - a * (s[i + 1] - s[i]) / (b - a)
     x = np.where(found, x, np.nan)
     return float(x) if x.ndim == 0 else x
+
+
+# Where a zero crossing along sigma_w2 lies in the grid (``crossing_flag``).
+CROSSING_FLAGS = {
+    0: "inside the grid",
+    1: "in the grid's first interval",
+    2: "in the grid's last interval",
+    3: "none: the rate is negative over the whole grid (the edge lies above it)",
+    4: "none: the rate is non-negative over the whole grid (the edge lies below it)",
+    5: "none: no sign change between finite rates",
+}
+
+
+def crossing_flag(sigma_w2, rate):
+    """Where ``zero_crossing`` found its crossing (codes of ``CROSSING_FLAGS``), per leading index.
+
+    A crossing in the first or last interval is interpolated but sits at the
+    grid's edge; none at all says on which side the edge lies when every rate
+    has one sign. Nothing is ever extrapolated.
+    """
+    s = np.asarray(sigma_w2, dtype=np.float64)
+    r = np.asarray(rate, dtype=np.float64)[..., np.argsort(s)]
+    n = s.size
+    with quiet():
+        finite = np.isfinite(r).all(axis=-1)
+        negative = finite & (r < 0).all(axis=-1)
+        positive = finite & (r >= 0).all(axis=-1)
+    flag = np.full(r.shape[:-1], 5, dtype=np.int8)
+    flag[negative] = 3
+    flag[positive] = 4
+    if n >= 2:
+        lo, hi = r[..., :-1], r[..., 1:]
+        with quiet():
+            cond = np.isfinite(lo) & np.isfinite(hi) & (lo < 0) & (hi >= 0)
+        found = cond.any(axis=-1)
+        i = np.argmax(cond, axis=-1)
+        where = np.where(i == 0, 1, np.where(i == n - 2, 2, 0)).astype(np.int8)
+        flag = np.where(found, where, flag)
+    return flag

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from ..errors import VxsimError
-from ..fits import zero_crossing
+from ..fits import CROSSING_FLAGS, zero_crossing
 from .hdf5 import file_dims, open_reader
 
 
@@ -103,7 +103,9 @@ def boundary_rows(path):
     """One dict per (mode, estimator, width, activation, sigma_b2) from the ``analysis`` group.
 
     Keys: mode, estimator, width, activation, sigma_b2, critical_sigma_w2, ci_low,
-    ci_high, theory_sigma_w2 (None where there is no crossing / no theory value).
+    ci_high, theory_sigma_w2 (None where there is no crossing / no theory value /
+    no interval), flag (where the crossing lies in the grid, ``fits.CROSSING_FLAGS``)
+    and note (why an interval is missing, or None).
     """
     with open_for_reading(path) as f:
         if "analysis" not in f and "shard_index" in f.attrs:
@@ -125,6 +127,12 @@ def boundary_rows(path):
             kind: [g[f"critical_sigma_w2_{kind}{sfx}"][...] for sfx in ("", "_ci_low", "_ci_high")]
             for kind in ("quenched", "annealed")
         }
+        flags = {
+            kind: g[f"critical_sigma_w2_{kind}_flag"][...] if f"critical_sigma_w2_{kind}_flag" in g
+            else None
+            for kind in est
+        }  # fmt: skip
+        samples = int(f["sample"].shape[0])
     rows = []
     for kind, (x, lo, hi) in est.items():
         for idx in np.ndindex(x.shape):
@@ -141,10 +149,27 @@ def boundary_rows(path):
                     "ci_low": _num(lo[idx]),
                     "ci_high": _num(hi[idx]),
                     "theory_sigma_w2": _num(theory[(a, b) + idx[4:]]),
+                    "flag": None if flags[kind] is None else CROSSING_FLAGS[int(flags[kind][idx])],
+                    "note": _interval_note(samples, lo[idx], hi[idx], x[idx]),
                 }
             )
     rows.sort(key=lambda r: (modes.index(r["mode"]), r["estimator"] != "quenched"))
     return rows
+
+
+def _interval_note(samples, lo, hi, x):
+    """Why an interval (or an end of it) is missing; None when it is whole."""
+    if samples < 2:
+        return "no interval: fewer than 2 Monte Carlo samples"
+    if not np.isfinite(x):
+        return None
+    if not np.isfinite(lo) and not np.isfinite(hi):
+        return "interval open on both sides: the edge leaves the grid in the bootstrap"
+    if not np.isfinite(hi):
+        return "interval open above: the edge leaves the grid in the bootstrap"
+    if not np.isfinite(lo):
+        return "interval open below: the edge leaves the grid in the bootstrap"
+    return None
 
 
 def _exponent_rows(f, widths, acts, sw2, sb2, extra):
