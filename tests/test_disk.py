@@ -137,3 +137,28 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_unit(small_disk, slow_re
         for name in a:
             if isinstance(a[name], h5py.Dataset):
                 np.testing.assert_array_equal(b[name][...], a[name][...], err_msg=name)
+
+
+def test_float32_storage_halves_the_records_and_keeps_rates_float64(tmp_path):
+    keys = dict(
+        network__width=16, network__depth=40, monte_carlo__samples=3,
+        measure__mode="both", engine__backend="numpy",
+    )  # fmt: skip
+    wide = small_config(**keys)
+    narrow = small_config(**keys, measure__storage="float32")
+    a, b = str(tmp_path / "f64.h5"), str(tmp_path / "f32.h5")
+    vxsim.run_sweep(wide, a)
+    vxsim.run_sweep(narrow, b)
+    per_layer = ("log_q", "corr", "log_tangent_norm", "log_grad_norm")
+    with h5py.File(a, "r") as f64, h5py.File(b, "r") as f32:
+        for name in per_layer:
+            assert f64[name].dtype == np.float64 and f32[name].dtype == np.float32
+            np.testing.assert_array_equal(f32[name][...], f64[name][...].astype(np.float32))
+        for name in ("growth_rate_quenched", "growth_rate_annealed"):
+            assert f32[name].dtype == np.float64
+            # rates fitted to float32-rounded logs: relative error ~ 2^-24 of |log|
+            np.testing.assert_allclose(f32[name][...], f64[name][...], rtol=1e-5, atol=1e-6)
+        assert f32["diverged"].dtype == f64["diverged"].dtype
+    records = sum(np.prod(h5py.File(a, "r")[n].shape) for n in per_layer) * 4
+    assert space.file_bytes(wide) - space.file_bytes(narrow) == records
+    assert "storage" not in json.loads(wide.canonical())["measure"]  # earlier files unchanged

@@ -25,6 +25,7 @@ from .errors import ConfigError
 INPUT_VARIANCE = 1.0  # default variance of the recurrent architectures' inputs x_t
 MODES = ("jvp", "vjp", "both")
 PRECISIONS = ("float32", "float64", "tf32")  # tf32: float32 states, TF32 GEMMs (cuda only)
+STORAGES = ("float64", "float32")  # measure.storage: per-layer records on disk
 BACKENDS = ("auto", *engines.names())
 PATHS = ("auto", "gemm", "fused")
 MAX_WIDTH = 131072  # N^2 / 4 Philox blocks must fit a 32-bit counter word
@@ -36,6 +37,8 @@ def optional(section):
         return {name: None for arch in models.records() for name in arch.axes}
     if section == "network":
         return {"input_variance": None}
+    if section == "measure":
+        return {"storage": None}  # absent: "float64", so earlier files' configs are unchanged
     return {}
 
 
@@ -83,6 +86,7 @@ class Config:
     path: str
     checkpoint: int
     raw: dict  # the merged TOML tree this was built from
+    storage: str = "float64"  # on-disk dtype of the per-layer records (measure.storage)
 
     @property
     def modes(self):
@@ -326,6 +330,7 @@ def build(raw):
         path=_choice("engine.path", eng["path"], PATHS),
         checkpoint=_int("engine.checkpoint", eng["checkpoint"], low=0),
         raw=raw,
+        storage=_choice("measure.storage", meas.get("storage", "float64"), STORAGES),
     )
 
 
