@@ -46,16 +46,16 @@ def test_steps_are_throttled_with_rate_and_eta():
         for done in range(1, 7):
             progress.step(done, 12)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "vxsim: width 8, sample 0: 1/12 steps"  # no rate yet at t = 0
-    assert lines[1] == "vxsim: width 8, sample 0: 4/12 steps, 0.1/s, ETA 62 s"
-    assert lines[2].startswith("vxsim: width 8, sample 0: 6/12 steps") and len(lines) == 3
+    assert lines[0] == "vxsim: width 8, sample 0: 4/12 steps, 0.1/s, ETA 62 s"  # 30 s on
+    assert lines[1].startswith("vxsim: width 8, sample 0: 6/12 steps") and len(lines) == 2
     events = io.StringIO()
     rep = progress.Reporter("json", stream=events, every=0.0)
     with progress.listening(rep):
         progress.notice("compiling")
         progress.step(2, 4)
+        progress.step(3, 4)
     kinds = [json.loads(x)["event"] for x in events.getvalue().splitlines()]
-    assert kinds == ["notice", "steps"]
+    assert kinds == ["notice", "steps", "steps"]
 
 
 def test_bar_on_a_terminal():
@@ -72,3 +72,37 @@ def test_bar_on_a_terminal():
         progress.step(5, 10)
     rep.close()
     assert "work units" in out.getvalue() and "2/3" in out.getvalue()
+
+
+class _Listener:
+    def __init__(self):
+        self.seen = []
+
+    def steps(self, done, total):
+        self.seen.append((done, total))
+
+
+def test_the_engines_report_their_steps():
+    """numpy (generic driver) and numba (GEMM and fused paths) tell progress.step every
+    forward and backward step of a unit, ending at the total."""
+    from conftest import small_config
+
+    from vxsim.engines import numba_cpu, numpy_ref
+
+    cfg = small_config(
+        network__width=16, network__depth=12, measure__mode="both", engine__checkpoint=4
+    )
+    for run in (
+        numpy_ref.run_unit,
+        lambda c, w, s: numba_cpu.run_unit(c, w, s, path="gemm"),
+        lambda c, w, s: numba_cpu.run_unit(c, w, s, path="fused"),
+    ):
+        listener = _Listener()
+        with progress.listening(listener):
+            run(cfg, 16, 0)
+        seen = listener.seen
+        done = [d for d, _ in seen]
+        total = seen[-1][1]
+        # forward 12; backward: 3 restarts, 3 x 3 recomputations, 11 backward steps
+        assert total == 12 + 3 + 9 + 11 and done[-1] == total
+        assert done == sorted(done) and all(t == total for _, t in seen)

@@ -115,8 +115,8 @@ class Reporter:
 
     def steps(self, done, total):
         now = self.clock()
-        if self._unit_start is None:
-            self._unit_start = now
+        if self._unit_start is None:  # the unit's first step: lines start ``every`` s later
+            self._unit_start = self._last = now
         if self.kind == "bar":
             if self._step_bar is None:
                 from tqdm import tqdm
@@ -129,7 +129,7 @@ class Reporter:
             return
         if self.kind not in ("log", "json"):
             return
-        if self._last is not None and now - self._last < self.every:
+        if now - self._last < self.every:
             return
         self._last = now
         elapsed = now - self._unit_start

@@ -302,10 +302,14 @@ def run_unit(config, width, sample, arrays=None):
     plan = vjp_plan(unit, model) if vjp else schedule.NO_VJP
     unit.step_store = {} if plan.keep_steps else None
     L = config.depth
+    fwd = schedule.forward_ops(L, plan, rec)
+    bwd = schedule.backward_ops(L, plan, rec) if vjp else []
+    total = len(fwd) + len(bwd)
     with unit.arrays.gemm_precision(config.precision == "tf32"):
         dead, states, slots = forward(
-            unit, model, res, schedule.forward_ops(L, plan, rec), "jvp" in config.modes, vjp
+            unit, model, res, schedule.reported(fwd, 0, total), "jvp" in config.modes, vjp
         )
         if vjp:
-            backward(unit, model, res, schedule.backward_ops(L, plan, rec), dead, states, slots)
+            ops = schedule.reported(bwd, len(fwd), total)
+            backward(unit, model, res, ops, dead, states, slots)
     return base.shape_results(config, {name: unit.arrays.to_host(v) for name, v in res.items()})

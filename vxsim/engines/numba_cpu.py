@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import activations, rng
+from .. import activations, progress, rng
 from . import base, gemm, layout, schedule
 from .numba_types import (
     OP_BACKWARD,
@@ -225,6 +225,11 @@ def kernels(names):
         digest = _digest(names)
         modname = f"vxsim_numba_{digest}"
         path = _write_module(modname, generate_source(names))
+        if not any(path.parent.glob(f"__pycache__/{modname}*.nbi")):
+            progress.notice(
+                f"compiling the numba kernels for {', '.join(names)} (once per machine and "
+                "version; about half a minute)"
+            )
         spec = importlib.util.spec_from_file_location(modname, path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[modname] = mod
@@ -422,6 +427,10 @@ class _Unit:
         # Weights: one buffer per lane on the fused path, one shared on the GEMM path;
         # bias noise: per lane, or double-buffered (this layer's and the next's).
         self.plan = vjp_plan(config, N, P, self.path) if self.vjp else schedule.NO_VJP
+        self.steps_done = 0
+        self.steps_total = L + (
+            len(schedule.backward_ops(L, self.plan, self.rec)) if self.vjp else 0
+        )
         self.every, self.full, self.zstore = self.plan[:3]
         copies = self.lanes if self.path == "fused" else 1
         slots = self.every if self.zstore else 1
@@ -477,6 +486,7 @@ class _Unit:
         if self.path == "fused":
             if n:
                 self._call(steps, np.int64(0), n, True)
+            self._progress(int(n))
             return
         drawn = steps[steps["op"] != OP_RESTART][:1]  # the first op with a GEMM
         if drawn.size and drawn[0]["draw"]:
@@ -493,6 +503,13 @@ class _Unit:
             elif op == OP_BACKWARD:
                 self._matmul(self.G, Z, self.U)
             self._call(steps, np.int64(i), np.int64(i + 1), False)
+            self._progress(1)
+
+    def _progress(self, steps):
+        """Tell vxsim.progress that ``steps`` more of the unit's forward and backward
+        steps are done (L forward, and the VJP's backward and recomputation steps)."""
+        self.steps_done += steps
+        progress.step(self.steps_done, self.steps_total)
 
     # -- forward
 

@@ -26,6 +26,8 @@ them one by one (engines.generic, numba_cpu) and decides nothing itself.
 
 from typing import NamedTuple
 
+from .. import progress
+
 # A segment's weights Z^l may be kept from its recomputation for its backward steps
 # (one generation per layer instead of two) when they fit in this many bytes; beyond
 # it they are drawn again, so memory stays O(sqrt(L) N P).
@@ -177,3 +179,11 @@ def backward_ops(depth, plan, record):
             ops.append(Backward(layer, start, int(record[layer - 1]), slot,
                                 layer == stop or not keep))  # fmt: skip
     return ops
+
+
+def reported(ops, done, total):
+    """``ops`` one by one, telling ``progress.step`` after each how many of the unit's
+    ``total`` steps are done (``done`` before the first): the engines' progress."""
+    for i, op in enumerate(ops, 1):
+        yield op
+        progress.step(done + i, total)
