@@ -20,8 +20,9 @@
 #include "common.cuh"
 #include "vx_generated.cuh"
 
-// exp(-ls), capped: the bias relative to a renormalised pre-activation.
-VX_FN double vx_bias_scale(double ls) { return exp(fmin(-ls, 700.0)); }
+// exp(-ls), -ls capped at VX_EXP_CAP (generated from vxsim/models): the bias relative to a
+// renormalised pre-activation.
+VX_FN double vx_bias_scale(double ls) { return exp(fmin(-ls, VX_EXP_CAP)); }
 
 // One pre-activation element: s * zx + real(b * bs), b = xi * bamp.
 VX_FN real vx_preact(real zx, real s, double b, double bs, int has_bias)

@@ -22,8 +22,8 @@
 template <class B>
 VX_FN void vx_fused_forward_block(const B &blk, const real *ZT, const double *xis, real *A,
                                   double *pf, int *pi, double *res, real *cp, double *cp_ls,
-                                  const int *rec, int P, int n, int R, int layer0, int nlayers,
-                                  int kind, int has_bias, int every, int depth, double limit)
+                                  const int *rec, const int *cpi, int P, int n, int R, int layer0,
+                                  int nlayers, int kind, int has_bias, double limit)
 {
     const int p = (int)blk.index();
     if (pi[VX_I_DEAD * P + p])
@@ -72,7 +72,7 @@ VX_FN void vx_fused_forward_block(const B &blk, const real *ZT, const double *xi
         // (no barrier needed here: the epilogue's first pass touches only this
         // thread's elements of h1, h2, t, and a1, a2, at are rewritten only
         // after its reduction, a barrier every thread has passed)
-        const int ci = (every > 0 && layer % every == 0 && layer < depth) ? layer / every - 1 : -1;
+        const int ci = cpi[layer];
         real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
         double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
         const double *xi = has_bias ? xis + (long long)li * n : xis;
@@ -89,16 +89,17 @@ VX_FN void vx_fused_forward_block(const B &blk, const real *ZT, const double *xi
 }
 
 // Forward layers layer0 .. layer0 + nlayers - 1; ZT (nlayers, n, n) transposed
-// weights, xis (nlayers, n) bias noise, rec (depth + 1) record index per layer.
+// weights, xis (nlayers, n) bias noise, rec (depth + 1) record index per layer,
+// cpi (depth + 1) checkpoint index per layer (-1: none; engines/schedule.py).
 VX_KERNEL void vx_fused_forward(const real *ZT, const double *xis, real *A, double *pf, int *pi,
-                                double *res, real *cp, double *cp_ls, const int *rec, int P, int n,
-                                int R, int layer0, int nlayers, int kind, int has_bias, int every,
-                                int depth, double limit)
+                                double *res, real *cp, double *cp_ls, const int *rec,
+                                const int *cpi, int P, int n, int R, int layer0, int nlayers,
+                                int kind, int has_bias, double limit)
 {
     VX_BLOCKS(blk)
     {
-        vx_fused_forward_block(blk, ZT, xis, A, pf, pi, res, cp, cp_ls, rec, P, n, R, layer0,
-                               nlayers, kind, has_bias, every, depth, limit);
+        vx_fused_forward_block(blk, ZT, xis, A, pf, pi, res, cp, cp_ls, rec, cpi, P, n, R,
+                               layer0, nlayers, kind, has_bias, limit);
     }
 }
 

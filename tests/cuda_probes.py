@@ -61,4 +61,4 @@ def weights(config, width, sample, layer, backend):
     unit = Unit(config, width, sample, backend, path="gemm")
     unit.has_bias = 1
     unit._fill(layer, 1, transpose=0, bias=True)
-    return unit.be.to_host(unit.Zbuf), unit.be.to_host(unit.xibuf)[0]
+    return unit.be.to_host(unit.Zbuf[0]), unit.be.to_host(unit.xibuf)[0]

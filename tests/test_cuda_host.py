@@ -37,6 +37,7 @@ from vxsim.engines import (
     cuda_paths,
     cuda_sources,
     numpy_ref,
+    schedule,
     strict_arrays,
 )
 from vxsim.errors import VxsimError
@@ -598,6 +599,45 @@ def test_launch_shapes_and_kernels_used(host):
         assert seen[name] == {(P, 64, 0)}, name
     assert seen["vx_fused_forward"] == {(P, 64, 6 * 40 * 4)}
     assert seen["vx_fused_recompute"] == seen["vx_fused_backward"] == {(P, 64, 2 * 40 * 4)}
+
+
+def test_mlp_unit_lowers_the_schedule(host, monkeypatch):
+    """The MLP unit runs engines.schedule's operations and nothing else: the GEMM path
+    one launch of each per operation, a segment's Z^l kept from its recomputation
+    (drawn once more only for its last layer); the fused path in chunks of like
+    operations (3 layers here), with the oracle's numbers."""
+    cfg = make_config("engine.checkpoint=4", width=12, depth=14, mode="vjp",
+                      precision="float64")  # fmt: skip
+    L = cfg.depth
+    plan = cuda_paths.vjp_plan(cfg, 12, "gemm")
+    assert plan == schedule.Plan(4, False, True, False)
+    assert cuda_paths.vjp_plan(cfg, 12, "fused") == plan._replace(keep_weights=False)
+    ops = schedule.backward_ops(L, plan, base.record_index(cfg))
+    count = {kind: sum(isinstance(op, kind) for op in ops)
+             for kind in (schedule.Restart, schedule.Recompute, schedule.Backward)}  # fmt: skip
+    be = host["float64"]
+    del be.launches[:]
+    unit = cuda_mlp.Unit(cfg, 12, 1, backend=be, path="gemm")
+    assert unit.Zbuf.shape[0] == 4 and unit.cp.shape[0] == schedule.checkpoint_count(L, 4)
+    unit.run()
+    names = [name for name, *_ in be.launches]
+    assert names.count("vx_forward") == L
+    assert names.count("vx_restart") == count[schedule.Restart]
+    assert names.count("vx_recompute") == count[schedule.Recompute]
+    assert names.count("vx_backward") == count[schedule.Backward]
+    draws = sum(isinstance(op, schedule.Backward) and op.draw for op in ops)
+    assert draws == count[schedule.Restart]  # Z^stop of every segment
+    assert names.count("vx_fill_weights") == L + count[schedule.Recompute] + draws
+
+    monkeypatch.setattr(cuda_paths, "FUSED_ZBUF_BYTES", 3 * 12 * 12 * 8)
+    del be.launches[:]
+    got = cuda_gpu.run_unit(cfg, 12, 1, path="fused", backend=be)
+    names = [name for name, *_ in be.launches]
+    segments = [(s, min(s + 4, L)) for s in range(0, L, 4)]  # 0-4, 4-8, 8-12, 12-14
+    assert names.count("vx_fused_forward") == -(-L // 3)
+    assert names.count("vx_fused_recompute") == sum(-(-(b - a - 1) // 3) for a, b in segments)
+    assert names.count("vx_fused_backward") == sum(-(-(b - max(a, 1)) // 3) for a, b in segments)
+    assert_same(got, numpy_ref.run_unit(cfg, 12, 1), TOL["float64"])
 
 
 def test_device_memory_estimate_covers_the_buffers(host):

@@ -13,7 +13,7 @@ comes from block ``k // 4``, lane ``k % 4``.
 The functions below are written with NumPy operations that behave the same
 on arrays (the NumPy engine calls them vectorised) and on scalars inside Numba
 kernels (``register_jitable``). The Numba engine compiles Philox from here and
-keeps its own Box-Muller (``engines/numba_kernels.py``: the same operations in
+keeps its own Box-Muller (``engines/numba_normals.py``: the same operations in
 the same order, unrolled so that LLVM vectorises it; a test checks the two
 bit for bit). The normal transform uses only +, -, *, /, sqrt and exact
 power-of-two scaling, which IEEE 754 rounds identically everywhere, instead of

@@ -26,7 +26,7 @@ ESTIMATORS = ("quenched", "annealed")
 
 
 def analyse(data, coords, config, summary):
-    """Content of the ``analysis`` group (see store.hdf5._write_group).
+    """Content of the ``analysis`` group (see store.schema.write_group).
 
     ``summary`` is ``growth.summarise``'s output: its growth rates are the point
     estimates whose zero crossings give the critical sigma_w2.

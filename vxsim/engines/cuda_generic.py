@@ -9,6 +9,7 @@ cuBLAS. Not fused: a few dozen kernel launches per layer.
 import numpy as np
 
 from .. import rng
+from . import schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32, seed_words
 
 # The VJP keeps every layer instead of recomputing from checkpoints when that
@@ -40,9 +41,10 @@ class DeviceArrays:
         return self.be.gemm_precision(tf32)
 
     def store_bytes(self):
-        """What the VJP may keep on the device (0 where the backend cannot say)."""
+        """What the VJP may keep on the device: schedule.store_budget of the free memory
+        (0 where the backend cannot say: nothing kept, checkpoints)."""
         free = getattr(self.be, "free_bytes", None)
-        return 0 if free is None else int(min(GENERIC_STORE_BYTES_MAX, 0.25 * free()))
+        return schedule.store_budget(0 if free is None else free(), GENERIC_STORE_BYTES_MAX)
 
     def normal_matrix(self, config, width, sample, layer, stream, dtype):
         if stream == rng.STREAM_WEIGHT and np.dtype(dtype) == self.be.real:

@@ -19,10 +19,13 @@ p, h2 in row P + p, its tangent in row 2P + p), on a backend
   state in shared memory across a chunk of layers and does the
   matrix-vector products itself; the chunk's weights are generated once for
   all blocks just before (see ``kernels/fused.cu``).
-* **VJP**: checkpoints every ``checkpoint_every`` layers in the forward pass,
-  then per segment, last first, a recomputation from its checkpoint with
-  weights regenerated from the counter (phi' kept for the segment), and the
-  backward steps ``g <- phi' * (s Z^T g)`` (GEMM ``U = G @ Z``).
+* **VJP**: the operations of ``engines.schedule`` (plan: ``cuda_paths.vjp_plan``),
+  lowered one by one (GEMM path) or in chunks of like operations (fused path):
+  checkpoints every ``checkpoint_every`` layers in the forward pass, then per
+  segment, last first, a restart from its checkpoint, a recomputation with
+  weights regenerated from the counter (phi' kept for the segment; on the GEMM
+  path the segment's Z^l too, when they fit), and the backward steps
+  ``g <- phi' * (s Z^T g)`` (GEMM ``U = G @ Z``).
 * ``measure.precision = "tf32"``: float32 states whose GEMMs run on the
   tensor cores in TF32 (cuBLAS ``CUBLAS_COMPUTE_32F_FAST_TF32``), on the GEMM
   path only (the fused path's products stay float32).
@@ -33,9 +36,33 @@ Which path a unit takes and what it needs: ``cuda_paths``.
 import numpy as np
 
 from .. import rng
-from . import base, cuda_sources, layout
+from . import base, cuda_sources, layout, schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32
-from .cuda_paths import check_unit, choose_path, fused_chunk, fused_smem, threads_for
+from .cuda_paths import (
+    check_unit,
+    choose_path,
+    fused_chunk,
+    fused_smem,
+    threads_for,
+    vjp_plan,
+    weight_slots,
+)
+
+
+def runs(ops):
+    """``ops`` cut where the operation's type changes: lists of like operations."""
+    out = []
+    for op in ops:
+        if out and type(out[-1][0]) is type(op):
+            out[-1].append(op)
+        else:
+            out.append([op])
+    return out
+
+
+def chunks(ops, size):
+    """``ops`` in consecutive lists of at most ``size`` (a fused launch's layers)."""
+    return [ops[i : i + size] for i in range(0, len(ops), size)]
 
 
 class Unit:
@@ -80,22 +107,28 @@ class Unit:
         self.A = xp.zeros((rows * P, N), dtype=dt)
         self.H = xp.zeros((rows * P, N), dtype=dt)
         self.threads = threads_for(N)
+        self.plan = vjp_plan(config, N, self.path)
         if self.path == "fused":
             self.chunk = fused_chunk(config, N)
             self.Zbuf = xp.zeros((self.chunk, N, N), dtype=dt)
             self.xibuf = xp.zeros((self.chunk, N))
         else:
             self.chunk = 1
-            self.Zbuf = xp.zeros((N, N), dtype=dt)
+            self.Zbuf = xp.zeros((weight_slots(self.plan), N, N), dtype=dt)
             self.xibuf = xp.zeros((1, N))
-        self.every = config.checkpoint_every if self.vjp else 0
+        every = self.plan.every
+        self.fwd_ops = schedule.forward_ops(self.L, self.plan, self.rec)
+        # checkpoint index of each layer (-1: none), read by the fused forward pass
+        cpi = np.full(self.L + 1, -1, dtype=np.int32)
+        cpi[1:] = [op.checkpoint for op in self.fwd_ops]
+        self.cpi_d = xp.asarray(cpi)
         if self.vjp:
-            ncp = max(1, (self.L - 1) // self.every)
+            ncp = schedule.checkpoint_count(self.L, every)
             self.cp = xp.zeros((ncp, P, N), dtype=dt)
             self.cp_ls = xp.zeros((ncp, P))
             self.G = xp.zeros((P, N), dtype=dt)
             self.U = xp.zeros((P, N), dtype=dt)
-            self.D = xp.zeros((self.every, P, N), dtype=dt)
+            self.D = xp.zeros((every, P, N), dtype=dt)
             gamma = base.output_direction(config, N, sample)
             self.gamma = xp.asarray((gamma / np.linalg.norm(gamma)).astype(dt))
         else:
@@ -106,8 +139,9 @@ class Unit:
 
     # -- generation
 
-    def _fill(self, layer0, nlayers, transpose, bias):
-        """Z^{layer0 ..} into Zbuf (transposed for the fused forward), xi into xibuf."""
+    def _fill(self, layer0, nlayers, transpose, bias, slot=0):
+        """Z^{layer0 ..} into Zbuf from ``slot`` (transposed for the fused forward),
+        xi into xibuf."""
         N = self.N
         total = ((N * N + 3) // 4) * nlayers
         blocks = fill_grid(total)
@@ -115,7 +149,7 @@ class Unit:
             "vx_fill_weights",
             blocks,
             FILL_THREADS,
-            (self.Zbuf, i32(N), i32(layer0), i32(nlayers), i32(transpose), *self.keys),
+            (self.Zbuf[slot:], i32(N), i32(layer0), i32(nlayers), i32(transpose), *self.keys),
         )
         if bias and self.has_bias:
             total = ((N + 3) // 4) * nlayers
@@ -127,13 +161,11 @@ class Unit:
                 (self.xibuf, i32(N), i32(layer0), i32(nlayers), *self.keys),
             )
 
-    def _checkpoint_index(self, layer):
-        every = self.every
-        return layer // every - 1 if every and layer % every == 0 and layer < self.L else -1
-
     # -- forward
 
     def forward(self):
+        """The forward pass: ``schedule.forward_ops``, one GEMM and epilogue each, or
+        fused in chunks of layers."""
         P, A = self.P, self.A
         A[:P] = self.x1
         A[P : 2 * P] = self.x2
@@ -143,10 +175,9 @@ class Unit:
         if self.path == "fused":
             self._fused_forward(kind)
             return
-        Z = self.Zbuf
-        for layer in range(1, self.L + 1):
-            self._fill(layer, 1, transpose=0, bias=True)
-            self.be.matmul(A, Z.T, self.H)
+        for op in self.fwd_ops:
+            self._fill(op.layer, 1, transpose=0, bias=True, slot=op.slot)
+            self.be.matmul(A, self.Zbuf[op.slot].T, self.H)
             self.be.launch(
                 "vx_forward",
                 P,
@@ -163,11 +194,11 @@ class Unit:
                     i32(P),
                     i32(self.N),
                     i32(self.R),
-                    i32(layer),
+                    i32(op.layer),
                     i32(kind),
                     i32(self.has_bias),
-                    i32(self.rec[layer]),
-                    i32(self._checkpoint_index(layer)),
+                    i32(op.record),
+                    i32(op.checkpoint),
                     self.limit,
                 ),
             )
@@ -175,8 +206,8 @@ class Unit:
     def _fused_forward(self, kind):
         vectors = 6 if kind == layout.KIND_JVP else 4
         smem = fused_smem(self.N, self.dt.itemsize, vectors)
-        for layer0 in range(1, self.L + 1, self.chunk):
-            nl = min(self.chunk, self.L - layer0 + 1)
+        for ops in chunks(self.fwd_ops, self.chunk):
+            layer0, nl = ops[0].layer, len(ops)
             self._fill(layer0, nl, transpose=1, bias=True)
             self.be.launch(
                 "vx_fused_forward",
@@ -192,6 +223,7 @@ class Unit:
                     self.cp,
                     self.cp_ls,
                     self.rec_d,
+                    self.cpi_d,
                     i32(self.P),
                     i32(self.N),
                     i32(self.R),
@@ -199,8 +231,6 @@ class Unit:
                     i32(nl),
                     i32(kind),
                     i32(self.has_bias),
-                    i32(self.every),
-                    i32(self.L),
                     self.limit,
                 ),
                 smem=smem,
@@ -209,6 +239,7 @@ class Unit:
     # -- backward
 
     def backward(self):
+        """The backward pass: ``schedule.backward_ops`` after the seed g^L = gamma."""
         P, N, L = self.P, self.N, self.L
         self.be.launch(
             "vx_grad_init",
@@ -217,14 +248,19 @@ class Unit:
             (self.gamma, self.G, self.pf, self.pi, self.res, i32(P), i32(N), i32(self.R),
              i32(self.rec[L])),
         )  # fmt: skip
-        for seg in range((L - 1) // self.every, -1, -1):
-            start = seg * self.every
-            stop = min(start + self.every, L)
-            self._restart(seg - 1)
-            if self.path == "fused":
-                self._fused_segment(start, stop)
+        ops = schedule.backward_ops(L, self.plan, self.rec)
+        if self.path == "fused":
+            for run in runs(ops):
+                for chunk in chunks(run, self.chunk):
+                    self._fused_ops(chunk)
+            return
+        for op in ops:
+            if isinstance(op, schedule.Restart):
+                self._restart(op.checkpoint)
+            elif isinstance(op, schedule.Recompute):
+                self._recompute(op)
             else:
-                self._gemm_segment(start, stop)
+                self._backward(op)
 
     def _restart(self, ci):
         self.be.launch(
@@ -235,59 +271,64 @@ class Unit:
              i32(self.P), i32(self.N), i32(ci)),
         )  # fmt: skip
 
-    def _gemm_segment(self, start, stop):
-        P, N, Z = self.P, self.N, self.Zbuf
+    def _recompute(self, op):
+        """Trajectory 1's layer ``op.layer`` again (GEMM path): phi' into D[layer - start]."""
+        P, N = self.P, self.N
         A1, H1 = self.A[:P], self.H[:P]
-        for layer in range(start + 1, stop):
-            self._fill(layer, 1, transpose=0, bias=True)
-            self.be.matmul(A1, Z.T, H1)
-            self.be.launch(
-                "vx_recompute",
-                P,
-                self.threads,
-                (H1, A1, self.D, self.xibuf, self.pf, self.pi, i32(P), i32(N),
-                 i32(layer - start), i32(self.has_bias)),
-            )  # fmt: skip
-        for layer in range(stop, max(start, 1), -1):
-            self._fill(layer, 1, transpose=0, bias=False)
-            self.be.matmul(self.G, Z, self.U)
-            self.be.launch(
-                "vx_backward",
-                P,
-                self.threads,
-                (self.G, self.U, self.D, self.pf, self.pi, self.res, i32(P), i32(N),
-                 i32(self.R), i32(layer - 1 - start), i32(layer - 1),
-                 i32(self.rec[layer - 1])),
-            )  # fmt: skip
+        self._fill(op.layer, 1, transpose=0, bias=True, slot=op.slot)
+        self.be.matmul(A1, self.Zbuf[op.slot].T, H1)
+        self.be.launch(
+            "vx_recompute",
+            P,
+            self.threads,
+            (H1, A1, self.D, self.xibuf, self.pf, self.pi, i32(P), i32(N),
+             i32(op.layer - op.start), i32(self.has_bias)),
+        )  # fmt: skip
 
-    def _fused_segment(self, start, stop):
+    def _backward(self, op):
+        """g^{layer-1} from g^layer (GEMM path, U = G Z^layer), phi' from D[layer-1-start]."""
+        P, N = self.P, self.N
+        if op.draw:
+            self._fill(op.layer, 1, transpose=0, bias=False, slot=op.slot)
+        self.be.matmul(self.G, self.Zbuf[op.slot], self.U)
+        self.be.launch(
+            "vx_backward",
+            P,
+            self.threads,
+            (self.G, self.U, self.D, self.pf, self.pi, self.res, i32(P), i32(N),
+             i32(self.R), i32(op.layer - 1 - op.start), i32(op.layer - 1), i32(op.record)),
+        )  # fmt: skip
+
+    def _fused_ops(self, ops):
+        """One launch for a chunk of like operations (fused path): a Restart, consecutive
+        Recompute layers (Z^l drawn transposed), or Backward steps (Z^l as it is)."""
         P, N = self.P, self.N
         smem = fused_smem(N, self.dt.itemsize, 2)
-        for layer0 in range(start + 1, stop, self.chunk):
-            nl = min(self.chunk, stop - layer0)
-            self._fill(layer0, nl, transpose=1, bias=True)
+        first = ops[0]
+        if isinstance(first, schedule.Restart):
+            for op in ops:
+                self._restart(op.checkpoint)
+        elif isinstance(first, schedule.Recompute):
+            self._fill(first.layer, len(ops), transpose=1, bias=True)
             self.be.launch(
                 "vx_fused_recompute",
                 P,
                 self.threads,
                 (self.Zbuf, self.xibuf, self.A[:P], self.D, self.pf, self.pi, i32(P), i32(N),
-                 i32(layer0), i32(nl), i32(start), i32(self.has_bias)),
+                 i32(first.layer), i32(len(ops)), i32(first.start), i32(self.has_bias)),
                 smem=smem,
             )  # fmt: skip
-        lowest = max(start, 1) + 1
-        hi = stop
-        while hi >= lowest:
-            lo = max(lowest, hi - self.chunk + 1)
+        else:
+            lo, hi = ops[-1].layer, first.layer
             self._fill(lo, hi - lo + 1, transpose=0, bias=False)
             self.be.launch(
                 "vx_fused_backward",
                 P,
                 self.threads,
                 (self.Zbuf, self.G, self.D, self.pf, self.pi, self.res, self.rec_d, i32(P),
-                 i32(N), i32(self.R), i32(lo), i32(hi), i32(start)),
+                 i32(N), i32(self.R), i32(lo), i32(hi), i32(first.start)),
                 smem=smem,
             )  # fmt: skip
-            hi = lo - 1
 
     # -- all of it
 

@@ -6,8 +6,9 @@
   state in shared memory across a chunk of layers and does the matrix-vector
   products itself.
 
-The other architectures take neither (``engines.generic`` on device arrays);
-``check_unit`` sizes them as the CPU engines do.
+Both follow ``engines.schedule`` (``vjp_plan``: checkpoints, never every layer
+kept). The other architectures take neither (``engines.generic`` on device
+arrays); ``check_unit`` sizes them as the CPU engines do.
 """
 
 import math
@@ -15,7 +16,7 @@ import math
 import numpy as np
 
 from ..errors import VxsimError
-from . import base, cuda_sources, layout
+from . import base, cuda_sources, layout, schedule
 
 # The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
 # datasheet-level guesses until scripts/gpu_check.py's "path crossover" section
@@ -98,23 +99,47 @@ def fused_chunk(config, width):
     return max(1, min(config.depth, FUSED_ZBUF_BYTES // per_layer))
 
 
+def vjp_plan(config, width, path):
+    """The unit's schedule.Plan (schedule.NO_VJP without the VJP mode).
+
+    A budget of 0: checkpoints every ``checkpoint_every`` layers, nothing else kept
+    by the forward pass. On the GEMM path a segment's Z^l are kept from its
+    recomputation for its backward steps when k of them fit in schedule.ZSTORE_BYTES;
+    the fused path draws them again (its recomputation reads Z^l transposed, its
+    backward steps as it is).
+    """
+    if "vjp" not in config.modes:
+        return schedule.NO_VJP
+    item = config.dtype.itemsize
+    points = int(np.prod(config.grid_shape))
+    layer = schedule.LayerBytes(points * width * item, width * width * item)
+    plan = schedule.vjp_plan(config, layer, 0)
+    return plan if path == "gemm" else plan._replace(keep_weights=False)
+
+
+def weight_slots(plan):
+    """Z^l buffers of the GEMM path: a segment's k when it keeps them, else one."""
+    return plan.every if plan.keep_weights else 1
+
+
 def estimate_device_bytes(config, width, path):
     """GPU memory of one unit's buffers, in bytes (what ``cuda_mlp.Unit`` allocates)."""
     P = int(np.prod(config.grid_shape))
     item = config.dtype.itemsize
     rows = 3 if "jvp" in config.modes else 2
+    plan = vjp_plan(config, width, path)
     total = 2 * rows * P * width * item  # A, H
     if path == "fused":
         k = fused_chunk(config, width)
         total += k * width * (width * item + 8)
     else:
-        total += width * width * item + width * 8
+        total += weight_slots(plan) * width * width * item + width * 8
     if "vjp" in config.modes:
-        every = config.checkpoint_every
-        total += max(1, (config.depth - 1) // every) * P * (width * item + 8)  # checkpoints
+        every = plan.every
+        total += schedule.checkpoint_count(config.depth, every) * P * (width * item + 8)
         total += every * P * width * item + 2 * P * width * item  # D, G, U
     total += 4 * P * config.layers.size * 8 + P * (8 * layout.N_F + 4 * layout.N_I)
-    total += 4 * width * item + 4 * (config.depth + 1)  # inputs, output direction, record index
+    total += 4 * width * item + 8 * (config.depth + 1)  # inputs, output direction, layer indices
     return int(total)
 
 

@@ -122,7 +122,7 @@ def generated_header():
         f"#define VX_STREAM_WEIGHT {rng.STREAM_WEIGHT}u",
         f"#define VX_STREAM_BIAS {rng.STREAM_BIAS}u",
         "",
-        "// Cap of -ls in the bias rescaling exp(-ls) (vxsim.engines.layout.EXP_CAP)",
+        "// Cap of -ls in the bias rescaling exp(-ls) (vxsim.models.mlp.EXP_CAP)",
         f"#define VX_EXP_CAP {layout.EXP_CAP!r}",
         "",
         "// Table rows and result planes (vxsim.engines.cuda_sources)",

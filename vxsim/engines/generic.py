@@ -22,7 +22,7 @@ are NaN and its columns are zeroed so nothing spreads to its neighbours.
 
 Engines differ only in where a unit's arrays live and how Z is drawn
 (``HostArrays``: NumPy, with ``rng.normal_matrix`` for the oracle and numba's
-parallel Philox for the Numba engine; ``cuda_gpu.DeviceArrays``: CuPy, with
+parallel Philox for the Numba engine; ``cuda_generic.DeviceArrays``: CuPy, with
 the CUDA generator), so the weights are bit-identical across them. Models and
 this driver compute with NumPy's functions, which dispatch to CuPy on device
 arrays (``__array_ufunc__``, ``__array_function__``); arrays are created

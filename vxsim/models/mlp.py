@@ -19,6 +19,11 @@ from . import inputs
 from .architecture import Architecture
 from .inputs import mean_square
 
+# exp(-log_s) rescales the bias of a renormalised state (h = e^log_s hh); -log_s is capped
+# here so that exp cannot overflow. Defined once: the residual model, the Numba epilogue
+# (engines.layout re-exports it) and the CUDA header (VX_EXP_CAP, generated) use it.
+EXP_CAP = 700.0
+
 
 def preactivation(zx, scale, bias_term, log_s, homogeneous):
     """hh' from zx = Z phi(hh) (or Z x at the first layer).
@@ -28,7 +33,7 @@ def preactivation(zx, scale, bias_term, log_s, homogeneous):
     Returns (hh', log_s') where homogeneous columns are renormalised to unit
     mean square and log_s' = log_s + log rms.
     """
-    bias_scale = np.exp(np.minimum(-log_s, 700.0))
+    bias_scale = np.exp(np.minimum(-log_s, EXP_CAP))
     h = zx * scale + (bias_term * bias_scale).astype(zx.dtype)
     rms = np.sqrt(mean_square(h))
     renorm = homogeneous & (rms > 0)

@@ -19,6 +19,7 @@ import numpy as np
 from .. import rng
 from .architecture import Architecture
 from .mlp import (  # noqa: F401  (the rest of the model is the MLP's)
+    EXP_CAP,
     LOG_SCALE,
     arrays,
     bias_term,
@@ -49,7 +50,7 @@ def step(unit, layer, state, Z):
     columns = hh.shape[1]
     copies = columns // unit.P
     branch = scale(unit, copies) * (Z @ unit.activate("phi", hh))
-    bias = bias_term(unit, layer)[:, :columns] * np.exp(np.minimum(-ls, 700.0))
+    bias = bias_term(unit, layer)[:, :columns] * np.exp(np.minimum(-ls, EXP_CAP))
     h = hh + alpha(unit, copies) * (branch + bias.astype(hh.dtype))
     rms = np.sqrt(mean_square(h))
     renorm = unit.homogeneous_columns(copies) & (rms > 0)
