@@ -40,7 +40,7 @@ def run_sweep(config, output, **kwargs):
 
 def merge(parts, output, overwrite=False):
     """Merge the shard files ``parts`` of one sweep into ``output`` (as a single run writes it)."""
-    from .merge import merge as _merge
+    from .merging import merge as _merge
 
     return _merge(parts, output, overwrite=overwrite)
 

@@ -133,7 +133,7 @@ def sweep(
 @guarded
 def merge(parts, output, overwrite, as_json):
     """Join the shard files PARTS of one sweep into OUTPUT, as one process would have written it."""
-    from .merge import merge as merge_parts
+    from .merging import merge as merge_parts
     from .store.summary import summarise_file
 
     merge_parts(parts, output, overwrite=overwrite)
