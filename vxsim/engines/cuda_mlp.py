@@ -92,7 +92,7 @@ class Unit:
         self.pf = xp.asarray(pf)
         self.pi = xp.asarray(pi)
         self.R = config.layers.size
-        self.res = xp.full((4, P, self.R), np.nan)
+        self.res = xp.full((layout.N_R, P, self.R), np.nan)
         self.rec = base.record_index(config)
         self.rec_d = xp.asarray(self.rec.astype(np.int32))
         self.limit = np.float64(base.divergence_limit(dt))
@@ -343,13 +343,4 @@ class Unit:
         """The unit's arrays, copied to the host once (the only synchronisation)."""
         res = self.be.to_host(self.res)
         pi = self.be.to_host(self.pi)
-        out = {
-            "log_q": res[layout.R_LOGQ],
-            "corr": res[layout.R_CORR],
-            "diverged": pi[layout.I_DIVERGED].astype(np.int32),
-        }
-        if self.jvp:
-            out["log_tangent_norm"] = res[layout.R_TAN]
-        if self.vjp:
-            out["log_grad_norm"] = res[layout.R_GRAD]
-        return base.shape_results(self.config, out)
+        return base.shape_results(self.config, layout.results(self.config, res, pi))

@@ -404,17 +404,11 @@ class _Unit:
             pi[layout.I_HOMOG, cols] = int(act.homogeneous)
         self.pf, self.pi = pf, pi
         self.rec = base.record_index(config)
-        # Result planes (log_q, corr, tangent, gradient); the unused one is never
+        # Result planes (layout.RESULT_PLANES); one the modes do not produce is never
         # touched, so it costs no resident memory.
-        self.res = np.empty((4, P, config.layers.size))
-        for plane, used in (
-            (layout.R_LOGQ, True),
-            (layout.R_CORR, True),
-            (layout.R_TAN, self.jvp),
-            (layout.R_GRAD, self.vjp),
-        ):
-            if used:
-                self.res[plane] = np.nan
+        self.res = np.empty((layout.N_R, P, config.layers.size))
+        for plane, _ in layout.produced_planes(config):
+            self.res[plane] = np.nan
         self.has_bias = bool(np.any(grid.sigma_b2 > 0))
         self.lanes = _lanes()
         if self.path == "fused":
@@ -541,16 +535,7 @@ class _Unit:
         self._pass(_steps(ops, 0, 0, self.has_bias))
 
     def results(self):
-        out = {
-            "log_q": self.res[layout.R_LOGQ],
-            "corr": self.res[layout.R_CORR],
-            "diverged": self.pi[layout.I_DIVERGED].astype(np.int32),
-        }
-        if self.jvp:
-            out["log_tangent_norm"] = self.res[layout.R_TAN]
-        if self.vjp:
-            out["log_grad_norm"] = self.res[layout.R_GRAD]
-        return base.shape_results(self.config, out)
+        return base.shape_results(self.config, layout.results(self.config, self.res, self.pi))
 
 
 @gemm.deterministic
