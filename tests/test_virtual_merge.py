@@ -186,7 +186,13 @@ def test_materialise_refuses_a_plain_file_and_a_missing_part(few, tmp_path):
     shutil.copytree(folder / "shards", job / "shards")
     virtual = str(job / "v.h5")
     vxsim.merge(sorted(str(p) for p in (job / "shards").iterdir()), virtual, virtual=True)
-    os.remove(job / "shards" / "part-002.h5")
+    one, two = job / "shards" / "part-001.h5", job / "shards" / "part-002.h5"
+    os.rename(one, job / "x.h5")
+    os.rename(two, one)
+    os.rename(job / "x.h5", two)  # swapped: each maps units the other holds
+    with pytest.raises(VxsimError, match=r"work unit\(s\) map to a part that does not hold"):
+        vxsim.materialise(virtual, str(tmp_path / "p.h5"))
+    os.remove(two)
     with pytest.raises(VxsimError, match=r"its part shards/part-002\.h5 is missing") as err:
         vxsim.materialise(virtual, str(tmp_path / "p.h5"))
     assert "\n" not in str(err.value)

@@ -134,10 +134,18 @@ def materialise(path, output, overwrite=False):
     """
     path = os.fspath(path)
     attrs = _virtual_attrs(path)
-    parts = sources_of(path)
+    parts, mapped = sources_of(path)
     _, infos, config, owner = validate(parts, output, overwrite)
     if config.canonical() != attrs["config"]:
         raise VxsimError(f"cannot materialise {path}: its parts hold another config")
+    wrong = sorted(u for u, k in owner.items() if mapped.get(u) != {k})
+    if wrong:
+        wi, sample = wrong[0]
+        raise VxsimError(
+            f"cannot materialise {path}: {len(wrong)} work unit(s) map to a part that does "
+            f"not hold them, first (width={config.widths[wi]}, sample={sample}); "
+            "were the parts replaced? merge them again"
+        )
     with locks.replacing(output, "materialising") as tmp:
         hdf5.create(
             tmp,
@@ -174,15 +182,23 @@ def _virtual_attrs(path):
 
 
 def sources_of(path):
-    """The parts a virtual file maps, as paths usable from here; refuse a missing one."""
+    """(parts, mapped) of a virtual file: the parts it maps, as paths usable from here, and
+    {(width_index, sample): {index in parts}} over its virtual datasets. Refuses a missing part."""
     folder = os.path.dirname(os.path.abspath(path))
-    names = []
+    names, mapped = [], {}
     with hdf5.open_reader(path) as f:
         for ds in f.values():
-            if isinstance(ds, h5py.Dataset) and ds.is_virtual:
-                for source in ds.virtual_sources():
-                    if source.file_name not in names:
-                        names.append(source.file_name)
+            if not (isinstance(ds, h5py.Dataset) and ds.is_virtual):
+                continue
+            dims = [ds.dims[i][0].name.rsplit("/", 1)[-1] for i in range(ds.ndim)]
+            w, s = dims.index("width"), dims.index("sample")
+            for source in ds.virtual_sources():
+                if source.file_name not in names:
+                    names.append(source.file_name)
+                low, high = source.vspace.get_select_bounds()
+                for wi in range(low[w], high[w] + 1):
+                    for sample in range(low[s], high[s] + 1):
+                        mapped.setdefault((wi, sample), set()).add(names.index(source.file_name))
     parts = []
     for name in names:
         name = name.replace("%%", "%")
@@ -193,4 +209,4 @@ def sources_of(path):
                 f"(looked for {part}; parts must stay where they were, relative to it)"
             )
         parts.append(part)
-    return parts
+    return parts, mapped
