@@ -1,22 +1,25 @@
 """A merged file made of HDF5 virtual datasets over the parts, and its materialisation.
 
 ``merge_virtual`` (``vxsim merge --virtual``) checks the parts exactly as the
-copying merge does (``merge.validate``: same config, engine and version, no gap,
+copying merge does (``merging.validate``: same config, engine and version, no gap,
 no duplicate) and writes a merged file in which every per-unit variable is an
 HDF5 virtual dataset: the hyperslab of work unit (width, sample) maps onto the
 same hyperslab of the part that holds it (a shard file has the whole sweep's
 layout, so a unit lies at the same index in its part; runs of consecutive
 samples of one width in one part are one mapping). No per-unit data are
-copied: the file grows with the number of mappings, not with depth or grid.
+copied: the file grows with the number of mappings (about 0.2 kB each: 242 kB
+for 200 one-unit shards x 5 variables, against 1.7 MB copied at depth 5), not
+with depth or grid.
 Coordinates, the completion flags, the summary and the analysis group are
 ordinary datasets, computed from the parts' data read through the virtual
 datasets, so they equal a copying merge's bit for bit.
 
 Paths to the parts: relative to the merged file's folder when the part lies in
 that folder or below it (the folder can then be moved or copied as a whole),
-absolute otherwise. HDF5 looks for a relative source beside the virtual file.
-A missing part reads as fill values (NaN), so keep the parts;
-``materialise`` checks every part before it copies.
+absolute otherwise. HDF5 looks for a relative source beside the virtual file
+(unless HDF5_VDS_PREFIX is set). A missing part reads as fill values (NaN) in
+h5py and xarray alike, so keep the parts; ``materialise`` checks every part (and
+that each still holds the units mapped to it) before it copies.
 
 Attributes beside a copying merge's: ``virtual = 1``; ``merged_from`` (the
 parts as given) as in a copying merge.
