@@ -25,6 +25,7 @@ __all__ = [
     "VxsimError",
     "__version__",
     "load_config",
+    "materialise",
     "merge",
     "open_results",
     "run_sweep",
@@ -38,11 +39,24 @@ def run_sweep(config, output, **kwargs):
     return _run(config, output, **kwargs)
 
 
-def merge(parts, output, overwrite=False):
-    """Merge the shard files ``parts`` of one sweep into ``output`` (as a single run writes it)."""
-    from .merging import merge as _merge
+def merge(parts, output, overwrite=False, virtual=False):
+    """Merge the shard files ``parts`` of one sweep into ``output`` (as a single run writes it).
+
+    ``virtual``: HDF5 virtual datasets over the parts instead of a copy (see ``vxsim.virtual``).
+    """
+    if virtual:
+        from .virtual import merge_virtual as _merge
+    else:
+        from .merging import merge as _merge
 
     return _merge(parts, output, overwrite=overwrite)
+
+
+def materialise(path, output, overwrite=False):
+    """Turn the virtual merged file ``path`` into the plain file ``output`` (a copying merge's)."""
+    from .virtual import materialise as _materialise
+
+    return _materialise(path, output, overwrite=overwrite)
 
 
 def open_results(path, group=None):

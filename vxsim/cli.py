@@ -129,17 +129,46 @@ def sweep(
 @click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, help="the merged results file (HDF5)")
 @click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists (never an input)")
+@click.option(
+    "--virtual",
+    is_flag=True,
+    help="HDF5 virtual datasets over the parts, no copy (keep the parts where they are)",
+)
+@click.option(
+    "--materialise",
+    "--materialize",
+    "materialise",
+    is_flag=True,
+    help="turn the one virtual merged file given into a plain file, as a copying merge",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result summary as JSON")
 @guarded
-def merge(parts, output, overwrite, as_json):
+def merge(parts, output, overwrite, virtual, materialise, as_json):
     """Join the shard files PARTS of one sweep into OUTPUT, as one process would have written it."""
-    from .merging import merge as merge_parts
     from .store.summary import summarise_file
 
-    merge_parts(parts, output, overwrite=overwrite)
+    if virtual and materialise:
+        raise VxsimError("--virtual and --materialise exclude each other")
+    if materialise:
+        if len(parts) != 1:
+            raise VxsimError(
+                f"--materialise takes one file (a merge --virtual output), not {len(parts)}"
+            )
+        from .virtual import materialise as materialise_file
+
+        materialise_file(parts[0], output, overwrite=overwrite)
+        source = f"wrote {output} from {parts[0]}"
+    else:
+        if virtual:
+            from .virtual import merge_virtual as merge_parts
+        else:
+            from .merging import merge as merge_parts
+
+        merge_parts(parts, output, overwrite=overwrite)
+        how = "virtual datasets over" if virtual else "from"
+        source = f"wrote {output} {how} {len(parts)} parts"
     summary = summarise_file(output)
-    text = f"wrote {output} from {len(parts)} parts\n" + _format_summary(summary)
-    emit(summary, as_json, text)
+    emit(summary, as_json, source + "\n" + _format_summary(summary))
 
 
 @main.command()

@@ -26,6 +26,33 @@ SHOWN = 8  # units named in a refusal before "... and k more"
 
 def merge(parts, output, overwrite=False):
     """Merge result files ``parts`` (shards of one sweep) into ``output``; returns the path."""
+    parts, infos, config, owner = validate(parts, output, overwrite)
+    with locks.replacing(output, "merging") as tmp:
+        hdf5.create(
+            tmp,
+            config,
+            joined(infos, "backend"),
+            joined(infos, "device"),
+            numerics=str(infos[0]["attrs"].get("numerics", "")),
+        )
+        with h5py.File(tmp, "r+") as dst:
+            for key in ("vxsim_version", "config_text"):
+                dst.attrs[key] = infos[0]["attrs"][key]
+            dst.attrs["merged_from"] = json.dumps(parts)
+            copy_units(dst, infos, owner, config)
+        sweep.finish(tmp, config)
+    return output
+
+
+def validate(parts, output, overwrite=False):
+    """Check that ``parts`` can be merged into ``output``: (parts, infos, config, owner).
+
+    parts: the paths as strings; infos: each part's attributes and completion
+    mask (``_read_part``); config: the sweep's Config; owner: {(width_index,
+    sample): index of the part that holds the unit}. Refuses (one line) missing
+    or repeated inputs, an existing output without ``overwrite``, parts of
+    another config, engine or version, and gaps or duplicates among the units.
+    """
     parts = [os.fspath(p) for p in parts]
     if not parts:
         raise VxsimError("cannot merge: no input files given")
@@ -33,22 +60,7 @@ def merge(parts, output, overwrite=False):
     infos = [_read_part(p) for p in parts]
     _check_same_sweep(infos)
     config = _config_of(infos[0])
-    owner = _check_units(infos, config)
-    with locks.replacing(output, "merging") as tmp:
-        hdf5.create(
-            tmp,
-            config,
-            _joined(infos, "backend"),
-            _joined(infos, "device"),
-            numerics=str(infos[0]["attrs"].get("numerics", "")),
-        )
-        with h5py.File(tmp, "r+") as dst:
-            for key in ("vxsim_version", "config_text"):
-                dst.attrs[key] = infos[0]["attrs"][key]
-            dst.attrs["merged_from"] = json.dumps(parts)
-            _copy_units(dst, infos, owner, config)
-        sweep.finish(tmp, config)
-    return output
+    return parts, infos, config, _check_units(infos, config)
 
 
 def _check_paths(parts, output, overwrite):
@@ -206,7 +218,7 @@ def unit_index(dims, width_index, sample):
     )
 
 
-def _copy_units(dst, infos, owner, config):
+def copy_units(dst, infos, owner, config):
     """Copy every unit's per-unit variables from the part that holds it, then flag it done."""
     unit_vars = variables.unit_variables(config)
     for k, info in enumerate(infos):
@@ -224,7 +236,7 @@ def _copy_units(dst, infos, owner, config):
     dst["completed"][...] = done
 
 
-def _joined(infos, key):
+def joined(infos, key):
     """One attribute over the parts: its value, or the distinct values joined with ', '."""
     values = []
     for info in infos:
