@@ -208,8 +208,9 @@ def finalize(path, config, summary, analysis=None, status="complete", extra=None
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
             datasets = schema.layout(dst, config, compressed=True)
+            done = src["completed"][...].astype(bool)
             for name, ds in datasets.items():
-                _copy(src[name], ds)
+                _copy(src[name], ds, done)
             if summary:
                 schema.write_summary(dst, summary)
             if analysis:
@@ -219,16 +220,17 @@ def finalize(path, config, summary, analysis=None, status="complete", extra=None
             dst.attrs["status"] = status
 
 
-def _copy(src, dst):
+def _copy(src, dst, done):
     """dst[...] = src[...], one work unit at a time where dst is chunked by unit (memory
-    stays one unit's however large the file)."""
+    stays one unit's however large the file); a unit not ``done`` (a shard's others)
+    holds only the fill value, which dst reads without storing it."""
     if dst.chunks is None:
         dst[...] = src[...]
         return
-    for wi in range(dst.shape[0]):
-        for sample in range(dst.shape[dst.ndim - 2 if _has_layer(dst) else dst.ndim - 1]):
-            index = unit_index(dst, wi, sample)
-            dst[index] = src[index]
+    tail = (slice(None),) if _has_layer(dst) else ()
+    for wi, sample in zip(*np.nonzero(done), strict=True):
+        index = (int(wi), Ellipsis, int(sample)) + tail
+        dst[index] = src[index]
 
 
 def _has_layer(ds):
