@@ -227,8 +227,8 @@ def kernels(names):
         path = _write_module(modname, generate_source(names))
         if not any(path.parent.glob(f"__pycache__/{modname}*.nbi")):
             progress.notice(
-                f"compiling the numba kernels for {', '.join(names)} (once per machine and "
-                "version; about half a minute)"
+                "compiling the numba kernels (once per machine and vxsim version; "
+                "about a minute on 2 cores)"
             )
         spec = importlib.util.spec_from_file_location(modname, path)
         mod = importlib.util.module_from_spec(spec)
