@@ -160,3 +160,84 @@ def units_done(path):
             return int(f["completed"][...].sum())
     except (OSError, KeyError):
         return 0
+
+
+# The fast lane, `python -m pytest -m "not slow"` (README, Development), leaves out the
+# tests marked slow in their files and these (a file name: all of its tests): each took
+# 1.7 s or more (setup included), or about that in subprocesses per case, on 2 cores
+# (2026-12-03, `--durations`): killed and resumed processes, real clusters, subprocess
+# sweeps, compilers, long physics runs. The lane took 98 s then. CI runs everything.
+# A test that grows slow belongs here (or gets @pytest.mark.slow).
+SLOW = (
+    "test_architectures.py::test_relu_power_mlp_runs_without_theory_and_numba_agrees",
+    "test_architectures.py::test_residual_fits_a_power_law_and_says_so",
+    "test_architectures.py::test_residual_relu_power_gradients_grow_as_a_power_of_depth",
+    "test_boundary_physics.py",
+    "test_cli.py::test_bad_input_is_one_line_exit_2_nothing_written",
+    "test_cli.py::test_bad_toml_and_show_errors",
+    "test_cli.py::test_existing_output_refused_on_cli",
+    "test_cli.py::test_sweep_show_info",
+    "test_cuda_first_run.py::test_cuda_engine_imports_and_runs_without_numba",
+    "test_cuda_host.py::test_a_missing_barrier_is_caught",
+    "test_cuda_host.py::test_cli_without_gpu_one_line_errors",
+    "test_cuda_host.py::test_each_kernel_file_compiles_alone_for_ampere",
+    "test_cuda_host.py::test_gpu_check_script_dry_run",
+    "test_cuda_host.py::test_matches_oracle_with_threads",
+    "test_cuda_host.py::test_no_fma_contraction_in_the_random_numbers",
+    "test_cuda_host.py::test_whole_program_compiles_with_nvcc",
+    "test_cuda_wheel.py::test_installed_engine_finds_every_kernel_source",
+    "test_cuda_wheel.py::test_wheel_lists_every_kernel_source",
+    "test_dask_executor.py::test_a_killed_dask_sweep_resumes_to_the_single_run",
+    "test_dask_executor.py::test_an_unreachable_scheduler_is_one_line",
+    "test_dask_executor.py::test_dask_on_a_local_cluster_equals_the_single_run",
+    "test_dask_executor.py::test_local_cluster_has_one_worker_per_gpu_each_pinned_to_its_own",
+    "test_dask_executor.py::test_results_arriving_out_of_order_still_make_the_same_file",
+    "test_disk.py::test_a_disk_that_fills_mid_run_keeps_every_finished_unit",
+    "test_disk.py::test_dry_run_says_units_memory_and_size_and_writes_nothing",
+    "test_gates.py::test_gate_bias_on_the_wrong_architecture_is_one_line_exit_2",
+    "test_gates.py::test_gate_bias_slows_gradient_decay",
+    "test_gemm_rows.py::test_split_is_bit_identical_to_one_gemm",
+    "test_intervals.py::test_one_sample_gives_no_interval",
+    "test_numpy_engine.py::test_collapse_to_zero_is_the_fixed_point_not_a_divergence",
+    "test_numpy_engine.py::test_jvp_and_vjp_agree_within_error_bars",
+    "test_numpy_engine.py::test_phases",
+    "test_numpy_engine.py::test_ten_thousand_layers_stay_finite",
+    "test_plots.py::test_boundary_files_and_theory_curves",
+    "test_plots.py::test_cli_writes_each_figure",
+    "test_plots.py::test_extra_grid_axis_is_taken_by_name",
+    "test_plots.py::test_phase_map_artists_scale_and_theory",
+    "test_plots.py::test_vector_and_raster_outputs",
+    "test_preemption.py::test_a_signal_stops_the_sweep_resumably",
+    "test_progress.py::test_a_batch_log_gets_plain_lines_and_quiet_gets_nothing",
+    "test_progress.py::test_json_lines_for_dashboards",
+    "test_same_numbers.py::test_another_blas_kernel_is_recorded_and_never_mixed",
+    "test_same_numbers.py::test_openblas_coretype_set_to_the_detected_kernel_changes_no_bit",
+    "test_same_numbers.py::test_thread_variables_change_no_bit",
+    "test_slurm.py::test_a_shard_stopped_by_sigterm_is_requeued_and_the_merge_is_the_same",
+    "test_slurm.py::test_array_of_shards_and_dependent_merge_on_real_slurm",
+    "test_slurm.py::test_bad_input_is_one_line_exit_2_nothing_written",
+    "test_slurm.py::test_bad_job_folder",
+    "test_slurm.py::test_cli_prints_how_to_submit",
+    "test_slurm.py::test_status_of_a_job_folder",
+    "test_slurm.py::test_submit_reports_a_failing_sbatch",
+    "test_store_resume.py::test_a_killed_writer_leaves_marks_that_resume_clears",
+    "test_store_resume.py::test_a_reader_during_a_running_sweep_sees_a_consistent_prefix",
+    "test_store_resume.py::test_a_second_writer_is_refused_and_a_reader_sees_the_finished_prefix",
+    "test_store_resume.py::test_sigkill_and_resume_equals_uninterrupted",
+    "test_tanh_f32.py::test_at_most_one_ulp_where_tanh_is_neither_x_nor_one",
+    "test_tanh_f32.py::test_exactly_one_from_9_011_to_infinity",
+    "test_tanh_f32.py::test_exactly_x_below_two_to_minus_twelve",
+    "test_tanh_f32.py::test_odd",
+    "test_theory.py::test_against_monte_carlo",
+    "test_theory_grid.py::test_grid_agrees_with_meanfield",
+    "test_theory_grid.py::test_quadrature_branch_agrees_with_meanfield",
+    "test_theory_grid.py::test_speed_40x40_printed",
+    "test_toy_architecture.py::test_plots",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.nodeid.split("/")[-1].split("[")[0]
+        if name in SLOW or name.split("::")[0] in SLOW:
+            item.add_marker(pytest.mark.slow)
