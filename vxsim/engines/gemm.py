@@ -97,12 +97,14 @@ def single_threaded():
 def signature():
     """What decides the bits of a CPU GEMM here: each BLAS library, version and kernel."""
     libs = threadpoolctl.threadpool_info()
+    keys = ("internal_api", "version", "architecture")
     names = sorted(
-        " ".join(str(lib.get(k) or "") for k in ("internal_api", "version", "architecture")).strip()
-        for lib in libs
-        if lib.get("user_api") == "blas"
+        {
+            " ".join(str(lib.get(k) or "") for k in keys).strip()
+            for lib in libs
+            if lib.get("user_api") == "blas"
+        }
     )
-    names = sorted(set(names))
     return "; ".join(names) or "numpy's own loops (no BLAS found)"
 
 
@@ -147,10 +149,9 @@ def _split(a, b, out, cuts):
 def _verified(key, lanes):
     """The row cuts for operands like ``key`` (shapes, dtypes, orders) on ``lanes``
     threads that reproduce one GEMM bit for bit, or (0, rows): no split."""
-    (m, k), (_, n), dtype, a_order, b_order = key
-    rows = m
+    (rows, k), (_, n), dtype, a_order, b_order = key
     rng = np.random.default_rng(12345)
-    a = np.asarray(rng.standard_normal((m, k)), dtype=dtype, order=a_order)
+    a = np.asarray(rng.standard_normal((rows, k)), dtype=dtype, order=a_order)
     b = np.asarray(rng.standard_normal((k, n)), dtype=dtype, order=b_order)
     with one_blas_thread():
         want = np.matmul(a, b)
