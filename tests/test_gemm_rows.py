@@ -112,3 +112,19 @@ def test_engines_run_units_on_one_blas_thread(monkeypatch):
     )
     numpy_ref.run_unit(None, 8, 0)
     assert seen and all(t == 1 for t in seen[0])
+
+
+def test_the_signature_does_not_depend_on_what_else_is_loaded():
+    """numerics names NumPy's BLAS only: a process that loaded SciPy's BLAS first (a
+    resume, a Dask worker) must record the same as one that did not."""
+    import subprocess
+    import sys
+
+    code = "{}from vxsim.engines import gemm; print(gemm.signature())"
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code.format(first)], capture_output=True, text=True, check=True
+        ).stdout
+        for first in ("", "import scipy.linalg; ", "import scipy.special, scipy.optimize; ")
+    }
+    assert len(seen) == 1 and "no BLAS" not in seen.pop()

@@ -29,6 +29,7 @@ record it and resume and merge refuse to mix two (``store.hdf5``).
 
 import contextlib
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -95,17 +96,25 @@ def single_threaded():
 
 @functools.cache
 def signature():
-    """What decides the bits of a CPU GEMM here: each BLAS library, version and kernel."""
-    libs = threadpoolctl.threadpool_info()
+    """What decides the bits of a CPU GEMM here: NumPy's BLAS library, version and kernel.
+
+    Only the BLAS that NumPy's wheel carries (in ``numpy.libs`` or ``numpy/.dylibs``)
+    when one is found, so that whether another BLAS (SciPy's) happens to be loaded
+    already does not change the answer; else every BLAS loaded.
+    """
+    blas = [lib for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+    numpys = [lib for lib in blas if _in_numpy(lib.get("filepath") or "")]
     keys = ("internal_api", "version", "architecture")
     names = sorted(
-        {
-            " ".join(str(lib.get(k) or "") for k in keys).strip()
-            for lib in libs
-            if lib.get("user_api") == "blas"
-        }
+        {" ".join(str(lib.get(k) or "") for k in keys).strip() for lib in numpys or blas}
     )
     return "; ".join(names) or "numpy's own loops (no BLAS found)"
+
+
+def _in_numpy(path):
+    """Whether a shared library lies in NumPy's own folders (its wheel's BLAS)."""
+    folder = os.path.basename(os.path.dirname(path))
+    return folder in ("numpy.libs", ".dylibs") or folder.startswith("numpy")
 
 
 def _workers(count):
