@@ -20,6 +20,7 @@ from conftest import small_config
 import vxsim
 from vxsim.cli import main
 from vxsim.errors import VxsimError
+from vxsim.store.summary import summarise_file
 from vxsim.virtual import source_name
 
 KEYS = dict(
@@ -192,11 +193,14 @@ def test_materialise_refuses_a_plain_file_and_a_missing_part(few, tmp_path):
     os.rename(job / "x.h5", two)  # swapped: each maps units the other holds
     with pytest.raises(VxsimError, match=r"work unit\(s\) map to a part that does not hold"):
         vxsim.materialise(virtual, str(tmp_path / "p.h5"))
+    assert summarise_file(virtual)["missing_parts"] == []
     os.remove(two)
     with pytest.raises(VxsimError, match=r"its part shards/part-002\.h5 is missing") as err:
         vxsim.materialise(virtual, str(tmp_path / "p.h5"))
     assert "\n" not in str(err.value)
     assert not os.path.exists(tmp_path / "p.h5")
+    assert summarise_file(virtual)["missing_parts"] == ["shards/part-002.h5"]  # vxsim show
+    assert summarise_file(copied)["missing_parts"] == []
 
 
 def test_it_opens_in_xarray_as_the_copying_merge(few, tmp_path):

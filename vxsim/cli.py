@@ -214,6 +214,11 @@ def _format_summary(s):
         f"layers recorded {s['n_layers']}",
         f"diverged    {s['diverged_points']} of {s['total_points']} (point, sample) pairs",
     ]
+    if s.get("missing_parts"):
+        lines.append(
+            f"MISSING     {len(s['missing_parts'])} part(s) of this virtual merge, whose units "
+            f"read as NaN: {', '.join(s['missing_parts'])}"
+        )
     if s.get("growth_law") == "power":
         lines.append("growth law  power: rates are exponents of |g|^2 ~ l^rate (residual)")
     if s.get("shard"):

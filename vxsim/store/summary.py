@@ -1,7 +1,9 @@
 """A short account of what a results file holds, readable while its sweep runs."""
 
 import json
+import os
 
+import h5py
 import numpy as np
 
 from ..errors import VxsimError
@@ -63,6 +65,7 @@ def summarise_file(path):
             "crossings": [],
             "shard": None,
         }
+        out["missing_parts"] = _missing_parts(f, path)
         extra = _extra_coords(f)
         out["architecture_axes"] = {k: v.tolist() for k, v in extra.items()}
         out["growth_law"] = str(f.attrs.get("growth_law", "exponential"))
@@ -155,6 +158,21 @@ def boundary_rows(path):
             )
     rows.sort(key=lambda r: (modes.index(r["mode"]), r["estimator"] != "quenched"))
     return rows
+
+
+def _missing_parts(f, path):
+    """The parts a virtual merge (``vxsim merge --virtual``) maps that are not where it
+    looks for them (their units read as NaN); [] for a plain file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    names = set()
+    for ds in f.values():
+        if isinstance(ds, h5py.Dataset) and ds.is_virtual:
+            names.update(source.file_name for source in ds.virtual_sources())
+    return sorted(
+        n.replace("%%", "%")
+        for n in names
+        if not os.path.isfile(os.path.join(folder, n.replace("%%", "%")))
+    )
 
 
 def _interval_note(samples, lo, hi, x):
