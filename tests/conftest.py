@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 
+import vxsim
 from vxsim import config as config_mod
 from vxsim.engines import base
 
@@ -160,6 +162,66 @@ def units_done(path):
             return int(f["completed"][...].sum())
     except (OSError, KeyError):
         return 0
+
+
+def run_shards(folder, config, count, name="part-{i}.h5"):
+    """Shards 1..count of ``config`` run in this process into ``folder``; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i in range(1, count + 1):
+        part = str(folder / name.format(i=i))
+        vxsim.run_sweep(config, part, shard=(i, count))
+        parts.append(part)
+    return parts
+
+
+def plain(value):
+    """An HDF5 attribute or string array as plain Python (bytes decoded)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray | np.generic):
+        return plain(value.tolist()) if value.dtype.kind in "OSU" else value.tolist()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def file_content(path, may_differ=(), storage=True):
+    """{name: description} of every dataset of the root and the analysis group, and the
+    attributes (the root's but ``may_differ``): numeric data as raw bytes (a bitwise
+    comparison, NaN payloads too), strings as text, dimension scales by name; with
+    ``storage`` also the chunks and the compression filter."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        for group in (f, f["analysis"]):
+            prefix = "analysis/" if group.name == "/analysis" else ""
+            keep = set(may_differ) if group.name == "/" else set()
+            out[prefix + "@attrs"] = {k: plain(v) for k, v in group.attrs.items() if k not in keep}
+            for name, ds in group.items():
+                if not isinstance(ds, h5py.Dataset):
+                    continue
+                values = ds[...]
+                text = values.dtype.kind in "OSU"
+                out[prefix + name] = {
+                    "data": plain(values) if text else (values.dtype.str, values.tobytes()),
+                    "shape": ds.shape,
+                    "dims": [[scale.name for scale in dim.values()] for dim in ds.dims],
+                    "attrs": {
+                        k: plain(v)
+                        for k, v in ds.attrs.items()
+                        if k not in ("DIMENSION_LIST", "REFERENCE_LIST")
+                    },
+                    **({"chunks": ds.chunks, "compression": ds.compression} if storage else {}),
+                }
+    return out
+
+
+def assert_same_content(a_path, b_path, may_differ=(), storage=True):
+    """Two results files hold the same datasets and attributes (``file_content``)."""
+    a, b = file_content(a_path, may_differ, storage), file_content(b_path, may_differ, storage)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], name
 
 
 # The fast lane, `python -m pytest -m "not slow"` (README, Development), leaves out the

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import small_config
+from conftest import assert_same_content, run_shards, small_config
 
 import vxsim
 from vxsim import shards
@@ -63,68 +63,6 @@ def single(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("single") / "single.h5")
     vxsim.run_sweep(CONFIG, path)
     return path
-
-
-def _run_shards(folder, count, config=CONFIG):
-    parts = []
-    for i in range(1, count + 1):
-        part = str(folder / f"part-{i}.h5")
-        vxsim.run_sweep(config, part, shard=(i, count))
-        parts.append(part)
-    return parts
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray | np.generic):
-        return _plain(value.tolist()) if value.dtype.kind in "OSU" else value.tolist()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _content(path):
-    """{name: description} of every dataset of the root and the analysis group, plus attributes.
-
-    Numeric data as raw bytes (bitwise comparison: NaN payloads included),
-    strings as text, dimension scales by name, storage layout (chunks, filter).
-    """
-    out = {}
-    with h5py.File(path, "r") as f:
-        for group in (f, f["analysis"]):
-            prefix = "analysis/" if group.name == "/analysis" else ""
-            keep = MAY_DIFFER if group.name == "/" else set()
-            out[prefix + "@attrs"] = {k: _plain(v) for k, v in group.attrs.items() if k not in keep}
-            for name, ds in group.items():
-                if not isinstance(ds, h5py.Dataset):
-                    continue
-                values = ds[...]
-                data = (
-                    _plain(values)
-                    if values.dtype.kind in "OSU"
-                    else (values.dtype.str, values.tobytes())
-                )
-                out[prefix + name] = {
-                    "data": data,
-                    "shape": ds.shape,
-                    "chunks": ds.chunks,
-                    "compression": ds.compression,
-                    "dims": [[scale.name for scale in dim.values()] for dim in ds.dims],
-                    "attrs": {
-                        k: _plain(v)
-                        for k, v in ds.attrs.items()
-                        if k not in ("DIMENSION_LIST", "REFERENCE_LIST")
-                    },
-                }
-    return out
-
-
-def _assert_same_content(merged, single):
-    a, b = _content(merged), _content(single)
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name] == b[name], name
 
 
 def _digest(paths):
@@ -215,7 +153,7 @@ def test_more_shards_than_units_is_refused_before_any_file(tmp_path):
 
 @pytest.mark.parametrize("count", [1, 3, 7])
 def test_shard_and_merge_equal_the_single_run(tmp_path, single, count):
-    parts = _run_shards(tmp_path, count)
+    parts = run_shards(tmp_path, CONFIG, count)
     for i, part in enumerate(parts, start=1):
         info = shardfile.read(part)
         owned = shard_units(CONFIG, i, count)
@@ -234,7 +172,7 @@ def test_shard_and_merge_equal_the_single_run(tmp_path, single, count):
     merged = str(tmp_path / "sweep.h5")
     assert vxsim.merge(parts[::-1], merged) == merged  # any order of the parts
     assert _digest(parts) == before
-    _assert_same_content(merged, single)
+    assert_same_content(merged, single, MAY_DIFFER)
     with h5py.File(merged, "r") as f:
         assert json.loads(f.attrs["merged_from"]) == parts[::-1]
         assert "shard_index" not in f.attrs and "shard_units" not in f
@@ -265,7 +203,7 @@ def test_cli_shards_from_slurm_array_show_and_merge(tmp_path, single):
     r = runner.invoke(main, ["merge", *parts, "-o", merged])
     assert r.exit_code == 0, r.output
     assert "complete, 8/8 work units" in r.output
-    _assert_same_content(merged, single)
+    assert_same_content(merged, single, MAY_DIFFER)
 
     r = runner.invoke(main, ["merge", parts[0], "-o", str(tmp_path / "half.h5")])
     assert r.exit_code == 2
@@ -279,7 +217,7 @@ def test_cli_shards_from_slurm_array_show_and_merge(tmp_path, single):
 
 
 def test_merge_refuses_other_configs_and_versions(tmp_path):
-    parts = _run_shards(tmp_path, 2)
+    parts = run_shards(tmp_path, CONFIG, 2)
     other = small_config(**dict(KEYS, network__depth=10, monte_carlo__seed=5))
     odd = str(tmp_path / "odd.h5")
     vxsim.run_sweep(other, odd, shard=(2, 2))
@@ -300,7 +238,7 @@ def test_merge_refuses_other_configs_and_versions(tmp_path):
 
 
 def test_merge_names_duplicates_and_gaps(tmp_path):
-    parts = _run_shards(tmp_path, 3)
+    parts = run_shards(tmp_path, CONFIG, 3)
     copy = str(tmp_path / "again.h5")
     shutil.copy(parts[0], copy)
     owned = shard_units(CONFIG, 1, 3)
@@ -339,7 +277,7 @@ def test_killed_shard_counts_as_missing_until_resumed(tmp_path, single, monkeypa
             raise KeyboardInterrupt
         return real(config, width, sample)
 
-    parts = _run_shards(tmp_path, 3)
+    parts = run_shards(tmp_path, CONFIG, 3)
     os.remove(parts[1])
     monkeypatch.setattr(numpy_ref, "run_unit", dies_in_second_unit)
     with pytest.raises(KeyboardInterrupt):
@@ -372,11 +310,11 @@ def test_killed_shard_counts_as_missing_until_resumed(tmp_path, single, monkeypa
     vxsim.run_sweep(CONFIG, parts[1], shard=(2, 3), resume=True)
     assert calls == [(w, s) for _, w, s in owned[1:]]  # only the shard's unfinished units
     vxsim.merge(parts, merged)
-    _assert_same_content(merged, single)
+    assert_same_content(merged, single, MAY_DIFFER)
 
 
 def test_merge_is_rerunnable_atomic_and_leaves_inputs_alone(tmp_path, single, monkeypatch):
-    parts = _run_shards(tmp_path, 2)
+    parts = run_shards(tmp_path, CONFIG, 2)
     merged = str(tmp_path / "sweep.h5")
     before = _digest(parts)
     vxsim.merge(parts, merged)
@@ -404,5 +342,5 @@ def test_merge_is_rerunnable_atomic_and_leaves_inputs_alone(tmp_path, single, mo
     assert _digest([merged])[merged] == first  # a failed --overwrite keeps the old output
 
     vxsim.merge(parts, merged, overwrite=True)
-    _assert_same_content(merged, single)
+    assert_same_content(merged, single, MAY_DIFFER)
     assert _digest(parts) == before

@@ -12,10 +12,9 @@ import os
 import shutil
 
 import h5py
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import small_config
+from conftest import assert_same_content, run_shards, small_config
 
 import vxsim
 from vxsim.cli import main
@@ -44,63 +43,6 @@ TINY = small_config(
 MAY_DIFFER = {"created", "merged_from", "virtual"}
 
 
-def _run_shards(folder, config, count):
-    folder.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for i in range(1, count + 1):
-        part = str(folder / f"part-{i:03d}.h5")
-        vxsim.run_sweep(config, part, shard=(i, count))
-        parts.append(part)
-    return parts
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray | np.generic):
-        return _plain(value.tolist()) if value.dtype.kind in "OSU" else value.tolist()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _content(path, storage=True):
-    """{name: description} of every dataset of the root and the analysis group, and the
-    attributes: numeric data as raw bytes (NaN payloads too), dimension scales by name;
-    with ``storage`` also the chunks and the compression filter."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        for group in (f, f["analysis"]):
-            prefix = "analysis/" if group.name == "/analysis" else ""
-            out[prefix + "@attrs"] = {
-                k: _plain(v) for k, v in group.attrs.items() if k not in MAY_DIFFER
-            }
-            for name, ds in group.items():
-                if not isinstance(ds, h5py.Dataset):
-                    continue
-                values = ds[...]
-                kind = values.dtype.kind in "OSU"
-                out[prefix + name] = {
-                    "data": _plain(values) if kind else (values.dtype.str, values.tobytes()),
-                    "shape": ds.shape,
-                    "dims": [[scale.name for scale in dim.values()] for dim in ds.dims],
-                    "attrs": {
-                        k: _plain(v)
-                        for k, v in ds.attrs.items()
-                        if k not in ("DIMENSION_LIST", "REFERENCE_LIST")
-                    },
-                    **({"chunks": ds.chunks, "compression": ds.compression} if storage else {}),
-                }
-    return out
-
-
-def _assert_same(a_path, b_path, storage=True):
-    a, b = _content(a_path, storage), _content(b_path, storage)
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name] == b[name], name
-
-
 def _is_virtual(path, name="log_q"):
     with h5py.File(path, "r") as f:
         return f[name].is_virtual, int(f.attrs.get("virtual", 0))
@@ -113,7 +55,7 @@ def _is_virtual(path, name="log_q"):
 def few(tmp_path_factory):
     """A job folder: shards/part-1..3.h5 and the copying merge sweep.h5 beside them."""
     folder = tmp_path_factory.mktemp("job")
-    parts = _run_shards(folder / "shards", SMALL, 3)
+    parts = run_shards(folder / "shards", SMALL, 3, "part-{i:03d}.h5")
     copied = str(folder / "copied.h5")
     vxsim.merge(parts, copied)
     return folder, parts, copied
@@ -124,7 +66,7 @@ def test_virtual_merge_equals_the_copying_merge_and_materialises_to_it(few, tmp_
     virtual = str(folder / "virtual.h5")
     assert vxsim.merge(parts[::-1], virtual, virtual=True) == virtual
     assert _is_virtual(virtual) == (True, 1)
-    _assert_same(virtual, copied, storage=False)
+    assert_same_content(virtual, copied, MAY_DIFFER, storage=False)
     with h5py.File(virtual, "r") as f:
         assert json.loads(f.attrs["merged_from"]) == parts[::-1]
         for name in ("log_q", "corr", "log_tangent_norm", "log_grad_norm", "diverged"):
@@ -135,7 +77,7 @@ def test_virtual_merge_equals_the_copying_merge_and_materialises_to_it(few, tmp_
     plain = str(tmp_path / "plain.h5")
     assert vxsim.materialise(virtual, plain) == plain
     assert _is_virtual(plain) == (False, 0)
-    _assert_same(plain, copied)  # chunks and compression too
+    assert_same_content(plain, copied, MAY_DIFFER)  # chunks and compression too
     with h5py.File(plain, "r") as f:
         assert json.loads(f.attrs["merged_from"]) == parts[::-1]
 
@@ -150,7 +92,7 @@ def test_the_folder_moves_with_relative_paths_and_outside_parts_are_absolute(
     moved = tmp_path / "elsewhere" / "moved"
     shutil.move(str(job), str(moved))
     monkeypatch.chdir(tmp_path)  # relative sources are found beside the file, not the cwd
-    _assert_same(str(moved / "v.h5"), copied, storage=False)
+    assert_same_content(str(moved / "v.h5"), copied, MAY_DIFFER, storage=False)
     outside = str(tmp_path / "out" / "v.h5")
     os.makedirs(os.path.dirname(outside))
     vxsim.merge(parts, outside, virtual=True)
@@ -171,7 +113,9 @@ def test_virtual_merge_refuses_gaps_duplicates_and_other_sweeps(few, tmp_path):
     shutil.copy(parts[0], twin)
     with pytest.raises(VxsimError, match=r"^cannot merge: \d+ work unit\(s\) present twice"):
         vxsim.merge([*parts, twin], out, virtual=True)
-    odd = _run_shards(tmp_path / "odd", small_config(**{**KEYS, "network__depth": 11}), 3)
+    odd = run_shards(
+        tmp_path / "odd", small_config(**{**KEYS, "network__depth": 11}), 3, "part-{i:03d}.h5"
+    )
     with pytest.raises(VxsimError, match=r"has another config than .*network\.depth"):
         vxsim.merge([parts[0], *odd[1:]], out, virtual=True)
     with pytest.raises(VxsimError, match="exists; pass --overwrite"):
@@ -231,7 +175,7 @@ def test_cli_virtual_and_materialise(few, tmp_path):
     assert r.output.startswith(f"wrote {virtual} virtual datasets over 3 parts")
     r = runner.invoke(main, ["merge", "--materialize", virtual, "-o", plain])
     assert r.exit_code == 0, r.output
-    _assert_same(plain, copied)
+    assert_same_content(plain, copied, MAY_DIFFER)
     r = runner.invoke(main, ["show", virtual, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["status"] == "complete"
     shown = {
@@ -259,7 +203,7 @@ def test_cli_virtual_and_materialise(few, tmp_path):
 @pytest.fixture(scope="module")
 def many(tmp_path_factory):
     folder = tmp_path_factory.mktemp("many")
-    parts = _run_shards(folder / "shards", TINY, 200)
+    parts = run_shards(folder / "shards", TINY, 200, "part-{i:03d}.h5")
     copied = str(folder / "copied.h5")
     vxsim.merge(parts, copied)
     return folder, parts, copied
@@ -270,14 +214,14 @@ def test_200_shards_virtual_equals_copy_is_small_and_materialises(many, tmp_path
     folder, parts, copied = many
     virtual = str(folder / "virtual.h5")
     vxsim.merge(parts, virtual, virtual=True)
-    _assert_same(virtual, copied, storage=False)
+    assert_same_content(virtual, copied, MAY_DIFFER, storage=False)
     with h5py.File(virtual, "r") as f:
         assert len({s.file_name for s in f["log_q"].virtual_sources()}) == 200
     # no per-unit data: a few hundred bytes per mapping, against the copied per-layer data
     assert os.path.getsize(virtual) < os.path.getsize(copied) / 3
     plain = str(tmp_path / "plain.h5")
     vxsim.materialise(virtual, plain)
-    _assert_same(plain, copied)
+    assert_same_content(plain, copied, MAY_DIFFER)
     with pytest.raises(VxsimError, match=r"^cannot merge: 1 work unit\(s\) missing: .*shard"):
         vxsim.merge(parts[:137] + parts[138:], str(tmp_path / "gap.h5"), virtual=True)
     with pytest.raises(VxsimError, match=r"^cannot merge: 1 work unit\(s\) present twice"):
