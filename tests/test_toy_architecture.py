@@ -28,6 +28,11 @@ from vxsim import models, rng
 from vxsim.cli import main
 from vxsim.engines import cuda_gpu, cuda_host, numba_cpu, numpy_ref
 from vxsim.models import inputs
+from vxsim.models.mlp import (  # noqa: F401  (the MLP's: t^0 = v0, g^L = gamma, fresh Z^l)
+    cotangent_start,
+    tangent_start,
+    weights,
+)
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 NAME = "toy"
@@ -71,19 +76,6 @@ def start(unit):
     P = unit.P
     h = np.concatenate([np.repeat(unit.x1[:, None], P, 1), np.repeat(unit.x2[:, None], P, 1)], 1)
     return {"h": h.astype(unit.dtype)}
-
-
-def tangent_start(unit):
-    return np.repeat(unit.v0[:, None], unit.P, 1).astype(unit.dtype)
-
-
-def cotangent_start(unit):
-    gamma = unit.asarray(inputs.output_direction(unit.config, unit.width, unit.sample))
-    return np.repeat(gamma[:, None], unit.P, 1).astype(unit.dtype)
-
-
-def weights(unit, layer):
-    return unit.matrix(layer)
 
 
 def step(unit, layer, state, Z):
