@@ -9,7 +9,6 @@ never computed again; a killed sweep continues with ``resume=True``. With
 import logging
 import os
 import platform
-import shutil
 
 import numpy as np
 
@@ -75,11 +74,6 @@ def plan(config, output, backend=None, shard=None):
         config = load(config)
     units = work_units(config) if shard is None else shard_units(config, *parse_shard(shard))
     engine = engines.get(backend or config.backend, config.architecture)
-    folder = os.path.dirname(os.path.abspath(output))
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
     return {
         "backend": engine.NAME,
         "work_units": len(units),
@@ -88,7 +82,7 @@ def plan(config, output, backend=None, shard=None):
         "depth": config.depth,
         "unit_memory_bytes": {str(w): base.estimate_unit_bytes(config, w) for w in config.widths},
         "file_bytes": space.file_bytes(config),
-        "free_bytes": free,
+        "free_bytes": space.free_bytes(output),
         "output": os.path.abspath(output),
     }
 
@@ -119,9 +113,8 @@ def prepare(config, output, backend=None, resume=False, overwrite=False, shard=N
     if resume and exists:
         hdf5.check_resumable(output, config, engines.numerics(engine))
         shardfile.check_resumable(output, shard)
-        done = hdf5.open_reader(output)
-        with done:
-            fraction = float(done["completed"][...].mean())
+        with hdf5.open_reader(output) as f:
+            fraction = float(f["completed"][...].mean())
         space.check(output, config, fraction)
     else:
         space.check(output, config)

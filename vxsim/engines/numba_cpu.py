@@ -421,10 +421,8 @@ class _Unit:
         # Weights: one buffer per lane on the fused path, one shared on the GEMM path;
         # bias noise: per lane, or double-buffered (this layer's and the next's).
         self.plan = vjp_plan(config, N, P, self.path) if self.vjp else schedule.NO_VJP
-        self.steps_done = 0
-        self.steps_total = L + (
-            len(schedule.backward_ops(L, self.plan, self.rec)) if self.vjp else 0
-        )
+        self.backward_ops = schedule.backward_ops(L, self.plan, self.rec) if self.vjp else []
+        self.steps_done, self.steps_total = 0, L + len(self.backward_ops)
         self.every, self.full, self.zstore = self.plan[:3]
         copies = self.lanes if self.path == "fused" else 1
         slots = self.every if self.zstore else 1
@@ -531,7 +529,7 @@ class _Unit:
         r = self.rec[L]
         if r >= 0:
             self.res[layout.R_GRAD, :, r] = np.where(dead, np.nan, 0.0)
-        ops = schedule.backward_ops(L, self.plan, self.rec)
+        ops = self.backward_ops
         self._pass(_steps(ops, 0, 0, self.has_bias))
 
     def results(self):

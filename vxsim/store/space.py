@@ -41,13 +41,12 @@ _MESSAGES = {
 }
 
 
-def file_bytes(config, storage=None):
+def file_bytes(config):
     """Bytes of the running results file of ``config`` (uncompressed, every unit written)."""
     sizes = {d: len(v) for d, v in _dim_sizes(config).items()}
     total = OVERHEAD
     for name, dims in variables.stored_variables(config).items():
-        v = variables.CATALOGUE[name]
-        dtype = np.dtype(storage_dtype(config, v) if storage is None else storage)
+        dtype = storage_dtype(config, variables.CATALOGUE[name])
         total += int(np.prod([sizes[d] for d in dims])) * dtype.itemsize
     return total
 
@@ -74,15 +73,22 @@ def human(n):
         n /= 1000.0
 
 
+def free_bytes(path):
+    """Free bytes on the file system that holds (or will hold) ``path``; None if unknown."""
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return None
+
+
 def check(path, config, done_fraction=0.0):
     """Refuse (one line) when what is left to write, plus the final compressed
     rewrite, does not fit in the free space of ``path``'s file system."""
     total = file_bytes(config)
     need = int(total * (1.0 - done_fraction)) + total
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
+    free = free_bytes(path)
+    if free is None:
         return total  # unknown: the write errors will say it
     if need > (1.0 - MARGIN) * free:
         raise VxsimError(
@@ -97,11 +103,8 @@ def check(path, config, done_fraction=0.0):
 def check_unit(path, unit_bytes):
     """Refuse to write a work unit of ``unit_bytes`` where the disk has less free (one line)."""
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
-    if free < 1.1 * unit_bytes + OVERHEAD:
+    free = free_bytes(path)
+    if free is not None and free < 1.1 * unit_bytes + OVERHEAD:
         raise VxsimError(
             f"the disk is full: {folder} has {human(free)} free, a work unit needs about "
             f"{human(unit_bytes)}; every finished work unit is kept in {path}: free space and "
