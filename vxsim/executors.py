@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 
-from . import progress
+from . import engines, progress
 from .errors import VxsimError
 
 EXECUTORS = ("serial", "dask")
@@ -45,16 +45,14 @@ def serial(engine, config, units):
     """Each unit in turn, in this process."""
     for unit in units:
         progress.starting(f"width {unit[1]}, sample {unit[2]}")
-        yield unit, engine.run_unit(config, unit[1], unit[2])
+        yield unit, engines.run(engine, config, unit[1], unit[2])
 
 
 def run_unit(engine_name, config, unit):
     """One work unit where a Dask worker runs it; the engine is looked up there by
     name. Returns what decides the worker's last bits too (``engines.numerics``)."""
-    from . import engines
-
     engine = engines.get(engine_name)
-    return unit, engine.run_unit(config, unit[1], unit[2]), engines.numerics(engine)
+    return unit, engines.run(engine, config, unit[1], unit[2]), engines.numerics(engine)
 
 
 def _import_distributed():

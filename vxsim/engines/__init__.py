@@ -59,6 +59,13 @@ def get(name, architecture=None):
     return module
 
 
+def run(module, config, width, sample):
+    """One work unit (width, sample) on an engine module: the arrays of
+    ``base.result_shapes``. Executors call this, never ``module.run_unit`` directly,
+    so that what every engine shares (the weight laws, the spectrum) lives here once."""
+    return module.run_unit(config, width, sample)
+
+
 def numerics(module):
     """What decides the last bits of an engine's numbers here: its name and its
     GEMMs' library, version and kernel (files record it; resume and merge compare)."""
