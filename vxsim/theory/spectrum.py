@@ -80,11 +80,15 @@ _GL_T, _GL_W = leggauss(20)
 def _weight_law(label):
     """(s1, free_law) of a weight law label ("gaussian", "orthogonal", "student_t(5)", ...).
 
-    The law's name is the label up to "(": orthogonal -> (0, "haar"); every other
-    law has i.i.d. entries of unit variance -> (-1, "marchenko_pastur").
+    The law's name is the label up to "(": orthogonal -> (0, "haar"); the laws with
+    i.i.d. entries of unit variance -> (-1, "marchenko_pastur"). Unknown names raise.
     """
     name = str(label).split("(")[0].strip().lower()
     table = {"orthogonal": (0.0, "haar")}
+    iid = ("gaussian", "uniform", "rademacher", "student_t")
+    if name not in table and name not in iid:
+        allowed = ", ".join(("orthogonal",) + iid)
+        raise VxsimError(f"unknown weight law {label!r}; allowed: {allowed}")
     return table.get(name, (-1.0, "marchenko_pastur"))
 
 
