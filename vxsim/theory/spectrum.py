@@ -289,7 +289,7 @@ def _wrap(f):
     return complex(f.real, (f.imag + math.pi) % (2.0 * math.pi) - math.pi)
 
 
-def _residual(w, t, c, d, wt):
+def _residual(w, t, c, d, wt, eta=ETA):
     """F(w) and dF/dw at log lambda = t (module docstring); c = (l, s1, log sigma_w2)."""
     L, s1, log_sw2 = c
     with np.errstate(all="ignore"):
@@ -298,16 +298,16 @@ def _residual(w, t, c, d, wt):
         if z == 0 or onepz == 0:
             return None, None, z
         l1, lz = np.log(onepz), np.log(z)
-        f = t + 1j * ETA + L * (s1 * l1 - log_sw2) + (L - 1) * w + (L - 2) * (l1 - lz)
+        f = t + 1j * eta + L * (s1 * l1 - log_sw2) + (L - 1) * w + (L - 2) * (l1 - lz)
         df = (L - 1) + x * dz * ((L * s1 + L - 2) / onepz - (L - 2) / z)
     if not (np.isfinite(f) and np.isfinite(df)) or df == 0:
         return None, None, z
     return _wrap(f), df, z
 
 
-def _newton(w, t, c, d, wt):
+def _newton(w, t, c, d, wt, eta=ETA):
     """Damped Newton on F(w) = 0 from w; (w, z, iterations) or None."""
-    f, df, z = _residual(w, t, c, d, wt)
+    f, df, z = _residual(w, t, c, d, wt, eta)
     if f is None:
         return None
     for it in range(NEWTON_MAXITER):
@@ -317,7 +317,7 @@ def _newton(w, t, c, d, wt):
         scale = 1.0
         for _ in range(30):
             w_new = w - scale * step
-            f_new, df_new, z_new = _residual(w_new, t, c, d, wt)
+            f_new, df_new, z_new = _residual(w_new, t, c, d, wt, eta)
             if f_new is not None and abs(f_new) < abs(f):
                 break
             scale *= 0.5
@@ -380,7 +380,7 @@ def _continue(L, s1, log_sw2, d, wt, log_mean, var_norm):
     w, z, _ = sol
     dt = min(0.02, width / 200.0)
     dt_max = max(width / 20.0, 0.05 * (L + 1))
-    ts, rhos, ws = [t], [max(-z.imag / math.pi, 0.0)], [w]
+    ts, rhos, ws = [t], [max(-_polish(w, z, t, c, d, wt).imag / math.pi, 0.0)], [w]
     peak = rhos[0]
     for _ in range(MAX_STEPS):
         t_new = t - dt
@@ -394,7 +394,7 @@ def _continue(L, s1, log_sw2, d, wt, log_mean, var_norm):
             continue
         w, z, _ = sol
         t = t_new
-        r = max(-z.imag / math.pi, 0.0)
+        r = max(-_polish(w, z, t, c, d, wt).imag / math.pi, 0.0)
         ts.append(t)
         rhos.append(r)
         ws.append(w)
@@ -404,8 +404,19 @@ def _continue(L, s1, log_sw2, d, wt, log_mean, var_norm):
         if peak > 0.0 and t < log_mean and _below_bulk_done(ts, rhos, peak):
             break
     t_arr, rho_arr = np.array(ts[::-1]), np.array(rhos[::-1])
-    rho_arr[rho_arr < 1e-3 * ETA * peak] = 0.0
+    rho_arr[rho_arr < 1e-13 * peak] = 0.0  # rounding
     return t_arr, rho_arr
+
+
+def _polish(w, z, t, c, d, wt):
+    """z at the real lambda itself (ETA = 0), from the root at lambda (1 + i ETA).
+
+    Inside the spectrum Newton stays on the nearby complex root; outside it lands on
+    the real one, so no O(ETA) density leaks past the edges. Where it fails the
+    ETA root's z is kept (an O(ETA) error).
+    """
+    sol = _newton(w, t, c, d, wt, eta=0.0)
+    return z if sol is None else sol[1]
 
 
 def _tail_slope(ts, rhos):
@@ -416,7 +427,7 @@ def _tail_slope(ts, rhos):
 
 
 def _below_bulk_done(ts, rhos, peak):
-    if rhos[-1] <= 1e-6 * ETA * peak:
+    if rhos[-1] <= 1e-13 * peak:
         return True  # below the spectrum's lower edge
     slope = _tail_slope(ts, rhos)
     return slope is not None and slope > 0.0 and rhos[-1] / slope < TAIL_TOL
