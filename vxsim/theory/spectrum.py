@@ -181,6 +181,22 @@ def trajectory_terms(fa, sw2, sb2, q0, depth):
     return log_mu1, v
 
 
+def layer_sums(activation, sigma_w2, sigma_b2, layers, q0=1.0):
+    """(log lambda_mean, sum_{k<l} (mu2/mu1^2 - 1)(q^k)) at each of ``layers``, any weight law.
+
+    log lambda_mean(l) = l log sigma_w2 + sum_{k<l} log mu1(q^k) (the same for every
+    law of unit entry variance); lambda_var_norm(l) = l (-s1) + the second array.
+    """
+    fa, sw2, sb2, q0 = _checked(activation, sigma_w2, sigma_b2, q0)
+    ls = _layers(layers)
+    log_mu1, v = trajectory_terms(fa, sw2, sb2, q0, int(ls.max()) - 1)
+    cum_log = np.concatenate([[0.0], np.cumsum(log_mu1)])
+    cum_v = np.concatenate([[0.0], np.cumsum(v)])
+    log_sw2 = math.log(sw2) if sw2 > 0.0 else -math.inf
+    with np.errstate(invalid="ignore"):
+        return ls * log_sw2 + cum_log[ls - 1], cum_v[ls - 1]
+
+
 def moments(activation, sigma_w2, sigma_b2, init="gaussian", layers=(1,), q0=1.0):
     """lambda_mean, lambda_var_norm at each of ``layers`` (module docstring); q*, chi1, mu1, mu2.
 
@@ -190,20 +206,13 @@ def moments(activation, sigma_w2, sigma_b2, init="gaussian", layers=(1,), q0=1.0
     fa, sw2, sb2, q0 = _checked(activation, sigma_w2, sigma_b2, q0)
     s1, free_law = _law(init)
     ls = _layers(layers)
-    log_mu1, v = trajectory_terms(fa, sw2, sb2, q0, int(ls.max()) - 1)
-    cum_log = np.concatenate([[0.0], np.cumsum(log_mu1)])
-    cum_v = np.concatenate([[0.0], np.cumsum(v)])
-    log_sw2 = math.log(sw2) if sw2 > 0.0 else -math.inf
-    with np.errstate(invalid="ignore", over="ignore"):
-        log_mean = ls * log_sw2 + cum_log[ls - 1]
-        var_norm = ls * (-s1) + cum_v[ls - 1]
+    log_mean, sum_v = layer_sums(fa, sw2, sb2, ls, q0)
+    var_norm = ls * (-s1) + sum_v
+    with np.errstate(over="ignore"):
         mean = np.exp(log_mean)
     q = fixed_point(fa, sw2, sb2, q0)
     mu1, mu2 = _mu(fa, q) if math.isfinite(q) else (math.nan, math.nan)
     return Moments(ls, q, sw2 * mu1, mu1, mu2, s1, free_law, log_mean, mean, var_norm)
-
-
-# ----------------------------------------------------------------------------- the density
 
 
 class Density(NamedTuple):
