@@ -70,6 +70,7 @@ from vxsim.theory import gaussian, meanfield
 ETA = 1e-9  # lambda (1 + i ETA): the root's side of the real axis
 NEWTON_TOL = 1e-11  # |F| at convergence (F is a log: relative accuracy of 1/lambda)
 NEWTON_MAXITER = 60
+Z_TOL = 0.02  # the largest accepted relative change of z per step
 STEP_TOL = 0.002  # the predictor's largest accepted miss in w per step
 TAIL_TOL = 1e-9  # stop below the bulk where the mass left below is estimated under this
 MAX_STEPS = 40000
@@ -286,24 +287,126 @@ def derivative_law(fa, q):
     return d, w / w.sum()
 
 
-def _eta_terms(d, wt, x):
-    """z = E[d x/(1 - d x)], 1 + z = E[1/(1 - d x)], dz/dx = E[d/(1 - d x)^2]."""
-    inv = 1.0 / (1.0 - d * x)
-    onepz = np.dot(wt, inv)
-    z = onepz - 1.0 if abs(onepz - 1.0) > 0.5 else x * np.dot(wt, d * inv)
-    return z, onepz, np.dot(wt, d * inv * inv)
+class DerivativeLaw(NamedTuple):
+    """The law of d = phi'(h)^2 twice: quadrature nodes (d, wt), and atoms plus bins.
+
+    The bins carry a piecewise-constant density (equal mass, edges at quantiles),
+    whose Stieltjes-type integrals are closed forms analytic up to the real axis.
+    """
+
+    d: np.ndarray
+    wt: np.ndarray
+    atom_d: np.ndarray
+    atom_w: np.ndarray
+    lo: np.ndarray  # bin edges
+    hi: np.ndarray
+    mass: np.ndarray  # bin masses
+    d_max: float
+    power: np.ndarray = np.empty(0)  # M_j = E[d^j] of the atoms and bins, j = 1..SERIES
+
+
+BIN_STEP = 0.01  # width in z of the panels that make the bins of d
+SERIES_BELOW = 0.1  # |x| max d under which z = sum_j M_j x^j (SERIES terms: < 1e-16 left)
+SERIES = 18
+
+
+def binned(fa, q, d, wt):
+    """DerivativeLaw at q: the nodes (d, wt), and bins from panels of width BIN_STEP in z.
+
+    On each panel [z_j, z_j+1] of h = sqrt(q) z (edges at the kinks too), d(h) is taken
+    as linear, so the panel's Gaussian mass Phi(z_j+1) - Phi(z_j) is spread uniformly
+    over [d_j, d_j+1]: a bin of d. Panels where d does not change (relu's flat pieces)
+    are atoms. The bins' error in any smooth expectation is O(BIN_STEP^2), ~1e-5.
+    """
+    if q == 0.0 or d.size == 1:
+        empty = np.empty(0)
+        return _with_powers(DerivativeLaw(d, wt, d, wt, empty, empty, empty, float(d.max())))
+    r = math.sqrt(q)
+    edges = np.arange(-gaussian.Z_MAX, gaussian.Z_MAX + BIN_STEP / 2, BIN_STEP)
+    kinks = [k / r for k in fa.kinks if abs(k / r) < gaussian.Z_MAX]
+    edges = np.unique(np.concatenate([edges, kinks]))
+    cdf = special.ndtr(edges)
+    mass = np.diff(cdf)
+    mass /= mass.sum()
+    inner = 1e-12 * np.diff(edges)  # one-sided values at the panel edges (kinks)
+    d_lo = fa.dphi(r * (edges[:-1] + inner)) ** 2
+    d_hi = fa.dphi(r * (edges[1:] - inner)) ** 2
+    flat = np.abs(d_hi - d_lo) <= 1e-14 * np.maximum(np.abs(d_hi), 1e-300)
+    lo, hi = np.minimum(d_lo, d_hi), np.maximum(d_lo, d_hi)
+    atom_d, atom_w = np.unique(d_lo[flat], return_inverse=True)[0], None
+    if atom_d.size:
+        idx = np.searchsorted(atom_d, d_lo[flat])
+        atom_w = np.bincount(idx, weights=mass[flat], minlength=atom_d.size)
+    else:
+        atom_w = np.empty(0)
+    keep = ~flat
+    return _with_powers(
+        DerivativeLaw(d, wt, atom_d, atom_w, lo[keep], hi[keep], mass[keep], float(hi.max()))
+    )
+
+
+def _with_powers(law):
+    """M_j = E[d^j], j = 1..SERIES: atoms sum w d^j, a bin m (b^(j+1) - a^(j+1))/((j+1)(b-a))
+    = m sum_(i<=j) a^i b^(j-i) / (j+1) (no cancellation in narrow bins)."""
+    a, b = law.lo, law.hi
+    power = np.empty(SERIES)
+    pa = [np.ones_like(a)]
+    pb = [np.ones_like(b)]
+    for _ in range(SERIES):
+        pa.append(pa[-1] * a)
+        pb.append(pb[-1] * b)
+    for j in range(1, SERIES + 1):
+        inside = sum(pa[i] * pb[j - i] for i in range(j + 1)) / (j + 1)
+        power[j - 1] = np.dot(law.mass, inside) + np.dot(law.atom_w, law.atom_d**j)
+    return law._replace(power=power)
+
+
+def _eta_terms(law, x):
+    """z = E[d x/(1 - d x)], 1 + z = E[1/(1 - d x)], dz/dx = E[d/(1 - d x)^2].
+
+    Near the cut (|x| max d >= NODES_BELOW) from the atoms and bins: a bin of mass m
+    on [a, b] (density m/D, D = b - a) gives, with A = log(1 - b x) - log(1 - a x),
+    m E[1/(1 - d x)] = -m A/(x D) and m E[d/(1 - d x)^2] = (m/x) (A/(x D) +
+    1/((1 - a x)(1 - b x))); A = log1p(-D x/(1 - a x)) keeps narrow bins exact.
+    Away from it (|x| max d < SERIES_BELOW) from the same law's moment series
+    z = sum_j M_j x^j, which has no cancellation at small x and joins the closed
+    forms continuously (the same law), as Newton's method needs.
+    """
+    if abs(x) * law.d_max < SERIES_BELOW:
+        k = np.arange(1, SERIES + 1)
+        xk = x ** (k - 1)
+        z = x * np.dot(law.power, xk)
+        return z, 1.0 + z, np.dot(law.power * k, xk)
+    if abs(x.imag) < 1e-200 * abs(x):
+        x = complex(x.real, -1e-200 * abs(x))  # on the real axis: the side of lambda (1 + i0)
+    inv = 1.0 / (1.0 - law.atom_d * x)
+    onepz = np.dot(law.atom_w, inv)
+    dz = np.dot(law.atom_w, law.atom_d * inv * inv)
+    if law.mass.size:
+        oa, ob = 1.0 - law.lo * x, 1.0 - law.hi * x
+        # A/(x D) = log(ob/oa)/(x D) = log1p(-D x/oa)/(x D): accurate in narrow bins
+        ratio = _log1p(-(law.hi - law.lo) * x / oa) / ((law.hi - law.lo) * x)
+        onepz -= np.dot(law.mass, ratio)
+        dz += np.dot(law.mass, ratio + 1.0 / (oa * ob)) / x
+    return onepz - 1.0, onepz, dz
+
+
+def _log1p(u):
+    """log(1 + u) for complex u, accurate for small |u| (real part by log1p)."""
+    re, im = u.real, u.imag
+    return 0.5 * np.log1p(re * (2.0 + re) + im * im) + 1j * np.arctan2(im, 1.0 + re)
 
 
 def _wrap(f):
     return complex(f.real, (f.imag + math.pi) % (2.0 * math.pi) - math.pi)
 
 
-def _residual(w, t, c, d, wt, eta=ETA):
+def _residual(w, t, c, law, eta=ETA):
     """F(w) and dF/dw at log lambda = t (module docstring); c = (l, s1, log sigma_w2)."""
     L, s1, log_sw2 = c
     with np.errstate(all="ignore"):
         x = np.exp(w)
-        z, onepz, dz = _eta_terms(d, wt, x)
+        z, onepz, dz = _eta_terms(law, x)
         if z == 0 or onepz == 0:
             return None, None, z
         l1, lz = np.log(onepz), np.log(z)
@@ -314,9 +417,9 @@ def _residual(w, t, c, d, wt, eta=ETA):
     return _wrap(f), df, z
 
 
-def _newton(w, t, c, d, wt, eta=ETA):
+def _newton(w, t, c, law, eta=ETA):
     """Damped Newton on F(w) = 0 from w; (w, z, iterations) or None."""
-    f, df, z = _residual(w, t, c, d, wt, eta)
+    f, df, z = _residual(w, t, c, law, eta)
     if f is None:
         return None
     for it in range(NEWTON_MAXITER):
@@ -326,7 +429,7 @@ def _newton(w, t, c, d, wt, eta=ETA):
         scale = 1.0
         for _ in range(30):
             w_new = w - scale * step
-            f_new, df_new, z_new = _residual(w_new, t, c, d, wt, eta)
+            f_new, df_new, z_new = _residual(w_new, t, c, law, eta)
             if f_new is not None and abs(f_new) < abs(f):
                 break
             scale *= 0.5
@@ -369,44 +472,59 @@ def density(activation, sigma_w2, sigma_b2, init="gaussian", layer=1, q0=1.0):
     if s1 == 0.0 and v_d <= 1e-15:
         # Haar weights and a constant phi'^2: J J^T = lambda_mean I exactly
         return Density(L, empty, empty, 0.0, (math.exp(log_mean), 1.0), 0.0, log_mean, var_norm)
-    t_grid, rho = _continue(L, s1, math.log(sw2), d, wt, log_mean, var_norm)
+    t_grid, rho = _continue(L, s1, math.log(sw2), _law_at(fa, q, d, wt, L), log_mean, var_norm)
     outside = _tail_mass(t_grid, rho)
     return Density(L, t_grid, rho, atom, None, outside, log_mean, var_norm)
 
 
-def _continue(L, s1, log_sw2, d, wt, log_mean, var_norm):
+def _law_at(fa, q, d, wt, L):
+    if L < 2:  # J = W^1: d = 1
+        empty = np.empty(0)
+        return _with_powers(DerivativeLaw(d, wt, d, wt, empty, empty, empty, 1.0))
+    return binned(fa, q, d, wt)
+
+
+def _continue(L, s1, log_sw2, law, log_mean, var_norm):
     """(t, rho_log) from far above the spectrum down past its bottom (see ``density``)."""
     c = (L, s1, log_sw2)
-    mu1 = float(np.dot(wt, d))
+    mu1 = float(np.dot(law.wt, law.d))
     width = math.sqrt(max(math.log1p(var_norm), 1e-12))  # the bulk's spread in t
     t = log_mean + math.log(math.e * (var_norm + 1.0)) + 2.0 + 2.0 * width
     # far above the spectrum: z = psi_X(1/lambda) ~ lambda_mean/lambda, x ~ z / mu1
     z0 = math.exp(log_mean - t)
     w = complex(math.log(z0 / mu1), 0.0)
-    sol = _newton(w, t, c, d, wt)
+    sol = _newton(w, t, c, law)
     if sol is None:
         raise VxsimError("the spectral density's equation did not converge above the spectrum")
     w, z, _ = sol
     dt = min(0.02, width / 200.0)
     dt_max = max(width / 20.0, 0.05 * (L + 1))
-    ts, rhos, ws = [t], [max(-_polish(w, z, t, c, d, wt).imag / math.pi, 0.0)], [w]
+    ts, rhos, ws, zs = [t], [max(-_polish(w, z, t, c, law).imag / math.pi, 0.0)], [w], [z]
     peak = rhos[0]
+    dt_min = 1e-7 * width
     for _ in range(MAX_STEPS):
         t_new = t - dt
         pred = w if len(ws) < 2 else ws[-1] + (ws[-1] - ws[-2]) * dt / (ts[-2] - ts[-1])
-        sol = _newton(pred, t_new, c, d, wt)
-        miss = math.inf if sol is None else abs(sol[0] - pred)
-        if sol is None or miss > STEP_TOL:
-            dt *= 0.5
-            if dt < 1e-12 * max(1.0, abs(t)):
+        sol = _newton(pred, t_new, c, law)
+        if sol is None:
+            if dt <= dt_min:
                 raise VxsimError("the spectral density's continuation stalled (step underflow)")
+            dt = max(0.5 * dt, dt_min)
+            continue
+        # the step's error: the predictor's miss in w, and the change of z = psi(1/lambda)
+        # relative to its size (z moves alone where w is exactly linear in t: l = 2)
+        dz = abs(sol[1] - zs[-1]) / (abs(zs[-1]) + abs(1 + zs[-1]))
+        miss = max(abs(sol[0] - pred), dz * STEP_TOL / Z_TOL)
+        if miss > STEP_TOL and dt > dt_min:
+            dt = max(0.5 * dt, dt_min)
             continue
         w, z, _ = sol
         t = t_new
-        r = max(-_polish(w, z, t, c, d, wt).imag / math.pi, 0.0)
+        r = max(-_polish(w, z, t, c, law).imag / math.pi, 0.0)
         ts.append(t)
         rhos.append(r)
         ws.append(w)
+        zs.append(z)
         peak = max(peak, r)
         if miss < STEP_TOL / 4:
             dt = min(dt * 1.5, dt_max)
@@ -417,14 +535,14 @@ def _continue(L, s1, log_sw2, d, wt, log_mean, var_norm):
     return t_arr, rho_arr
 
 
-def _polish(w, z, t, c, d, wt):
+def _polish(w, z, t, c, law):
     """z at the real lambda itself (ETA = 0), from the root at lambda (1 + i ETA).
 
     Inside the spectrum Newton stays on the nearby complex root; outside it lands on
     the real one, so no O(ETA) density leaks past the edges. Where it fails the
     ETA root's z is kept (an O(ETA) error).
     """
-    sol = _newton(w, t, c, d, wt, eta=0.0)
+    sol = _newton(w, t, c, law, eta=0.0)
     return z if sol is None else sol[1]
 
 
