@@ -163,6 +163,11 @@ def test_point_mass_and_atom():
     assert r.atom_at_zero == pytest.approx(0.5, abs=1e-15)
     assert r.mass() == pytest.approx(1.0, abs=QUAD)
     assert sp.density("relu", 2.0, 0.0, "gaussian", 1).atom_at_zero == 0.0  # J = W^1
+    # Haar weights, l = 2: J J^T = sigma_w2^2 O D^2 O^T, half 0 and half sigma_w2^2
+    two = sp.density("relu", 1.5, 0.0, "orthogonal", 2)
+    assert two.point_mass == (pytest.approx(2.25), pytest.approx(0.5)) and two.atom_at_zero == 0.5
+    assert two.moment_ratio(2) / two.moment_ratio(1) ** 2 - 1 == pytest.approx(1.0)
+    assert two.lambda_var_norm == pytest.approx(1.0) and two.mass() == 1.0
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu", "erf"])

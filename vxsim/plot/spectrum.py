@@ -71,7 +71,10 @@ def measured(log_s, bins):
 
 
 def theory_curve(coords, config, layer):
-    """(u, rho_10) of the theory at ``layer`` for the selected point, or (None, why)."""
+    """((u, rho_10, atom at 0), None) of the theory at ``layer``, or (None, why).
+
+    u = log10 lambda; for a point mass u is one number and rho_10 its mass.
+    """
     from ..theory import spectrum as theory
 
     arch = config.get("network", {}).get("architecture", "mlp")
@@ -85,7 +88,7 @@ def theory_curve(coords, config, layer):
     except VxsimError as err:
         return None, str(err)
     if dens.point_mass is not None:
-        return (math.log10(dens.point_mass[0]), dens.point_mass[1]), "point mass"
+        return (math.log10(dens.point_mass[0]), dens.point_mass[1], dens.atom_at_zero), None
     return (dens.log_lambda / LN10, LN10 * dens.rho_log, dens.atom_at_zero), None
 
 
@@ -122,7 +125,7 @@ def spectrum(source, sel=None, layers=None, analysis=None, size=None, max_layers
         curves = [theory_curve(coords, res.config, layer) for layer in chosen]
         log_s = np.array(y.values, dtype=float)
         for k, (curve, _) in enumerate(curves):
-            if curve is not None and np.ndim(curve[0]) == 1 and curve[2] > 0.0:
+            if curve is not None and curve[2] > 0.0:
                 log_s[k] = zeros_as_minus_inf(log_s[k])
         fig = _draw(log_s, chosen, curves, data.describe(fixed), size)
     return fig
