@@ -471,6 +471,8 @@ def density(activation, sigma_w2, sigma_b2, init="gaussian", layer=1, q0=1.0):
             f"no fixed point q* for {fa.label} at sigma_w2={sw2:g}, sigma_b2={sb2:g}: "
             "q^l diverges, so there is no fixed-point spectrum"
         )
+    if fa.act.homogeneous:
+        q = 1.0  # phi'(h)^2 has the same law for every q > 0, and as q -> 0+
     d, wt = derivative_law(fa, q) if L >= 2 else (np.array([1.0]), np.array([1.0]))
     mu1 = float(np.dot(wt, d))
     if mu1 <= 0.0:
