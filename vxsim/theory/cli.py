@@ -283,6 +283,7 @@ def spectrum_cmd(activation, sigma_w2, sigma_b2, init, layers, q0, out, as_json)
             density_lambda_var_norm=dens.lambda_var_norm,
             atom_at_zero=dens.atom_at_zero,
             point_mass_lambda=dens.point_mass[0] if dens.point_mass else math.nan,
+            point_mass=dens.point_mass[1] if dens.point_mass else 0.0,
             density_rows=int(dens.log_lambda.size),
             output=out,
         )
@@ -295,10 +296,11 @@ def spectrum_cmd(activation, sigma_w2, sigma_b2, init, layers, q0, out, as_json)
     for key in keys:
         lines.append(f"  {key:<16} {res[key]:.10g}")
     if out is not None:
+        note = f", atom {dens.atom_at_zero:g} at lambda = 0" if dens.atom_at_zero else ""
         if dens.point_mass is not None:
-            lines.append(f"  point mass 1 at lambda = {dens.point_mass[0]:.10g}: no density rows")
+            at, mass = dens.point_mass
+            lines.append(f"  point mass {mass:g} at lambda = {at:.10g}{note}: no density rows")
         else:
-            note = f", atom {dens.atom_at_zero:g} at lambda = 0" if dens.atom_at_zero else ""
             lines.append(f"  density at q*: {dens.log_lambda.size} rows{note}")
         lines.append(f"wrote {out}")
     click.echo("\n".join(lines))
