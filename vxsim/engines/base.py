@@ -84,7 +84,15 @@ def result_shapes(config):
     return {
         v.name: shape + (config.layers.size,) if v.per_layer else shape
         for v in variables.of_role("unit", config)
+        if v.modes != "spectrum"  # engines.spectrum's, added by engines.run
     }
+
+
+def spectrum_shape(config):
+    """(grid..., spectrum layers, D) of log_singular_value, D the state dimension of the
+    largest width (a smaller width's values are padded with NaN)."""
+    D = config.state_dimension(max(config.widths))
+    return config.grid_shape + (config.spectrum_layers.size, D)
 
 
 def record_index(config):
@@ -130,4 +138,20 @@ def estimate_unit_bytes(config, width):
         total += stored * width * n_points * item
     total += n_points * config.layers.size * 8 * 5
     total += ZSTORE_BYTES if "vjp" in config.modes else 0
+    if config.spectrum_layers.size:
+        total = max(total, spectrum_unit_bytes(config, width))
     return int(total)
+
+
+def spectrum_unit_bytes(config, width):
+    """Peak memory of a unit's spectrum pass (engines.spectrum): per point the D-column
+    tangent block and about four more of its size (the model's temporaries), Q, K and
+    the QR's work, (D x D) x 4 in float64, and the results; plus the weights."""
+    n_points = int(np.prod(config.grid_shape))
+    D = config.state_dimension(width)
+    item = np.dtype(config.spectrum_precision).itemsize
+    gates = config.arch.gates
+    block = 5 * 2 * config.arch.gates * width * D * n_points * item
+    triangle = 4 * D * D * n_points * 8
+    results = n_points * config.spectrum_layers.size * D * 8
+    return int(block + triangle + results + 2 * gates * width * width * 8)
