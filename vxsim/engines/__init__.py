@@ -63,7 +63,14 @@ def run(module, config, width, sample):
     """One work unit (width, sample) on an engine module: the arrays of
     ``base.result_shapes``. Executors call this, never ``module.run_unit`` directly,
     so that what every engine shares (the weight laws, the spectrum) lives here once."""
-    return module.run_unit(config, width, sample)
+    out = module.run_unit(config, width, sample)
+    if config.spectrum_layers.size:  # measure.spectrum: the Jacobian's singular values
+        from . import spectrum
+
+        out["log_singular_value"] = spectrum.run(
+            config, width, sample, module.spectrum_arrays(config), module.graded_svd
+        )
+    return out
 
 
 def numerics(module):

@@ -28,7 +28,16 @@ from .cuda_paths import check_unit, choose_path
 
 NAME = "cuda"
 
-__all__ = ["NAME", "available", "check_config", "numerics", "run_unit", "unavailable_reason"]
+__all__ = [
+    "NAME",
+    "available",
+    "check_config",
+    "graded_svd",
+    "numerics",
+    "run_unit",
+    "spectrum_arrays",
+    "unavailable_reason",
+]
 
 
 def check_config(config):
@@ -53,3 +62,17 @@ def run_unit(config, width, sample, path=None, backend=None):
         check_unit(config, width, None, getattr(backend, "free_bytes", None))
         return generic.run_unit(config, width, sample, DeviceArrays(backend))
     return Unit(config, width, sample, backend, path=path).run()
+
+
+def spectrum_arrays(config, backend=None):
+    """Where engines.spectrum keeps a unit: CuPy arrays in the spectrum's precision."""
+    return DeviceArrays(backend or gpu_backend(config.spectrum_precision))
+
+
+def graded_svd(b, U):
+    """The graded SVD of the accumulated triangles, on the host (Numba where it imports)."""
+    try:
+        from .numba_graded_svd import log_singular_values
+    except ImportError:
+        from .graded_svd import log_singular_values
+    return log_singular_values(b, U)

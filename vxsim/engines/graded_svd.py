@@ -44,7 +44,7 @@ MAX_SWEEPS = 80  # quadratic convergence: ~6-12 sweeps are used in practice
 
 
 def tolerance(D):
-    """Rotate a pair while |cos angle(u_i, u_j)| exceeds D eps (LAPACK's dgesvj uses sqrt(D) eps)."""
+    """Rotate a pair while |cos angle(u_i, u_j)| > D eps (LAPACK dgesvj: sqrt(D) eps)."""
     return D * np.finfo(np.float64).eps
 
 

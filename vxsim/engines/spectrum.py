@@ -51,7 +51,7 @@ layer on, and its columns are zeroed so that nothing spreads to other points.
 
 import numpy as np
 
-from . import base, generic
+from . import base, gemm, generic
 
 # Per-unit constants of a model that do not depend on the grid point (tied RNN
 # matrices, bias noise, input drives): the expanded unit shares the unit's.
@@ -174,7 +174,7 @@ def run(config, width, sample, arrays=None, svd=None):
     U = np.tile(np.eye(D), (P, 1, 1))
     dead = xp.zeros(P, dtype=bool)
     every = cfg.spectrum_qr_every
-    with unit.arrays.gemm_precision(False):
+    with unit.arrays.gemm_precision(False), gemm.one_blas_thread():  # reproducible bits
         for layer in range(1, layers[-1] + 1):
             W = model.weights(unit, layer)
             prev = state

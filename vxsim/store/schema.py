@@ -33,7 +33,35 @@ def coordinates(config):
         **{k: np.asarray(v, dtype=np.float64) for k, v in config.extra_axes.items()},
         "sample": np.arange(config.samples, dtype=np.int64),
         "layer": np.asarray(config.layers, dtype=np.int64),
+        **spectrum_coordinates(config),
     }
+
+
+def spectrum_coordinates(config):
+    """spectrum_layer (the layers l of measure.spectrum) and sv (0..D-1, D the state
+    dimension of the largest width) where the Jacobian spectrum is measured; else {}."""
+    layers = getattr(config, "spectrum_layers", np.zeros(0))
+    if not len(layers):
+        return {}
+    D = config.state_dimension(max(config.widths))
+    return {
+        "spectrum_layer": np.asarray(layers, dtype=np.int64),
+        "sv": np.arange(D, dtype=np.int64),
+    }
+
+
+COORDINATE_NAMES = {
+    "layer": "layer index l (1 = first hidden layer)",
+    "spectrum_layer": "layer l of the Jacobian J^l whose singular values are stored",
+    "sv": "index of the singular value, largest first",
+}
+
+
+def label(f):
+    """The long_name of the coordinates that have one."""
+    for name, text in COORDINATE_NAMES.items():
+        if name in f:
+            f[name].attrs["long_name"] = text
 
 
 def scale(f, name, values):
@@ -72,7 +100,7 @@ def layout(f, config, compressed):
     coords = coordinates(config)
     for name, values in coords.items():
         scale(f, name, values)
-    f["layer"].attrs["long_name"] = "layer index l (1 = first hidden layer)"
+    label(f)
     sizes = {k: len(v) for k, v in coords.items()}
     out = {}
     for name, var_dims in variables.stored_variables(config).items():
