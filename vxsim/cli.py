@@ -214,6 +214,12 @@ def _format_summary(s):
         f"layers recorded {s['n_layers']}",
         f"diverged    {s['diverged_points']} of {s['total_points']} (point, sample) pairs",
     ]
+    if s.get("spectrum"):
+        sp = s["spectrum"]
+        lines.append(
+            f"spectrum    J^l singular values ({sp['sv']}) at layers {sp['layers']}: "
+            + ", ".join(sp["variables"])
+        )
     if s.get("missing_parts"):
         lines.append(
             f"MISSING     {len(s['missing_parts'])} part(s) of this virtual merge, whose units "

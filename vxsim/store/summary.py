@@ -66,6 +66,7 @@ def summarise_file(path):
             "shard": None,
         }
         out["missing_parts"] = _missing_parts(f, path)
+        out["spectrum"] = _spectrum(f)
         extra = _extra_coords(f)
         out["architecture_axes"] = {k: v.tolist() for k, v in extra.items()}
         out["growth_law"] = str(f.attrs.get("growth_law", "exponential"))
@@ -158,6 +159,28 @@ def boundary_rows(path):
             )
     rows.sort(key=lambda r: (modes.index(r["mode"]), r["estimator"] != "quenched"))
     return rows
+
+
+SPECTRUM_VARIABLES = (
+    "log_singular_value",
+    "lambda_mean",
+    "lambda_mean_se",
+    "lambda_var_norm",
+    "lambda_var_norm_se",
+    "s_max",
+    "s_max_se",
+)
+
+
+def _spectrum(f):
+    """The Jacobian spectrum a file holds: {layers, sv, variables}, or None."""
+    if "spectrum_layer" not in f:
+        return None
+    return {
+        "layers": f["spectrum_layer"][...].tolist(),
+        "sv": int(f["sv"].size),
+        "variables": [name for name in SPECTRUM_VARIABLES if name in f],
+    }
 
 
 def _missing_parts(f, path):
