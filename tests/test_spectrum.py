@@ -202,6 +202,7 @@ def test_numba_graded_svd_against_the_numpy_version():
 # ---------------------------------------------------------------- engines
 
 
+@pytest.mark.slow  # > 1.7 s on 2 cores (Numba compiles on a cold cache; sweeps)
 def test_numba_engine_against_the_oracle():
     """Weights bit-identical (both draw rng's Philox), the same model code and LAPACK QR;
     only the SVD's pair order differs: agreement to ~1e-13, asserted at 1e-10."""
@@ -310,6 +311,7 @@ def sweep_config(**keys):
     )
 
 
+@pytest.mark.slow  # > 1.7 s on 2 cores (Numba compiles on a cold cache; sweeps)
 def test_sweep_file_xarray_summary_and_estimates(tmp_path):
     cfg = sweep_config()
     out = str(tmp_path / "s.h5")
@@ -344,6 +346,7 @@ def test_sweep_file_xarray_summary_and_estimates(tmp_path):
     assert base.estimate_unit_bytes(cfg, 8) >= base.spectrum_unit_bytes(cfg, 8)
 
 
+@pytest.mark.slow  # > 1.7 s on 2 cores (Numba compiles on a cold cache; sweeps)
 def test_resume_and_shards_give_the_single_runs_file(tmp_path, monkeypatch):
     cfg = sweep_config()
     single = str(tmp_path / "single.h5")
