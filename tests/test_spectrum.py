@@ -233,6 +233,7 @@ def product_ginibre_moments(N, L):
     return a, b
 
 
+@pytest.mark.slow  # ~3 s on 2 cores
 def test_linear_gaussian_net_fuss_catalan_finite_n():
     N, S, layers = 24, 24, (1, 4, 8)
     cfg = spectrum_config(
