@@ -31,12 +31,13 @@ _DIVERGE_MARGIN = 1e-4
 
 @dataclass(frozen=True)
 class Grid:
-    """Per-point parameters of a unit's P batched grid points (activation outermost)."""
+    """Per-point parameters of a unit's P batched grid points (activation outermost, then init)."""
 
     sigma_w2: np.ndarray  # (P,)
     sigma_b2: np.ndarray  # (P,)
     groups: tuple  # ((Activation, param, slice of points), ...) one per activation
     extra: dict = None  # {axis name: (P,) values} of the architecture's further axes
+    init: np.ndarray = None  # (P,) index into config.inits of each point's weight law
 
     @property
     def points(self):
@@ -44,17 +45,24 @@ class Grid:
 
 
 def grid(config):
-    """Flatten the grid axes (activation, sigma_w2, sigma_b2, ...) into P points, C order."""
+    """Flatten the grid axes (activation, [init], sigma_w2, sigma_b2, ...) into P points, C order.
+
+    (A unit holds one weight law: engines.run splits the others off, so the init
+    axis is absent or of length 1 here; the flattening takes any length.)
+    """
     axes = [config.sigma_w2, config.sigma_b2, *config.extra_axes.values()]
     mesh = [m.ravel() for m in np.meshgrid(*axes, indexing="ij")]
-    per_act = mesh[0].size
+    n_init = len(config.inits) if config.init_axis else 1
+    block = mesh[0].size
+    per_act = n_init * block
     groups = tuple(
         (act, param, slice(i * per_act, (i + 1) * per_act))
         for i, (act, param) in enumerate(config.activation_specs)
     )
-    n_act = len(groups)
-    extra = {name: np.tile(m, n_act) for name, m in zip(config.extra_axes, mesh[2:], strict=True)}
-    return Grid(np.tile(mesh[0], n_act), np.tile(mesh[1], n_act), groups, extra)
+    reps = len(groups) * n_init
+    extra = {name: np.tile(m, reps) for name, m in zip(config.extra_axes, mesh[2:], strict=True)}
+    init = np.tile(np.repeat(np.arange(n_init), block), len(groups))
+    return Grid(np.tile(mesh[0], reps), np.tile(mesh[1], reps), groups, extra, init)
 
 
 def mem_available():
@@ -109,7 +117,7 @@ def empty_results(config):
 
 
 def shape_results(config, flat):
-    """(P, ...) buffers -> (activation, sigma_w2, sigma_b2, ...) arrays."""
+    """(P, ...) buffers -> (activation, [init], sigma_w2, sigma_b2, ...) arrays."""
     return {k: v.reshape(config.grid_shape + v.shape[1:]) for k, v in flat.items()}
 
 
