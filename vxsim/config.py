@@ -122,7 +122,7 @@ class Config:
 
     @property
     def grid_dims(self):
-        """Names of the grid axes: activation, [init], sigma_w2, sigma_b2, then the architecture's."""
+        """The grid axes: activation, [init], sigma_w2, sigma_b2, then the architecture's."""
         return self.lead_dims + ("sigma_w2", "sigma_b2") + tuple(self.extra_axes)
 
     @property

@@ -92,7 +92,10 @@ def get(name):
 
 
 def parse(text):
-    """'orthogonal' -> (Law, None); 'student_t(5)' -> (Law, 5.0). ValueError naming what is allowed."""
+    """'orthogonal' -> (Law, None); 'student_t(5)' -> (Law, 5.0).
+
+    Raises ValueError naming the allowed values.
+    """
     text = str(text).strip()
     name, param = text, None
     if text.endswith(")") and "(" in text:
