@@ -136,8 +136,13 @@ class _Namespace:
 
     __name__ = "vxsim.engines.strict_arrays.xp"
 
+    def __init__(self, module=np):
+        self._module = module
+
     def __getattr__(self, name):
-        obj = getattr(np, name)
+        if name == "linalg":
+            return _Namespace(np.linalg)  # cupy.linalg: QR (the orthogonal weight law)
+        obj = getattr(self._module, name)
         if isinstance(obj, type) or not callable(obj):
             return obj  # dtypes and constants (xp.float32, xp.nan)
         if name in _TRANSFERS:

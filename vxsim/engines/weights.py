@@ -38,12 +38,13 @@ def unit_law(config):
     return laws.parse(config.inits[0])
 
 
-def aux_draws(seed, sample, layer, stream, xp=np):
-    """aux(attempt, index) -> (x, log_u) of the law's further draws (see the module docstring)."""
+def aux_draws(seed, sample, layer, stream, xp=np, to_host=np.asarray):
+    """aux(attempt, index) -> (x, log_u) of the law's further draws (see the module docstring);
+    ``index`` on the unit's arrays, taken to the host by ``to_host``."""
     k0, k1 = rng.seed_key(seed)
 
     def aux(attempt, index):
-        host = np.asarray(index.get() if hasattr(index, "get") else index).astype(np.uint64)
+        host = np.asarray(to_host(index)).astype(np.uint64)
         block = host >> np.uint64(1)
         odd = (host & np.uint64(1)).astype(bool)
         c0 = block & rng.MASK32
@@ -60,9 +61,9 @@ def aux_draws(seed, sample, layer, stream, xp=np):
     return aux
 
 
-def draw(law, param, Z, xp, seed, sample, layer, stream):
+def draw(law, param, Z, xp, seed, sample, layer, stream, to_host=np.asarray):
     """The law's matrix (float64, unit entry variance, C order) from the float64 Gaussian Z."""
-    aux = aux_draws(seed, sample, layer, stream, xp) if law.needs_aux else None
+    aux = aux_draws(seed, sample, layer, stream, xp, to_host) if law.needs_aux else None
     return xp.ascontiguousarray(law.draw(Z, xp, param, aux))
 
 
@@ -73,5 +74,5 @@ def matrix(unit, layer, stream, dtype):
     if law.name == "gaussian" or not law_stream(stream):
         return arrays.normal_matrix(config, unit.width, unit.sample, layer, stream, dtype)
     Z = arrays.normal_matrix(config, unit.width, unit.sample, layer, stream, np.float64)
-    out = draw(law, param, Z, unit.xp, config.seed, unit.sample, layer, stream)
+    out = draw(law, param, Z, unit.xp, config.seed, unit.sample, layer, stream, arrays.to_host)
     return out.astype(dtype, copy=False)
