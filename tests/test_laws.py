@@ -275,9 +275,7 @@ def _law_config(arch, labels, **keys):
         grid__sigma_w2=[0.8, 2.0],
         grid__sigma_b2=[0.1],
         monte_carlo__samples=2,
-        measure__mode="both",
-        measure__precision="float64",
-        **{**extra, **keys},
+        **{"measure__mode": "both", "measure__precision": "float64", **extra, **keys},
     )
 
 
