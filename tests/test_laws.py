@@ -384,26 +384,26 @@ def law_sweep(tmp_path_factory):
 
 
 def test_sweep_with_laws_opens_in_xarray(law_sweep):
-    ds = vxsim.open_results(law_sweep)
-    assert ds["log_q"].dims == (
-        "width", "activation", "init", "sigma_w2", "sigma_b2", "sample", "layer",
-    )  # fmt: skip
-    assert ds["init"].values.tolist() == ["gaussian", "orthogonal"]
-    rate = ds["growth_rate_quenched"].sel(
-        mode="jvp", width=12, activation="tanh", init="orthogonal"
-    )
-    assert rate.dims == ("sigma_w2", "sigma_b2") and np.isfinite(rate.values).all()
-    an = vxsim.open_results(law_sweep, group="analysis")
-    assert an["theory_critical_sigma_w2"].dims == ("activation", "init", "sigma_b2")
-    assert an["critical_sigma_w2_quenched"].dims == (
-        "mode", "width", "activation", "init", "sigma_b2",
-    )  # fmt: skip
-    theory = an["theory_log_chi1"].values  # the mean field is the same for every law
-    np.testing.assert_array_equal(theory[:, 0], theory[:, 1])
     s = summarise_file(law_sweep)
     assert s["init"] == ["gaussian", "orthogonal"] and s["status"] == "complete"
     assert {r["init"] for r in s["crossings"]} == {"gaussian", "orthogonal"}
     assert {r["init"] for r in boundary_rows(law_sweep)} == {"gaussian", "orthogonal"}
+    with vxsim.open_results(law_sweep) as ds:
+        assert ds["log_q"].dims == (
+            "width", "activation", "init", "sigma_w2", "sigma_b2", "sample", "layer",
+        )  # fmt: skip
+        assert ds["init"].values.tolist() == ["gaussian", "orthogonal"]
+        rate = ds["growth_rate_quenched"].sel(
+            mode="jvp", width=12, activation="tanh", init="orthogonal"
+        )
+        assert rate.dims == ("sigma_w2", "sigma_b2") and np.isfinite(rate.values).all()
+    with vxsim.open_results(law_sweep, group="analysis") as an:
+        assert an["theory_critical_sigma_w2"].dims == ("activation", "init", "sigma_b2")
+        assert an["critical_sigma_w2_quenched"].dims == (
+            "mode", "width", "activation", "init", "sigma_b2",
+        )  # fmt: skip
+        theory = an["theory_log_chi1"].values  # the mean field is the same for every law
+        np.testing.assert_array_equal(theory[:, 0], theory[:, 1])
 
 
 def test_sweep_with_laws_resumes(law_sweep, tmp_path, monkeypatch):
@@ -433,6 +433,8 @@ def test_sweep_with_laws_shards_and_merges(law_sweep, tmp_path):
     assert_same_content(merged, law_sweep, {"created", "merged_from"})
     virtual = str(tmp_path / "virtual.h5")
     vxsim.merge(parts, virtual, virtual=True)
-    with h5py.File(virtual, "r") as f:
-        np.testing.assert_array_equal(f["log_q"][...], h5py.File(law_sweep, "r")["log_q"][...])
-    assert vxsim.open_results(virtual)["init"].values.tolist() == ["gaussian", "orthogonal"]
+    with h5py.File(virtual, "r") as f, h5py.File(law_sweep, "r") as g:
+        assert f["log_q"].is_virtual
+        np.testing.assert_array_equal(f["log_q"][...], g["log_q"][...])
+    with vxsim.open_results(virtual) as ds:
+        assert ds["init"].values.tolist() == ["gaussian", "orthogonal"]
