@@ -301,6 +301,28 @@ def test_every_law_on_numba_matches_the_oracle(arch):
             np.testing.assert_array_equal(a.matrix(3, stream), b.matrix(3, stream))
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("arch", ["mlp", "lstm"])
+def test_every_law_on_the_cuda_engine_host_stand_in(arch, precision):
+    """The cuda engine on its CPU stand-in with CuPy's host/device boundary enforced
+    (cuda_host.HostBackend, strict): every law runs engines.generic on device arrays
+    (the MLP's kernels only for the Gaussian law), the law's draw on the device's xp
+    (QR, erf, the gamma sampler's masks; aux draws copied from the host), and gives the
+    oracle's numbers bit for bit (the stand-in computes with NumPy)."""
+    from vxsim.engines import cuda_gpu, cuda_host
+
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler for the kernels' host build")
+    cfg = _law_config(arch, ALL_LAWS[1:], measure__precision=precision)
+    be = cuda_host.HostBackend(precision, strict=True)
+    for law in cfg.inits:
+        one = dataclasses.replace(cfg, inits=(law,))
+        got = cuda_gpu.run_unit(one, 10, 1, backend=be)
+        want = numpy_ref.run_unit(one, 10, 1)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{law} {key}")
+
+
 def test_several_laws_are_the_single_law_runs_stitched():
     """engines.run splits per law: each init slice equals the run of that law alone, and
     an explicit init = "gaussian" equals the config without network.init, bit for bit."""

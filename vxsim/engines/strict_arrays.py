@@ -51,6 +51,8 @@ def _wrap(x):
         return DeviceArray(x)
     if isinstance(x, np.generic):
         return DeviceArray(np.asarray(x))
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # NumPy's named results (QRResult)
+        return tuple(_wrap(v) for v in x)  # CuPy returns plain tuples
     if isinstance(x, (list, tuple)):
         return type(x)(_wrap(v) for v in x)
     return x
