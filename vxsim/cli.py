@@ -300,7 +300,7 @@ def info(as_json):
     import h5py
     import numba
 
-    from . import activations
+    from . import activations, laws
 
     data = {
         "vxsim": __version__,
@@ -314,6 +314,9 @@ def info(as_json):
         "cpu_count": os.cpu_count(),
         "gpus": _gpus(),
         "activations": activations.names(),
+        "weight_laws": [
+            f"{n}({laws.get(n).param_name})" if laws.get(n).takes_param else n for n in laws.names()
+        ],
     }
     text = "\n".join(
         [
@@ -325,6 +328,7 @@ def info(as_json):
             f"cpus        {data['cpu_count']}",
             f"gpus        {', '.join(data['gpus']) or 'none'}",
             f"activations {', '.join(data['activations'])}",
+            f"weight laws {', '.join(data['weight_laws'])}  (network.init)",
         ]
     )
     emit(data, as_json, text)

@@ -125,9 +125,11 @@ def estimate_unit_bytes(config, width):
     """Rough peak memory of one work unit on the NumPy/Numba engines, in bytes.
 
     Z in float64 and in the run's precision, about eight (N x P) state arrays,
-    and in VJP mode the checkpoints plus one recomputed segment of h.
+    and in VJP mode the checkpoints plus one recomputed segment of h. A unit runs
+    its weight laws one at a time (engines.run): the points of one law, plus the
+    float64 Z, Q and R of a law other than the Gaussian.
     """
-    n_points = int(np.prod(config.grid_shape))
+    n_points = int(np.prod(config.grid_shape)) // len(config.inits)
     item = config.dtype.itemsize
     gates = config.arch.gates  # N x N matrices per step (one per gate)
     matrices = 2 if config.recurrent else 1  # RNNs keep W and U (tied) for the whole unit
@@ -138,4 +140,5 @@ def estimate_unit_bytes(config, width):
         total += stored * width * n_points * item
     total += n_points * config.layers.size * 8 * 5
     total += ZSTORE_BYTES if "vjp" in config.modes else 0
+    total += 0 if config.gaussian_weights else 3 * width * width * 8
     return int(total)
