@@ -225,6 +225,51 @@ def test_architectures_match_oracle():
     np.testing.assert_array_equal(arrays.to_host(Z), base.weights(cfg, 300, 2, 7))
 
 
+# ---------------------------------------------------------------- weight laws
+
+
+def test_weight_laws_agree_with_numpy():
+    """network.init on the device (vxsim.laws on CuPy: cuSOLVER's QR, cupyx's erf, the
+    gamma sampler's masks) against NumPy's on the same float64 Z. Orthogonal: the
+    device's Q is orthogonal to 10 N eps and, the sign fix making the QR unique, equals
+    LAPACK's to about cond(Z) N eps (cond ~ N for a Gaussian Z; 1e-9 at N = 256);
+    uniform to 4 ulp (erf's rounding), rademacher exactly, Student's t to 1e-13 (its
+    draws are rng's on the host; only sqrt and the acceptance test's log run on the
+    device). Then the MLP and the LSTM with orthogonal weights against the oracle."""
+    from vxsim import laws
+    from vxsim.engines import weights
+
+    be = backend("float64")
+    N = 256
+    Z = rng.normal_matrix(0, 1, 3, N)
+    for label in ("orthogonal", "uniform", "rademacher", "student_t(5)"):
+        law, param = laws.parse(label)
+        want = weights.draw(law, param, Z, np, 0, 1, 3, rng.STREAM_WEIGHT)
+        got = be.to_host(
+            weights.draw(law, param, be.xp.asarray(Z), be.xp, 0, 1, 3, rng.STREAM_WEIGHT,
+                         be.to_host)
+        )  # fmt: skip
+        diff = float(np.abs(got - want).max())
+        print(f"    law {label:13} N = {N}: max |device - numpy| = {diff:.3g}")
+        if label == "orthogonal":
+            Q = got / np.sqrt(N)
+            assert np.abs(Q @ Q.T - np.eye(N)).max() <= 10 * N * np.finfo(float).eps
+            assert diff <= 1e-9, diff
+        elif label == "uniform":
+            np.testing.assert_allclose(got, want, rtol=4 * np.finfo(float).eps, atol=0)
+        elif label == "rademacher":
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
+    for arch in ("mlp", "lstm"):
+        for precision in ("float64", "float32"):
+            cfg = make_config(f'network.architecture="{arch}"', 'network.init=["orthogonal"]',
+                              width=48, depth=20, precision=precision, mode="jvp")  # fmt: skip
+            got = cuda_gpu.run_unit(cfg, 48, 1)
+            want = numpy_ref.run_unit(cfg, 48, 1)
+            assert_same(got, want, TOL[precision], f"orthogonal {arch} {precision}")
+
+
 # ---------------------------------------------------------------- TF32
 
 

@@ -15,7 +15,7 @@ from importlib import resources
 
 import numpy as np
 
-from . import activations, engines, models
+from . import activations, engines, laws, models
 from .errors import ConfigError
 
 # The architectures, their grid axes beyond (activation, sigma_w2, sigma_b2) with
@@ -36,7 +36,7 @@ def optional(section):
     if section == "grid":
         return {name: None for arch in models.records() for name in arch.axes}
     if section == "network":
-        return {"input_variance": None}
+        return {"input_variance": None, "init": None}  # init absent: gaussian, no init axis
     if section == "measure":
         # absent: "float64" / no spectrum, so earlier files' configs are unchanged
         return {"storage": None, "spectrum": None}
@@ -93,6 +93,8 @@ class Config:
     spectrum_layers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     spectrum_precision: str = "float64"
     spectrum_qr_every: int = 4
+    inits: tuple = ("gaussian",)  # canonical weight-law labels (network.init, vxsim.laws)
+    init_axis: bool = False  # network.init given: the grid has the dim ``init``
 
     @property
     def modes(self):
@@ -122,14 +124,35 @@ class Config:
         return np.dtype("float32" if self.precision == "tf32" else self.precision)
 
     @property
+    def law_specs(self):
+        """[(Law, param)] in the order of the init axis (vxsim.laws)."""
+        return [laws.parse(label) for label in self.inits]
+
+    @property
+    def gaussian_weights(self):
+        """Whether every weight is Gaussian (the only law the fused MLP kernels draw)."""
+        return laws.is_gaussian(self.inits)
+
+    @property
+    def lead_dims(self):
+        """The grid axes before sigma_w2: activation, and init where network.init is given."""
+        return ("activation", "init") if self.init_axis else ("activation",)
+
+    @property
     def grid_dims(self):
-        """Names of the grid axes: activation, sigma_w2, sigma_b2, then the architecture's."""
-        return ("activation", "sigma_w2", "sigma_b2") + tuple(self.extra_axes)
+        """The grid axes: activation, [init], sigma_w2, sigma_b2, then the architecture's."""
+        return self.lead_dims + ("sigma_w2", "sigma_b2") + tuple(self.extra_axes)
+
+    @property
+    def edge_dims(self):
+        """The grid axes without sigma_w2: where a critical sigma_w2 is one number."""
+        return tuple(d for d in self.grid_dims if d != "sigma_w2")
 
     @property
     def grid_shape(self):
         extra = tuple(len(v) for v in self.extra_axes.values())
-        return (len(self.activations), len(self.sigma_w2), len(self.sigma_b2)) + extra
+        lead = (len(self.activations),) + ((len(self.inits),) if self.init_axis else ())
+        return lead + (len(self.sigma_w2), len(self.sigma_b2)) + extra
 
     @property
     def arch(self):
@@ -350,6 +373,32 @@ def build(raw):
         raw=raw,
         storage=_choice("measure.storage", meas.get("storage", "float64"), STORAGES),
         **spectrum(depth, meas.get("spectrum")),
+        inits=_inits(net) if "init" in net else ("gaussian",),
+        init_axis="init" in net,
+    )
+
+
+def _inits(net):
+    """network.init: one law label or a list of them -> canonical labels (vxsim.laws)."""
+    labels = []
+    for item in _as_list(net["init"]):
+        if not isinstance(item, str):
+            raise ConfigError(f"network.init entries must be law names (strings), got {item!r}")
+        try:
+            law, param = laws.parse(item)
+        except ValueError as err:
+            raise ConfigError(f"network.init: {err}") from None
+        labels.append(laws.label(law, param))
+    if not labels:
+        raise ConfigError(f"network.init must hold at least one law; allowed: {_law_names()}")
+    if len(set(labels)) != len(labels):
+        raise ConfigError("network.init has repeated entries")
+    return tuple(labels)
+
+
+def _law_names():
+    return ", ".join(
+        f"{r.name}({r.param_name})" if r.takes_param else r.name for r in laws.REGISTRY.values()
     )
 
 

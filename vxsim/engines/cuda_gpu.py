@@ -56,7 +56,7 @@ def run_unit(config, width, sample, path=None, backend=None):
     ``backend``: where (default the GPU's, ``gpu_backend``).
     """
     backend = backend or gpu_backend(config.precision)
-    if NAME not in config.arch.fast_paths:
+    if NAME not in config.arch.fast_paths or not config.gaussian_weights:  # laws: generic
         from . import generic
 
         check_unit(config, width, None, getattr(backend, "free_bytes", None))

@@ -147,7 +147,7 @@ def check_unit(config, width, path, free_bytes=None):
     """VxsimError (one line) when a unit of this width cannot run on this path or device."""
     if config.samples > 2**32:
         raise VxsimError("monte_carlo.samples must be <= 2**32 (a 32-bit Philox counter word)")
-    if "cuda" not in config.arch.fast_paths:
+    if "cuda" not in config.arch.fast_paths or not config.gaussian_weights:
         path = "generic"  # engine.path chooses between the MLP's kernels only
     if path == "fused" and not fused_fits(config, width):
         widest = FUSED_SMEM_BYTES // (6 * config.dtype.itemsize)

@@ -558,7 +558,7 @@ def run_unit(config, width, sample, path=None):
     their model's NumPy step (engines.generic) with BLAS GEMMs and weights from
     the parallel generator, bit-identical to the oracle's.
     """
-    if NAME not in config.arch.fast_paths:
+    if NAME not in config.arch.fast_paths or not config.gaussian_weights:  # laws: generic
         from . import generic, numba_normals
 
         arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)

@@ -190,9 +190,11 @@ def read_unit_variables(path):
         names = [v.name for v in variables.CATALOGUE.values() if v.role in ("unit", "progress")]
         data = {name: f[name][...] for name in names if name in f}
         coords = {name: f[name][...] for name in file_dims(f)}
-        coords["activation"] = np.array(
-            [s.decode() if isinstance(s, bytes) else s for s in coords["activation"]]
-        )
+        for name in ("activation", "init"):
+            if name in coords:
+                coords[name] = np.array(
+                    [s.decode() if isinstance(s, bytes) else s for s in coords[name]]
+                )
         attrs = dict(f.attrs)
     return data, coords, attrs
 

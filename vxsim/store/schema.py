@@ -4,7 +4,8 @@ Every variable's dims, dtype, fill value and CF attributes come from the
 catalogue (``vxsim.variables``); this module turns them into HDF5 datasets with
 netCDF-4 dimension scales, so that xarray (``open_results``) reads them labelled.
 
-    coordinates  width, activation, sigma_w2, sigma_b2, [extra], sample, layer
+    coordinates  width, activation, [init], sigma_w2, sigma_b2, [extra], sample, layer
+                 (init only where network.init is given: weight laws, vxsim.laws)
     per unit     the catalogue's role-"unit" variables this config's modes produce
     progress     completed (width, sample)
     attributes   vxsim_version, config (canonical JSON), config_text, backend, device,
@@ -28,6 +29,7 @@ def coordinates(config):
     return {
         "width": np.array(config.widths, dtype=np.int64),
         "activation": np.array(config.activations, dtype=object),
+        **({"init": np.array(config.inits, dtype=object)} if config.init_axis else {}),
         "sigma_w2": np.asarray(config.sigma_w2, dtype=np.float64),
         "sigma_b2": np.asarray(config.sigma_b2, dtype=np.float64),
         **{k: np.asarray(v, dtype=np.float64) for k, v in config.extra_axes.items()},
