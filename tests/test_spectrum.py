@@ -110,6 +110,48 @@ def test_every_architecture_against_brute_force_svd(architecture):
         assert_logs_close(flat[:, s], ref[int(layer)])
 
 
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_weight_laws_reach_the_spectrum_against_brute_force(architecture):
+    """The spectrum pass draws the law's matrices (engines.run splits per law): an
+    orthogonal and a Student-t net against the brute-force SVD of the same weights."""
+    cfg = spectrum_config(
+        architecture,
+        network__activation=["tanh"],
+        network__init=["orthogonal", "student_t(5)"],
+    )
+    got = engines.run(engines.get("numpy"), cfg, 8, 0)["log_singular_value"]
+    assert got.shape[:2] == (1, 2)
+    for k, law in enumerate(cfg.inits):
+        one = spectrum_config(architecture, network__activation=["tanh"], network__init=[law])
+        ref = brute_force(one, 8, 0)
+        flat = got[:, k : k + 1].reshape(-1, cfg.spectrum_layers.size, 8)
+        for s, layer in enumerate(cfg.spectrum_layers):
+            assert_logs_close(flat[:, s], ref[int(layer)])
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "rnn"])
+def test_linear_orthogonal_net_is_exactly_isometric(architecture):
+    """Saxe et al. 2014: with W = Q orthogonal (sigma_w2 = 1) and phi linear, J^l = Q^l ...
+    Q^1 (the RNN: W^t, its input drive does not enter J), so every log s is 0. In float64
+    each layer adds ~N eps of rounding to Q's orthogonality and the QR: 1e-10 leaves
+    room for 200 layers x 16 x eps ~ 7e-13 by two orders of magnitude."""
+    cfg = spectrum_config(
+        architecture,
+        width=16,
+        depth=200,
+        layers=(1, 50, 200),
+        qr_every=4,
+        network__activation=["linear"],
+        network__init=["orthogonal"],
+        sigma_w2=[1.0],
+        sigma_b2=[0.0, 0.3],
+        measure__precision="float64",
+    )
+    got = engines.run(engines.get("numpy"), cfg, 16, 0)["log_singular_value"]
+    assert got.shape[-2:] == (3, 16) and np.all(np.isfinite(got))
+    assert np.max(np.abs(got)) < 1e-10
+
+
 @pytest.mark.parametrize("qr_every", [1, 5])
 def test_mlp_against_the_explicit_product(qr_every):
     """J^l = W^l D^{l-1} ... D^1 W^1 formed from materialised weights (independent of the
