@@ -20,7 +20,7 @@ threads (slow, but every line of the engine and of the kernels' arithmetic
 runs without a GPU).
 """
 
-from . import gemm
+from . import cuda_rnn, gemm
 from .cuda_backend import available, gpu_backend, numerics, unavailable_reason
 from .cuda_generic import DeviceArrays
 from .cuda_mlp import Unit
@@ -51,16 +51,21 @@ def check_config(config):
 def run_unit(config, width, sample, path=None, backend=None):
     """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
 
-    The MLP runs on the engine's kernels (``path``: 'gemm' or 'fused'); the
-    other architectures run engines.generic on the device (``DeviceArrays``).
-    ``backend``: where (default the GPU's, ``gpu_backend``).
+    The MLP runs on the engine's kernels (``path``: 'gemm' or 'fused'), the RNNs on
+    their fused step kernels (``cuda_rnn``); the residual net, any weight law but
+    the Gaussian, and ``path='generic'`` run engines.generic on the device
+    (``DeviceArrays``). ``backend``: where (default the GPU's, ``gpu_backend``).
     """
     backend = backend or gpu_backend(config.precision)
-    if NAME not in config.arch.fast_paths or not config.gaussian_weights:  # laws: generic
+    fast = NAME in config.arch.fast_paths and config.gaussian_weights  # laws: generic
+    if path == "generic" or not fast:
         from . import generic
 
         check_unit(config, width, None, getattr(backend, "free_bytes", None))
         return generic.run_unit(config, width, sample, DeviceArrays(backend))
+    if config.recurrent:
+        check_unit(config, width, "steps", getattr(backend, "free_bytes", None))
+        return cuda_rnn.run_unit(config, width, sample, backend)
     return Unit(config, width, sample, backend, path=path).run()
 
 
