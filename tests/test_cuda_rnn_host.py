@@ -1,4 +1,4 @@
-"""The RNNs' fused step kernels of the cuda engine (kernels/rnn.cu, engines/cuda_rnn.py), on the CPU.
+"""The RNNs' fused step kernels of the cuda engine (kernels/rnn.cu, cuda_rnn.py), on the CPU.
 
 The kernels built with g++ (``cuda_host``, strict arrays that refuse host-device
 mixing as CuPy does) drive the unchanged engine against the NumPy oracle, for
