@@ -594,6 +594,18 @@ def test_launch_shapes_and_kernels_used(host):
         for name, grid, block, smem in be.launches:
             seen.setdefault(name, set()).add((grid, block, smem))
     P = int(np.prod(cfg.grid_shape))
+    rnn_seen = {}  # the RNNs' step kernels (kernels/rnn.cu), every mode
+    for arch in ("rnn", "gru", "lstm"):
+        rnn_cfg = _arch_config(arch, "float32", "both", depth=9)
+        be = cuda_host.HostBackend("float32")
+        cuda_gpu.run_unit(rnn_cfg, 40, 0, backend=be)
+        for name, grid, block, smem in be.launches:
+            rnn_seen.setdefault(name, set()).add((grid, block, smem))
+    P_rnn = int(np.prod(rnn_cfg.grid_shape))
+    for name, shapes in rnn_seen.items():
+        if not name.startswith("vx_fill"):
+            assert shapes == {(P_rnn, 64, 0)}, name
+        seen.setdefault(name, shapes)  # (the MLP's kernels that Elman shares: checked below)
     engine_kernels = {k for k in cuda_sources.kernel_signatures(cuda_sources.program("float32"))
                       if not k.startswith("vx_probe")}  # fmt: skip
     assert set(seen) == engine_kernels

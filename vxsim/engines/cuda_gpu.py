@@ -1,7 +1,7 @@
 """The CUDA engine: CuPy arrays, cuBLAS GEMMs, and the hand-written kernels of ``kernels/``.
 
 The engine's entry (``NAME``, ``available``, ``numerics``, ``run_unit``); the
-work is in four modules, one concern each:
+work is in five modules, one concern each:
 
 * ``cuda_backend``: where it runs. ``GpuBackend`` (CuPy, cuBLAS, the kernels
   compiled by NVRTC), whether CuPy can run here, the generator's launch
@@ -10,8 +10,11 @@ work is in four modules, one concern each:
   fits the device;
 * ``cuda_mlp``: the MLP unit (``Unit``): both paths, forward, JVP and the
   checkpointed VJP;
-* ``cuda_generic``: every other architecture (residual, rnn, gru, lstm):
-  ``engines.generic`` on device arrays (``DeviceArrays``).
+* ``cuda_rnn``: the recurrent architectures (Elman, GRU, LSTM): stacked gate
+  GEMMs and one fused step kernel each (``kernels/rnn.cu``);
+* ``cuda_generic``: every other architecture (the residual net), any weight law
+  but the Gaussian, and ``path='generic'``: ``engines.generic`` on device
+  arrays (``DeviceArrays``).
 
 How the work is launched is separate from where: the units take a backend.
 ``GpuBackend`` is CuPy on the GPU; the tests also run these modules unchanged
