@@ -83,10 +83,16 @@ def test_an_engine_returns_the_result_shapes():
     assert np.isnan(empty["log_q"]).all()
 
 
-def test_growth_summary_and_modes_agree_with_the_catalogue():
-    """growth.summarise writes exactly the catalogue's summary variables."""
-    config = small_config(measure__mode="both", **KEYS)
+@pytest.mark.parametrize("spectrum", [False, True])
+def test_growth_summary_and_modes_agree_with_the_catalogue(spectrum):
+    """growth.summarise writes exactly the catalogue's summary variables that the
+    config produces (with measure.spectrum: the spectrum's statistics too)."""
+    extra = {"measure__spectrum": {"layers": [1, 2]}} if spectrum else {}
+    config = small_config(measure__mode="both", **KEYS, **extra)
     data = {}
+    if spectrum:
+        D = config.state_dimension(max(config.widths))
+        data["log_singular_value"] = np.zeros((2,) + config.grid_shape + (config.samples, 2, D))
     shape = (2,) + config.grid_shape + (config.samples, config.layers.size)
     rng = np.random.default_rng(0)
     for mode, name in variables.MODE_VARIABLE.items():
@@ -94,8 +100,9 @@ def test_growth_summary_and_modes_agree_with_the_catalogue():
         assert variables.CATALOGUE[name].modes == mode
         data[name] = np.cumsum(rng.normal(size=shape), axis=-1)
     summary = growth.summarise(data, {"layer": config.layers}, config)
-    declared = variables.of_role("summary")
+    declared = variables.of_role("summary", config)
     assert list(summary["vars"]) == [v.name for v in declared]
+    assert any(v.modes == "spectrum" for v in declared) == spectrum
     for var in declared:
         dims, values, desc = summary["vars"][var.name]
         assert dims == variables.dims_of(var, config.grid_dims)

@@ -208,12 +208,19 @@ def _format_summary(s):
         f"vxsim       {s['vxsim_version']}  backend {s['backend']} on {s['device']}",
         f"network     {s['architecture']}  width {s['width']}  depth {s['depth']}",
         f"activation  {', '.join(s['activation'])}",
+        *([f"init        {', '.join(s['init'])}"] if "init" in s else []),
         f"grid        sigma_w2 {s['sigma_w2_range']} ({s['n_sigma_w2']})  sigma_b2 {s['sigma_b2']}"
         + "".join(f"  {k} {v}" for k, v in s.get("architecture_axes", {}).items()),
         f"samples     {s['samples']}  seed {s['seed']}  mode {s['mode']}  "
         f"layers recorded {s['n_layers']}",
         f"diverged    {s['diverged_points']} of {s['total_points']} (point, sample) pairs",
     ]
+    if s.get("spectrum"):
+        sp = s["spectrum"]
+        lines.append(
+            f"spectrum    J^l singular values ({sp['sv']}) at layers {sp['layers']}: "
+            + ", ".join(sp["variables"])
+        )
     if s.get("missing_parts"):
         lines.append(
             f"MISSING     {len(s['missing_parts'])} part(s) of this virtual merge, whose units "
@@ -232,7 +239,7 @@ def _format_summary(s):
         extra = "".join(f" {k} {row[k]:g}" for k in s.get("architecture_axes", {}))
         theory = row["theory_exponent"]
         lines.append(
-            f"exponent    {row['mode']} {row['activation']} width {row['width']} "
+            f"exponent    {row['mode']} {_act_init(row)} width {row['width']} "
             f"sigma_w2 {row['sigma_w2']:g} sigma_b2 {row['sigma_b2']:g}{extra}: "
             + ("-" if row["exponent"] is None else f"{row['exponent']:.4g}")
             + ("" if theory is None else f" (theory {theory:.4g})")
@@ -240,7 +247,7 @@ def _format_summary(s):
     for row in s.get("crossings", []):
         extra = "".join(f" {k} {row[k]:g}" for k in s.get("architecture_axes", {}))
         lines.append(
-            f"edge        {row['mode']} {row['activation']} width {row['width']} "
+            f"edge        {row['mode']} {_act_init(row)} width {row['width']} "
             f"sigma_b2 {row['sigma_b2']:g}{extra}: quenched rate crosses 0 at sigma_w2 ~ "
             + ("none in grid" if row["sigma_w2"] is None else f"{row['sigma_w2']:.4g}")
             + (
@@ -250,6 +257,11 @@ def _format_summary(s):
             )
         )
     return "\n".join(lines)
+
+
+def _act_init(row):
+    """'tanh', or 'tanh orthogonal' where the file has weight laws (the init axis)."""
+    return row["activation"] + (f" {row['init']}" if "init" in row else "")
 
 
 @main.command()
@@ -263,7 +275,7 @@ def boundary(path, as_json):
     rows = boundary_rows(path)
     fmt = lambda v: "   -   " if v is None else f"{v:7.4f}"  # noqa: E731
     base_keys = {"mode", "estimator", "width", "activation", "sigma_b2", "critical_sigma_w2"}
-    base_keys |= {"ci_low", "ci_high", "theory_sigma_w2", "flag", "note"}
+    base_keys |= {"ci_low", "ci_high", "theory_sigma_w2", "flag", "note", "init"}
     extra = [k for k in (rows[0] if rows else {}) if k not in base_keys]
     lines = [
         "mode estimator  width activation        sigma_b2"
@@ -272,7 +284,7 @@ def boundary(path, as_json):
     ]
     for r in rows:
         lines.append(
-            f"{r['mode']:4} {r['estimator']:9} {r['width']:6} {r['activation']:16} "
+            f"{r['mode']:4} {r['estimator']:9} {r['width']:6} {_act_init(r):16} "
             f"{r['sigma_b2']:8.4f}"
             + "".join(f" {r[k]:11.4g}" for k in extra)
             + f"  {fmt(r['critical_sigma_w2'])} "
@@ -294,7 +306,7 @@ def info(as_json):
     import h5py
     import numba
 
-    from . import activations
+    from . import activations, laws
 
     data = {
         "vxsim": __version__,
@@ -308,6 +320,9 @@ def info(as_json):
         "cpu_count": os.cpu_count(),
         "gpus": _gpus(),
         "activations": activations.names(),
+        "weight_laws": [
+            f"{n}({laws.get(n).param_name})" if laws.get(n).takes_param else n for n in laws.names()
+        ],
     }
     text = "\n".join(
         [
@@ -319,6 +334,7 @@ def info(as_json):
             f"cpus        {data['cpu_count']}",
             f"gpus        {', '.join(data['gpus']) or 'none'}",
             f"activations {', '.join(data['activations'])}",
+            f"weight laws {', '.join(data['weight_laws'])}  (network.init)",
         ]
     )
     emit(data, as_json, text)

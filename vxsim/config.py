@@ -10,12 +10,12 @@ import copy
 import json
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
 
-from . import activations, engines, models
+from . import activations, engines, laws, models
 from .errors import ConfigError
 
 # The architectures, their grid axes beyond (activation, sigma_w2, sigma_b2) with
@@ -36,9 +36,10 @@ def optional(section):
     if section == "grid":
         return {name: None for arch in models.records() for name in arch.axes}
     if section == "network":
-        return {"input_variance": None}
+        return {"input_variance": None, "init": None}  # init absent: gaussian, no init axis
     if section == "measure":
-        return {"storage": None}  # absent: "float64", so earlier files' configs are unchanged
+        # absent: "float64" / no spectrum, so earlier files' configs are unchanged
+        return {"storage": None, "spectrum": None}
     return {}
 
 
@@ -87,11 +88,30 @@ class Config:
     checkpoint: int
     raw: dict  # the merged TOML tree this was built from
     storage: str = "float64"  # on-disk dtype of the per-layer records (measure.storage)
+    # measure.spectrum (optional): layers whose Jacobian singular values are measured
+    # (empty: none), the tangent block's precision, layers between re-orthonormalisations
+    spectrum_layers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    spectrum_precision: str = "float64"
+    spectrum_qr_every: int = 4
+    inits: tuple = ("gaussian",)  # canonical weight-law labels (network.init, vxsim.laws)
+    init_axis: bool = False  # network.init given: the grid has the dim ``init``
 
     @property
     def modes(self):
         """The gradient modes measured: ('jvp',), ('vjp',) or both."""
         return ("jvp", "vjp") if self.mode == "both" else (self.mode,)
+
+    @property
+    def measured(self):
+        """What is measured: the modes, plus 'spectrum' when measure.spectrum asks for it
+        (``variables.produced`` reads this)."""
+        return self.modes + (("spectrum",) if self.spectrum_layers.size else ())
+
+    def state_dimension(self, width):
+        """D, the size of the state h^l whose Jacobian spectrum is measured: ``width``, or
+        a multiple where a tangent stacks several N-blocks (the LSTM's [dh; dc]: 2N),
+        declared by the model as TANGENT_BLOCKS (default 1)."""
+        return width * int(getattr(self.arch.steps, "TANGENT_BLOCKS", 1))
 
     @property
     def activation_specs(self):
@@ -104,14 +124,35 @@ class Config:
         return np.dtype("float32" if self.precision == "tf32" else self.precision)
 
     @property
+    def law_specs(self):
+        """[(Law, param)] in the order of the init axis (vxsim.laws)."""
+        return [laws.parse(label) for label in self.inits]
+
+    @property
+    def gaussian_weights(self):
+        """Whether every weight is Gaussian (the only law the fused MLP kernels draw)."""
+        return laws.is_gaussian(self.inits)
+
+    @property
+    def lead_dims(self):
+        """The grid axes before sigma_w2: activation, and init where network.init is given."""
+        return ("activation", "init") if self.init_axis else ("activation",)
+
+    @property
     def grid_dims(self):
-        """Names of the grid axes: activation, sigma_w2, sigma_b2, then the architecture's."""
-        return ("activation", "sigma_w2", "sigma_b2") + tuple(self.extra_axes)
+        """The grid axes: activation, [init], sigma_w2, sigma_b2, then the architecture's."""
+        return self.lead_dims + ("sigma_w2", "sigma_b2") + tuple(self.extra_axes)
+
+    @property
+    def edge_dims(self):
+        """The grid axes without sigma_w2: where a critical sigma_w2 is one number."""
+        return tuple(d for d in self.grid_dims if d != "sigma_w2")
 
     @property
     def grid_shape(self):
         extra = tuple(len(v) for v in self.extra_axes.values())
-        return (len(self.activations), len(self.sigma_w2), len(self.sigma_b2)) + extra
+        lead = (len(self.activations),) + ((len(self.inits),) if self.init_axis else ())
+        return lead + (len(self.sigma_w2), len(self.sigma_b2)) + extra
 
     @property
     def arch(self):
@@ -158,7 +199,7 @@ def _merge(base, override, prefix=""):
 
 def _is_leaf_table(name):
     """Keys whose value is itself a small table (a range, a record spec)."""
-    return name.startswith("grid.") or name == "measure.record"
+    return name.startswith("grid.") or name in ("measure.record", "measure.spectrum")
 
 
 def _parse_value(text):
@@ -331,7 +372,78 @@ def build(raw):
         checkpoint=_int("engine.checkpoint", eng["checkpoint"], low=0),
         raw=raw,
         storage=_choice("measure.storage", meas.get("storage", "float64"), STORAGES),
+        **spectrum(depth, meas.get("spectrum")),
+        inits=_inits(net) if "init" in net else ("gaussian",),
+        init_axis="init" in net,
     )
+
+
+def _inits(net):
+    """network.init: one law label or a list of them -> canonical labels (vxsim.laws)."""
+    labels = []
+    for item in _as_list(net["init"]):
+        if not isinstance(item, str):
+            raise ConfigError(f"network.init entries must be law names (strings), got {item!r}")
+        try:
+            law, param = laws.parse(item)
+        except ValueError as err:
+            raise ConfigError(f"network.init: {err}") from None
+        labels.append(laws.label(law, param))
+    if not labels:
+        raise ConfigError(f"network.init must hold at least one law; allowed: {_law_names()}")
+    if len(set(labels)) != len(labels):
+        raise ConfigError("network.init has repeated entries")
+    return tuple(labels)
+
+
+def _law_names():
+    return ", ".join(
+        f"{r.name}({r.param_name})" if r.takes_param else r.name for r in laws.REGISTRY.values()
+    )
+
+
+SPECTRUM_KEYS = ("layers", "log", "precision", "qr_every")
+SPECTRUM_PRECISIONS = ("float64", "float32")
+
+
+def spectrum(depth, spec):
+    """measure.spectrum -> {spectrum_layers, spectrum_precision, spectrum_qr_every}.
+
+    ``{ layers = [16, 64] }`` or ``{ log = K }`` (K log-spaced layers, as measure.record),
+    plus ``precision`` ("float64" default, or "float32") and ``qr_every`` (layers between
+    re-orthonormalisations of the tangent block, >= 1; default 4 in float64, 1 in float32).
+    Absent: no spectrum.
+    """
+    if spec is None:
+        return {}
+    name = "measure.spectrum"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{name} must be a table {{ layers = [...] }} or {{ log = K }}")
+    unknown = sorted(set(spec) - set(SPECTRUM_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]}; allowed: {', '.join(SPECTRUM_KEYS)}")
+    if ("layers" in spec) == ("log" in spec):
+        raise ConfigError(f"{name} needs exactly one of layers = [...] or log = K")
+    if "log" in spec:
+        k = _int(f"{name}.log", spec["log"], low=1)
+        layers = np.unique(np.rint(np.geomspace(1, depth, k)).astype(np.int64))
+    else:
+        values = [_int(f"{name}.layers", v) for v in _as_list(spec["layers"])]
+        if not values:
+            raise ConfigError(f"{name}.layers must hold at least one layer")
+        bad = [v for v in values if not 1 <= v <= depth]
+        if bad:
+            raise ConfigError(f"{name}.layers must lie in 1..{depth} (network.depth); got {bad[0]}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{name}.layers has repeated values")
+        layers = np.array(sorted(values), dtype=np.int64)
+    precision = _choice(f"{name}.precision", spec.get("precision", "float64"), SPECTRUM_PRECISIONS)
+    qr_every = _int(f"{name}.qr_every", spec.get("qr_every", 4 if precision == "float64" else 1), 1)
+    return {
+        "spectrum_layers": layers,
+        "spectrum_precision": precision,
+        "spectrum_qr_every": qr_every,
+    }
 
 
 def _extra_axes(architecture, grid):

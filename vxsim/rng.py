@@ -43,6 +43,7 @@ STREAM_OUTPUT_GRAD = 3  # dE/dh^L, the backprop seed direction
 STREAM_SEQUENCE = 4  # RNN inputs x_t (layer index = time step t)
 STREAM_GATE = 16  # RNN recurrent matrices W_g (tied): STREAM_GATE + gate index g, layer 0
 STREAM_GATE_INPUT = 32  # RNN input matrices U_g (tied): STREAM_GATE_INPUT + g, layer 0
+STREAM_LAW = 1024  # weight laws' extra draws: STREAM_LAW + source + ... (engines.weights)
 
 LN2 = 0.6931471805599453
 INV_2_32 = 2.0**-32

@@ -8,14 +8,16 @@ and readers (xarray's attributes come from the file's) need to know:
 * ``dtype``, ``fill`` (the value of a not-yet-computed entry);
 * ``long_name`` and ``units`` (CF attributes written beside the data);
 * ``modes``: which measurement modes produce it: "always", "jvp", "vjp"
-  ("both": only when jvp and vjp are measured together);
+  ("both": only when jvp and vjp are measured together), "spectrum" (only when
+  ``measure.spectrum`` asks for Jacobian singular values; ``Config.measured``);
 * ``role``: who writes it: "unit" (an engine, one hyperslab per work unit
   (width, sample)), "progress" (the store's own bookkeeping), "summary"
   (growth rates written when a sweep finishes; ``long_name`` there is a
   template with ``{per}``, the unit of the growth law).
 
-A per-unit variable has dims (width, GRID, sample[, layer]); it is per recorded
-layer when ``layer`` is its last dim. Adding one: an entry in ``CATALOGUE`` and
+A per-unit variable has dims (width, GRID, sample[, ...]); it is per recorded
+layer when ``layer`` is its last dim (the spectrum's are per spectrum_layer and
+singular value, sv). Adding one: an entry in ``CATALOGUE`` and
 the code that computes it in the engines (``run_unit`` returns it under its
 name, shaped like ``engines.base.result_shapes``); the file's schema, resume,
 merge, the shard files and ``open_results`` follow from the entry.
@@ -28,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 GRID = "*grid"  # placeholder in ``dims`` for the config's grid axes
-MODES = ("always", "jvp", "vjp", "both")
+MODES = ("always", "jvp", "vjp", "both", "spectrum")
 ROLES = ("unit", "progress", "summary")
 
 
@@ -53,6 +55,10 @@ class Variable(NamedTuple):
 UNIT_DIMS = ("width", GRID, "sample", "layer")
 POINT_DIMS = ("width", GRID, "sample")
 SUMMARY_DIMS = ("mode", "width", GRID)
+SPECTRUM_DIMS = ("width", GRID, "sample", "spectrum_layer", "sv")
+SPECTRUM_SUMMARY_DIMS = ("width", GRID, "spectrum_layer")
+# a summary statistic of lambda = s^2 beyond the float64 range is NaN, never inf
+_BEYOND = "; NaN where it lies beyond the float64 range"
 
 CATALOGUE = {
     v.name: v
@@ -92,6 +98,14 @@ CATALOGUE = {
             fill=0,
         ),
         Variable(
+            "log_singular_value",
+            SPECTRUM_DIMS,
+            np.float64,
+            "log s_i of the singular values of J^l = dh^l/dh^0 (trajectory 1), sorted "
+            "descending; NaN past the state dimension of a smaller width or where diverged",
+            modes="spectrum",
+        ),
+        Variable(
             "completed",
             ("width", "sample"),
             np.uint8,
@@ -127,6 +141,54 @@ CATALOGUE = {
             "jackknife standard error of growth_rate_annealed",
             role="summary",
         ),
+        Variable(
+            "lambda_mean",
+            SPECTRUM_SUMMARY_DIMS,
+            np.float64,
+            "mean over the singular values of lambda = s^2, mean over samples" + _BEYOND,
+            modes="spectrum",
+            role="summary",
+        ),
+        Variable(
+            "lambda_mean_se",
+            SPECTRUM_SUMMARY_DIMS,
+            np.float64,
+            "standard error of lambda_mean over samples" + _BEYOND,
+            modes="spectrum",
+            role="summary",
+        ),
+        Variable(
+            "lambda_var_norm",
+            SPECTRUM_SUMMARY_DIMS,
+            np.float64,
+            "Var(lambda)/mean(lambda)^2 over the singular values, mean over samples" + _BEYOND,
+            modes="spectrum",
+            role="summary",
+        ),
+        Variable(
+            "lambda_var_norm_se",
+            SPECTRUM_SUMMARY_DIMS,
+            np.float64,
+            "standard error of lambda_var_norm over samples" + _BEYOND,
+            modes="spectrum",
+            role="summary",
+        ),
+        Variable(
+            "s_max",
+            SPECTRUM_SUMMARY_DIMS,
+            np.float64,
+            "largest singular value of J^l, mean over samples" + _BEYOND,
+            modes="spectrum",
+            role="summary",
+        ),
+        Variable(
+            "s_max_se",
+            SPECTRUM_SUMMARY_DIMS,
+            np.float64,
+            "standard error of s_max over samples" + _BEYOND,
+            modes="spectrum",
+            role="summary",
+        ),
     )
 }
 
@@ -135,7 +197,8 @@ MODE_VARIABLE = {"jvp": "log_tangent_norm", "vjp": "log_grad_norm"}
 
 
 def produced(variable, modes):
-    """Whether a run measuring ``modes`` (a tuple of 'jvp'/'vjp') produces ``variable``."""
+    """Whether a run measuring ``modes`` (a tuple of 'jvp'/'vjp', and 'spectrum' when the
+    Jacobian spectrum is asked: ``Config.measured``) produces ``variable``."""
     if variable.modes == "always":
         return True
     if variable.modes == "both":
@@ -156,7 +219,7 @@ def of_role(role, config=None):
     return [
         v
         for v in CATALOGUE.values()
-        if v.role == role and (config is None or produced(v, config.modes))
+        if v.role == role and (config is None or produced(v, _measured(config)))
     ]
 
 
@@ -170,7 +233,7 @@ def stored_variables(config):
     return {
         v.name: dims_of(v, config.grid_dims)
         for v in CATALOGUE.values()
-        if v.role in ("unit", "progress") and produced(v, config.modes)
+        if v.role in ("unit", "progress") and produced(v, _measured(config))
     }
 
 
@@ -178,3 +241,8 @@ def attributes(name):
     """The CF attributes {long_name, units} of a catalogue variable ({} if unknown)."""
     v = CATALOGUE.get(name)
     return {} if v is None else {"long_name": v.long_name, "units": v.units}
+
+
+def _measured(config):
+    """config.measured (modes plus 'spectrum'), or its modes for a config that predates it."""
+    return getattr(config, "measured", config.modes)

@@ -94,7 +94,7 @@ def _layout(f, config, blocks, sources):
     coords = schema.coordinates(config)
     for name, values in coords.items():
         schema.scale(f, name, values)
-    f["layer"].attrs["long_name"] = "layer index l (1 = first hidden layer)"
+    schema.label(f)
     sizes = {k: len(v) for k, v in coords.items()}
     for name, dims in variables.stored_variables(config).items():
         v = variables.CATALOGUE[name]

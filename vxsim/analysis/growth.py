@@ -29,6 +29,7 @@ from ..fits import (  # noqa: F401  (analysis's names for the fit primitives)
     quiet,
     slopes,
 )
+from . import jacobian_spectrum
 
 MODE_VARIABLE = {"jvp": "log_tangent_norm", "vjp": "log_grad_norm"}
 
@@ -51,10 +52,8 @@ def summarise(data, coords, config):
         "annealed": f"growth rate {per} of log of the sample mean of squared gradient norm",
         "annealed_se": "jackknife standard error of growth_rate_annealed",
     }
-    return {
-        "mode": modes,
-        "growth_law": law,
-        "vars": {
-            f"growth_rate_{key}": (dims, np.stack(values), desc[key]) for key, values in out.items()
-        },
+    summary = {
+        f"growth_rate_{key}": (dims, np.stack(values), desc[key]) for key, values in out.items()
     }
+    summary.update(jacobian_spectrum.summarise(data, config))  # measure.spectrum's statistics
+    return {"mode": modes, "growth_law": law, "vars": summary}

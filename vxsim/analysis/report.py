@@ -37,7 +37,8 @@ def analyse(data, coords, config, summary):
     counts = boundary.resample_counts(config.samples, seed=config.seed)
     grid_dims = config.grid_dims
     point_dims = ("mode", "width") + grid_dims
-    edge_dims = ("mode", "width", "activation", "sigma_b2") + grid_dims[3:]
+    edge_dims = ("mode", "width") + config.edge_dims  # the point's dims but sigma_w2
+    sw = 1 + grid_dims.index("sigma_w2")  # its axis in (W, *grid) arrays
     out = {}
     for kind in ESTIMATORS:
         for suffix in ("ci_low", "ci_high"):
@@ -54,12 +55,12 @@ def analyse(data, coords, config, summary):
         )
         for kind, rep in zip(ESTIMATORS, reps, strict=True):
             lo, hi = boundary.interval(rep)
-            # crossings along sigma_w2 (axis 2 of W, A, Sw, Sb, ...): move it last
-            rates = np.moveaxis(full[kind], 2, -1)
+            # crossings along sigma_w2 (axis sw of W, A, [I], Sw, Sb, ...): move it last
+            rates = np.moveaxis(full[kind], sw, -1)
             edge = boundary.zero_crossing(config.sigma_w2, rates)
-            edge_reps = boundary.zero_crossing(config.sigma_w2, np.moveaxis(rep, 3, -1))
+            edge_reps = boundary.zero_crossing(config.sigma_w2, np.moveaxis(rep, sw + 1, -1))
             e_lo, e_hi = boundary.interval(edge_reps)
-            rep_flags = fits.crossing_flag(config.sigma_w2, np.moveaxis(rep, 3, -1))
+            rep_flags = fits.crossing_flag(config.sigma_w2, np.moveaxis(rep, sw + 1, -1))
             e_hi = np.where((rep_flags == 3).mean(axis=0) > tail, np.nan, e_hi)  # open above
             e_lo = np.where((rep_flags == 4).mean(axis=0) > tail, np.nan, e_lo)  # open below
             if not resampled:

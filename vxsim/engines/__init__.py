@@ -9,7 +9,10 @@ here run every one (an architecture names the engines that have kernels of their
 own for it in ``Architecture.fast_paths``; the others run ``generic``).
 """
 
+import dataclasses
 import importlib
+
+import numpy as np
 
 from ..errors import VxsimError
 
@@ -63,7 +66,26 @@ def run(module, config, width, sample):
     """One work unit (width, sample) on an engine module: the arrays of
     ``base.result_shapes``. Executors call this, never ``module.run_unit`` directly,
     so that what every engine shares (the weight laws, the spectrum) lives here once."""
-    return module.run_unit(config, width, sample)
+    if len(config.inits) > 1:
+        return _per_law(module, config, width, sample)
+    out = module.run_unit(config, width, sample)
+    if config.spectrum_layers.size:  # measure.spectrum: the Jacobian's singular values
+        from . import spectrum
+
+        out["log_singular_value"] = spectrum.run(
+            config, width, sample, module.spectrum_arrays(config), module.graded_svd
+        )
+    return out
+
+
+def _per_law(module, config, width, sample):
+    """A config of several weight laws (network.init) as one sub-config per law (its
+    init axis of length 1), stitched along the init axis (axis 1, after activation)."""
+    parts = [
+        run(module, dataclasses.replace(config, inits=(law,)), width, sample)
+        for law in config.inits
+    ]
+    return {name: np.concatenate([p[name] for p in parts], axis=1) for name in parts[0]}
 
 
 def numerics(module):

@@ -31,12 +31,13 @@ _DIVERGE_MARGIN = 1e-4
 
 @dataclass(frozen=True)
 class Grid:
-    """Per-point parameters of a unit's P batched grid points (activation outermost)."""
+    """Per-point parameters of a unit's P batched grid points (activation outermost, then init)."""
 
     sigma_w2: np.ndarray  # (P,)
     sigma_b2: np.ndarray  # (P,)
     groups: tuple  # ((Activation, param, slice of points), ...) one per activation
     extra: dict = None  # {axis name: (P,) values} of the architecture's further axes
+    init: np.ndarray = None  # (P,) index into config.inits of each point's weight law
 
     @property
     def points(self):
@@ -44,17 +45,24 @@ class Grid:
 
 
 def grid(config):
-    """Flatten the grid axes (activation, sigma_w2, sigma_b2, ...) into P points, C order."""
+    """Flatten the grid axes (activation, [init], sigma_w2, sigma_b2, ...) into P points, C order.
+
+    (A unit holds one weight law: engines.run splits the others off, so the init
+    axis is absent or of length 1 here; the flattening takes any length.)
+    """
     axes = [config.sigma_w2, config.sigma_b2, *config.extra_axes.values()]
     mesh = [m.ravel() for m in np.meshgrid(*axes, indexing="ij")]
-    per_act = mesh[0].size
+    n_init = len(config.inits) if config.init_axis else 1
+    block = mesh[0].size
+    per_act = n_init * block
     groups = tuple(
         (act, param, slice(i * per_act, (i + 1) * per_act))
         for i, (act, param) in enumerate(config.activation_specs)
     )
-    n_act = len(groups)
-    extra = {name: np.tile(m, n_act) for name, m in zip(config.extra_axes, mesh[2:], strict=True)}
-    return Grid(np.tile(mesh[0], n_act), np.tile(mesh[1], n_act), groups, extra)
+    reps = len(groups) * n_init
+    extra = {name: np.tile(m, reps) for name, m in zip(config.extra_axes, mesh[2:], strict=True)}
+    init = np.tile(np.repeat(np.arange(n_init), block), len(groups))
+    return Grid(np.tile(mesh[0], reps), np.tile(mesh[1], reps), groups, extra, init)
 
 
 def mem_available():
@@ -84,7 +92,15 @@ def result_shapes(config):
     return {
         v.name: shape + (config.layers.size,) if v.per_layer else shape
         for v in variables.of_role("unit", config)
+        if v.modes != "spectrum"  # engines.spectrum's, added by engines.run
     }
+
+
+def spectrum_shape(config):
+    """(grid..., spectrum layers, D) of log_singular_value, D the state dimension of the
+    largest width (a smaller width's values are padded with NaN)."""
+    D = config.state_dimension(max(config.widths))
+    return config.grid_shape + (config.spectrum_layers.size, D)
 
 
 def record_index(config):
@@ -109,7 +125,7 @@ def empty_results(config):
 
 
 def shape_results(config, flat):
-    """(P, ...) buffers -> (activation, sigma_w2, sigma_b2, ...) arrays."""
+    """(P, ...) buffers -> (activation, [init], sigma_w2, sigma_b2, ...) arrays."""
     return {k: v.reshape(config.grid_shape + v.shape[1:]) for k, v in flat.items()}
 
 
@@ -117,9 +133,11 @@ def estimate_unit_bytes(config, width):
     """Rough peak memory of one work unit on the NumPy/Numba engines, in bytes.
 
     Z in float64 and in the run's precision, about eight (N x P) state arrays,
-    and in VJP mode the checkpoints plus one recomputed segment of h.
+    and in VJP mode the checkpoints plus one recomputed segment of h. A unit runs
+    its weight laws one at a time (engines.run): the points of one law, plus the
+    float64 Z, Q and R of a law other than the Gaussian.
     """
-    n_points = int(np.prod(config.grid_shape))
+    n_points = int(np.prod(config.grid_shape)) // len(config.inits)
     item = config.dtype.itemsize
     gates = config.arch.gates  # N x N matrices per step (one per gate)
     matrices = 2 if config.recurrent else 1  # RNNs keep W and U (tied) for the whole unit
@@ -130,4 +148,22 @@ def estimate_unit_bytes(config, width):
         total += stored * width * n_points * item
     total += n_points * config.layers.size * 8 * 5
     total += ZSTORE_BYTES if "vjp" in config.modes else 0
+    total += 0 if config.gaussian_weights else 3 * width * width * 8
+    if config.spectrum_layers.size:
+        total = max(total, spectrum_unit_bytes(config, width))
     return int(total)
+
+
+def spectrum_unit_bytes(config, width):
+    """Peak memory of a unit's spectrum pass (engines.spectrum): per point the D-column
+    tangent block and about four more of its size (the model's temporaries), Q, K and
+    the QR's work, (D x D) x 4 in float64, and the results; plus the weights. One
+    weight law's points at a time (engines.run)."""
+    n_points = int(np.prod(config.grid_shape)) // len(config.inits)
+    D = config.state_dimension(width)
+    item = np.dtype(config.spectrum_precision).itemsize
+    gates = config.arch.gates
+    block = 5 * 2 * config.arch.gates * width * D * n_points * item
+    triangle = 4 * D * D * n_points * 8
+    results = n_points * config.spectrum_layers.size * D * 8
+    return int(block + triangle + results + 2 * gates * width * width * 8)

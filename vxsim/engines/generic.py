@@ -34,7 +34,7 @@ import contextlib
 import numpy as np
 
 from .. import rng
-from . import base, schedule
+from . import base, schedule, weights
 from .base import mean_square
 
 
@@ -68,6 +68,7 @@ class Unit:
         self.arrays = arrays or HostArrays()
         self.xp = self.arrays.xp
         self.grid = base.grid(config)
+        self.law = weights.unit_law(config)  # (Law, param): one per unit (engines.run)
         self.dtype = config.dtype
         self.P = self.grid.points
         homogeneous = np.zeros(self.P, dtype=bool)
@@ -85,10 +86,9 @@ class Unit:
         return self.arrays.asarray(x)
 
     def matrix(self, layer, stream=rng.STREAM_WEIGHT, dtype=None):
-        """Z (N x N, run precision unless ``dtype``) of (layer, stream) for this sample."""
-        return self.arrays.normal_matrix(
-            self.config, self.width, self.sample, layer, stream, dtype or self.dtype
-        )
+        """Z (N x N, run precision unless ``dtype``) of (layer, stream) for this sample,
+        under the config's weight law where the stream follows it (engines.weights)."""
+        return weights.matrix(self, layer, stream, dtype or self.dtype)
 
     def tied(self, key, make):
         """A per-unit constant (tied RNN weights, per-point parameters), made once."""

@@ -536,6 +536,20 @@ class _Unit:
         return base.shape_results(self.config, layout.results(self.config, self.res, self.pi))
 
 
+def spectrum_arrays(config):
+    """Where engines.spectrum keeps a unit on this engine: NumPy, the parallel generator."""
+    from . import generic, numba_normals
+
+    return generic.HostArrays(numba_normals.normal_matrix, store_budget)
+
+
+def graded_svd(b, U):
+    """The Jacobian spectrum's graded SVD on all cores (numba_graded_svd)."""
+    from .numba_graded_svd import log_singular_values
+
+    return log_singular_values(b, U)
+
+
 @gemm.deterministic
 def run_unit(config, width, sample, path=None):
     """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
@@ -544,7 +558,7 @@ def run_unit(config, width, sample, path=None):
     their model's NumPy step (engines.generic) with BLAS GEMMs and weights from
     the parallel generator, bit-identical to the oracle's.
     """
-    if NAME not in config.arch.fast_paths:
+    if NAME not in config.arch.fast_paths or not config.gaussian_weights:  # laws: generic
         from . import generic, numba_normals
 
         arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)

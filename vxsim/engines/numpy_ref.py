@@ -17,6 +17,7 @@ is recomputed from its checkpoint with weights regenerated from the counter.
 """
 
 from . import gemm, generic
+from .graded_svd import log_singular_values as graded_svd  # noqa: F401  (engines.spectrum)
 
 NAME = "numpy"
 
@@ -33,3 +34,8 @@ def numerics():
 def run_unit(config, width, sample):
     """Run one (width, sample) for every grid point; arrays shaped like base.result_shapes."""
     return generic.run_unit(config, width, sample)
+
+
+def spectrum_arrays(config):
+    """Where engines.spectrum keeps a unit on this engine: NumPy, rng's weights."""
+    return generic.HostArrays()

@@ -51,6 +51,8 @@ def _wrap(x):
         return DeviceArray(x)
     if isinstance(x, np.generic):
         return DeviceArray(np.asarray(x))
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # NumPy's named results (QRResult)
+        return tuple(_wrap(v) for v in x)  # CuPy returns plain tuples
     if isinstance(x, (list, tuple)):
         return type(x)(_wrap(v) for v in x)
     return x
@@ -136,8 +138,13 @@ class _Namespace:
 
     __name__ = "vxsim.engines.strict_arrays.xp"
 
+    def __init__(self, module=np):
+        self._module = module
+
     def __getattr__(self, name):
-        obj = getattr(np, name)
+        if name == "linalg":
+            return _Namespace(np.linalg)  # cupy.linalg: QR (the orthogonal weight law)
+        obj = getattr(self._module, name)
         if isinstance(obj, type) or not callable(obj):
             return obj  # dtypes and constants (xp.float32, xp.nan)
         if name in _TRANSFERS:

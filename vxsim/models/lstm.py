@@ -55,6 +55,7 @@ from .mlp import scale
 
 LOG_SCALE = False
 TIED_WEIGHTS = True  # weights(unit, t): one [Z_i; Z_f; Z_g; Z_o] for every step
+TANGENT_BLOCKS = 2  # a tangent is [dh; dc], 2N rows: the Jacobian spectrum has 2N values
 STEP_VALUES = 10  # (N, P) arrays of gate values a VJP keeps per step (gates.remember)
 GATES = ("i", "f", "g", "o")  # gate k uses streams STREAM_GATE + k, STREAM_GATE_INPUT + k
 I, F, G, O = 0, 1, 2, 3  # gate k: rows k N : (k + 1) N of the stacked pre-activations
@@ -173,5 +174,6 @@ ARCHITECTURE = Architecture(
     gates=len(GATES),
     streams=streams(len(GATES)),
     growth_law="exponential",
+    fast_paths=("cuda",),  # fused step kernels (engines.cuda_rnn)
     mean_field=None,  # no mean-field theory: measured only
 )

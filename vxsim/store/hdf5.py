@@ -181,7 +181,7 @@ class Writer:
 
 def unit_index(ds, width_index, sample):
     """The hyperslab of one work unit (width, sample) in a per-unit dataset."""
-    return (width_index, Ellipsis, sample) + ((slice(None),) if _has_layer(ds) else ())
+    return (width_index, Ellipsis, sample) + (slice(None),) * _after_sample(ds)
 
 
 def read_unit_variables(path):
@@ -190,9 +190,11 @@ def read_unit_variables(path):
         names = [v.name for v in variables.CATALOGUE.values() if v.role in ("unit", "progress")]
         data = {name: f[name][...] for name in names if name in f}
         coords = {name: f[name][...] for name in file_dims(f)}
-        coords["activation"] = np.array(
-            [s.decode() if isinstance(s, bytes) else s for s in coords["activation"]]
-        )
+        for name in ("activation", "init"):
+            if name in coords:
+                coords[name] = np.array(
+                    [s.decode() if isinstance(s, bytes) else s for s in coords[name]]
+                )
         attrs = dict(f.attrs)
     return data, coords, attrs
 
@@ -227,14 +229,17 @@ def _copy(src, dst, done):
     if dst.chunks is None:
         dst[...] = src[...]
         return
-    tail = (slice(None),) if _has_layer(dst) else ()
+    tail = (slice(None),) * _after_sample(dst)
     for wi, sample in zip(*np.nonzero(done), strict=True):
         index = (int(wi), Ellipsis, int(sample)) + tail
         dst[index] = src[index]
 
 
-def _has_layer(ds):
-    return ds.dims[ds.ndim - 1][0].name.endswith("/layer")
+def _after_sample(ds):
+    """How many dims follow ``sample`` in a per-unit dataset (layer: 1; the spectrum's
+    spectrum_layer, sv: 2; none: 0)."""
+    names = [ds.dims[i][0].name.rsplit("/", 1)[-1] for i in range(ds.ndim)]
+    return ds.ndim - 1 - names.index("sample")
 
 
 def open_results(path, group=None):

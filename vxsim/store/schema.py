@@ -4,7 +4,8 @@ Every variable's dims, dtype, fill value and CF attributes come from the
 catalogue (``vxsim.variables``); this module turns them into HDF5 datasets with
 netCDF-4 dimension scales, so that xarray (``open_results``) reads them labelled.
 
-    coordinates  width, activation, sigma_w2, sigma_b2, [extra], sample, layer
+    coordinates  width, activation, [init], sigma_w2, sigma_b2, [extra], sample, layer
+                 (init only where network.init is given: weight laws, vxsim.laws)
     per unit     the catalogue's role-"unit" variables this config's modes produce
     progress     completed (width, sample)
     attributes   vxsim_version, config (canonical JSON), config_text, backend, device,
@@ -28,12 +29,41 @@ def coordinates(config):
     return {
         "width": np.array(config.widths, dtype=np.int64),
         "activation": np.array(config.activations, dtype=object),
+        **({"init": np.array(config.inits, dtype=object)} if config.init_axis else {}),
         "sigma_w2": np.asarray(config.sigma_w2, dtype=np.float64),
         "sigma_b2": np.asarray(config.sigma_b2, dtype=np.float64),
         **{k: np.asarray(v, dtype=np.float64) for k, v in config.extra_axes.items()},
         "sample": np.arange(config.samples, dtype=np.int64),
         "layer": np.asarray(config.layers, dtype=np.int64),
+        **spectrum_coordinates(config),
     }
+
+
+def spectrum_coordinates(config):
+    """spectrum_layer (the layers l of measure.spectrum) and sv (0..D-1, D the state
+    dimension of the largest width) where the Jacobian spectrum is measured; else {}."""
+    layers = getattr(config, "spectrum_layers", np.zeros(0))
+    if not len(layers):
+        return {}
+    D = config.state_dimension(max(config.widths))
+    return {
+        "spectrum_layer": np.asarray(layers, dtype=np.int64),
+        "sv": np.arange(D, dtype=np.int64),
+    }
+
+
+COORDINATE_NAMES = {
+    "layer": "layer index l (1 = first hidden layer)",
+    "spectrum_layer": "layer l of the Jacobian J^l whose singular values are stored",
+    "sv": "index of the singular value, largest first",
+}
+
+
+def label(f):
+    """The long_name of the coordinates that have one."""
+    for name, text in COORDINATE_NAMES.items():
+        if name in f:
+            f[name].attrs["long_name"] = text
 
 
 def scale(f, name, values):
@@ -72,7 +102,7 @@ def layout(f, config, compressed):
     coords = coordinates(config)
     for name, values in coords.items():
         scale(f, name, values)
-    f["layer"].attrs["long_name"] = "layer index l (1 = first hidden layer)"
+    label(f)
     sizes = {k: len(v) for k, v in coords.items()}
     out = {}
     for name, var_dims in variables.stored_variables(config).items():

@@ -51,6 +51,7 @@ def summarise_file(path):
             "width": widths.tolist(),
             "depth": cfg["network"]["depth"],
             "activation": acts,
+            **({"init": _text(f["init"][...])} if "init" in f else {}),
             "sigma_w2_range": [float(sw2.min()), float(sw2.max())],
             "n_sigma_w2": int(sw2.size),
             "sigma_b2": sb2.tolist(),
@@ -66,6 +67,7 @@ def summarise_file(path):
             "shard": None,
         }
         out["missing_parts"] = _missing_parts(f, path)
+        out["spectrum"] = _spectrum(f)
         extra = _extra_coords(f)
         out["architecture_axes"] = {k: v.tolist() for k, v in extra.items()}
         out["growth_law"] = str(f.attrs.get("growth_law", "exponential"))
@@ -78,28 +80,53 @@ def summarise_file(path):
                 "units_done": int((completed & owned).sum()),
             }
         if "growth_rate_quenched" in f and out["growth_law"] == "power":
-            out["exponents"] = _exponent_rows(f, widths, acts, sw2, sb2, extra)
+            out["exponents"] = _exponent_rows(f)
         elif "growth_rate_quenched" in f:
-            modes = _text(f["mode"][...])
-            rates = np.moveaxis(f["growth_rate_quenched"][...], 3, -1)  # sigma_w2 last
+            ds = f["growth_rate_quenched"]
+            dims = _dims(ds)
+            sw = dims.index("sigma_w2")
+            rates = np.moveaxis(ds[...], sw, -1)  # sigma_w2 last
+            point_dims = dims[:sw] + dims[sw + 1 :]
             theory = (
                 f["analysis/theory_critical_sigma_w2"][...]
                 if "analysis" in f
-                else np.full((len(acts), sb2.size) + tuple(v.size for v in extra.values()), np.nan)
+                else np.full(rates.shape[2:-1], np.nan)
             )
+            labels = _labels(f, point_dims)
             for idx in np.ndindex(rates.shape[:-1]):
-                m, w, a, b = idx[:4]
                 row = {
-                    "mode": modes[m],
-                    "width": int(widths[w]),
-                    "activation": acts[a],
-                    "sigma_b2": float(sb2[b]),
-                    **_extra_row(extra, idx[4:]),
+                    **_row(labels, idx),
                     "sigma_w2": _num(zero_crossing(sw2, rates[idx])),
-                    "theory_sigma_w2": _num(theory[(a, b) + idx[4:]]),
+                    "theory_sigma_w2": _num(theory[idx[2:]]),
                 }
                 out["crossings"].append(row)
     return out
+
+
+def _dims(ds):
+    """The dimension names of a labelled dataset (its scales)."""
+    return tuple(ds.dims[i][0].name.rsplit("/", 1)[-1] for i in range(ds.ndim))
+
+
+def _labels(where, dims):
+    """[(dim, values)] of the coordinates ``dims`` of a file or group, as Python values:
+    str for the named axes (mode, activation, init), int widths, float otherwise."""
+    out = []
+    for d in dims:
+        values = where[d][...]
+        if d in ("mode", "activation", "init"):
+            values = _text(values)
+        elif d == "width":
+            values = [int(v) for v in values]
+        else:
+            values = [float(v) for v in values]
+        out.append((d, values))
+    return out
+
+
+def _row(labels, idx):
+    """{dim: value} of one point ``idx`` of the axes ``labels``."""
+    return {d: values[i] for (d, values), i in zip(labels, idx, strict=True)}
 
 
 def boundary_rows(path):
@@ -122,9 +149,8 @@ def boundary_rows(path):
                 "with `vxsim sweep ... --resume`"
             )
         g = f["analysis"]
-        modes, widths = _text(g["mode"][...]), g["width"][...]
-        acts, sb2 = _text(g["activation"][...]), g["sigma_b2"][...]
-        extra = _extra_coords(f)
+        modes = _text(g["mode"][...])
+        labels = _labels(g, _dims(g["critical_sigma_w2_quenched"]))
         theory = g["theory_critical_sigma_w2"][...]
         est = {
             kind: [g[f"critical_sigma_w2_{kind}{sfx}"][...] for sfx in ("", "_ci_low", "_ci_high")]
@@ -139,25 +165,42 @@ def boundary_rows(path):
     rows = []
     for kind, (x, lo, hi) in est.items():
         for idx in np.ndindex(x.shape):
-            m, w, a, b = idx[:4]
             rows.append(
                 {
-                    "mode": modes[m],
                     "estimator": kind,
-                    "width": int(widths[w]),
-                    "activation": acts[a],
-                    "sigma_b2": float(sb2[b]),
-                    **_extra_row(extra, idx[4:]),
+                    **_row(labels, idx),
                     "critical_sigma_w2": _num(x[idx]),
                     "ci_low": _num(lo[idx]),
                     "ci_high": _num(hi[idx]),
-                    "theory_sigma_w2": _num(theory[(a, b) + idx[4:]]),
+                    "theory_sigma_w2": _num(theory[idx[2:]]),
                     "flag": None if flags[kind] is None else CROSSING_FLAGS[int(flags[kind][idx])],
                     "note": _interval_note(samples, lo[idx], hi[idx], x[idx]),
                 }
             )
     rows.sort(key=lambda r: (modes.index(r["mode"]), r["estimator"] != "quenched"))
     return rows
+
+
+SPECTRUM_VARIABLES = (
+    "log_singular_value",
+    "lambda_mean",
+    "lambda_mean_se",
+    "lambda_var_norm",
+    "lambda_var_norm_se",
+    "s_max",
+    "s_max_se",
+)
+
+
+def _spectrum(f):
+    """The Jacobian spectrum a file holds: {layers, sv, variables}, or None."""
+    if "spectrum_layer" not in f:
+        return None
+    return {
+        "layers": f["spectrum_layer"][...].tolist(),
+        "sv": int(f["sv"].size),
+        "variables": [name for name in SPECTRUM_VARIABLES if name in f],
+    }
 
 
 def _missing_parts(f, path):
@@ -190,22 +233,18 @@ def _interval_note(samples, lo, hi, x):
     return None
 
 
-def _exponent_rows(f, widths, acts, sw2, sb2, extra):
+def _exponent_rows(f):
     """Power-law files (residual): one row per (mode, point) with the fitted exponent."""
-    modes = _text(f["mode"][...])
-    rates = f["growth_rate_quenched"][...]
+    ds = f["growth_rate_quenched"]
+    rates = ds[...]
     theory = f["analysis/theory_growth_rate"][...] if "analysis/theory_growth_rate" in f else None
+    labels = _labels(f, _dims(ds))
     rows = []
     for idx in np.ndindex(rates.shape):
-        m, w, a, s, b = idx[:5]
+        m = idx[0]
         rows.append(
             {
-                "mode": modes[m],
-                "width": int(widths[w]),
-                "activation": acts[a],
-                "sigma_w2": float(sw2[s]),
-                "sigma_b2": float(sb2[b]),
-                **_extra_row(extra, idx[5:]),
+                **_row(labels, idx),
                 "exponent": _num(rates[idx]),
                 "theory_exponent": None if theory is None else _num(theory[(m,) + idx[2:]]),
             }
@@ -217,10 +256,6 @@ def _extra_coords(f):
     """{name: values} of the architecture's grid axes after sigma_b2 (empty for the MLP)."""
     names = file_dims(f)
     return {k: f[k][...] for k in names[names.index("sigma_b2") + 1 : -2]}
-
-
-def _extra_row(extra, idx):
-    return {k: float(v[i]) for (k, v), i in zip(extra.items(), idx, strict=True)}
 
 
 def _num(value):

@@ -13,7 +13,14 @@ the two families of hooks are here:
 * ``power_law_rates``: no fixed point and no critical line; the growth exponent
   of the mean-field residual gradient curve (``theory.residual``), fitted as the
   data are.
+
+The weight laws (``network.init``, vxsim.laws) all have unit-variance entries
+(orthogonal: unit-norm rows scaled by sqrt N), whose mean field is the Gaussian
+one: ``predict`` computes on the config without its init axis and repeats the
+values along it.
 """
+
+import dataclasses
 
 import numpy as np
 
@@ -96,12 +103,25 @@ def power_law_rates(config):
     return {"rate": out}
 
 
+def _along_init(config, values):
+    """Theory of the init-less grid repeated along the init axis (axis 1 of the grid)."""
+    n = len(config.inits)
+    out = {}
+    for key, v in values.items():
+        axis = 2 if key == "rate" else 1  # rate has the mode axis first
+        out[key] = np.repeat(np.expand_dims(v, axis), n, axis=axis)
+    return out
+
+
 def predict(config):
     """{name: (dims, array, description)} of the theory for ``config``'s grid."""
-    values = empty(config)
+    flat = dataclasses.replace(config, inits=("gaussian",), init_axis=False)
+    values = empty(flat)
     hook = config.arch.mean_field
     if hook is not None:
-        values.update(hook(config))
+        values.update(hook(flat))
+    if config.init_axis:
+        values = _along_init(config, values)
     dims = config.grid_dims
     return {
         "theory_log_chi1": (
@@ -118,7 +138,7 @@ def predict(config):
             "same layers as the data (NaN: no theory for this architecture)",
         ),
         "theory_critical_sigma_w2": (
-            ("activation", "sigma_b2") + dims[3:],
+            config.edge_dims,
             values["critical"],
             "mean-field critical sigma_w2 (chi1 = 1) for the same sigma_b2 (NaN: none)",
         ),
