@@ -211,3 +211,14 @@ def test_cli_errors_are_one_line(synthetic, tmp_path):
     write_file(plain, spectrum=False)
     r = invoke("plot", "spectrum", plain, "-o", out)
     assert r.exit_code == 2 and "has no spectrum" in r.output
+
+
+def test_missing_values_are_not_counted_but_zeros_are():
+    """NaN (past a smaller width's N, diverged samples) is no value; -inf (lambda = 0) is."""
+    from vxsim.plot.spectrum import measured
+
+    log_s = np.array([[0.0, 0.1, -np.inf, np.nan], [0.05, np.nan, np.nan, np.nan]])
+    bins = np.linspace(-1, 1, 5)
+    heights, outside = measured(log_s, bins)
+    assert np.sum(heights * np.diff(bins)) == pytest.approx(3 / 4)  # 3 of 4 values on axis
+    assert outside == pytest.approx(1 / 4)

@@ -93,3 +93,37 @@ def test_overflowing_mean_keeps_its_log():
     assert mean[1, 0, 0, 0, 1] == 0.0
     expected = 1200 * math.log(0.8) + 1199 * math.log(0.5)
     assert log_mean[1, 0, 0, 0, 1] == pytest.approx(expected)
+
+
+def test_a_sweep_with_a_spectrum_stores_the_theory_beside_it(tmp_path):
+    """End to end (numpy engine): the analysis group holds the theory with the data's dims,
+    equal to theory.spectrum.moments at each point."""
+    import vxsim
+    from tests.conftest import small_config
+
+    config = small_config(
+        network__width=16,
+        network__depth=4,
+        network__activation=["relu"],
+        network__init=["gaussian", "orthogonal"],
+        measure__spectrum={"layers": [2, 4]},
+        monte_carlo__samples=2,
+        grid__sigma_w2=[1.5, 2.0],
+        grid__sigma_b2=[0.0],
+    )
+    path = str(tmp_path / "spec.h5")
+    vxsim.run_sweep(config, path, backend="numpy")
+    root = vxsim.open_results(path)
+    analysis = vxsim.open_results(path, group="analysis")
+    try:
+        th = analysis["theory_lambda_var_norm"]
+        assert th.dims == root["lambda_var_norm"].dims[1:]
+        assert list(th["init"].values) == ["gaussian", "orthogonal"]
+        # relu: l (-s1) + (l - 1) (mu2/mu1^2 - 1) = l (-s1) + l - 1
+        np.testing.assert_allclose(th.sel(init="gaussian").values[0, :, 0], [[3, 7], [3, 7]])
+        np.testing.assert_allclose(th.sel(init="orthogonal").values[0, :, 0], [[1, 3], [1, 3]])
+        mean = analysis["theory_lambda_mean"].sel(init="orthogonal", sigma_w2=1.5).values
+        np.testing.assert_allclose(mean[0, 0], [1.5**2 / 2, 1.5**4 / 8])
+    finally:
+        root.close()
+        analysis.close()

@@ -75,6 +75,8 @@ def test_weight_law_table():
         assert sp._weight_law(label) == (-1.0, "marchenko_pastur")
     with pytest.raises(VxsimError, match="unknown weight law"):
         sp._weight_law("cauchy")
+    with pytest.raises(VxsimError, match="student_t"):
+        sp._weight_law("student_t(1)")  # nu > 2
 
 
 def test_moments_closed_forms():

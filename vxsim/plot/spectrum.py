@@ -20,7 +20,9 @@ infinite log; where the theory has an atom at 0, values under ZERO_BELOW = 1e-24
 times their sample's largest lambda count as 0) are left out of the bars but not of
 the normalisation; the legend gives the fraction of values outside the axis. The
 bars then carry the continuous part's mass, as the curve does. The theory curve is the
-fixed-point law: where the input's q0 is far from q*, the first layers of the data
+fixed-point law (its integrable edge singularities, e.g. an orthogonal tanh net at
+l = 2, are cut at 1.2 times the highest bar or the highest value of the curves at the bins'
+centres): where the input's q0 is far from q*, the first layers of the data
 lie off it (``vxsim theory spectrum`` gives the trajectory's moments).
 """
 
@@ -59,13 +61,14 @@ def pick_layers(values, wanted=None, max_layers=MAX_LAYERS, where="the file"):
 def measured(log_s, bins):
     """(heights, fraction outside) of log10 lambda = 2 log_s / ln 10 over all values.
 
-    heights: density per unit log10 lambda, normalised by the count of all values
-    (non-finite ones and those outside ``bins`` included).
+    heights: density per unit log10 lambda, normalised by the count of the values
+    that exist: -inf (lambda = 0) and those outside ``bins`` included, NaN (past a
+    smaller width's N in the sv axis, or a diverged sample) not.
     """
     u = 2.0 * np.ravel(log_s) / LN10
     finite = u[np.isfinite(u)]
     counts, _ = np.histogram(finite, bins=bins)
-    total = u.size
+    total = int(np.count_nonzero(~np.isnan(u)))
     heights = counts / (total * np.diff(bins)) if total else counts * 0.0
     return heights, 1.0 - counts.sum() / max(total, 1)
 
@@ -163,9 +166,11 @@ def _draw(log_s, layers, curves, title, size):
     ax = fig.add_subplot()
     handles, labels = [], []
     notes = []
+    tops = [0.0]
     for k, layer in enumerate(layers):
         c = style.colour(k)
         heights, outside = measured(log_s[k], bins)
+        tops.append(float(heights.max()))
         ax.stairs(heights, bins, color=c, fill=True, alpha=0.25, lw=0)
         ax.stairs(heights, bins, color=c, lw=0.8)
         text = f"$l$ = {layer}"
@@ -183,8 +188,11 @@ def _draw(log_s, layers, curves, title, size):
         else:
             keep = (x >= lo) & (x <= hi)
             ax.plot(x[keep], r[keep], color=c, lw=1.1, ls=(0, (3, 2)), zorder=3)
+            centres = 0.5 * (bins[1:] + bins[:-1])
+            tops.append(float(np.max(np.interp(centres, x, r, left=0.0, right=0.0))))
     ax.set_xlim(lo, hi)
-    ax.set_ylim(bottom=0.0)
+    # an integrable edge singularity (orthogonal nets at small l) would flatten the rest
+    ax.set_ylim(0.0, 1.2 * max(tops) or 1.0)
     ax.set_xlabel(r"$\log_{10}\lambda$,  $\lambda = s^2$ of $J^{\,l}$")
     ax.set_ylabel(r"density of $\log_{10}\lambda$")
     keys = [

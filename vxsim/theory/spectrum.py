@@ -73,6 +73,7 @@ import numpy as np
 from numpy.polynomial.legendre import leggauss
 from scipy import special
 
+from vxsim import laws
 from vxsim.errors import VxsimError
 from vxsim.theory import gaussian, meanfield
 
@@ -90,16 +91,15 @@ _GL_T, _GL_W = leggauss(20)
 def _weight_law(label):
     """(s1, free_law) of a weight law label ("gaussian", "orthogonal", "student_t(5)", ...).
 
-    The law's name is the label up to "(": orthogonal -> (0, "haar"); the laws with
-    i.i.d. entries of unit variance -> (-1, "marchenko_pastur"). Unknown names raise.
+    From the law's record in vxsim.laws: s1 = -1 and "marchenko_pastur" for the laws
+    with i.i.d. entries of unit variance, 0 and "haar" for orthogonal. A label that
+    is no law raises VxsimError naming the allowed ones.
     """
-    name = str(label).split("(")[0].strip().lower()
-    table = {"orthogonal": (0.0, "haar")}
-    iid = ("gaussian", "uniform", "rademacher", "student_t")
-    if name not in table and name not in iid:
-        allowed = ", ".join(("orthogonal",) + iid)
-        raise VxsimError(f"unknown weight law {label!r}; allowed: {allowed}")
-    return table.get(name, (-1.0, "marchenko_pastur"))
+    try:
+        law, _ = laws.parse(label)
+    except ValueError as err:
+        raise VxsimError(str(err)) from None
+    return float(law.s1), law.free_law
 
 
 class Moments(NamedTuple):
