@@ -20,14 +20,14 @@ Prints, each section on its own, timed, and a FAIL with its reason if it breaks
 4b. the path crossover: per-layer time of both paths on a grid of widths and
    grid sizes P, beside the cost model's estimates (cuda_paths.layer_seconds),
    and which path engine.path = "auto" picks against which was faster;
-5. the residual (engines.generic on CuPy arrays), Elman, GRU and LSTM networks
-   (their fused step kernels, engines.cuda_rnn): seconds per work unit and
+5. the residual (its fused epilogue, engines.cuda_residual), Elman, GRU and LSTM
+   networks (their fused step kernels, engines.cuda_rnn): seconds per work unit and
    network-steps per second;
 5b. the RNNs' fused steps (issue 14): agreement with the NumPy oracle for each
-   of Elman, GRU and LSTM on the device (both precisions, jvp+vjp), then the wall
-   time of Elman tanh, width 256, 1,000 grid points, 10,000 steps, JVP+VJP
-   (target on an H200: under 10 s) and of LSTM, width 1024, 1,000 points,
-   1,000 steps (target under 10 s);
+   of Elman, GRU, LSTM and the residual net's epilogue on the device (both
+   precisions, jvp+vjp), then the wall time of Elman tanh, width 256, 1,000
+   grid points, 10,000 steps, JVP+VJP (target on an H200: under 10 s) and of
+   LSTM, width 1024, 1,000 points, 1,000 steps (target under 10 s);
 6. the wall time of the Schoenholz et al. (2017) tanh phase diagram
    (data/schoenholz2017_tanh.toml as written: width 1000, depth 1000, 40 x 40
    grid, 8 samples, JVP and VJP) and its boundary beside the theory's.
@@ -471,14 +471,14 @@ def rnn_section(sizes, clock):
     from vxsim.engines import cuda_gpu, numpy_ref
 
     W, L = sizes["rnn_oracle"]
-    for arch in ("rnn", "gru", "lstm"):
+    for arch in ("rnn", "gru", "lstm", "residual"):
         for precision in ("float32", "float64"):
             cfg = make_config(f'network.architecture="{arch}"',
                               f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]", "engine.checkpoint=7",
                               width=W, depth=L, precision=precision)  # fmt: skip
             got = cuda_gpu.run_unit(cfg, W, 1)
             assert_same(got, numpy_ref.run_unit(cfg, W, 1), TOL[precision], f"{arch} {precision}")
-        say(f"{arch:5s} width {W}, {L} steps, float32 and float64, jvp+vjp: the oracle's numbers")
+        say(f"{arch:8s} width {W}, {L} steps, float32 and float64, jvp+vjp: the oracle's numbers")
     say(
         "persistent small-width kernel vs graph path crossover: not measured (no persistent "
         "RNN kernel yet; the step kernels run at every width)"

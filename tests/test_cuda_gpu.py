@@ -201,15 +201,15 @@ def test_depth_2000_finite_and_deep_fused():
 
 
 def test_architectures_match_oracle():
-    """residual (engines.generic on CuPy arrays) and rnn, gru, lstm (their fused step
-    kernels, engines.cuda_rnn; and engines.generic with path='generic') against the
-    oracle, every mode, both precisions, within the engine tolerances (cuBLAS and
-    CuPy's elementwise kernels round differently from OpenBLAS and NumPy); and the
-    residual net's Z^l, drawn on the device, are rng's bit for bit."""
+    """residual (its fused epilogue, engines.cuda_residual) and rnn, gru, lstm (their
+    fused step kernels, engines.cuda_rnn), and each with path='generic' (engines.generic
+    on CuPy arrays) against the oracle, every mode, both precisions, within the engine
+    tolerances (cuBLAS and CuPy's elementwise kernels round differently from OpenBLAS
+    and NumPy); and the residual net's Z^l, drawn on the device, are rng's bit for bit."""
     for arch, axis in ARCH_AXES.items():
         for precision in ("float64", "float32"):
             for mode in ("jvp", "vjp"):
-                for path in (None, "generic") if arch != "residual" else (None,):
+                for path in (None, "generic"):
                     cfg = make_config(
                         f'network.architecture="{arch}"',
                         f"grid.{axis}=[0.5, 1.0]",

@@ -462,15 +462,19 @@ def test_strict_arrays_refuse_what_cupy_refuses():
 
 
 def test_sweep_on_the_cuda_engine_is_the_numpy_sweep(tmp_path, monkeypatch, host):
-    """``vxsim sweep --backend cuda`` of a residual net (the generic path), with the host
+    """``vxsim sweep --backend cuda`` of a residual net on the generic path, with the host
     stand-in as the GPU: the file's measurements equal the oracle's run. (An LSTM's sweep,
-    on its fused step kernels: tests/test_cuda_rnn_host.py.)"""
+    on its fused step kernels: tests/test_cuda_rnn_host.py; the residual net's fused
+    epilogue: tests/test_cuda_residual_host.py.)"""
+    import functools
+
     import h5py
 
     from vxsim.sweep import run_sweep
 
     monkeypatch.setattr(cuda_gpu, "available", lambda: True)
     monkeypatch.setattr(cuda_gpu, "gpu_backend", lambda precision: host["float64"])
+    monkeypatch.setattr(cuda_gpu, "run_unit", functools.partial(cuda_gpu.run_unit, path="generic"))
     cfg = _arch_config("residual", "float64", "both", depth=10)
     files = {b: run_sweep(cfg, str(tmp_path / f"{b}.h5"), backend=b) for b in ("cuda", "numpy")}
     with h5py.File(files["cuda"], "r") as a, h5py.File(files["numpy"], "r") as b:
@@ -594,8 +598,8 @@ def test_launch_shapes_and_kernels_used(host):
         for name, grid, block, smem in be.launches:
             seen.setdefault(name, set()).add((grid, block, smem))
     P = int(np.prod(cfg.grid_shape))
-    rnn_seen = {}  # the RNNs' step kernels (kernels/rnn.cu), every mode
-    for arch in ("rnn", "gru", "lstm"):
+    rnn_seen = {}  # the RNNs' step kernels (kernels/rnn.cu), the residual's (residual.cu)
+    for arch in ("rnn", "gru", "lstm", "residual"):
         rnn_cfg = _arch_config(arch, "float32", "both", depth=9)
         be = cuda_host.HostBackend("float32")
         cuda_gpu.run_unit(rnn_cfg, 40, 0, backend=be)

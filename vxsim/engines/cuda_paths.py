@@ -75,6 +75,8 @@ def choose_path(config, width):
     fused path where it fits in shared memory and the cost model says it is faster."""
     if config.recurrent:
         return "steps"  # an RNN's fused step kernels (cuda_rnn)
+    if config.arch.name == "residual":
+        return "residual"  # the GEMM path with the skip's fused epilogue (cuda_residual)
     if config.path in ("gemm", "fused"):
         return config.path
     if not fused_fits(config, width):
@@ -162,6 +164,10 @@ def check_unit(config, width, path, free_bytes=None):
             need = base.estimate_unit_bytes(config, width)  # the same arrays as on the CPU
         elif path == "steps":
             from .cuda_rnn import device_bytes
+
+            need = device_bytes(config, width)
+        elif path == "residual":
+            from .cuda_residual import device_bytes
 
             need = device_bytes(config, width)
         else:
