@@ -69,9 +69,10 @@ def run_unit(config, width, sample, path=None, backend=None):
 
         check_unit(config, width, None, getattr(backend, "free_bytes", None))
         return generic.run_unit(config, width, sample, DeviceArrays(backend))
-    if config.recurrent:
-        check_unit(config, width, "steps", getattr(backend, "free_bytes", None))
-        return cuda_rnn.run_unit(config, width, sample, backend)
+    if config.recurrent:  # path: 'steps' or 'persistent' (Elman's small widths), or chosen
+        path = path if path in ("steps", "persistent") else choose_path(config, width)
+        check_unit(config, width, path, getattr(backend, "free_bytes", None))
+        return cuda_rnn.run_unit(config, width, sample, backend, path)
     if config.arch.name == cuda_residual.ARCH:
         check_unit(config, width, "residual", getattr(backend, "free_bytes", None))
         return cuda_residual.run_unit(config, width, sample, backend)
