@@ -775,4 +775,5 @@ def test_gpu_check_script_dry_run(tmp_path):
         assert re.search(rf"^{arch} +width \d+, .* k network-steps/s", out, re.M), (arch, out)
     assert re.search(r"engine [\d.]+ TFLOP/s effective, cupy.matmul [\d.]+ TFLOP/s, ratio", out)
     assert re.search(r"fused/gemm speedup at width \d+, jvp: [\d.]+", out)
+    assert re.search(r"persistent vs graph-path crossover: (width \d+|above \d+)", out), out
     assert re.search(r"schoenholz2017_tanh: .* wall time [\d.]+ s", out)

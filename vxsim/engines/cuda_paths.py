@@ -188,7 +188,8 @@ def check_unit(config, width, path, free_bytes=None):
             f"engine.path = 'fused' on the cuda backend takes widths up to {widest} "
             f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
         )
-    if path == "steps" and config.path == "fused" and config.arch.name == "rnn":
+    fused_rnn = config.path == "fused" and config.arch.name == "rnn"
+    if path == "steps" and fused_rnn and not persist_fits(config, width):
         widest = max(w for w in range(1, 512) if persist_fits(config, w))
         raise VxsimError(
             f"engine.path = 'fused' (the persistent kernel) on the cuda backend takes Elman "
