@@ -57,7 +57,7 @@ def run(cfg, width, sample, backend):
 @pytest.mark.parametrize("mode", ["jvp", "vjp", "both"])
 def test_matches_oracle(host, mode, precision):
     cfg = res_config(precision, mode)
-    assert cuda_paths.choose_path(cfg, 12) == "residual"
+    assert cuda_paths.choose_path(cfg, 12) == "skip"
     assert_same(run(cfg, 12, 1, host[precision]), numpy_ref.run_unit(cfg, 12, 1), TOL[precision])
 
 

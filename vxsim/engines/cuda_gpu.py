@@ -74,7 +74,7 @@ def run_unit(config, width, sample, path=None, backend=None):
         check_unit(config, width, path, getattr(backend, "free_bytes", None))
         return cuda_rnn.run_unit(config, width, sample, backend, path)
     if config.arch.name == cuda_residual.ARCH:
-        check_unit(config, width, "residual", getattr(backend, "free_bytes", None))
+        check_unit(config, width, "skip", getattr(backend, "free_bytes", None))
         return cuda_residual.run_unit(config, width, sample, backend)
     return Unit(config, width, sample, backend, path=path).run()
 

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from ..errors import VxsimError
+from ..models import residual, rnn
 from . import base, cuda_sources, layout, schedule
 
 # The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
@@ -91,7 +92,8 @@ def persist_fits(config, width):
 def recurrent_path(config, width):
     """'persistent' (Elman, small widths: the whole sequence per launch, W in shared
     memory) or 'steps' (a GEMM and a fused epilogue per step)."""
-    if config.arch.name != "rnn" or config.path == "gemm" or not persist_fits(config, width):
+    elman = config.arch.name == rnn.ARCHITECTURE.name
+    if not elman or config.path == "gemm" or not persist_fits(config, width):
         return "steps"
     if config.path == "fused" or width <= PERSIST_CROSSOVER_WIDTH:
         return "persistent"
@@ -104,8 +106,8 @@ def choose_path(config, width):
     The RNNs: ``recurrent_path``; the residual net: its epilogue on the GEMM path."""
     if config.recurrent:
         return recurrent_path(config, width)  # cuda_rnn's kernels
-    if config.arch.name == "residual":
-        return "residual"  # the GEMM path with the skip's fused epilogue (cuda_residual)
+    if config.arch.name == residual.ARCHITECTURE.name:
+        return "skip"  # the GEMM path with the skip's fused epilogue (cuda_residual)
     if config.path in ("gemm", "fused"):
         return config.path
     if not fused_fits(config, width):
@@ -188,7 +190,7 @@ def check_unit(config, width, path, free_bytes=None):
             f"engine.path = 'fused' on the cuda backend takes widths up to {widest} "
             f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
         )
-    fused_rnn = config.path == "fused" and config.arch.name == "rnn"
+    fused_rnn = config.path == "fused" and config.arch.name == rnn.ARCHITECTURE.name
     if path == "steps" and fused_rnn and not persist_fits(config, width):
         widest = max(w for w in range(1, 512) if persist_fits(config, w))
         raise VxsimError(
@@ -202,7 +204,7 @@ def check_unit(config, width, path, free_bytes=None):
             from .cuda_rnn import device_bytes
 
             need = device_bytes(config, width)
-        elif path == "residual":
+        elif path == "skip":
             from .cuda_residual import device_bytes
 
             need = device_bytes(config, width)
