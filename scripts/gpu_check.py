@@ -20,14 +20,14 @@ Prints, each section on its own, timed, and a FAIL with its reason if it breaks
 4b. the path crossover: per-layer time of both paths on a grid of widths and
    grid sizes P, beside the cost model's estimates (cuda_paths.layer_seconds),
    and which path engine.path = "auto" picks against which was faster;
-5. the residual (engines.generic on CuPy arrays), Elman, GRU and LSTM networks
-   (their fused step kernels, engines.cuda_rnn): seconds per work unit and
+5. the residual (its fused epilogue, engines.cuda_residual), Elman, GRU and LSTM
+   networks (their fused step kernels, engines.cuda_rnn): seconds per work unit and
    network-steps per second;
 5b. the RNNs' fused steps (issue 14): agreement with the NumPy oracle for each
-   of Elman, GRU and LSTM on the device (both precisions, jvp+vjp), then the wall
-   time of Elman tanh, width 256, 1,000 grid points, 10,000 steps, JVP+VJP
-   (target on an H200: under 10 s) and of LSTM, width 1024, 1,000 points,
-   1,000 steps (target under 10 s);
+   of Elman, GRU, LSTM and the residual net's epilogue on the device (both
+   precisions, jvp+vjp), then the wall time of Elman tanh, width 256, 1,000
+   grid points, 10,000 steps, JVP+VJP (target on an H200: under 10 s) and of
+   LSTM, width 1024, 1,000 points, 1,000 steps (target under 10 s);
 6. the wall time of the Schoenholz et al. (2017) tanh phase diagram
    (data/schoenholz2017_tanh.toml as written: width 1000, depth 1000, 40 x 40
    grid, 8 samples, JVP and VJP) and its boundary beside the theory's.
@@ -76,6 +76,8 @@ HOST = dict(
 )  # fmt: skip
 FULL["crossover"] = dict(widths=(64, 128, 256), grid=(8, 20, 40), depth=50)
 HOST["crossover"] = dict(widths=(16, 32), grid=(2, 4), depth=5)
+FULL["persist"] = dict(widths=(32, 64, 96, 128, 192, 224), grid=40, depth=500)
+HOST["persist"] = dict(widths=(8, 16), grid=2, depth=6)
 SKIP_ON_HOST = {"test_tf32_growth_rates_match_float32"}
 _TITLES = {
     "tests": "GPU tests (tests/test_cuda_gpu.py)",
@@ -471,18 +473,15 @@ def rnn_section(sizes, clock):
     from vxsim.engines import cuda_gpu, numpy_ref
 
     W, L = sizes["rnn_oracle"]
-    for arch in ("rnn", "gru", "lstm"):
+    for arch in ("rnn", "gru", "lstm", "residual"):
         for precision in ("float32", "float64"):
             cfg = make_config(f'network.architecture="{arch}"',
                               f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]", "engine.checkpoint=7",
                               width=W, depth=L, precision=precision)  # fmt: skip
             got = cuda_gpu.run_unit(cfg, W, 1)
             assert_same(got, numpy_ref.run_unit(cfg, W, 1), TOL[precision], f"{arch} {precision}")
-        say(f"{arch:5s} width {W}, {L} steps, float32 and float64, jvp+vjp: the oracle's numbers")
-    say(
-        "persistent small-width kernel vs graph path crossover: not measured (no persistent "
-        "RNN kernel yet; the step kernels run at every width)"
-    )
+        say(f"{arch:8s} width {W}, {L} steps, float32 and float64, jvp+vjp: the oracle's numbers")
+    persistent_crossover(sizes, clock, _config)
     nw, nb, nx = sizes["rnn_points"]
     grid = [f"grid.sigma_w2={{start=0.5,stop=3,num={nw}}}",
             f"grid.sigma_b2={{start=0,stop=0.2,num={nb}}}"]  # fmt: skip
@@ -499,6 +498,36 @@ def rnn_section(sizes, clock):
         verdict = "met" if t < 10 else "MISSED"
         say(f"{arch:5s} tanh width {W}, {P} points, {L} steps, jvp+vjp float32: {t:.2f} s "
             f"(target < 10 s: {verdict}); {P * L / t / 1e6:.2f} M network-steps/s")  # fmt: skip
+
+
+def persistent_crossover(sizes, clock, make):
+    """Elman tanh float32 jvp+vjp per step: the persistent kernel (W in shared memory) and
+    the step kernels (a GEMM and an epilogue per step), over widths; the crossover width
+    is the first where the steps are faster (cuda_paths.PERSIST_CROSSOVER_WIDTH declares
+    it)."""
+    from vxsim.engines import cuda_gpu, cuda_paths
+
+    spec = sizes["persist"]
+    L, n = spec["depth"], spec["grid"]
+    crossover = None
+    say(" width  points   persistent ms/step   steps ms/step")
+    for W in spec["widths"]:
+        base = ['network.architecture="rnn"', f"network.width=[{W}]",
+                'network.activation=["tanh"]', f"grid.sigma_w2={{start=0.5,stop=3,num={n}}}",
+                'measure.mode="both"', 'measure.precision="float32"']  # fmt: skip
+        times = {}
+        for path in ("persistent", "steps"):
+            cuda_gpu.run_unit(make(*base, "network.depth=3"), W, 0, path=path)  # warm
+            cfg = make(*base, f"network.depth={L}")
+            times[path] = clock.time(lambda c=cfg, w=W, p=path: cuda_gpu.run_unit(c, w, 0, p)) / L
+        P = math.prod(cfg.grid_shape)
+        if crossover is None and times["steps"] < times["persistent"]:
+            crossover = W
+        say(f"{W:6d} {P:7d}   {1e3 * times['persistent']:14.4f}   {1e3 * times['steps']:12.4f}")
+    found = f"width {crossover}" if crossover else f"above {spec['widths'][-1]}"
+    say(f"persistent vs graph-path crossover: {found} (declared "
+        f"{cuda_paths.PERSIST_CROSSOVER_WIDTH}; graph capture not built, the steps path "
+        f"launches each step)")  # fmt: skip
 
 
 def schoenholz_section(sizes):

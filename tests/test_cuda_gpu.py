@@ -201,15 +201,15 @@ def test_depth_2000_finite_and_deep_fused():
 
 
 def test_architectures_match_oracle():
-    """residual (engines.generic on CuPy arrays) and rnn, gru, lstm (their fused step
-    kernels, engines.cuda_rnn; and engines.generic with path='generic') against the
-    oracle, every mode, both precisions, within the engine tolerances (cuBLAS and
-    CuPy's elementwise kernels round differently from OpenBLAS and NumPy); and the
-    residual net's Z^l, drawn on the device, are rng's bit for bit."""
+    """residual (its fused epilogue, engines.cuda_residual) and rnn, gru, lstm (their
+    fused step kernels, engines.cuda_rnn), and each with path='generic' (engines.generic
+    on CuPy arrays) against the oracle, every mode, both precisions, within the engine
+    tolerances (cuBLAS and CuPy's elementwise kernels round differently from OpenBLAS
+    and NumPy); and the residual net's Z^l, drawn on the device, are rng's bit for bit."""
     for arch, axis in ARCH_AXES.items():
         for precision in ("float64", "float32"):
             for mode in ("jvp", "vjp"):
-                for path in (None, "generic") if arch != "residual" else (None,):
+                for path in (None, "generic"):
                     cfg = make_config(
                         f'network.architecture="{arch}"',
                         f"grid.{axis}=[0.5, 1.0]",
@@ -262,6 +262,32 @@ def test_rnn_step_kernels_on_the_device():
     want = numpy_ref.run_unit(cfg, 10, 1)
     assert np.all(want["diverged"][:, 1] > 0)
     assert_same(cuda_gpu.run_unit(cfg, 10, 1), want, TOL["float32"])
+
+
+def test_persistent_elman_and_residual_epilogue_on_the_device():
+    """Elman's persistent kernels (kernels/persist.cu: W in shared memory, the 48 KiB
+    opt-in beyond it) and the residual net's epilogue (kernels/residual.cu) against the
+    oracle on the GPU: widths 16, 100 (a partial warp), 128 (64 KiB of float32 W) and
+    160 in float64 (200 KiB: the largest opt-in), jvp+vjp with checkpoints; the
+    persistent and step paths agree."""
+    from vxsim.engines import cuda_paths
+
+    for width, precision in ((16, "float32"), (100, "float32"), (128, "float32"),
+                             (160, "float64")):  # fmt: skip
+        cfg = make_config('network.architecture="rnn"', 'engine.path="fused"',
+                          "grid.sigma_u2=[0.5, 1.0]", "engine.checkpoint=9", width=width,
+                          depth=40, precision=precision)  # fmt: skip
+        assert cuda_paths.choose_path(cfg, width) == "persistent"
+        got = cuda_gpu.run_unit(cfg, width, 0)
+        assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL[precision], (width, precision))
+        steps = cuda_gpu.run_unit(cfg, width, 0, path="steps")
+        assert_same(got, steps, TOL[precision], ("steps", width, precision))
+    for precision in ("float32", "float64"):
+        cfg = make_config('network.architecture="residual"', "grid.alpha=[0.2, 1.0]",
+                          "engine.checkpoint=7", width=96, depth=30,
+                          precision=precision)  # fmt: skip
+        assert_same(cuda_gpu.run_unit(cfg, 96, 1), numpy_ref.run_unit(cfg, 96, 1),
+                    TOL[precision], ("residual", precision))  # fmt: skip
 
 
 # ---------------------------------------------------------------- weight laws

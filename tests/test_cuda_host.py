@@ -462,15 +462,19 @@ def test_strict_arrays_refuse_what_cupy_refuses():
 
 
 def test_sweep_on_the_cuda_engine_is_the_numpy_sweep(tmp_path, monkeypatch, host):
-    """``vxsim sweep --backend cuda`` of a residual net (the generic path), with the host
+    """``vxsim sweep --backend cuda`` of a residual net on the generic path, with the host
     stand-in as the GPU: the file's measurements equal the oracle's run. (An LSTM's sweep,
-    on its fused step kernels: tests/test_cuda_rnn_host.py.)"""
+    on its fused step kernels: tests/test_cuda_rnn_host.py; the residual net's fused
+    epilogue: tests/test_cuda_residual_host.py.)"""
+    import functools
+
     import h5py
 
     from vxsim.sweep import run_sweep
 
     monkeypatch.setattr(cuda_gpu, "available", lambda: True)
     monkeypatch.setattr(cuda_gpu, "gpu_backend", lambda precision: host["float64"])
+    monkeypatch.setattr(cuda_gpu, "run_unit", functools.partial(cuda_gpu.run_unit, path="generic"))
     cfg = _arch_config("residual", "float64", "both", depth=10)
     files = {b: run_sweep(cfg, str(tmp_path / f"{b}.h5"), backend=b) for b in ("cuda", "numpy")}
     with h5py.File(files["cuda"], "r") as a, h5py.File(files["numpy"], "r") as b:
@@ -594,11 +598,11 @@ def test_launch_shapes_and_kernels_used(host):
         for name, grid, block, smem in be.launches:
             seen.setdefault(name, set()).add((grid, block, smem))
     P = int(np.prod(cfg.grid_shape))
-    rnn_seen = {}  # the RNNs' step kernels (kernels/rnn.cu), every mode
-    for arch in ("rnn", "gru", "lstm"):
+    rnn_seen = {}  # the RNNs' step kernels (kernels/rnn.cu), the residual's (residual.cu)
+    for arch in ("rnn", "gru", "lstm", "residual"):
         rnn_cfg = _arch_config(arch, "float32", "both", depth=9)
         be = cuda_host.HostBackend("float32")
-        cuda_gpu.run_unit(rnn_cfg, 40, 0, backend=be)
+        cuda_gpu.run_unit(rnn_cfg, 40, 0, backend=be, path="steps" if arch == "rnn" else None)
         for name, grid, block, smem in be.launches:
             rnn_seen.setdefault(name, set()).add((grid, block, smem))
     P_rnn = int(np.prod(rnn_cfg.grid_shape))
@@ -606,6 +610,13 @@ def test_launch_shapes_and_kernels_used(host):
         if not name.startswith("vx_fill"):
             assert shapes == {(P_rnn, 64, 0)}, name
         seen.setdefault(name, shapes)  # (the MLP's kernels that Elman shares: checked below)
+    be = cuda_host.HostBackend("float32")  # Elman's persistent kernels (kernels/persist.cu)
+    cuda_gpu.run_unit(_arch_config("rnn", "float32", "both", depth=9), 40, 0, backend=be)
+    for name, grid, block, smem in be.launches:
+        if name.startswith("vx_elman_persist"):
+            assert smem == (40 * 40 + (6 if "forward" in name else 2) * 40) * 4, name
+            assert (grid, block) == (P_rnn, 64), name
+        seen.setdefault(name, {(grid, block, smem)})
     engine_kernels = {k for k in cuda_sources.kernel_signatures(cuda_sources.program("float32"))
                       if not k.startswith("vx_probe")}  # fmt: skip
     assert set(seen) == engine_kernels
@@ -764,4 +775,5 @@ def test_gpu_check_script_dry_run(tmp_path):
         assert re.search(rf"^{arch} +width \d+, .* k network-steps/s", out, re.M), (arch, out)
     assert re.search(r"engine [\d.]+ TFLOP/s effective, cupy.matmul [\d.]+ TFLOP/s, ratio", out)
     assert re.search(r"fused/gemm speedup at width \d+, jvp: [\d.]+", out)
+    assert re.search(r"persistent vs graph-path crossover: (width \d+|above \d+)", out), out
     assert re.search(r"schoenholz2017_tanh: .* wall time [\d.]+ s", out)

@@ -30,6 +30,7 @@ def rnn_config(arch, precision="float64", mode="both", depth=14, checkpoint=4, a
                record="{every = 1}", **kw):  # fmt: skip
     return make_config(
         f'network.architecture="{arch}"',
+        'engine.path="gemm"',  # the step kernels (Elman's persistent one: test_cuda_persist_host)
         f"grid.{ARCH_AXES[arch]}={axis or '[0.5, 1.0]'}",
         f"engine.checkpoint={checkpoint}",
         f"measure.record={record}",
@@ -93,7 +94,7 @@ def test_divergence_flags_match_oracle(host, arch):
     """sigma_w2 = 1e6 with elu and gelu: the Elman state overflows float32 within a few steps
     (flagged at the oracle's step); the gated RNNs stay bounded (|h| <= max|phi|), as in the
     oracle. Either way the same flags and NaN pattern."""
-    cfg = make_config(f'network.architecture="{arch}"', sw2="[1.0, 1e6]",
+    cfg = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"', sw2="[1.0, 1e6]",
                       acts='["elu", "gelu"]', depth=40)  # fmt: skip
     want = numpy_ref.run_unit(cfg, 10, 1)
     if arch == "rnn":
@@ -106,7 +107,8 @@ def test_float32_underflow_to_the_fixed_point(host, arch):
     """tanh and elu (not renormalised), sigma_w2 = 0.05 and 0.3, no bias nor input: the
     state decays to the fixed point h = 0 through float32's subnormals to exact zeros
     (log q = -inf). Same flags, same NaNs, same numbers where finite, over 300 steps."""
-    cfg = make_config(f'network.architecture="{arch}"', f"grid.{ARCH_AXES[arch]}=[0.0]",
+    cfg = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"',
+                      f"grid.{ARCH_AXES[arch]}=[0.0]",
                       "grid.sigma_b2=[0.0]", "network.input_variance=0.0", sw2="[0.05, 0.3]",
                       acts='["tanh", "elu"]', depth=300, precision="float32",
                       mode="both")  # fmt: skip
@@ -132,7 +134,8 @@ def test_float32_underflow_to_the_fixed_point(host, arch):
 @pytest.mark.parametrize("arch", RNNS)
 def test_zero_input_variance(host, arch):
     """q_x = 0: no drive (U x_t = 0), only the tied bias."""
-    cfg = make_config(f'network.architecture="{arch}"', "network.input_variance=0.0",
+    cfg = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"',
+                      "network.input_variance=0.0",
                       depth=12, precision="float64")  # fmt: skip
     assert cfg.input_variance == 0.0
     assert_same(run(cfg, 10, 1, host["float64"]), numpy_ref.run_unit(cfg, 10, 1), TOL["float64"])

@@ -169,6 +169,8 @@ class GpuBackend:
         fn = self.functions.get(name)
         if fn is None:
             fn = self.functions[name] = self.module.get_function(name)
+        if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
+            fn.max_dynamic_shared_size_bytes = int(smem)  # the opt-in beyond 48 KiB (persist.cu)
         fn((int(grid),), (int(block),), tuple(args), shared_mem=int(smem))
 
     def matmul(self, a, b, out):

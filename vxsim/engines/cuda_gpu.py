@@ -12,7 +12,9 @@ work is in five modules, one concern each:
   checkpointed VJP;
 * ``cuda_rnn``: the recurrent architectures (Elman, GRU, LSTM): stacked gate
   GEMMs and one fused step kernel each (``kernels/rnn.cu``);
-* ``cuda_generic``: every other architecture (the residual net), any weight law
+* ``cuda_residual``: the residual MLP: the MLP's GEMM path with the skip in a
+  fused epilogue (``kernels/residual.cu``);
+* ``cuda_generic``: any weight law
   but the Gaussian, and ``path='generic'``: ``engines.generic`` on device
   arrays (``DeviceArrays``).
 
@@ -23,7 +25,7 @@ threads (slow, but every line of the engine and of the kernels' arithmetic
 runs without a GPU).
 """
 
-from . import cuda_rnn, gemm
+from . import cuda_residual, cuda_rnn, gemm
 from .cuda_backend import available, gpu_backend, numerics, unavailable_reason
 from .cuda_generic import DeviceArrays
 from .cuda_mlp import Unit
@@ -55,8 +57,9 @@ def run_unit(config, width, sample, path=None, backend=None):
     """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
 
     The MLP runs on the engine's kernels (``path``: 'gemm' or 'fused'), the RNNs on
-    their fused step kernels (``cuda_rnn``); the residual net, any weight law but
-    the Gaussian, and ``path='generic'`` run engines.generic on the device
+    their fused step kernels (``cuda_rnn``), the residual net on its fused epilogue
+    (``cuda_residual``); any weight law but the Gaussian, and ``path='generic'``
+    run engines.generic on the device
     (``DeviceArrays``). ``backend``: where (default the GPU's, ``gpu_backend``).
     """
     backend = backend or gpu_backend(config.precision)
@@ -66,9 +69,13 @@ def run_unit(config, width, sample, path=None, backend=None):
 
         check_unit(config, width, None, getattr(backend, "free_bytes", None))
         return generic.run_unit(config, width, sample, DeviceArrays(backend))
-    if config.recurrent:
-        check_unit(config, width, "steps", getattr(backend, "free_bytes", None))
-        return cuda_rnn.run_unit(config, width, sample, backend)
+    if config.recurrent:  # path: 'steps' or 'persistent' (Elman's small widths), or chosen
+        path = path if path in ("steps", "persistent") else choose_path(config, width)
+        check_unit(config, width, path, getattr(backend, "free_bytes", None))
+        return cuda_rnn.run_unit(config, width, sample, backend, path)
+    if config.arch.name == cuda_residual.ARCH:
+        check_unit(config, width, "skip", getattr(backend, "free_bytes", None))
+        return cuda_residual.run_unit(config, width, sample, backend)
     return Unit(config, width, sample, backend, path=path).run()
 
 

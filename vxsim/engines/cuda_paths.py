@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from ..errors import VxsimError
+from ..models import residual, rnn
 from . import base, cuda_sources, layout, schedule
 
 # The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
@@ -31,6 +32,15 @@ FUSED_ZBUF_BYTES = 64 * 2**20
 # The fused kernels keep 6 vectors of N reals in shared memory; CUDA grants
 # 48 KiB per block without an opt-in, so widths are limited to this.
 FUSED_SMEM_BYTES = 46 * 1024
+# The persistent small-width Elman kernels (kernels/persist.cu) keep the tied N x N matrix
+# and 6 vectors of N reals in shared memory: an H100/H200 block may opt in to 227 KiB
+# (1 KiB of which the reductions' static scratch and the system take), so widths up to
+# 236 in float32 and 166 in float64 fit. Below PERSIST_CROSSOVER_WIDTH engine.path =
+# "auto" takes them (a declared guess until scripts/gpu_check.py's "persistent vs graph
+# path crossover" line has measured it); engine.path = "fused" forces them, "gemm" the
+# step kernels.
+PERSIST_SMEM_BYTES = 224 * 1024
+PERSIST_CROSSOVER_WIDTH = 128
 # Threads per block of the per-point kernels (a multiple of 32; fewer for small N;
 # at most the kernels' __launch_bounds__).
 MAX_THREADS = 256
@@ -70,11 +80,34 @@ def layer_seconds(path, points, width, itemsize, rows, chunk=1):
     )
 
 
+def persist_smem(width, itemsize, vectors):
+    """Shared memory of a persistent kernel's block: W (N^2) and ``vectors`` vectors of N."""
+    return (width * width + vectors * width) * itemsize
+
+
+def persist_fits(config, width):
+    return persist_smem(width, config.dtype.itemsize, 6) <= PERSIST_SMEM_BYTES
+
+
+def recurrent_path(config, width):
+    """'persistent' (Elman, small widths: the whole sequence per launch, W in shared
+    memory) or 'steps' (a GEMM and a fused epilogue per step)."""
+    elman = config.arch.name == rnn.ARCHITECTURE.name
+    if not elman or config.path == "gemm" or not persist_fits(config, width):
+        return "steps"
+    if config.path == "fused" or width <= PERSIST_CROSSOVER_WIDTH:
+        return "persistent"
+    return "steps"
+
+
 def choose_path(config, width):
     """'gemm' or 'fused' for this width and grid (engine.path forces either): the
-    fused path where it fits in shared memory and the cost model says it is faster."""
+    fused path where it fits in shared memory and the cost model says it is faster.
+    The RNNs: ``recurrent_path``; the residual net: its epilogue on the GEMM path."""
     if config.recurrent:
-        return "steps"  # an RNN's fused step kernels (cuda_rnn)
+        return recurrent_path(config, width)  # cuda_rnn's kernels
+    if config.arch.name == residual.ARCHITECTURE.name:
+        return "skip"  # the GEMM path with the skip's fused epilogue (cuda_residual)
     if config.path in ("gemm", "fused"):
         return config.path
     if not fused_fits(config, width):
@@ -157,11 +190,22 @@ def check_unit(config, width, path, free_bytes=None):
             f"engine.path = 'fused' on the cuda backend takes widths up to {widest} "
             f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
         )
+    fused_rnn = config.path == "fused" and config.arch.name == rnn.ARCHITECTURE.name
+    if path == "steps" and fused_rnn and not persist_fits(config, width):
+        widest = max(w for w in range(1, 512) if persist_fits(config, w))
+        raise VxsimError(
+            f"engine.path = 'fused' (the persistent kernel) on the cuda backend takes Elman "
+            f"widths up to {widest} in {config.precision}; got {width} (use 'gemm' or 'auto')"
+        )
     if free_bytes is not None:
         if path == "generic":
             need = base.estimate_unit_bytes(config, width)  # the same arrays as on the CPU
-        elif path == "steps":
+        elif path in ("steps", "persistent"):
             from .cuda_rnn import device_bytes
+
+            need = device_bytes(config, width)
+        elif path == "skip":
+            from .cuda_residual import device_bytes
 
             need = device_bytes(config, width)
         else:
