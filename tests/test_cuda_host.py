@@ -305,6 +305,15 @@ def test_box_muller_edge_words_bit_identical(host):
     np.testing.assert_array_equal(got[:, 1], z1)
 
 
+def test_box_muller_bit_identical_on_a_million_words(host):
+    """The transform on 2^20 random word pairs (every octant, exponent and fold)."""
+    words = np.random.default_rng(16).integers(0, 2**32, size=(2, 2**20), dtype=np.uint64)
+    got = cuda_probes.probe_box_muller(host["float64"], words[0], words[1])
+    z0, z1 = rng.box_muller(words[0], words[1])
+    np.testing.assert_array_equal(got[:, 0].view(np.uint64), z0.view(np.uint64))
+    np.testing.assert_array_equal(got[:, 1].view(np.uint64), z1.view(np.uint64))
+
+
 LABELS = activations.names() + ["leaky_relu(0.2)", "elu(0.5)"]
 
 
