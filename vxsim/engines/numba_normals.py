@@ -218,16 +218,19 @@ def _box_muller(ka, kb):
 
 
 @njit(**_OPT)
-def _normals_chunk(chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
-    """Normals ``4 chunk CHUNK ...`` of a stream into ``obuf`` (4, CHUNK) float64, lane-major.
+def _fill_chunk(out, chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
+    """Normals ``4 chunk CHUNK ...`` of a stream into ``out[4 chunk CHUNK ...]`` (the
+    first ``count`` of ``out``; cast to its dtype, round to nearest).
 
     Structure-of-arrays passes over the chunk's Philox blocks (rounded up to a
     multiple of 8; the extra words are finite garbage, never stored) so that
-    Philox and Box-Muller vectorise; each Box-Muller pass works on four
-    independent streams of vectors (lanes 0 and 2, first and second half), as
-    the division, sqrt and polynomial chains are long. ``wbuf`` (4, CHUNK)
-    uint64 and ``obuf`` are the calling thread's scratch. Returns the number of
-    blocks.
+    Philox and Box-Muller vectorise: Philox words into ``wbuf`` (4, CHUNK) uint64,
+    radii into rows 0 and 2 of ``obuf`` (4, CHUNK) float64 (the calling thread's
+    scratch), then the turns, stored straight into ``out`` for a whole chunk
+    (LLVM interleaves the four lanes), through ``obuf`` for the last, partial one.
+    Each Box-Muller pass works on four independent streams of vectors (lanes 0
+    and 2, first and second half), as the division, sqrt and polynomial chains
+    are long.
     """
     K = _constants()
     b0 = chunk * CHUNK
@@ -244,6 +247,10 @@ def _normals_chunk(chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
         obuf[2, i] = _radius(wbuf[2, i], K)
         obuf[0, i + half] = _radius(wbuf[0, i + half], K)
         obuf[2, i + half] = _radius(wbuf[2, i + half], K)
+    base = 4 * b0
+    if nb == CHUNK and base + 4 * CHUNK <= count:
+        _turns_into(out[base : base + 4 * CHUNK], wbuf, obuf, K)
+        return
     for i in range(half):
         z0, z1 = _turn(obuf[0, i], wbuf[1, i], K)
         z2, z3 = _turn(obuf[2, i], wbuf[3, i], K)
@@ -257,22 +264,29 @@ def _normals_chunk(chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
         obuf[1, i + half] = z5
         obuf[2, i + half] = z6
         obuf[3, i + half] = z7
-    return nb
+    for k in range(count - base):
+        out[base + k] = obuf[k % 4, k // 4]
 
 
-@njit(**_OPT)
-def _store_chunk(out, chunk, count, nb, obuf):
-    """Interleave a chunk's lanes into ``out`` (cast to its dtype, round to nearest)."""
-    base = 4 * chunk * CHUNK
-    if base + 4 * nb <= count:
-        for i in range(nb):
-            out[base + 4 * i] = obuf[0, i]
-            out[base + 4 * i + 1] = obuf[1, i]
-            out[base + 4 * i + 2] = obuf[2, i]
-            out[base + 4 * i + 3] = obuf[3, i]
-    else:
-        for k in range(count - base):
-            out[base + k] = obuf[k % 4, k // 4]
+@njit(inline="always", **_OPT)
+def _turns_into(dst, wbuf, obuf, K):
+    """A whole chunk's turns, interleaved into ``dst`` (4 CHUNK): normal 4 i + m of the
+    chunk is lane m of its block i."""
+    half = CHUNK // 2
+    for i in range(half):
+        z0, z1 = _turn(obuf[0, i], wbuf[1, i], K)
+        z2, z3 = _turn(obuf[2, i], wbuf[3, i], K)
+        z4, z5 = _turn(obuf[0, i + half], wbuf[1, i + half], K)
+        z6, z7 = _turn(obuf[2, i + half], wbuf[3, i + half], K)
+        dst[4 * i] = z0
+        dst[4 * i + 1] = z1
+        dst[4 * i + 2] = z2
+        dst[4 * i + 3] = z3
+        j = 4 * (i + half)
+        dst[j] = z4
+        dst[j + 1] = z5
+        dst[j + 2] = z6
+        dst[j + 3] = z7
 
 
 @njit(**_OPT)
@@ -285,14 +299,12 @@ def fill_share(Z, xis, nxt, nxt_bias, keys, wbuf, obuf, lane, lanes):
     lay = np.uint64(nxt)
     nch = ((n * n + 3) // 4 + CHUNK - 1) // CHUNK
     for c in range(lane * nch // lanes, (lane + 1) * nch // lanes):
-        nb = _normals_chunk(c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
-        _store_chunk(zflat, c, n * n, nb, obuf)
+        _fill_chunk(zflat, c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
     if nxt_bias:
         xi = xis[nxt % 2]
         nch = ((n + 3) // 4 + CHUNK - 1) // CHUNK
         for c in range(lane * nch // lanes, (lane + 1) * nch // lanes):
-            nb = _normals_chunk(c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
-            _store_chunk(xi, c, n, nb, obuf)
+            _fill_chunk(xi, c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
 
 
 @njit(**_OPT)
@@ -303,13 +315,11 @@ def fill_layer(Z, xi, layer, bias, keys, wbuf, obuf):
     lay = np.uint64(layer)
     nch = ((n * n + 3) // 4 + CHUNK - 1) // CHUNK
     for c in range(nch):
-        nb = _normals_chunk(c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
-        _store_chunk(zflat, c, n * n, nb, obuf)
+        _fill_chunk(zflat, c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
     if bias:
         nch = ((n + 3) // 4 + CHUNK - 1) // CHUNK
         for c in range(nch):
-            nb = _normals_chunk(c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
-            _store_chunk(xi, c, n, nb, obuf)
+            _fill_chunk(xi, c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
 
 
 @njit(parallel=True, cache=True)
@@ -322,8 +332,7 @@ def _fill(out, layer, sample, stream, k0, k1, threads):
         words = np.empty((4, CHUNK), dtype=np.uint64)
         values = np.empty((4, CHUNK))
         for c in range(lane * chunks // lanes, (lane + 1) * chunks // lanes):
-            nb = _normals_chunk(c, count, layer, sample, stream, k0, k1, words, values)
-            _store_chunk(out, c, count, nb, values)
+            _fill_chunk(out, c, count, layer, sample, stream, k0, k1, words, values)
 
 
 def _call(out, seed, sample, layer, stream):
