@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
@@ -96,11 +97,19 @@ def _opaque(typingctx, x):
 
     def codegen(context, builder, sig, args):
         ty = args[0].type
+        register = _FP_REGISTER if isinstance(ty, ir.DoubleType) else "r"
+        if register is None:  # an unknown target: plain values (correct, maybe slower)
+            return args[0]
         fnty = ir.FunctionType(ty, [ty])
-        constraint = "=x,0" if isinstance(ty, ir.DoubleType) else "=r,0"
-        return builder.asm(fnty, "", constraint, [args[0]], side_effect=False)
+        return builder.asm(fnty, "", f"={register},0", [args[0]], side_effect=False)
 
     return x(x), codegen
+
+
+# The inline-asm register class of a float64 on this machine (``_opaque``).
+_FP_REGISTER = {"x86_64": "x", "aarch64": "w", "arm64": "w"}.get(
+    llvm.get_process_triple().split("-")[0]
+)
 
 
 class Constants(NamedTuple):
