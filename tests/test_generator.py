@@ -263,3 +263,23 @@ def test_a_dask_worker_of_another_generator_is_refused(tmp_path, monkeypatch):
                 scheduler=cluster.scheduler_address,
             )  # fmt: skip
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("register", ["native", None])
+def test_constants_read_through_opaque_are_rngs(monkeypatch, register):
+    """numba_normals reads rng's constants once per chunk through an empty inline-asm
+    statement (the target's register class), or as plain values on other targets."""
+    if register is None:
+        monkeypatch.setattr(numba_normals, "_FP_REGISTER", None)
+
+    @numba.njit
+    def read():
+        return numba_normals._constants()
+
+    got = read()
+    for field, value in zip(numba_normals.Constants._fields, got, strict=True):
+        name = field.upper()
+        want = getattr(rng, name) if hasattr(rng, name) else None
+        if want is not None:
+            assert value == want, field
+    assert got.two_52_bits == 0x4330000000000000 and got.low29 == 2**29 - 1
