@@ -39,7 +39,6 @@ from vxsim.engines.numba_types import OPT as _OPT
 
 CHUNK = 256  # Philox blocks (4 normals each) per task of the normal generator
 _U0 = np.uint64(0)
-_U4 = np.uint64(4)
 _MASK32 = rng.MASK32
 _MANT = np.uint64(0x000FFFFFFFFFFFFF)
 _EXP_ONE = np.uint64(0x3FF0000000000000)
