@@ -100,15 +100,15 @@ def best(fn, repeat):
 def generator_rates(repeat, count=1 << 22):
     """Millions of normals per second: vxsim's generator (numba_normals, every thread,
     into float64 and float32) and NumPy's Generator.standard_normal (float64, one
-    thread), ``count`` per call, the best of ``repeat`` x 3 calls each."""
+    thread), ``count`` per call, the best of ``repeat`` x 10 calls each (the least disturbed)."""
     out = {}
     for dtype in (np.float64, np.float32):
         buf = np.empty(count, dtype=dtype)
         numba_normals._call(buf, 1, 0, 1, vx_rng.STREAM_WEIGHT)  # JIT
-        seconds = best(lambda b=buf: numba_normals._call(b, 1, 0, 1, 0), 3 * repeat)
+        seconds = best(lambda b=buf: numba_normals._call(b, 1, 0, 1, 0), 10 * repeat)
         out[np.dtype(dtype).name] = count / seconds / 1e6
     gen, buf = np.random.default_rng(0), np.empty(count)
-    out["numpy"] = count / best(lambda: gen.standard_normal(out=buf), 3 * repeat) / 1e6
+    out["numpy"] = count / best(lambda: gen.standard_normal(out=buf), 10 * repeat) / 1e6
     return out
 
 
