@@ -1,20 +1,23 @@
 // normal.cuh: the portable Box-Muller transform of vxsim/rng.py, operation for operation.
 //
 // Only +, -, *, / and sqrt (correctly rounded in IEEE 754 double precision on
-// every CPU and GPU) and exact power-of-two scaling (ldexp), in the same order
-// as rng.log_uniform, rng.sin_cos_turn and rng.box_muller, so that the normals
+// every CPU and GPU), exact power-of-two scaling (ldexp), exact integer
+// operations and selects, in the same order as rng.log_uniform,
+// rng.sin_cos_small, rng.sin_cos_turn and rng.box_muller, so that the normals
 // agree bit for bit with the NumPy and Numba engines. This needs the device
 // compiler NOT to contract a * b + c into a fused multiply-add: the engine
 // compiles with --fmad=false (and never with fast-math); the host test build
-// with -ffp-contract=off. The constants come from rng.py (vx_generated.cuh).
+// with -ffp-contract=off. The constants come from rng.py (vx_generated.cuh):
+// fdlibm's minimax coefficients (e_log.c, k_sin.c, k_cos.c).
 #pragma once
 #include "common.cuh"
 #include "philox.cuh"
 #include "vx_generated.cuh"
 
 // log(u) for u = (k + 1/2) 2^-32: k + 1/2 = m 2^e with m folded into
-// [1/sqrt2, sqrt2), then log u = (e - 32) log 2 + 2 s sum_k s^(2k) / (2k + 1),
-// s = (m - 1) / (m + 1), 13 terms by Horner from the top.
+// [1/sqrt2, sqrt2], f = m - 1, s = f / (2 + f), z = s^2, w = z^2, and
+// log u = d LN2_HI - ((f^2/2 - (s (f^2/2 + R) + d LN2_LO)) - f), d = e - 32,
+// R = z (LG1 + w (LG3 + w (LG5 + w LG7))) + w (LG2 + w (LG4 + w LG6)).
 VX_FN double vx_log_uniform(u32 k)
 {
     const double x = (double)k + 0.5;
@@ -24,58 +27,51 @@ VX_FN double vx_log_uniform(u32 k)
         m = m * 0.5;
         e = e + 1;
     }
-    const double s = (m - 1.0) / (m + 1.0);
-    const double s2 = s * s;
-    double poly = VX_LOG_COEF_12;
-    poly = poly * s2 + VX_LOG_COEF_11;
-    poly = poly * s2 + VX_LOG_COEF_10;
-    poly = poly * s2 + VX_LOG_COEF_9;
-    poly = poly * s2 + VX_LOG_COEF_8;
-    poly = poly * s2 + VX_LOG_COEF_7;
-    poly = poly * s2 + VX_LOG_COEF_6;
-    poly = poly * s2 + VX_LOG_COEF_5;
-    poly = poly * s2 + VX_LOG_COEF_4;
-    poly = poly * s2 + VX_LOG_COEF_3;
-    poly = poly * s2 + VX_LOG_COEF_2;
-    poly = poly * s2 + VX_LOG_COEF_1;
-    poly = poly * s2 + VX_LOG_COEF_0;
-    return ((double)e - 32.0) * VX_LN2 + 2.0 * s * poly;
+    const double d = (double)e - 32.0;
+    const double f = m - 1.0;
+    const double s = f / (2.0 + f);
+    const double hfsq = (0.5 * f) * f;
+    const double z = s * s;
+    const double w = z * z;
+    const double t1 = w * (VX_LG2 + w * (VX_LG4 + w * VX_LG6));
+    const double t2 = z * (VX_LG1 + w * (VX_LG3 + w * (VX_LG5 + w * VX_LG7)));
+    const double r = t2 + t1;
+    return d * VX_LN2_HI - ((hfsq - (s * (hfsq + r) + d * VX_LN2_LO)) - f);
 }
 
-// sin and cos of theta = 2 pi (k + 1/2) 2^-32: quadrant q from the top two
-// bits, theta = q pi/2 + pi/4 + y, |y| < pi/4, Taylor series of sin y and
-// cos y to y^17 and y^18, then the rotations by pi/4 and by the quadrant
-// (exact: a sign change or a swap).
+// sin y and cos y for 0 < y < pi/4 (fdlibm's kernels, musl's evaluation order).
+VX_FN void vx_sin_cos_small(double y, double *sin_y, double *cos_y)
+{
+    const double z = y * y;
+    const double w = z * z;
+    const double rs = (VX_S2 + z * (VX_S3 + z * VX_S4)) + (z * w) * (VX_S5 + z * VX_S6);
+    *sin_y = y + (z * y) * (VX_S1 + z * rs);
+    const double rc = z * (VX_C1 + z * (VX_C2 + z * VX_C3)) + (w * w) * (VX_C4 + z * (VX_C5 + z * VX_C6));
+    const double hz = 0.5 * z;
+    const double h = 1.0 - hz;
+    *cos_y = h + (((1.0 - h) - hz) + z * rc);
+}
+
+// sin and cos of theta = 2 pi (k + 1/2) 2^-32: octant o from the top three
+// bits, the low 29 bits j (reflected, j -> 2^29 - 1 - j, in odd octants) give
+// y = (j + 1/2) pi/4 2^-29 in (0, pi/4); then octants 1, 2, 5, 6 swap sin and
+// cos, octants 4..7 negate sin, octants 2..5 negate cos (all exact).
 VX_FN void vx_sin_cos_turn(u32 k, double *sin_t, double *cos_t)
 {
-    const u32 q = k >> 30;
-    const double f = ((double)(k & 0x3FFFFFFFu) + 0.5) * VX_INV_2_30;
-    const double y = (f - 0.5) * VX_HALF_PI;
-    const double y2 = y * y;
-    double sp = 1.0;
-    double cp = 1.0;
-    for (int n = 8; n > 0; --n) {
-        const double dn = (double)n;
-        sp = 1.0 - sp * y2 / ((2.0 * dn) * (2.0 * dn + 1.0));
-        cp = 1.0 - cp * y2 / ((2.0 * dn - 1.0) * (2.0 * dn));
-    }
-    const double s = y * sp;
-    const double c = cp;
-    const double s45 = (s + c) * VX_INV_SQRT2;  // sin(pi/4 + y)
-    const double c45 = (c - s) * VX_INV_SQRT2;  // cos(pi/4 + y)
-    if (q == 0) {
-        *sin_t = s45;
-        *cos_t = c45;
-    } else if (q == 1) {
-        *sin_t = c45;
-        *cos_t = -s45;
-    } else if (q == 2) {
-        *sin_t = -s45;
-        *cos_t = -c45;
-    } else {
-        *sin_t = -c45;
-        *cos_t = s45;
-    }
+    const u32 o = k >> 29;
+    const u32 j = (k & 0x1FFFFFFFu) ^ ((o & 1u) ? 0x1FFFFFFFu : 0u);
+    const double y = ((double)j + 0.5) * VX_QUARTER_PI_2_M29;
+    double s, c;
+    vx_sin_cos_small(y, &s, &c);
+    const bool swap = (((o + 1u) >> 1) & 1u) != 0;
+    double st = swap ? c : s;
+    double ct = swap ? s : c;
+    if (o & 4u)
+        st = -st;
+    if (((o + 2u) >> 2) & 1u)
+        ct = -ct;
+    *sin_t = st;
+    *cos_t = ct;
 }
 
 // Two independent N(0, 1): r = sqrt(-2 log u_a), (z0, z1) = (r cos theta_b, r sin theta_b).

@@ -10,6 +10,9 @@ gradient backward in VJP), per mode:
   recomputation is not counted), and its ratio to float32 matmul of the same
   shape (C, N) @ (N, N) timed in the same run, the faster of NumPy's and the
   engine's row-split one (``vxsim.engines.gemm``): the practical limit;
+* the normal generator's rate (``numba_normals``, all threads, 4 M normals per call,
+  float64 and float32 stores) beside NumPy's ``standard_normal`` (one thread) in the
+  same run;
 * the speedup over the NumPy engine (timed on a few layers, per layer), and
   over the two PyTorch baselines of ``baseline_torch.py`` when torch imports;
 
@@ -57,7 +60,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from docs_block import recorded  # noqa: E402
 
 from vxsim import config as config_mod  # noqa: E402
-from vxsim.engines import gemm, numba_cpu, numpy_ref  # noqa: E402
+from vxsim import rng as vx_rng  # noqa: E402
+from vxsim.engines import gemm, numba_cpu, numba_normals, numpy_ref  # noqa: E402
 
 WIDTHS = (32, 64, 128, 256, 512, 1024, 2048)
 GRID = [
@@ -91,6 +95,21 @@ def best(fn, repeat):
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def generator_rates(repeat, count=1 << 22):
+    """Millions of normals per second: vxsim's generator (numba_normals, every thread,
+    into float64 and float32) and NumPy's Generator.standard_normal (float64, one
+    thread), ``count`` per call, the best of ``repeat`` x 10 calls each (the least disturbed)."""
+    out = {}
+    for dtype in (np.float64, np.float32):
+        buf = np.empty(count, dtype=dtype)
+        numba_normals._call(buf, 1, 0, 1, vx_rng.STREAM_WEIGHT)  # JIT
+        seconds = best(lambda b=buf: numba_normals._call(b, 1, 0, 1, 0), 10 * repeat)
+        out[np.dtype(dtype).name] = count / seconds / 1e6
+    gen, buf = np.random.default_rng(0), np.empty(count)
+    out["numpy"] = count / best(lambda: gen.standard_normal(out=buf), 10 * repeat) / 1e6
+    return out
 
 
 def time_vxsim(width, mode, depth, repeat, path="auto"):
@@ -308,6 +327,13 @@ def table(args):
     print(
         f"# grid: {POINTS} points, {COLUMNS} GEMM columns per layer; float32; load average "
         f"{os.getloadavg()[0]:.2f} at start"
+    )
+    rates = generator_rates(repeat)
+    print(
+        f"# normal generator {vx_rng.GENERATOR}: {rates['float64']:.0f} M normals/s "
+        f"(float32 store: {rates['float32']:.0f} M/s) on {numba_cpu._lanes()} threads; "
+        f"NumPy standard_normal {rates['numpy']:.0f} M/s (1 thread); load average "
+        f"{os.getloadavg()[0]:.2f}"
     )
     head = (
         f"{'width':>5} {'mode':>4} {'path':>5} {'ms/layer':>9} {'GFLOP/s':>8} {'matmul':>7} "

@@ -81,10 +81,11 @@ def test_sources_are_found_and_assembled():
 
 def test_generated_header_states_rng_and_registry_values():
     head = cuda_sources.generated_header()
-    assert f"#define VX_LN2 {rng.LN2!r}\n" in head
-    for k, c in enumerate(rng._LOG_COEF):
-        value = float(re.search(rf"#define VX_LOG_COEF_{k} (\S+)", head).group(1))
-        assert value == c  # exactly: repr round-trips
+    assert f"// (generator {rng.GENERATOR})\n" in head
+    assert len(rng.TRANSFORM_CONSTANTS) == 23
+    for name in rng.TRANSFORM_CONSTANTS:
+        value = float(re.search(rf"#define VX_{name} \((\S+)\)\n", head).group(1))
+        assert value == getattr(rng, name)  # exactly: repr round-trips
     for code, name in enumerate(activations.names()):
         expr = activations.REGISTRY[name].c["dphi"]
         assert f"case {code}: return ({expr});  // {name}\n" in head
@@ -302,6 +303,15 @@ def test_box_muller_edge_words_bit_identical(host):
     z0, z1 = rng.box_muller(ka, kb)
     np.testing.assert_array_equal(got[:, 0], z0)
     np.testing.assert_array_equal(got[:, 1], z1)
+
+
+def test_box_muller_bit_identical_on_a_million_words(host):
+    """The transform on 2^20 random word pairs (every octant, exponent and fold)."""
+    words = np.random.default_rng(16).integers(0, 2**32, size=(2, 2**20), dtype=np.uint64)
+    got = cuda_probes.probe_box_muller(host["float64"], words[0], words[1])
+    z0, z1 = rng.box_muller(words[0], words[1])
+    np.testing.assert_array_equal(got[:, 0].view(np.uint64), z0.view(np.uint64))
+    np.testing.assert_array_equal(got[:, 1].view(np.uint64), z1.view(np.uint64))
 
 
 LABELS = activations.names() + ["leaky_relu(0.2)", "elu(0.5)"]

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 
-from . import engines, progress
+from . import engines, progress, rng
 from .errors import VxsimError
 
 EXECUTORS = ("serial", "dask")
@@ -50,9 +50,11 @@ def serial(engine, config, units):
 
 def run_unit(engine_name, config, unit):
     """One work unit where a Dask worker runs it; the engine is looked up there by
-    name. Returns what decides the worker's last bits too (``engines.numerics``)."""
+    name. Returns what decides the worker's numbers too: (``engines.numerics``, the
+    normal generator ``rng.GENERATOR``)."""
     engine = engines.get(engine_name)
-    return unit, engines.run(engine, config, unit[1], unit[2]), engines.numerics(engine)
+    here = (engines.numerics(engine), rng.GENERATOR)
+    return unit, engines.run(engine, config, unit[1], unit[2]), here
 
 
 def _import_distributed():
@@ -83,15 +85,21 @@ def _dask(scheduler):
             client = distributed.Client(cluster)
         from . import engines
 
-        here = engines.numerics(engine)
+        here = (engines.numerics(engine), rng.GENERATOR)
         futures = [client.submit(run_unit, engine.NAME, config, u, pure=False) for u in units]
         results = distributed.as_completed(futures, with_results=True)
         del futures  # each result is dropped from the cluster once it is yielded
         try:
-            for _, (unit, arrays, numerics) in results:
-                if numerics != here:
+            for _, (unit, arrays, (numerics, generator)) in results:
+                if generator != here[1]:
                     raise VxsimError(
-                        f"a Dask worker computed with {numerics}, this process with {here}: "
+                        f"a Dask worker drew its weights with the generator {generator}, "
+                        f"this process with {here[1]} (other numbers): install the same vxsim "
+                        "on the workers (finished units are kept: --resume continues)"
+                    )
+                if numerics != here[0]:
+                    raise VxsimError(
+                        f"a Dask worker computed with {numerics}, this process with {here[0]}: "
                         "their numbers would differ in the last bits; use workers on machines "
                         "like this one (finished units are kept: --resume continues)"
                     )

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from . import config as config_mod
-from . import sweep, variables
+from . import rng, sweep, variables
 from .errors import VxsimError
 from .store import hdf5, locks, shardfile
 
@@ -34,6 +34,7 @@ def merge(parts, output, overwrite=False):
             joined(infos, "backend"),
             joined(infos, "device"),
             numerics=str(infos[0]["attrs"].get("numerics", "")),
+            generator=rng.file_generator(infos[0]["attrs"]),
         )
         with h5py.File(tmp, "r+") as dst:
             for key in ("vxsim_version", "config_text"):
@@ -51,7 +52,8 @@ def validate(parts, output, overwrite=False):
     mask (``_read_part``); config: the sweep's Config; owner: {(width_index,
     sample): index of the part that holds the unit}. Refuses (one line) missing
     or repeated inputs, an existing output without ``overwrite``, parts of
-    another config, engine or version, and gaps or duplicates among the units.
+    another config, engine, normal generator or version, and gaps or duplicates
+    among the units.
     """
     parts = [os.fspath(p) for p in parts]
     if not parts:
@@ -126,6 +128,11 @@ def _check_same_sweep(infos):
             problems.append(
                 f"{path} was computed by {b.get('numerics') or 'an unknown engine'}, "
                 f"{ref} by {a.get('numerics') or 'an unknown engine'} (the last bits differ)"
+            )
+        if rng.file_generator(b) != rng.file_generator(a):
+            problems.append(
+                f"{path} was drawn by the generator {rng.file_generator(b)}, "
+                f"{ref} by {rng.file_generator(a)} (other numbers)"
             )
         if b.get("vxsim_version") != a.get("vxsim_version"):
             problems.append(

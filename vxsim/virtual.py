@@ -34,7 +34,7 @@ import os
 import h5py
 import numpy as np
 
-from . import sweep, variables
+from . import rng, sweep, variables
 from .analysis import growth, report
 from .errors import VxsimError
 from .merging import copy_units, joined, unit_index, validate
@@ -56,6 +56,7 @@ def merge_virtual(parts, output, overwrite=False):
                 joined(infos, "backend"),
                 joined(infos, "device"),
                 numerics=str(infos[0]["attrs"].get("numerics", "")),
+                generator=rng.file_generator(infos[0]["attrs"]),
             )
             for key in ("vxsim_version", "config_text"):
                 f.attrs[key] = infos[0]["attrs"][key]
@@ -156,6 +157,7 @@ def materialise(path, output, overwrite=False):
             str(attrs.get("backend", "?")),
             str(attrs.get("device", "?")),
             numerics=str(attrs.get("numerics", "")),
+            generator=rng.file_generator(attrs),
         )
         with h5py.File(tmp, "r+") as dst:
             for key in ("vxsim_version", "config_text", "merged_from"):

@@ -12,7 +12,7 @@ One program holds every kernel. ``program(precision)`` is the text: the
 themselves (each once), and ``vx_generated.cuh`` by a header generated from
 the Python side, so that nothing is stated twice:
 
-* the Philox and Box-Muller constants of ``vxsim.rng`` (printed with ``repr``,
+* the Philox and normal-transform constants of ``vxsim.rng`` (printed with ``repr``,
   which round-trips every double exactly);
 * the activation switch from the registry's C expressions
   (``vxsim.activations``: ``act.c``), activation codes in the order of
@@ -114,18 +114,14 @@ def generated_header():
         "#pragma once",
         '#include "common.cuh"',
         "",
-        "// Philox4x32 round constants and the Box-Muller constants of vxsim.rng",
+        "// Philox4x32 round constants and the normal transform's constants of vxsim.rng",
+        f"// (generator {rng.GENERATOR})",
         f"#define VX_PHILOX_M0 {int(rng.PHILOX_M0)}u",
         f"#define VX_PHILOX_M1 {int(rng.PHILOX_M1)}u",
         f"#define VX_PHILOX_W0 {int(rng.PHILOX_W0)}u",
         f"#define VX_PHILOX_W1 {int(rng.PHILOX_W1)}u",
-        f"#define VX_LN2 {rng.LN2!r}",
-        f"#define VX_INV_2_30 {rng.INV_2_30!r}",
-        f"#define VX_HALF_PI {rng.HALF_PI!r}",
-        f"#define VX_INV_SQRT2 {rng.INV_SQRT2!r}",
-        f"#define VX_SQRT2 {rng.SQRT2!r}",
     ]
-    lines += [f"#define VX_LOG_COEF_{k} {float(c)!r}" for k, c in enumerate(rng._LOG_COEF)]
+    lines += [f"#define VX_{name} ({getattr(rng, name)!r})" for name in rng.TRANSFORM_CONSTANTS]
     lines += [
         f"#define VX_STREAM_WEIGHT {rng.STREAM_WEIGHT}u",
         f"#define VX_STREAM_BIAS {rng.STREAM_BIAS}u",

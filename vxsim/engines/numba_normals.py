@@ -1,11 +1,22 @@
 """Counter-based normals on all CPU cores, bit-identical to ``rng.normals``.
 
-Philox4x32-10 from ``rng`` and a Box-Muller transform written here with the
-*same* arithmetic as ``rng.box_muller`` (same operations in the same order,
-exact power-of-two scaling done with exponent bits instead of ``ldexp``,
-quadrant rotation done with selects instead of table lookups), so that LLVM
-vectorises it; the tests check it bit for bit against ``rng.normals``. Kernels
-that produce random numbers never use fast-math flags.
+Philox4x32-10 from ``rng`` and the normal transform (rng's module docstring)
+written here with the *same* arithmetic as ``rng.log_uniform``,
+``rng.sin_cos_turn`` and ``rng.box_muller`` (same operations in the same
+order; the exact power-of-two scaling done with exponent bits instead of
+``ldexp``, word-to-float conversions with the 2^52 trick, rng's arithmetic
+selects as true selects), so that LLVM vectorises it; the tests check it bit
+for bit against ``rng.normals``. Kernels that produce random numbers never use
+fast-math flags.
+
+How it is made fast (measured on the 2-core AMD EPYC, AVX2): a chunk of
+``CHUNK`` Philox blocks goes through three structure-of-arrays passes, Philox
+(integer lanes), the radius r = sqrt(-2 log u) and the turn (r cos theta,
+r sin theta). Each Box-Muller pass carries four independent vector chains
+(the division, sqrt and polynomial chains are long: one chain per iteration
+runs at half the speed), and the constants are read once per chunk through
+``_opaque`` (Numba's large code model otherwise reloads each through an
+absolute address inside the loop).
 
 The Numba engine's kernels draw the MLP's weights with ``fill_share`` (a lane's
 share of Z^l, GEMM path) and ``fill_layer`` (all of it, by one lane, fused path);
@@ -13,8 +24,11 @@ share of Z^l, GEMM path) and ``fill_layer`` (all of it, by one lane, fused path)
 (engines.generic) use for their matrices.
 """
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
@@ -25,19 +39,18 @@ from vxsim.engines.numba_types import OPT as _OPT
 
 CHUNK = 256  # Philox blocks (4 normals each) per task of the normal generator
 _U0 = np.uint64(0)
-_U4 = np.uint64(4)
 _MASK32 = rng.MASK32
 _MANT = np.uint64(0x000FFFFFFFFFFFFF)
 _EXP_ONE = np.uint64(0x3FF0000000000000)
 _EXP_MASK = np.uint64(0x7FF)
+_TWO_52_BITS = np.uint64(0x4330000000000000)  # the bits of 2^52
 _S52 = np.uint64(52)
-_S30 = rng._THIRTY
-_LOW30 = rng._LOW30
-# rng's log-series coefficients 1 / (2k + 1), as scalars so the unrolled Horner
-# loop below reads constants
-_LC0, _LC1, _LC2, _LC3, _LC4, _LC5, _LC6, _LC7, _LC8, _LC9, _LC10, _LC11, _LC12 = (
-    float(c) for c in rng._LOG_COEF
-)
+_S29 = rng._TWENTY_NINE
+_LOW29 = rng._LOW29
+_ONE = rng._ONE
+_TWO = rng._TWO
+_FOUR = np.uint64(4)
+_SEVEN = np.uint64(7)
 _STREAM_WEIGHT = np.uint64(rng.STREAM_WEIGHT)
 _STREAM_BIAS = np.uint64(rng.STREAM_BIAS)
 
@@ -69,124 +82,219 @@ def _bits_f64(typingctx, x):
     return types.float64(types.uint64), codegen
 
 
-@njit(inline="always", **_OPT)
-def _log_uniform(k):
-    """rng.log_uniform, same arithmetic: log((k + 1/2) 2^-32) for a 32-bit word k.
+@intrinsic
+def _opaque(typingctx, x):
+    """x itself, hidden from the optimiser (an empty inline-asm statement).
 
-    x = k + 1/2 = m 2^e with m in [1, 2) read off the exponent bits (exactly
-    what ldexp(x, -e) gives, e = bit_length(k) - 1), then the same fold to
-    [1/sqrt2, sqrt2) and the same atanh series, Horner from the top.
+    Numba compiles with LLVM's large code model: a floating-point constant inside
+    a vectorised loop is reloaded each iteration through an absolute address held
+    in a general-purpose register, and with ~25 constants the loop spends more
+    time shuffling those registers than computing (measured: 1.3x slower). Read
+    once through ``_opaque`` before the loops, the constants become ordinary
+    values that live in vector registers or on the stack.
     """
-    x = np.int64(k & _MASK32) + 0.5
-    bits = _f64_bits(x)
-    e = np.int64((bits >> _S52) & _EXP_MASK) - 1023
-    m = _bits_f64((bits & _MANT) | _EXP_ONE)
-    if m > rng.SQRT2:
-        m = m * 0.5
-        e = e + 1
-    s = (m - 1.0) / (m + 1.0)
-    s2 = s * s
-    poly = _LC12
-    poly = poly * s2 + _LC11
-    poly = poly * s2 + _LC10
-    poly = poly * s2 + _LC9
-    poly = poly * s2 + _LC8
-    poly = poly * s2 + _LC7
-    poly = poly * s2 + _LC6
-    poly = poly * s2 + _LC5
-    poly = poly * s2 + _LC4
-    poly = poly * s2 + _LC3
-    poly = poly * s2 + _LC2
-    poly = poly * s2 + _LC1
-    poly = poly * s2 + _LC0
-    return (e - 32.0) * rng.LN2 + 2.0 * s * poly
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        register = _FP_REGISTER if isinstance(ty, ir.DoubleType) else "r"
+        if register is None:  # an unknown target: plain values (correct, maybe slower)
+            return args[0]
+        fnty = ir.FunctionType(ty, [ty])
+        return builder.asm(fnty, "", f"={register},0", [args[0]], side_effect=False)
+
+    return x(x), codegen
+
+
+# The inline-asm register class of a float64 on this machine (``_opaque``).
+_FP_REGISTER = {"x86_64": "x", "aarch64": "w", "arm64": "w"}.get(
+    llvm.get_process_triple().split("-")[0]
+)
+
+
+class Constants(NamedTuple):
+    """The transform's constants as run-time values (see ``_opaque``)."""
+
+    two_52: float
+    sqrt2: float
+    ln2_hi: float
+    ln2_lo: float
+    lg1: float
+    lg2: float
+    lg3: float
+    lg4: float
+    lg5: float
+    lg6: float
+    lg7: float
+    quarter_pi_2_m29: float
+    s1: float
+    s2: float
+    s3: float
+    s4: float
+    s5: float
+    s6: float
+    c1: float
+    c2: float
+    c3: float
+    c4: float
+    c5: float
+    c6: float
+    two_52_bits: np.uint64
+    mask32: np.uint64
+    exp_mask: np.uint64
+    mant: np.uint64
+    exp_one: np.uint64
+    low29: np.uint64
 
 
 @njit(inline="always", **_OPT)
-def _box_muller(ka, kb):
-    """rng.box_muller, same arithmetic: (r cos theta, r sin theta) from two 32-bit words."""
-    r = np.sqrt(-2.0 * _log_uniform(ka))
-    q = kb >> _S30
-    f = ((kb & _LOW30) + 0.5) * rng.INV_2_30
-    y = (f - 0.5) * rng.HALF_PI
-    y2 = y * y
-    sp = 1.0
-    cp = 1.0
-    # rng._sin_cos_small, unrolled: n = 8 .. 1, denominators (2n)(2n+1) and (2n-1)(2n).
-    sp = 1.0 - sp * y2 / (16.0 * 17.0)
-    cp = 1.0 - cp * y2 / (15.0 * 16.0)
-    sp = 1.0 - sp * y2 / (14.0 * 15.0)
-    cp = 1.0 - cp * y2 / (13.0 * 14.0)
-    sp = 1.0 - sp * y2 / (12.0 * 13.0)
-    cp = 1.0 - cp * y2 / (11.0 * 12.0)
-    sp = 1.0 - sp * y2 / (10.0 * 11.0)
-    cp = 1.0 - cp * y2 / (9.0 * 10.0)
-    sp = 1.0 - sp * y2 / (8.0 * 9.0)
-    cp = 1.0 - cp * y2 / (7.0 * 8.0)
-    sp = 1.0 - sp * y2 / (6.0 * 7.0)
-    cp = 1.0 - cp * y2 / (5.0 * 6.0)
-    sp = 1.0 - sp * y2 / (4.0 * 5.0)
-    cp = 1.0 - cp * y2 / (3.0 * 4.0)
-    sp = 1.0 - sp * y2 / (2.0 * 3.0)
-    cp = 1.0 - cp * y2 / (1.0 * 2.0)
-    s = y * sp
-    c = cp
-    s45 = (s + c) * rng.INV_SQRT2
-    c45 = (c - s) * rng.INV_SQRT2
-    # Quadrant rotation. rng multiplies by table entries in {-1, 0, 1} and adds;
-    # s45 and c45 are never zero for |y| < pi/4, so that sum is exactly one of
-    # +-s45, +-c45: the selects below give the same bits.
-    if q == 0:
-        sin_t, cos_t = s45, c45
-    elif q == 1:
-        sin_t, cos_t = c45, -s45
-    elif q == 2:
-        sin_t, cos_t = -s45, -c45
-    else:
-        sin_t, cos_t = -c45, s45
+def _constants():
+    """rng's constants, read once (``_opaque``) for the loops of one chunk."""
+    return Constants(
+        _opaque(rng.TWO_52), _opaque(rng.SQRT2), _opaque(rng.LN2_HI), _opaque(rng.LN2_LO),
+        _opaque(rng.LG1), _opaque(rng.LG2), _opaque(rng.LG3), _opaque(rng.LG4),
+        _opaque(rng.LG5), _opaque(rng.LG6), _opaque(rng.LG7), _opaque(rng.QUARTER_PI_2_M29),
+        _opaque(rng.S1), _opaque(rng.S2), _opaque(rng.S3), _opaque(rng.S4), _opaque(rng.S5),
+        _opaque(rng.S6), _opaque(rng.C1), _opaque(rng.C2), _opaque(rng.C3), _opaque(rng.C4),
+        _opaque(rng.C5), _opaque(rng.C6), _opaque(_TWO_52_BITS), _opaque(_MASK32),
+        _opaque(_EXP_MASK), _opaque(_MANT), _opaque(_EXP_ONE), _opaque(_LOW29),
+    )  # fmt: skip
+
+
+@njit(inline="always", **_OPT)
+def _word_f64(k, K):
+    """A word k < 2^52 as float64, exactly: the bits of 2^52 + k, minus 2^52 (AVX2
+    has no 64-bit integer conversion; this is two vector instructions)."""
+    return _bits_f64(K.two_52_bits | k) - K.two_52
+
+
+@njit(inline="always", **_OPT)
+def _radius(ka, K):
+    """r = sqrt(-2 log u) for u = (ka + 1/2) 2^-32: rng.log_uniform and rng.box_muller's
+    r, the same arithmetic.
+
+    x = ka + 1/2 = m 2^e with m in [1, 2) and e read off the bits (exactly what
+    ldexp(x, -e) gives, e = bit_length(ka) - 1), the same fold to [1/sqrt2, sqrt2]
+    (a select) and the same fdlibm polynomial in the same order.
+    """
+    bits = _f64_bits(_word_f64(ka & K.mask32, K) + 0.5)
+    d = _word_f64((bits >> _S52) & K.exp_mask, K) - (1023.0 + 32.0)
+    m = _bits_f64((bits & K.mant) | K.exp_one)
+    big = m > K.sqrt2
+    m = m * 0.5 if big else m
+    d = d + 1.0 if big else d
+    f = m - 1.0
+    s = f / (2.0 + f)
+    hfsq = (0.5 * f) * f
+    z = s * s
+    w = z * z
+    t1 = w * (K.lg2 + w * (K.lg4 + w * K.lg6))
+    t2 = z * (K.lg1 + w * (K.lg3 + w * (K.lg5 + w * K.lg7)))
+    log_u = d * K.ln2_hi - ((hfsq - (s * (hfsq + (t2 + t1)) + d * K.ln2_lo)) - f)
+    return np.sqrt(-2.0 * log_u)
+
+
+@njit(inline="always", **_OPT)
+def _turn(r, kb, K):
+    """(r cos theta, r sin theta) for theta = 2 pi (kb + 1/2) 2^-32: rng.sin_cos_turn's
+    octant reduction and fdlibm kernels, the same arithmetic. rng's selects are
+    arithmetic (a number times 1 plus another times 0, signs +-1), exact, so the
+    selects here give the same bits."""
+    o = (kb >> _S29) & _SEVEN
+    j = (kb & K.low29) ^ (K.low29 if (o & _ONE) != 0 else _U0)
+    y = (_word_f64(j, K) + 0.5) * K.quarter_pi_2_m29
+    z = y * y
+    w = z * z
+    rs = (K.s2 + z * (K.s3 + z * K.s4)) + (z * w) * (K.s5 + z * K.s6)
+    s = y + (z * y) * (K.s1 + z * rs)
+    rc = z * (K.c1 + z * (K.c2 + z * K.c3)) + (w * w) * (K.c4 + z * (K.c5 + z * K.c6))
+    hz = 0.5 * z
+    h = 1.0 - hz
+    c = h + (((1.0 - h) - hz) + z * rc)
+    swap = ((o + _ONE) & _TWO) != 0
+    sin_t = c if swap else s
+    cos_t = s if swap else c
+    sin_t = -sin_t if (o & _FOUR) != 0 else sin_t
+    cos_t = -cos_t if ((o + _TWO) & _FOUR) != 0 else cos_t
     return r * cos_t, r * sin_t
 
 
 @njit(**_OPT)
-def _normals_chunk(chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
-    """Normals ``4 chunk CHUNK ...`` of a stream into ``obuf`` (4, CHUNK) float64, lane-major.
+def _box_muller(ka, kb):
+    """rng.box_muller, same arithmetic: (r cos theta, r sin theta) from two 32-bit words."""
+    K = _constants()
+    return _turn(_radius(ka, K), kb, K)
 
-    Structure-of-arrays passes over ``CHUNK`` Philox blocks so that Philox and
-    Box-Muller vectorise; ``wbuf`` (4, CHUNK) uint64 and ``obuf`` are the calling
-    thread's scratch. Returns the number of blocks.
+
+@njit(**_OPT)
+def _fill_chunk(out, chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
+    """Normals ``4 chunk CHUNK ...`` of a stream into ``out[4 chunk CHUNK ...]`` (the
+    first ``count`` of ``out``; cast to its dtype, round to nearest).
+
+    Structure-of-arrays passes over the chunk's Philox blocks (rounded up to a
+    multiple of 8; the extra words are finite garbage, never stored) so that
+    Philox and Box-Muller vectorise: Philox words into ``wbuf`` (4, CHUNK) uint64,
+    radii into rows 0 and 2 of ``obuf`` (4, CHUNK) float64 (the calling thread's
+    scratch), then the turns, stored straight into ``out`` for a whole chunk
+    (LLVM interleaves the four lanes), through ``obuf`` for the last, partial one.
+    Each Box-Muller pass works on four independent streams of vectors (lanes 0
+    and 2, first and second half), as the division, sqrt and polynomial chains
+    are long.
     """
+    K = _constants()
     b0 = chunk * CHUNK
     nb = min(CHUNK, (count + 3) // 4 - b0)
-    for i in range(nb):
+    half = (nb + 7) // 8 * 4
+    for i in range(2 * half):
         w0, w1, w2, w3 = _philox(np.uint64(b0 + i), layer, sample, stream, k0, k1)
         wbuf[0, i] = w0
         wbuf[1, i] = w1
         wbuf[2, i] = w2
         wbuf[3, i] = w3
-    for i in range(nb):
-        z0, z1 = _box_muller(wbuf[0, i], wbuf[1, i])
+    for i in range(half):
+        obuf[0, i] = _radius(wbuf[0, i], K)
+        obuf[2, i] = _radius(wbuf[2, i], K)
+        obuf[0, i + half] = _radius(wbuf[0, i + half], K)
+        obuf[2, i + half] = _radius(wbuf[2, i + half], K)
+    base = 4 * b0
+    if nb == CHUNK and base + 4 * CHUNK <= count:
+        _turns_into(out[base : base + 4 * CHUNK], wbuf, obuf, K)
+        return
+    for i in range(half):
+        z0, z1 = _turn(obuf[0, i], wbuf[1, i], K)
+        z2, z3 = _turn(obuf[2, i], wbuf[3, i], K)
+        z4, z5 = _turn(obuf[0, i + half], wbuf[1, i + half], K)
+        z6, z7 = _turn(obuf[2, i + half], wbuf[3, i + half], K)
         obuf[0, i] = z0
         obuf[1, i] = z1
-    for i in range(nb):
-        z2, z3 = _box_muller(wbuf[2, i], wbuf[3, i])
         obuf[2, i] = z2
         obuf[3, i] = z3
-    return nb
+        obuf[0, i + half] = z4
+        obuf[1, i + half] = z5
+        obuf[2, i + half] = z6
+        obuf[3, i + half] = z7
+    for k in range(count - base):
+        out[base + k] = obuf[k % 4, k // 4]
 
 
-@njit(**_OPT)
-def _store_chunk(out, chunk, count, nb, obuf):
-    """Interleave a chunk's lanes into ``out`` (cast to its dtype, round to nearest)."""
-    base = 4 * chunk * CHUNK
-    if base + 4 * nb <= count:
-        for i in range(nb):
-            out[base + 4 * i] = obuf[0, i]
-            out[base + 4 * i + 1] = obuf[1, i]
-            out[base + 4 * i + 2] = obuf[2, i]
-            out[base + 4 * i + 3] = obuf[3, i]
-    else:
-        for k in range(count - base):
-            out[base + k] = obuf[k % 4, k // 4]
+@njit(inline="always", **_OPT)
+def _turns_into(dst, wbuf, obuf, K):
+    """A whole chunk's turns, interleaved into ``dst`` (4 CHUNK): normal 4 i + m of the
+    chunk is lane m of its block i."""
+    half = CHUNK // 2
+    for i in range(half):
+        z0, z1 = _turn(obuf[0, i], wbuf[1, i], K)
+        z2, z3 = _turn(obuf[2, i], wbuf[3, i], K)
+        z4, z5 = _turn(obuf[0, i + half], wbuf[1, i + half], K)
+        z6, z7 = _turn(obuf[2, i + half], wbuf[3, i + half], K)
+        dst[4 * i] = z0
+        dst[4 * i + 1] = z1
+        dst[4 * i + 2] = z2
+        dst[4 * i + 3] = z3
+        j = 4 * (i + half)
+        dst[j] = z4
+        dst[j + 1] = z5
+        dst[j + 2] = z6
+        dst[j + 3] = z7
 
 
 @njit(**_OPT)
@@ -199,14 +307,12 @@ def fill_share(Z, xis, nxt, nxt_bias, keys, wbuf, obuf, lane, lanes):
     lay = np.uint64(nxt)
     nch = ((n * n + 3) // 4 + CHUNK - 1) // CHUNK
     for c in range(lane * nch // lanes, (lane + 1) * nch // lanes):
-        nb = _normals_chunk(c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
-        _store_chunk(zflat, c, n * n, nb, obuf)
+        _fill_chunk(zflat, c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
     if nxt_bias:
         xi = xis[nxt % 2]
         nch = ((n + 3) // 4 + CHUNK - 1) // CHUNK
         for c in range(lane * nch // lanes, (lane + 1) * nch // lanes):
-            nb = _normals_chunk(c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
-            _store_chunk(xi, c, n, nb, obuf)
+            _fill_chunk(xi, c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
 
 
 @njit(**_OPT)
@@ -217,13 +323,11 @@ def fill_layer(Z, xi, layer, bias, keys, wbuf, obuf):
     lay = np.uint64(layer)
     nch = ((n * n + 3) // 4 + CHUNK - 1) // CHUNK
     for c in range(nch):
-        nb = _normals_chunk(c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
-        _store_chunk(zflat, c, n * n, nb, obuf)
+        _fill_chunk(zflat, c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
     if bias:
         nch = ((n + 3) // 4 + CHUNK - 1) // CHUNK
         for c in range(nch):
-            nb = _normals_chunk(c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
-            _store_chunk(xi, c, n, nb, obuf)
+            _fill_chunk(xi, c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
 
 
 @njit(parallel=True, cache=True)
@@ -236,8 +340,7 @@ def _fill(out, layer, sample, stream, k0, k1, threads):
         words = np.empty((4, CHUNK), dtype=np.uint64)
         values = np.empty((4, CHUNK))
         for c in range(lane * chunks // lanes, (lane + 1) * chunks // lanes):
-            nb = _normals_chunk(c, count, layer, sample, stream, k0, k1, words, values)
-            _store_chunk(out, c, count, nb, values)
+            _fill_chunk(out, c, count, layer, sample, stream, k0, k1, words, values)
 
 
 def _call(out, seed, sample, layer, stream):

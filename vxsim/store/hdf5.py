@@ -31,7 +31,7 @@ import os
 import h5py
 import numpy as np
 
-from .. import variables
+from .. import rng, variables
 from ..errors import VxsimError
 from ..variables import unit_variables
 from . import schema, space, swmr
@@ -55,14 +55,15 @@ __all__ = [
 ]
 
 
-def create(path, config, backend, device, extra=None, numerics=""):
+def create(path, config, backend, device, extra=None, numerics="", generator=rng.GENERATOR):
     """A new results file with every variable laid out (allocated as units arrive) and
     every unit marked incomplete.
 
     Built under a temporary name and renamed into place, so that a kill during
     creation leaves either no file or a whole one. ``extra``: more root
     variables and attributes, as for ``schema.write_extra`` (a shard's, say).
-    ``numerics``: what decides the last bits of the numbers (``engines.numerics``).
+    ``numerics``: what decides the last bits of the numbers (``engines.numerics``);
+    ``generator``: the normal generator that drew them (``rng.GENERATOR``).
     """
     with replacing(path, "creating") as tmp:
         try:
@@ -70,7 +71,7 @@ def create(path, config, backend, device, extra=None, numerics=""):
         except OSError as err:
             raise VxsimError(f"cannot create {path}: {reason(err)}") from None
         with f, space.writing(path, "creating"):
-            schema.write_attrs(f, config, backend, device, numerics=numerics)
+            schema.write_attrs(f, config, backend, device, numerics=numerics, generator=generator)
             datasets = schema.layout(f, config, compressed=False)
             for ds in datasets.values():
                 if ds.chunks is None:  # small contiguous ones (the progress flags): now
@@ -95,11 +96,13 @@ def diff_keys(a, b, prefix="", labels=("file", "now")):
 
 def check_resumable(path, config, numerics=None):
     """Refuse to resume a file written for another config (say which keys differ),
-    or, given ``numerics``, by an engine whose numbers would differ in the last bits."""
+    with another normal generator (``rng.GENERATOR``: other weights altogether), or,
+    given ``numerics``, by an engine whose numbers would differ in the last bits."""
     try:
         with open_reader(path) as f:
             stored = f.attrs["config"]
             had = str(f.attrs.get("numerics", ""))
+            drawn_by = rng.file_generator(f.attrs)
     except OSError as err:
         raise VxsimError(f"cannot resume {path}: {reason(err)}") from None
     except KeyError:
@@ -107,6 +110,12 @@ def check_resumable(path, config, numerics=None):
     if stored != config.canonical():
         diffs = diff_keys(json.loads(stored), json.loads(config.canonical()))
         raise VxsimError(f"cannot resume {path}: config differs in " + "; ".join(diffs))
+    if drawn_by != rng.GENERATOR:
+        raise VxsimError(
+            f"cannot resume {path}: its weights were drawn by the generator {drawn_by}, "
+            f"this vxsim draws them with {rng.GENERATOR} (other numbers); "
+            "start a new file or --overwrite"
+        )
     if numerics is not None and had != numerics:
         raise VxsimError(
             f"cannot resume {path}: its units were computed by {had or 'an unknown engine'}, "

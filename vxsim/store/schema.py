@@ -18,7 +18,7 @@ import time
 import h5py
 import numpy as np
 
-from .. import __version__, variables
+from .. import __version__, rng, variables
 from . import space
 
 STR = h5py.string_dtype()
@@ -114,14 +114,16 @@ def layout(f, config, compressed):
     return out
 
 
-def write_attrs(f, config, backend, device, created=None, numerics=""):
-    """The root attributes of a new (running) results file."""
+def write_attrs(f, config, backend, device, created=None, numerics="", generator=rng.GENERATOR):
+    """The root attributes of a new (running) results file; ``generator``: the normal
+    generator that draws its weights (``rng.GENERATOR``; a merge passes its parts')."""
     f.attrs["vxsim_version"] = __version__
     f.attrs["config"] = config.canonical()
     f.attrs["config_text"] = json.dumps(config.raw, sort_keys=True, indent=1)
     f.attrs["backend"] = backend
     f.attrs["device"] = device
     f.attrs["numerics"] = numerics
+    f.attrs["generator"] = generator
     f.attrs["seed"] = np.uint64(config.seed)
     f.attrs["created"] = created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     f.attrs["status"] = "running"
