@@ -175,4 +175,5 @@ ARCHITECTURE = Architecture(
     streams=streams(len(GATES)),
     growth_law="exponential",
     mean_field=None,  # no mean-field theory: measured only
+    fast_paths=("numba",),  # fused step kernels (engines.numba_rnn)
 )

@@ -72,4 +72,5 @@ ARCHITECTURE = Architecture(
     streams=gates.streams(1),
     growth_law="exponential",
     mean_field=mean_field,
+    fast_paths=("numba",),  # fused step kernels (engines.numba_rnn)
 )
