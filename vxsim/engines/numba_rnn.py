@@ -287,7 +287,7 @@ class _Unit:
     def _start(self):
         """Layer 0: h = x1 | x2 per point (c = 0), the tangent v0 / |v0| (LSTM: (v0, 0))."""
         b, P, dt = self.b, self.P, self.dt
-        x1, x2, v0 = self.gu.x1, self.gu.x2, self.gu.v0
+        x1, x2 = self.gu.x1, self.gu.x2
         b.A[:P] = x1.astype(dt)
         b.A[P : 2 * P] = x2.astype(dt)
         if self.jvp:

@@ -497,7 +497,9 @@ def _lstm_gates(row, c, H, Q, s, xi, drv, sb, su, shift, code, a, derivs):
     _sigmoid(hr[n : 2 * n], q[Q_F * n : (Q_F + 1) * n], q[Q_1F * n : (Q_1F + 1) * n])
     _sigmoid(hr[3 * n :], q[Q_O * n : (Q_O + 1) * n], q[Q_1O * n : (Q_1O + 1) * n])
     which = WANT_BOTH if derivs else WANT_PHI
-    _act(code, which, hr[2 * n : 3 * n], q[Q_G * n : (Q_G + 1) * n], q[Q_DG * n : (Q_DG + 1) * n], a)
+    _act(
+        code, which, hr[2 * n : 3 * n], q[Q_G * n : (Q_G + 1) * n], q[Q_DG * n : (Q_DG + 1) * n], a
+    )
     cn = q[Q_C * n : (Q_C + 1) * n]
     for i in range(n):
         cn[i] = q[Q_F * n + i] * c[i] + q[Q_I * n + i] * q[Q_G * n + i]
