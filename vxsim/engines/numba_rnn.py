@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import progress, rng
 from ..models import gates as gates_mod
-from . import base, gemm, generic, layout, numba_cpu, schedule
+from . import base, gemm, generic, layout, numba_cpu, numba_normals, schedule
 
 
 class RnnBuffers(NamedTuple):
@@ -167,8 +167,6 @@ class _Unit:
         self.jvp, self.vjp = "jvp" in config.modes, "vjp" in config.modes
         self.lanes = np.int64(numba_cpu._lanes())
         # the model's host code draws the tied matrices and the biases (bit-identical)
-        from . import numba_normals
-
         arrays = generic.HostArrays(numba_normals.normal_matrix, numba_cpu.store_budget)
         self.gu = generic.Unit(config, width, sample, arrays)
         self.Z = gates_mod.tied_weights(self.gu, G)  # (G N, N), run precision
@@ -222,6 +220,7 @@ class _Unit:
             xi=xi, pf=pf, pi=pi, res=res, limit=base.divergence_limit(dt),
         )  # fmt: skip
         self.steps_done = 0
+        self._entry = None
         self.fwd_ops = schedule.forward_ops(self.L, self.plan, self.rec)
         self.bwd_ops = schedule.backward_ops(self.L, self.plan, self.rec) if self.vjp else []
         self.steps_total = len(self.fwd_ops) + len(self.bwd_ops)
@@ -239,7 +238,10 @@ class _Unit:
         block = (t - 1) // B
         if block not in self._drives:
             steps = range(block * B + 1, min((block + 1) * B, self.L) + 1)
-            X = np.stack([self.gu.normals(s, rng.STREAM_SEQUENCE) for s in steps], axis=1)
+            seed, N = self.config.seed, self.N
+            X = np.empty((N, len(steps)))
+            for j, s in enumerate(steps):  # rng.normals, bit for bit, on every core
+                X[:, j] = numba_normals.normals(seed, self.sample, s, rng.STREAM_SEQUENCE, N)
             D = self.Z_U @ (np.sqrt(self.config.input_variance) * X) / np.sqrt(self.N)
             self._drives[block] = np.ascontiguousarray(D.T)
             while len(self._drives) > gates_mod.DRIVE_BLOCKS_KEPT:
@@ -250,8 +252,15 @@ class _Unit:
         gemm.matmul(a, b, out, int(self.lanes))
 
     def _run(self, op, drv, t, r=-1, rows=2, jvp=False, slot=-1, keep=-1):
-        self.k.run(np.int64(op), self.b, drv, np.int64(t), np.int64(r), np.int64(rows),
-                   bool(jvp), np.int64(slot), np.int64(keep), self.lanes)  # fmt: skip
+        """One ``run`` call through its compiled entry point, typed once per unit (typing a
+        NamedTuple of arrays per call costs more than a step's epilogue at small widths)."""
+        args = (np.int64(op), self.b, drv, np.int64(t), np.int64(r), np.int64(rows),
+                bool(jvp), np.int64(slot), np.int64(keep), self.lanes)  # fmt: skip
+        if self._entry is None:
+            import numba
+
+            self._entry = self.k.run.compile(tuple(numba.typeof(a) for a in args))
+        self._entry(*args)
 
     def _slot(self, layer, start):
         """Where trajectory 1's state at ``layer`` lives in S (see the module docstring)."""
