@@ -1,6 +1,6 @@
-"""The recurrent nets' fused step kernels (engines.numba_rnn) against the NumPy oracle.
+"""The residual and recurrent nets' fused kernels (engines.numba_rnn) against the NumPy oracle.
 
-Every architecture (Elman, GRU, LSTM), mode and precision, keeping every step or
+Every architecture (residual MLP, Elman, GRU, LSTM), mode and precision, keeping every step or
 recomputing segments from checkpoints, and the edge cases of the oracle's rules:
 divergence flags, float32 underflow to the fixed point, zero input variance,
 gate biases far from 0. Tolerances are oracle_cases.TOL (the same summation-order
@@ -15,6 +15,7 @@ from oracle_cases import ARCH_AXES, TOL, assert_same, make_config
 from vxsim.engines import numba_cpu, numba_rnn, numpy_ref, schedule
 
 RNNS = ("rnn", "gru", "lstm")
+ARCHS = ("residual", *RNNS)
 ACTS2 = '["tanh", "relu", "gelu"]'
 
 CASES = [
@@ -35,7 +36,7 @@ def rnn_config(arch, *extra, axis_values="[0.3, 1.0]", **kw):
     )
 
 
-@pytest.mark.parametrize("arch", RNNS)
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("precision,mode,width,depth,record,checkpoint,sample", CASES)
 def test_matches_oracle(arch, precision, mode, width, depth, record, checkpoint, sample):
     cfg = rnn_config(
@@ -55,7 +56,7 @@ def test_matches_oracle(arch, precision, mode, width, depth, record, checkpoint,
     assert "numba" in cfg.arch.fast_paths
 
 
-@pytest.mark.parametrize("arch", RNNS)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_keeping_every_step_equals_recomputing_segments(arch, monkeypatch):
     """The store (every step kept) and checkpoints (segments recomputed) give the same
     numbers: a recomputed step is the forward step's arithmetic on the same rows."""
@@ -108,7 +109,7 @@ def test_vjp_plan_at_depth_10000_stays_within_the_budget(monkeypatch):
             assert plan.every == cfg.checkpoint_every and slots * state < 20 * 2**20
 
 
-@pytest.mark.parametrize("arch", RNNS)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_divergence_flags_match_oracle(arch):
     """Unbounded activations (ELU, GELU) at large sigma_w2 overflow float32: the same
     (point, step) flags as the oracle, NaN from that step on in those points only. (The

@@ -563,7 +563,7 @@ def run_unit(config, width, sample, path=None):
 
         arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)
         return generic.run_unit(config, width, sample, arrays)
-    if config.arch.tied_weights:  # the recurrent nets' fused step kernels
+    if config.arch.name != "mlp":  # the residual and recurrent nets' fused kernels
         from . import numba_rnn
 
         return numba_rnn.run_unit(config, width, sample)

@@ -56,6 +56,11 @@ class RnnBuffers(NamedTuple):
     pi: np.ndarray  # (N_I, P) int64 per-point table (engines.layout.I_*)
     res: np.ndarray  # (N_R, P, R) records (engines.layout.R_*)
     limit: float  # divergence limit of |state|
+    Zs: np.ndarray  # (2, N, N) residual: Z^l of this GEMM and the next one's
+    xis: np.ndarray  # (2, N) float64 residual: xi^l in row l % 2
+    keys: np.ndarray  # (sample, k0, k1) uint64, the generator's key
+    wbuf: np.ndarray  # (lanes, 4, CHUNK) uint64 generator scratch
+    obuf: np.ndarray  # (lanes, 4, CHUNK) float64 generator scratch
 
 
 class Recurrence(NamedTuple):
@@ -70,6 +75,7 @@ RECURRENCES = {
     "rnn": Recurrence(1, "elman", 1),
     "gru": Recurrence(3, "gru", 1),
     "lstm": Recurrence(4, "lstm", 2),
+    "residual": Recurrence(1, "residual", 1),  # not recurrent: a fresh Z^l per layer
 }
 
 # ---------------------------------------------------------------- kernel module
@@ -169,25 +175,32 @@ class _Unit:
         # the model's host code draws the tied matrices and the biases (bit-identical)
         arrays = generic.HostArrays(numba_normals.normal_matrix, numba_cpu.store_budget)
         self.gu = generic.Unit(config, width, sample, arrays)
-        self.Z = gates_mod.tied_weights(self.gu, G)  # (G N, N), run precision
-        self.ZT = self.Z.T
-        xi = np.concatenate([self.gu.normals(g, rng.STREAM_BIAS) for g in range(G)])
-        self.Z_U = np.concatenate(
-            [self.gu.matrix(0, rng.STREAM_GATE_INPUT + g, np.float64) for g in range(G)]
-        )
+        if kind != "residual":
+            self.Z = gates_mod.tied_weights(self.gu, G)  # (G N, N), run precision
+            self.ZT = self.Z.T
+            xi = np.concatenate([self.gu.normals(g, rng.STREAM_BIAS) for g in range(G)])
+            self.Z_U = np.concatenate(
+                [self.gu.matrix(0, rng.STREAM_GATE_INPUT + g, np.float64) for g in range(G)]
+            )
+        else:
+            xi = np.zeros(N)
         self._drives = {}
         pf = np.zeros((k.N_F, P))
         pf[k.F_SCALE] = np.sqrt(grid.sigma_w2 / N).astype(dt).astype(np.float64)
         pf[k.F_SB] = np.sqrt(grid.sigma_b2)
-        pf[k.F_SU] = np.sqrt(grid.extra["sigma_u2"])
+        if kind == "residual":
+            pf[k.F_ALPHA] = grid.extra["alpha"].astype(dt)
+        else:
+            pf[k.F_SU] = np.sqrt(grid.extra["sigma_u2"])
         shift_axis = {"gru": "update_bias", "lstm": "forget_bias"}.get(kind)
         if shift_axis:
             pf[k.F_SHIFT] = grid.extra[shift_axis]
         pi = np.zeros((layout.N_I, P), dtype=np.int64)
         pi[layout.I_CODE] = codes
+        grid_log_scale = bool(config.arch.steps.LOG_SCALE)
         for act, param, cols in grid.groups:
             pf[k.F_PARAM, cols] = dt.type(param)
-            pi[layout.I_HOMOG, cols] = int(act.homogeneous) if kind == "elman" else 0
+            pi[layout.I_HOMOG, cols] = int(act.homogeneous) if grid_log_scale else 0
         self.rec = base.record_index(config)
         res = np.empty((layout.N_R, P, config.layers.size))
         for plane, _ in layout.produced_planes(config):
@@ -202,13 +215,17 @@ class _Unit:
             slots = 1
         self.ncp = ncp if self.vjp else 0
         one = np.zeros((1, 1), dtype=dt)
-        gw = {"elman": 1, "gru": 2, "lstm": 4}[kind]
+        gw = {"elman": 1, "gru": 2, "lstm": 4, "residual": 1}[kind]
+        residual = kind == "residual"
+        lanes = int(self.lanes)
+        wbuf, obuf = numba_cpu._scratch(lanes)
+        k0, k1 = rng.seed_key(config.seed)
         self.b = RnnBuffers(
             A=np.zeros((3 * P, N), dtype=dt),
             H=np.zeros((3 * P, G * N if kind != "gru" else 2 * N), dtype=dt),
             A2=np.zeros((3 * P, N), dtype=dt) if kind == "gru" else one,
             H2=np.zeros((3 * P, N), dtype=dt) if kind == "gru" else one,
-            X=np.zeros((3 * P, N), dtype=dt) if kind == "lstm" else one,
+            X=np.zeros((3 * P, N), dtype=dt) if kind in ("lstm", "residual") else one,
             Q=np.zeros((3 * P, k.Q_BLOCKS * N), dtype=dt),
             G=np.zeros((P, cells * N), dtype=dt) if self.vjp else one,
             GN=np.zeros((P, N), dtype=dt) if self.vjp and kind == "gru" else one,
@@ -218,6 +235,9 @@ class _Unit:
             S=np.zeros((slots, P, cells * N), dtype=dt) if self.vjp else np.zeros((1, 1, 1), dt),
             S_ls=np.zeros((slots, P)) if self.vjp else np.zeros((1, 1)),
             xi=xi, pf=pf, pi=pi, res=res, limit=base.divergence_limit(dt),
+            Zs=np.zeros((2, N, N) if residual else (1, 1, 1), dtype=dt),
+            xis=np.zeros((2, N)), keys=np.array([sample, k0, k1], dtype=np.uint64),
+            wbuf=wbuf, obuf=obuf,
         )  # fmt: skip
         self.steps_done = 0
         self._entry = None
@@ -227,8 +247,15 @@ class _Unit:
 
     def _plan(self):
         """generic.vjp_plan's Plan with this engine's store budget (numba_cpu.store_budget):
-        trajectory 1's state per kept layer; the gates are recomputed, not kept."""
-        return generic.vjp_plan(self.gu, self.config.arch.steps)._replace(keep_steps=False)
+        trajectory 1's state per kept layer; the gates are recomputed, not kept; the
+        residual net's Z^l are drawn again in the backward pass (its plan counts no weights)."""
+        if self.config.arch.steps.TIED_WEIGHTS:
+            return generic.vjp_plan(self.gu, self.config.arch.steps)._replace(keep_steps=False)
+        start = self.config.arch.steps.start(self.gu)
+        state = sum(v.nbytes for v in start.values()) // 2
+        budget = numba_cpu.store_budget() if self.config.checkpoint == 0 else 0
+        plan = schedule.vjp_plan(self.config, schedule.LayerBytes(state=state), budget)
+        return plan._replace(keep_weights=False)
 
     # -- helpers
 
@@ -251,11 +278,12 @@ class _Unit:
     def _mm(self, a, b, out):
         gemm.matmul(a, b, out, int(self.lanes))
 
-    def _run(self, op, drv, t, r=-1, rows=2, jvp=False, slot=-1, keep=-1):
+    def _run(self, op, drv, t, r=-1, rows=2, jvp=False, slot=-1, keep=-1, nxt=0, nxt_slot=0):
         """One ``run`` call through its compiled entry point, typed once per unit (typing a
         NamedTuple of arrays per call costs more than a step's epilogue at small widths)."""
         args = (np.int64(op), self.b, drv, np.int64(t), np.int64(r), np.int64(rows),
-                bool(jvp), np.int64(slot), np.int64(keep), self.lanes)  # fmt: skip
+                bool(jvp), np.int64(slot), np.int64(keep), self.lanes, np.int64(nxt),
+                np.int64(nxt_slot))  # fmt: skip
         if self._entry is None:
             import numba
 
@@ -391,10 +419,113 @@ class _Unit:
         return base.shape_results(self.config, layout.results(self.config, self.b.res, self.b.pi))
 
 
+class _ResidualUnit(_Unit):
+    """The residual MLP: per layer one GEMM H = A @ (Z^l).T and one parallel call doing the
+    epilogue h + alpha (s Z phi(h) + b) (tangent or cotangent too) and, on the same lanes,
+    drawing the next GEMM's Z (numba_rnn_kernels.run's ``nxt``), into the other of two
+    slots: the GEMM of op i reads slot i % 2."""
+
+    def _prefetch(self, layer, slot):
+        """Z^layer into Zs[slot] and xi^layer into xis[layer % 2] (a pass's first draw)."""
+        from . import numba_normals
+
+        b, cfg = self.b, self.config
+        b.Zs[slot] = numba_normals.normal_matrix(
+            cfg, self.N, self.sample, layer, rng.STREAM_WEIGHT, self.dt
+        )
+        b.xis[layer % 2] = numba_normals.normals(
+            cfg.seed, self.sample, layer, rng.STREAM_BIAS, self.N
+        )
+
+    def _start(self):
+        """hh^0 = x1 | x2 (X rows), A = phi(hh^0) (and phi'(x1) t^0): the oracle's arithmetic."""
+        b, P, gu = self.b, self.P, self.gu
+        h0 = self.config.arch.steps.start(gu)["h"]
+        b.X[: 2 * P] = _rows(h0)
+        b.A[: 2 * P] = _rows(gu.activate("phi", h0))
+        self.phi_x1 = b.A[:P].copy()
+        if self.jvp:
+            t, _ = generic._renormalise(self.config.arch.steps.tangent_start(gu))
+            b.X[2 * P :] = _rows(t)
+            b.A[2 * P :] = _rows(gu.activate("dphi", h0[:, :P]) * t)
+        if self.vjp:
+            b.S[0] = b.X[:P]
+
+    def forward(self):
+        self._start()
+        ops, b, k, P = self.fwd_ops, self.b, self.k, self.P
+        n = 3 * P if self.jvp else 2 * P
+        self._prefetch(1, 0)
+        for i, op in enumerate(ops):
+            slot = i % 2
+            keep = -1
+            if self.vjp and (op.keep or op.checkpoint >= 0):
+                keep = self._slot(op.layer, op.layer)
+            nxt = ops[i + 1].layer if i + 1 < len(ops) else 0
+            self._mm(b.A[:n], b.Zs[slot].T, b.H[:n])
+            self._run(k.R_FWD, b.xi, op.layer, int(op.record), 2, self.jvp, keep=keep,
+                      nxt=nxt, nxt_slot=1 - slot)  # fmt: skip
+            self._progress()
+
+    def backward(self):
+        b, k, P, L = self.b, self.k, self.P, self.L
+        dead = b.pi[layout.I_DEAD] != 0
+        gamma, _ = generic._renormalise(self.config.arch.steps.cotangent_start(self.gu))
+        b.G[:] = _rows(gamma)
+        b.G[dead] = 0
+        r = self.rec[L]
+        if r >= 0:
+            b.res[layout.R_GRAD, :, r] = np.where(dead, np.nan, 0.0)
+        ops = self.bwd_ops
+        drawn = [i for i, op in enumerate(ops) if not isinstance(op, schedule.Restart)]
+        slot_of = {i: j % 2 for j, i in enumerate(drawn)}
+        after = dict(zip(drawn, drawn[1:] + [None], strict=True))
+        if drawn:
+            self._prefetch(ops[drawn[0]].layer, 0)
+        for i, op in enumerate(ops):
+            if isinstance(op, schedule.Restart):
+                if op.start == 0:
+                    b.X[:P] = b.S[0]
+                    b.A[:P] = self.phi_x1
+                    b.pf[k.F_LSR] = 0.0
+                else:
+                    self._run(k.R_START, b.xi, op.start, slot=self._slot(op.start, op.start))
+                self._progress()
+                continue
+            slot = slot_of[i]
+            j = after[i]
+            nxt, nxt_slot = (ops[j].layer, slot_of[j]) if j is not None else (0, 0)
+            if isinstance(op, schedule.Recompute):
+                self._mm(b.A[:P], b.Zs[slot].T, b.H[:P])
+                self._run(
+                    k.R_FWD,
+                    b.xi,
+                    op.layer,
+                    -1,
+                    1,
+                    False,
+                    keep=self._slot(op.layer, op.start),
+                    nxt=nxt,
+                    nxt_slot=nxt_slot,
+                )
+            else:
+                self._mm(b.G, b.Zs[slot], b.U)
+                self._run(
+                    k.R_BWD,
+                    b.xi,
+                    op.layer,
+                    int(op.record),
+                    slot=self._slot(op.layer - 1, op.start),
+                    nxt=nxt,
+                    nxt_slot=nxt_slot,
+                )
+            self._progress()
+
+
 def run_unit(config, width, sample):
     """One (width, sample) of a recurrent net on the fused step kernels (inside
     numba_cpu.run_unit, so under gemm.deterministic)."""
-    unit = _Unit(config, width, sample)
+    unit = (_ResidualUnit if config.arch.name == "residual" else _Unit)(config, width, sample)
     unit.forward()
     if unit.vjp:
         unit.backward()

@@ -54,6 +54,7 @@ from vxsim.engines.layout import (
     R_LOGQ,
     R_TAN,
 )
+from vxsim.engines.numba_normals import fill_share
 from vxsim.engines.numba_types import OPT as _OPT
 from vxsim.engines.numba_types import PAR as _PAR
 from vxsim.engines.numba_types import RED as _RED
@@ -69,7 +70,8 @@ F_LS2 = 6  # Elman: log-scale of hh2
 F_ACC = 7  # accumulated log |t|^2 (JVP)
 F_LSR = 8  # Elman: log-scale of a recomputed hh1 (VJP segment)
 F_GACC = 9  # accumulated log |g|^2 (VJP)
-N_F = 10
+F_ALPHA = 10  # residual: the branch scale alpha, as rounded to the run's dtype
+N_F = 11
 
 # What ``run`` does (its ``op``).
 E_FWD = np.int64(0)  # Elman step after H = A @ Z.T (rows: both trajectories, or 1 recomputed)
@@ -83,6 +85,9 @@ G_BWD3 = np.int64(7)  # GRU: g = z g + r g_m + s U (U = GB @ [Z_r; Z_z])
 L_FWD = np.int64(8)  # LSTM step after H = A @ Z.T
 L_BWD1 = np.int64(9)  # LSTM gates of trajectory 1; e, GB = gradients of the pre-activations
 L_BWD2 = np.int64(10)  # LSTM: [g_h | g_c] = [s U | f e] (U = GB @ Z)
+R_FWD = np.int64(11)  # residual layer after H = A @ Z^l.T (rows 2, or 1 recomputed)
+R_START = np.int64(12)  # residual: a segment's restart from S[slot] (slot < 0: the input)
+R_BWD = np.int64(13)  # residual backward after U = G @ Z^l
 
 # Columns of a GRU row of Q (blocks of N).
 Q_R, Q_1R, Q_Z, Q_1Z, Q_N, Q_DN, Q_DZ = 0, 1, 2, 3, 4, 5, 6
@@ -601,6 +606,108 @@ def _lstm_bwd2(p, b, t, r):
     _gradient_step(p, t, g, _sumsq(g), b.pf, b.pi, b.res, r)
 
 
+# ---------------------------------------------------------------- residual MLP (models.residual)
+
+
+@njit(**_OPT)
+def _residual_row(hh, h, s, alpha, xi, sb, homog, pf, ls_row, p):
+    """In place hh = hh + alpha (s h + dtype(xi sb e^-ls)) (residual.step), renormalised
+    (log-scale in pf[ls_row, p]) where phi is homogeneous; returns |hh|^2 (float64)."""
+    dtype = hh.dtype.type
+    n = hh.size
+    bs = math.exp(min(-pf[ls_row, p], EXP_CAP))
+    for i in range(n):
+        hh[i] = hh[i] + alpha * (s * h[i] + dtype((xi[i] * sb) * bs))
+    ss = _sumsq(hh)
+    if homog and ss > 0.0:
+        rms = math.sqrt(ss / n)
+        _divide(hh, dtype(rms))
+        pf[ls_row, p] += math.log(rms)
+        ss = _sumsq(hh)
+    return ss
+
+
+@njit(**_OPT)
+def _residual_fwd(p, b, t, r, rows, jvp, keep):
+    """h^l = hh + alpha (s Z phi(hh) + e^-ls sqrt(sb2) xi^l) per trajectory row (X), renormalised
+    where phi is homogeneous; the tangent t + alpha s Z (phi'(hh1) t); divergence, records;
+    the next GEMM input. ``rows`` = 1: a recomputed hh1 (log-scale F_LSR) only."""
+    pf, pi = b.pf, b.pi
+    P = pi.shape[1]
+    H, A, X = b.H, b.A, b.X
+    n = H.shape[1]
+    dtype = H.dtype.type
+    s, alpha = dtype(pf[F_SCALE, p]), dtype(pf[F_ALPHA, p])
+    sb, a = pf[F_SB, p], dtype(pf[F_PARAM, p])
+    homog = pi[I_HOMOG, p] != 0
+    code = pi[I_CODE, p]
+    xi = b.xis[t % 2]
+    if rows == 1:
+        _residual_row(X[p], H[p], s, alpha, xi, sb, homog, pf, F_LSR, p)
+        _act(code, WANT_PHI, X[p], A[p], A[p], a)
+        if keep >= 0:
+            _copy(b.S[keep, p], X[p])
+            b.S_ls[keep, p] = pf[F_LSR, p]
+        return
+    ss1 = _residual_row(X[p], H[p], s, alpha, xi, sb, homog, pf, F_LS1, p)
+    ss2 = _residual_row(X[P + p], H[P + p], s, alpha, xi, sb, homog, pf, F_LS2, p)
+    big = _big(X[p], b.limit) + _big(X[P + p], b.limit)
+    ok = math.isfinite(ss1) and math.isfinite(ss2) and big == 0
+    if homog:
+        ok = ok and ss1 > 0.0 and ss2 > 0.0
+    acc = 0.0
+    sst = 0.0
+    if jvp:
+        tv, ht = X[2 * P + p], H[2 * P + p]
+        sa = alpha * s
+        for i in range(n):
+            tv[i] = tv[i] + sa * ht[i]
+        sst = _sumsq(tv)
+        acc = pf[F_ACC, p] + np.log(sst)
+        ok = ok and math.isfinite(acc)
+    if not ok:
+        _die(p, t, pi, pf, (A[p], A[P + p], A[2 * P + p], X[p], X[P + p], X[2 * P + p]))
+        return
+    h1, h2 = X[p], X[P + p]
+    if keep >= 0:
+        _copy(b.S[keep, p], h1)
+        b.S_ls[keep, p] = pf[F_LS1, p]
+    _record(p, r, b.res, pf, ss1, ss2, _dot(h1, h2), n, pf[F_LS1, p], jvp, acc)
+    if jvp:
+        tv = X[2 * P + p]
+        _renormalise(tv, sst)
+        pf[F_ACC, p] = acc
+        at = A[2 * P + p]
+        _act(code, WANT_BOTH, h1, A[p], at, a)
+        for i in range(n):
+            at[i] = at[i] * tv[i]
+    else:
+        _act(code, WANT_PHI, h1, A[p], A[p], a)
+    _act(code, WANT_PHI, h2, A[P + p], A[P + p], a)
+
+
+@njit(**_OPT)
+def _residual_start(p, b, slot):
+    """A recomputed segment's start: hh1 = S[slot] (its log-scale), A = phi(hh1)."""
+    b.pf[F_LSR, p] = b.S_ls[slot, p]
+    _copy(b.X[p], b.S[slot, p])
+    _act(b.pi[I_CODE, p], WANT_PHI, b.X[p], b.A[p], b.A[p], b.A.dtype.type(b.pf[F_PARAM, p]))
+
+
+@njit(**_OPT)
+def _residual_bwd(p, b, t, r, slot):
+    """g^{l-1} = g^l + alpha phi'(hh^{l-1}) (s Z^T g^l) (residual.cotangent), U = G @ Z given."""
+    pf = b.pf
+    g, u = b.G[p], b.U[p]
+    d = b.Q[p]
+    dtype = g.dtype.type
+    s, alpha = dtype(pf[F_SCALE, p]), dtype(pf[F_ALPHA, p])
+    _act(b.pi[I_CODE, p], WANT_DPHI, b.S[slot, p], d, d, dtype(pf[F_PARAM, p]))
+    for i in range(g.size):
+        g[i] = g[i] + alpha * d[i] * (s * u[i])
+    _gradient_step(p, t, g, _sumsq(g), pf, b.pi, b.res, r)
+
+
 # ---------------------------------------------------------------- the parallel entry point
 
 
@@ -628,17 +735,26 @@ def _point(op, p, b, drv, t, r, rows, jvp, slot, keep):
         _lstm_bwd1(p, b, drv, slot)
     elif op == L_BWD2:
         _lstm_bwd2(p, b, t, r)
+    elif op == R_FWD:
+        _residual_fwd(p, b, t, r, rows, jvp, keep)
+    elif op == R_START:
+        _residual_start(p, b, slot)
+    elif op == R_BWD:
+        _residual_bwd(p, b, t, r, slot)
 
 
 @njit(**_PAR)
-def run(op, b, drv, t, r, rows, jvp, slot, keep, lanes):
+def run(op, b, drv, t, r, rows, jvp, slot, keep, lanes, nxt, nxt_slot):
     """One epilogue ``op`` of step ``t`` for every live point, on ``lanes`` threads
     (point p = lane, lane + lanes, ...: activation groups are contiguous, so striding
     spreads each one's cost). Backward ops skip collapsed points too. ``b``:
-    numba_rnn.RnnBuffers; ``drv``: the step's drive Z_U x_t / sqrt(N), (G N,) float64."""
+    numba_rnn.RnnBuffers; ``drv``: the step's drive Z_U x_t / sqrt(N), (G N,) float64.
+    Then, on the same threads (nxt > 0, residual net), each lane's share of the next
+    GEMM's Z^nxt into Zs[nxt_slot] and xi^nxt into xis[nxt % 2] (numba_normals, the
+    counter's numbers bit for bit): generation overlaps the epilogue, no pass of its own."""
     P = b.pi.shape[1]
     backward = op == E_BWD or op == G_BWD1 or op == G_BWD2 or op == G_BWD3
-    backward = backward or op == L_BWD1 or op == L_BWD2
+    backward = backward or op == L_BWD1 or op == L_BWD2 or op == R_BWD
     for lu in prange(lanes):
         for p in range(lu, P, lanes):
             if b.pi[I_DEAD, p] != 0:
@@ -646,3 +762,7 @@ def run(op, b, drv, t, r, rows, jvp, slot, keep, lanes):
             if backward and b.pi[I_COLLAPSED, p] != 0:
                 continue
             _point(op, p, b, drv, t, r, rows, jvp, slot, keep)
+        lane = np.int64(lu)
+        fill_share(
+            b.Zs[nxt_slot], b.xis, nxt, True, b.keys, b.wbuf[lane], b.obuf[lane], lane, lanes
+        )

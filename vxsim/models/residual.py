@@ -85,4 +85,5 @@ ARCHITECTURE = Architecture(
     streams=(rng.STREAM_INPUT, rng.STREAM_OUTPUT_GRAD, rng.STREAM_WEIGHT, rng.STREAM_BIAS),
     growth_law="power",  # |g^l|^2 ~ l^rate (Yang & Schoenholz 2017)
     mean_field=mean_field,
+    fast_paths=("numba",),  # fused epilogue (engines.numba_rnn)
 )
