@@ -16,6 +16,7 @@ from vxsim.engines import numba_cpu, numba_rnn, numpy_ref, schedule
 
 RNNS = ("rnn", "gru", "lstm")
 ARCHS = ("residual", *RNNS)
+PATHS = ("gemm", "fused")  # per step: BLAS GEMMs + epilogues; per pass: one call per lane
 ACTS2 = '["tanh", "relu", "gelu"]'
 
 CASES = [
@@ -36,34 +37,56 @@ def rnn_config(arch, *extra, axis_values="[0.3, 1.0]", **kw):
     )
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# (architecture, path): each RNN on both paths, forced; the residual net has the GEMM path
+ARCH_PATHS = [("residual", "gemm")] + [(arch, path) for arch in RNNS for path in PATHS]
+
+
+@pytest.mark.parametrize("arch,path", ARCH_PATHS)
 @pytest.mark.parametrize("precision,mode,width,depth,record,checkpoint,sample", CASES)
-def test_matches_oracle(arch, precision, mode, width, depth, record, checkpoint, sample):
+def test_matches_oracle(arch, path, precision, mode, width, depth, record, checkpoint, sample):
     cfg = rnn_config(
         arch,
         f"measure.record={record}",
         f"engine.checkpoint={checkpoint}",
+        f'engine.path="{path}"',
         width=width,
         depth=depth,
         precision=precision,
         mode=mode,
         acts=ACTS2,
     )
+    assert numba_rnn.choose_path(cfg, width) == path
     got = numba_cpu.run_unit(cfg, width, sample)
     want = numpy_ref.run_unit(cfg, width, sample)
-    assert_same(got, want, TOL[precision], f"{arch} {precision} {mode}")
-    # the fused kernels ran (not the generic driver): they leave their plan behind
-    assert "numba" in cfg.arch.fast_paths
+    assert_same(got, want, _tolerance(precision, want), f"{arch} {path} {precision} {mode}")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_keeping_every_step_equals_recomputing_segments(arch, monkeypatch):
+def _tolerance(precision, want):
+    """oracle_cases.TOL, and in float64 at least 1e-8 relative to the largest log-norm.
+
+    In the chaotic phase (sigma_w2 = 4) a gated net with an unbounded phi (LSTM, relu)
+    grows its tangent and gradient by e^33 in 35 steps, and the fused path's
+    matrix-vector sums (another order than BLAS's) then move those log-norms by up to
+    5.7e-8: 1.8e-9 of them, the float64 rounding amplified by the chaos, not a mistake
+    (a wrong scale, bias or step moves these numbers by >= 1e-3, 1e-5 of them)."""
+    tol = dict(TOL[precision])
+    if precision == "float64":
+        for key in ("log_tangent_norm", "log_grad_norm"):
+            if key in want:
+                peak = np.nanmax(np.abs(want[key]), initial=0.0)
+                tol[key] = max(tol[key], 1e-8 * peak)
+    return tol
+
+
+@pytest.mark.parametrize("arch,path", ARCH_PATHS)
+def test_keeping_every_step_equals_recomputing_segments(arch, path, monkeypatch):
     """The store (every step kept) and checkpoints (segments recomputed) give the same
     numbers: a recomputed step is the forward step's arithmetic on the same rows."""
-    cfg = rnn_config(arch, width=16, depth=37, precision="float64", acts=ACTS2)
+    cfg = rnn_config(arch, f'engine.path="{path}"', width=16, depth=37, precision="float64",
+                     acts=ACTS2)  # fmt: skip
     monkeypatch.setattr(numba_cpu, "STORE_BYTES", 2**40)
     unit = numba_rnn._Unit(cfg, 16, 0)
-    assert unit.plan.keep_all and unit.b.S.shape[0] == 37
+    assert unit.plan.keep_all and unit.b.S.shape[0] == 37 and unit.path == path
     kept = numba_cpu.run_unit(cfg, 16, 0)
     monkeypatch.setattr(numba_cpu, "STORE_BYTES", 0)
     unit = numba_rnn._Unit(cfg, 16, 0)
@@ -109,14 +132,14 @@ def test_vjp_plan_at_depth_10000_stays_within_the_budget(monkeypatch):
             assert plan.every == cfg.checkpoint_every and slots * state < 20 * 2**20
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_divergence_flags_match_oracle(arch):
+@pytest.mark.parametrize("arch,path", ARCH_PATHS)
+def test_divergence_flags_match_oracle(arch, path):
     """Unbounded activations (ELU, GELU) at large sigma_w2 overflow float32: the same
     (point, step) flags as the oracle, NaN from that step on in those points only. (The
     GRU's h_t is a convex mix of n_t and h_{t-1}, so it needs a larger sigma_w2.)"""
     sw2 = "[1.0, 1e4]" if arch == "gru" else "[1.0, 50.0]"
     cfg = rnn_config(
-        arch, width=16, depth=60, sw2=sw2, precision="float32",
+        arch, f'engine.path="{path}"', width=16, depth=60, sw2=sw2, precision="float32",
         acts='["tanh", "elu", "gelu"]', axis_values="[1.0]",
     )  # fmt: skip
     got, want = numba_cpu.run_unit(cfg, 16, 0), numpy_ref.run_unit(cfg, 16, 0)
@@ -132,14 +155,15 @@ def test_divergence_flags_match_oracle(arch):
 
 
 @pytest.mark.parametrize("arch", RNNS)
-def test_underflow_to_the_fixed_point_with_zero_input_variance(arch):
+@pytest.mark.parametrize("path", PATHS)
+def test_underflow_to_the_fixed_point_with_zero_input_variance(arch, path):
     """No input (input_variance = 0), no bias, ordered tanh: the float32 state underflows
     to the fixed point h = 0. Not a divergence: nothing is flagged, log q reads -inf at
     the end, and the tangent and gradient (whose norms are renormalised) go on as the
     oracle's. Tolerance: the oracle's float32 one (oracle_cases.TOL), as in the
     MLP's version of this test."""
     cfg = rnn_config(
-        arch, "network.input_variance=0.0", "grid.sigma_b2=[0.0]",
+        arch, "network.input_variance=0.0", "grid.sigma_b2=[0.0]", f'engine.path="{path}"',
         width=8, depth=300, sw2="[0.3]", precision="float32", acts='["tanh"]',
         axis_values="[0.0]" if arch != "rnn" else "[1.0]",
     )  # fmt: skip
@@ -151,7 +175,8 @@ def test_underflow_to_the_fixed_point_with_zero_input_variance(arch):
 
 @pytest.mark.parametrize("arch", ("gru", "lstm"))
 @pytest.mark.parametrize("precision", ("float32", "float64"))
-def test_gate_bias_far_from_zero(arch, precision):
+@pytest.mark.parametrize("path", PATHS)
+def test_gate_bias_far_from_zero(arch, precision, path):
     """update_bias / forget_bias = -30 and +30: the gates saturate (1 - sigma ~ 1e-13),
     which the two-tailed sigmoid keeps accurate in both engines. In float32, f = 1
     exactly at forget_bias = 30, so the LSTM cell integrates i g without decay and an
@@ -160,7 +185,8 @@ def test_gate_bias_far_from_zero(arch, precision):
     float32 takes tanh only, float64 every activation."""
     acts = ACTS2 if precision == "float64" else '["tanh"]'
     cfg = rnn_config(
-        arch, width=16, depth=40, precision=precision, mode="both", acts=acts,
+        arch, f'engine.path="{path}"', width=16, depth=40, precision=precision, mode="both",
+        acts=acts,
         axis_values="[-30.0, 0.0, 30.0]",
     )  # fmt: skip
     got, want = numba_cpu.run_unit(cfg, 16, 1), numpy_ref.run_unit(cfg, 16, 1)
@@ -172,6 +198,14 @@ def test_other_weight_laws_stay_on_the_generic_driver(monkeypatch):
     cfg = rnn_config("gru", 'network.init=["orthogonal"]', width=8, depth=5, acts='["tanh"]')
     monkeypatch.setattr(numba_rnn, "run_unit", lambda *a: pytest.fail("fused path used"))
     numba_cpu.run_unit(cfg, 8, 0)
+
+
+def test_path_choice():
+    """auto: the fused path up to the measured crossover; the residual net: GEMMs."""
+    cfg = rnn_config("lstm", width=8, depth=5)
+    w = numba_rnn.FUSED_MAX_WIDTH
+    assert numba_rnn.choose_path(cfg, w) == "fused" and numba_rnn.choose_path(cfg, w + 1) == "gemm"
+    assert numba_rnn.choose_path(rnn_config("residual", 'engine.path="fused"'), 8) == "gemm"
 
 
 def test_generated_module_has_one_block_per_activation():

@@ -566,7 +566,7 @@ def run_unit(config, width, sample, path=None):
     if config.arch.name != "mlp":  # the residual and recurrent nets' fused kernels
         from . import numba_rnn
 
-        return numba_rnn.run_unit(config, width, sample)
+        return numba_rnn.run_unit(config, width, sample, path)
     unit = _Unit(config, width, sample, path=path)
     unit.forward()
     if unit.vjp:

@@ -149,6 +149,27 @@ def kernels(names):
         return mod
 
 
+# ---------------------------------------------------------------- the path
+
+# Widths up to this run the recurrent nets on the fused path (one call per pass, each
+# lane taking its points through every step with the tied Z hot in cache) when
+# engine.path = "auto": the crossover measured by scripts/bench_architectures.py
+# (--paths) on 2 cores (see the report in the commit history); "gemm" or "fused" forces
+# either. The residual net (a fresh Z^l per layer) always runs the GEMM path.
+FUSED_MAX_WIDTH = 128
+# Ops per parallel call on the fused path (progress is reported between calls).
+FUSED_OPS = 256
+
+
+def choose_path(config, width):
+    """'gemm' or 'fused' for this width (engine.path forces either; residual: 'gemm')."""
+    if config.arch.name == "residual":
+        return "gemm"
+    if config.path in ("gemm", "fused"):
+        return config.path
+    return "fused" if width <= FUSED_MAX_WIDTH else "gemm"
+
+
 # ---------------------------------------------------------------- one work unit
 
 
@@ -160,11 +181,12 @@ def _rows(v):
 class _Unit:
     """One (width, sample) of a recurrent net: buffers, tied matrices, the lowered schedule."""
 
-    def __init__(self, config, width, sample):
+    def __init__(self, config, width, sample, path=None):
         self.config, self.N, self.sample = config, width, sample
         self.rec_ = RECURRENCES[config.arch.name]
         G, kind = self.rec_.gates, self.rec_.kind
         self.kind = kind
+        self.path = path or choose_path(config, width)
         grid = base.grid(config)
         names, codes = numba_cpu._activation_codes(grid)
         self.k = k = kernels(names)
@@ -240,7 +262,7 @@ class _Unit:
             wbuf=wbuf, obuf=obuf,
         )  # fmt: skip
         self.steps_done = 0
-        self._entry = None
+        self._entry = self._fused_entry = self._table = None
         self.fwd_ops = schedule.forward_ops(self.L, self.plan, self.rec)
         self.bwd_ops = schedule.backward_ops(self.L, self.plan, self.rec) if self.vjp else []
         self.steps_total = len(self.fwd_ops) + len(self.bwd_ops)
@@ -259,21 +281,74 @@ class _Unit:
 
     # -- helpers
 
+    def _drive_block(self, block):
+        """Z_U [x_t0 .. x_t0+B-1] / sqrt(N) of a block of gates.DRIVE_BLOCK steps (one GEMM,
+        as gates.drive computes it), (B, G N) float64 rows."""
+        B = gates_mod.DRIVE_BLOCK
+        steps = range(block * B + 1, min((block + 1) * B, self.L) + 1)
+        seed, N = self.config.seed, self.N
+        X = np.empty((N, len(steps)))
+        for j, s in enumerate(steps):  # rng.normals, bit for bit, on every core
+            X[:, j] = numba_normals.normals(seed, self.sample, s, rng.STREAM_SEQUENCE, N)
+        D = self.Z_U @ (np.sqrt(self.config.input_variance) * X) / np.sqrt(self.N)
+        return np.ascontiguousarray(D.T)
+
     def drive(self, t):
-        """Z_U x_t / sqrt(N), (G N,) float64: gates.drive's block GEMM, kept per block."""
+        """Z_U x_t / sqrt(N), (G N,) float64, its block kept (the last DRIVE_BLOCKS_KEPT)."""
         B = gates_mod.DRIVE_BLOCK
         block = (t - 1) // B
         if block not in self._drives:
-            steps = range(block * B + 1, min((block + 1) * B, self.L) + 1)
-            seed, N = self.config.seed, self.N
-            X = np.empty((N, len(steps)))
-            for j, s in enumerate(steps):  # rng.normals, bit for bit, on every core
-                X[:, j] = numba_normals.normals(seed, self.sample, s, rng.STREAM_SEQUENCE, N)
-            D = self.Z_U @ (np.sqrt(self.config.input_variance) * X) / np.sqrt(self.N)
-            self._drives[block] = np.ascontiguousarray(D.T)
+            self._drives[block] = self._drive_block(block)
             while len(self._drives) > gates_mod.DRIVE_BLOCKS_KEPT:
                 del self._drives[next(iter(self._drives))]
         return self._drives[block][(t - 1) % B]
+
+    def drive_table(self):
+        """Every step's drive, (T, G N) float64 (the fused path's, made once per unit)."""
+        if self._table is None:
+            blocks = -(-self.L // gates_mod.DRIVE_BLOCK)
+            self._table = np.concatenate([self._drive_block(j) for j in range(blocks)])
+        return self._table
+
+    # -- the fused path (small widths): schedule ops -> op rows, whole passes per lane
+
+    def _op_rows(self, ops):
+        """engines.schedule's ops as numba_rnn_kernels op rows (C_* columns)."""
+        k = self.k
+        rows = np.zeros((len(ops), k.N_C), dtype=np.int64)
+        for i, op in enumerate(ops):
+            row = rows[i]
+            if isinstance(op, schedule.Forward):
+                keep = -1
+                if self.vjp and (op.keep or op.checkpoint >= 0):
+                    keep = self._slot(op.layer, op.layer)
+                row[:] = (k.OP_FWD, op.layer, op.record, self.jvp, 0, keep)
+            elif isinstance(op, schedule.Restart):
+                row[:] = (k.OP_RESTART, op.start, -1, 0, self._slot(op.start, op.start), -1)
+            elif isinstance(op, schedule.Recompute):
+                prev, new = self._slot(op.layer - 1, op.start), self._slot(op.layer, op.start)
+                row[:] = (k.OP_RECOMPUTE, op.layer, -1, 0, prev, new)
+            else:
+                prev = self._slot(op.layer - 1, op.start)
+                row[:] = (k.OP_BACKWARD, op.layer, op.record, 0, prev, -1)
+        return rows
+
+    def _fused_pass(self, ops):
+        """One parallel call per FUSED_OPS ops (progress between them)."""
+        import numba
+
+        rows = self._op_rows(ops)
+        arch = np.int64(("elman", "gru", "lstm").index(self.kind))
+        D = self.drive_table()
+        for first in range(0, len(rows), FUSED_OPS):
+            last = min(first + FUSED_OPS, len(rows))
+            args = (arch, self.b, rows, np.int64(first), np.int64(last), self.Z, D, self.lanes)
+            if self._fused_entry is None:
+                sig = tuple(numba.typeof(a) for a in args)
+                self._fused_entry = self.k.run_fused.compile(sig)
+            self._fused_entry(*args)
+            self.steps_done += last - first
+            progress.step(self.steps_done, self.steps_total)
 
     def _mm(self, a, b, out):
         gemm.matmul(a, b, out, int(self.lanes))
@@ -340,6 +415,8 @@ class _Unit:
 
     def forward(self):
         self._start()
+        if self.path == "fused":
+            return self._fused_pass(self.fwd_ops)
         for op in self.fwd_ops:
             keep = -1
             if self.vjp and (op.keep or op.checkpoint >= 0):
@@ -356,6 +433,8 @@ class _Unit:
         r = self.rec[L]
         if r >= 0:
             b.res[layout.R_GRAD, :, r] = np.where(dead, np.nan, 0.0)
+        if self.path == "fused":
+            return self._fused_pass(self.bwd_ops)
         for op in self.bwd_ops:
             if isinstance(op, schedule.Restart):
                 self._restart(op)
@@ -522,10 +601,11 @@ class _ResidualUnit(_Unit):
             self._progress()
 
 
-def run_unit(config, width, sample):
-    """One (width, sample) of a recurrent net on the fused step kernels (inside
-    numba_cpu.run_unit, so under gemm.deterministic)."""
-    unit = (_ResidualUnit if config.arch.name == "residual" else _Unit)(config, width, sample)
+def run_unit(config, width, sample, path=None):
+    """One (width, sample) of a residual or recurrent net on the fused kernels (inside
+    numba_cpu.run_unit, so under gemm.deterministic); ``path`` forces 'gemm' or 'fused'."""
+    cls = _ResidualUnit if config.arch.name == "residual" else _Unit
+    unit = cls(config, width, sample, path)
     unit.forward()
     if unit.vjp:
         unit.backward()

@@ -708,6 +708,140 @@ def _residual_bwd(p, b, t, r, slot):
     _gradient_step(p, t, g, _sumsq(g), pf, b.pi, b.res, r)
 
 
+# ---------------------------------------------------------------- small widths: whole passes
+
+
+# What a fused-pass op row (numba_rnn lowers engines.schedule's ops to them) does.
+OP_FWD = 0  # forward step ``layer`` (both trajectories, tangent rows when jvp)
+OP_RESTART = 1  # a segment's start (``slot``: its state's slot; ``layer`` 0: the input)
+OP_RECOMPUTE = 2  # trajectory 1 at ``layer`` from S[slot] into S[keep]
+OP_BACKWARD = 3  # g_{layer-1} from g_layer, trajectory 1's state at layer-1 in S[slot]
+# Columns of an op row.
+C_CODE, C_LAYER, C_RECORD, C_JVP, C_SLOT, C_KEEP = range(6)
+N_C = 6
+# Architectures of the fused pass.
+ARCH_ELMAN, ARCH_GRU, ARCH_LSTM = 0, 1, 2
+
+
+@njit(**_RED)
+def _mv(Z, x, y):
+    """y = Z @ x, Z (M, K) C-order: four rows per load of x, sums in the run's dtype."""
+    m, k = Z.shape
+    zero = y.dtype.type(0.0)
+    i = 0
+    while i + 4 <= m:
+        s0 = s1 = s2 = s3 = zero
+        for j in range(k):
+            v = x[j]
+            s0 += Z[i, j] * v
+            s1 += Z[i + 1, j] * v
+            s2 += Z[i + 2, j] * v
+            s3 += Z[i + 3, j] * v
+        y[i], y[i + 1], y[i + 2], y[i + 3] = s0, s1, s2, s3
+        i += 4
+    while i < m:
+        s0 = zero
+        for j in range(k):
+            s0 += Z[i, j] * x[j]
+        y[i] = s0
+        i += 1
+
+
+@njit(**_RED)
+def _vm(Z, g, u):
+    """u = Z^T g, Z (M, K) C-order: u accumulates g_j Z[j, :] row by row."""
+    m, k = Z.shape
+    for j in range(k):
+        u[j] = 0
+    for i in range(m):
+        gi = g[i]
+        for j in range(k):
+            u[j] += gi * Z[i, j]
+
+
+@njit(**_OPT)
+def _load(arch, p, b, slot):
+    """Trajectory 1's stored state at S[slot] into its rows (GRU, LSTM)."""
+    n = b.A.shape[1]
+    if arch == ARCH_ELMAN:
+        return
+    _copy(b.A[p], b.S[slot, p, :n])
+    if arch == ARCH_LSTM:
+        _copy(b.X[p], b.S[slot, p, n:])
+
+
+@njit(**_OPT)
+def _fused_op(arch, o, p, b, Z, D):
+    """One op row ``o`` for point p alone: its matrix-vector products (Z hot in cache), then
+    the same per-point epilogues as the GEMM path's."""
+    P = b.pi.shape[1]
+    n = b.A.shape[1]
+    code, t, r, jvp = o[C_CODE], o[C_LAYER], o[C_RECORD], o[C_JVP] != 0
+    slot, keep = o[C_SLOT], o[C_KEEP]
+    drv = D[max(t - 1, 0)]
+    if code == OP_RESTART:
+        if arch == ARCH_ELMAN:
+            if t == 0:
+                b.pf[F_LSR, p] = 0.0
+                _copy(b.A[p], b.S[0, p])
+            else:
+                _elman_start(p, b, slot)
+        return
+    if code == OP_BACKWARD and b.pi[I_COLLAPSED, p] != 0:
+        return
+    rows = 2 if code == OP_FWD else 1
+    if code != OP_FWD:
+        _load(arch, p, b, slot)
+    tangent = code == OP_FWD and jvp
+    if arch == ARCH_ELMAN:
+        if code == OP_BACKWARD:
+            _vm(Z, b.G[p], b.U[p])
+            _elman_bwd(p, b, t, r, slot)
+            return
+        for k in range(rows + tangent):
+            _mv(Z, b.A[k * P + p], b.H[k * P + p])
+        _elman_fwd(p, b, drv, t, r, rows, tangent, keep)
+    elif arch == ARCH_GRU:
+        Zrz, Zn = Z[: 2 * n], Z[2 * n :]
+        for k in range(rows + tangent):
+            _mv(Zrz, b.A[k * P + p], b.H[k * P + p])
+        _gru_fwd1(p, b, drv, rows, tangent)
+        for k in range(rows + tangent):
+            _mv(Zn, b.A2[k * P + p], b.H2[k * P + p])
+        if code != OP_BACKWARD:
+            _gru_fwd2(p, b, drv, t, r, rows, tangent, keep)
+            return
+        _gru_bwd1(p, b, drv)
+        _vm(Zn, b.GN[p], b.U2[p])
+        _gru_bwd2(p, b, slot)
+        _vm(Zrz, b.GB[p], b.U[p])
+        _gru_bwd3(p, b, t, r)
+    else:
+        for k in range(rows + tangent):
+            _mv(Z, b.A[k * P + p], b.H[k * P + p])
+        if code != OP_BACKWARD:
+            _lstm_fwd(p, b, drv, t, r, rows, tangent, keep)
+            return
+        _lstm_bwd1(p, b, drv, slot)
+        _vm(Z, b.GB[p], b.U[p])
+        _lstm_bwd2(p, b, t, r)
+
+
+@njit(**_PAR)
+def run_fused(arch, b, ops, first, last, Z, D, lanes):
+    """Op rows first..last-1 for every point, each lane taking its points (p = lane,
+    lane + lanes, ...) through all of them in turn: no synchronisation between steps,
+    the tied Z (and the point's rows) kept hot in cache across the steps. ``D``: the
+    drives Z_U x_t / sqrt(N) of every step, (T, G N) float64."""
+    P = b.pi.shape[1]
+    for lu in prange(lanes):
+        for p in range(lu, P, lanes):
+            for i in range(first, last):
+                if b.pi[I_DEAD, p] != 0:
+                    break
+                _fused_op(arch, ops[i], p, b, Z, D)
+
+
 # ---------------------------------------------------------------- the parallel entry point
 
 
