@@ -52,10 +52,11 @@ SIGMA_B2 = [0.0, 0.1]
 POINTS = len(SIGMA_W2) * len(SIGMA_B2) * 2
 
 
-def make_config(arch, width, depth, mode):
+def make_config(arch, width, depth, mode, path="auto"):
     axis = AXES[arch]
     return config_mod.load(
         overrides=[
+            f'engine.path="{path}"',
             f'network.architecture="{arch}"',
             f"network.width=[{width}]",
             f"network.depth={depth}",
@@ -70,10 +71,10 @@ def make_config(arch, width, depth, mode):
     )
 
 
-def time_vxsim(arch, width, depth, mode, repeat):
+def time_vxsim(arch, width, depth, mode, repeat, path="auto"):
     """Seconds per step of one work unit (all P grid points)."""
-    numba_cpu.run_unit(make_config(arch, width, 3, mode), width, 0)  # JIT and first touch
-    cfg = make_config(arch, width, depth, mode)
+    numba_cpu.run_unit(make_config(arch, width, 3, mode, path), width, 0)  # JIT, first touch
+    cfg = make_config(arch, width, depth, mode, path)
     return best(lambda: numba_cpu.run_unit(cfg, width, 0), repeat) / depth
 
 
@@ -271,9 +272,30 @@ def main():
     parser.add_argument(
         "--docs", action="store_true", help="also write the output into docs/performance.md"
     )
+    parser.add_argument(
+        "--paths", action="store_true", help="the RNNs' gemm and fused paths per width instead"
+    )
     args = parser.parse_args()
     with recorded("bench_architectures", write=args.docs):
-        table(args)
+        crossover(args) if args.paths else table(args)
+
+
+def crossover(args):
+    """ms per step of the recurrent nets on each numba path (numba_rnn's fused_max_width)."""
+    widths = [int(w) for w in (args.widths or "32,64,96,128,160,192,256").split(",")]
+    depth, repeat = args.depth or 100, args.repeat or 2
+    print(f"# numba_rnn paths, {POINTS} points, {depth} steps, float32, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(f"{'arch':>6} {'width':>5} {'mode':>4} {'gemm ms':>8} {'fused ms':>8} {'faster':>6}")
+    for arch in args.archs.split(","):
+        if arch == "residual":
+            continue
+        for width in widths:
+            for mode in ("jvp", "vjp"):
+                g = time_vxsim(arch, width, depth, mode, repeat, "gemm")
+                f = time_vxsim(arch, width, depth, mode, repeat, "fused")
+                print(f"{arch:>6} {width:>5} {mode:>4} {g * 1e3:>8.3f} {f * 1e3:>8.3f} "
+                      f"{'fused' if f < g else 'gemm':>6}", flush=True)  # fmt: skip
 
 
 def table(args):

@@ -202,9 +202,11 @@ def test_other_weight_laws_stay_on_the_generic_driver(monkeypatch):
 
 def test_path_choice():
     """auto: the fused path up to the measured crossover; the residual net: GEMMs."""
-    cfg = rnn_config("lstm", width=8, depth=5)
-    w = numba_rnn.FUSED_MAX_WIDTH
-    assert numba_rnn.choose_path(cfg, w) == "fused" and numba_rnn.choose_path(cfg, w + 1) == "gemm"
+    for arch in RNNS:
+        cfg = rnn_config(arch, width=8, depth=5)
+        w = numba_rnn.RECURRENCES[arch].fused_max_width
+        assert numba_rnn.choose_path(cfg, w) == "fused"
+        assert numba_rnn.choose_path(cfg, w + 1) == "gemm"
     assert numba_rnn.choose_path(rnn_config("residual", 'engine.path="fused"'), 8) == "gemm"
 
 

@@ -69,13 +69,20 @@ class Recurrence(NamedTuple):
     gates: int  # stacked gate matrices
     kind: str  # "elman", "gru" or "lstm"
     cells: int  # state vectors per trajectory (LSTM: h and c)
+    fused_max_width: int  # the fused path up to this width (engine.path = "auto"), see below
 
 
+# fused_max_width: the crossover measured by scripts/bench_architectures.py --paths
+# (2 cores, AMD EPYC Zen 4, OpenBLAS 0.3.31, 32 points, float32, 60 steps, load 1.6,
+# 2026-12-04): the fused path is faster in both modes up to width 256 for Elman and GRU
+# (at 256: Elman 0.56 vs 0.71 ms JVP, 0.64 vs 0.97 VJP; GRU 1.07 vs 1.42, 1.82 vs 2.37)
+# and up to 128 for the LSTM (0.76 vs 0.95, 1.01 vs 1.29; at 192 the GEMMs win, 1.25 vs
+# 1.01 and 1.52 vs 1.49). The residual net (a fresh Z^l per layer) has the GEMM path only.
 RECURRENCES = {
-    "rnn": Recurrence(1, "elman", 1),
-    "gru": Recurrence(3, "gru", 1),
-    "lstm": Recurrence(4, "lstm", 2),
-    "residual": Recurrence(1, "residual", 1),  # not recurrent: a fresh Z^l per layer
+    "rnn": Recurrence(1, "elman", 1, 256),
+    "gru": Recurrence(3, "gru", 1, 256),
+    "lstm": Recurrence(4, "lstm", 2, 128),
+    "residual": Recurrence(1, "residual", 1, 0),  # not recurrent: a fresh Z^l per layer
 }
 
 # ---------------------------------------------------------------- kernel module
@@ -151,23 +158,19 @@ def kernels(names):
 
 # ---------------------------------------------------------------- the path
 
-# Widths up to this run the recurrent nets on the fused path (one call per pass, each
-# lane taking its points through every step with the tied Z hot in cache) when
-# engine.path = "auto": the crossover measured by scripts/bench_architectures.py
-# (--paths) on 2 cores (see the report in the commit history); "gemm" or "fused" forces
-# either. The residual net (a fresh Z^l per layer) always runs the GEMM path.
-FUSED_MAX_WIDTH = 128
 # Ops per parallel call on the fused path (progress is reported between calls).
 FUSED_OPS = 256
 
 
 def choose_path(config, width):
-    """'gemm' or 'fused' for this width (engine.path forces either; residual: 'gemm')."""
-    if config.arch.name == "residual":
+    """'gemm' or 'fused' for this width: engine.path forces either, "auto" takes the fused
+    path up to the architecture's measured crossover (the residual net: 'gemm' always)."""
+    most = RECURRENCES[config.arch.name].fused_max_width
+    if most == 0:
         return "gemm"
     if config.path in ("gemm", "fused"):
         return config.path
-    return "fused" if width <= FUSED_MAX_WIDTH else "gemm"
+    return "fused" if width <= most else "gemm"
 
 
 # ---------------------------------------------------------------- one work unit
