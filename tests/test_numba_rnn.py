@@ -96,6 +96,14 @@ def test_keeping_every_step_equals_recomputing_segments(arch, path, monkeypatch)
     recomputed = numba_cpu.run_unit(cfg, 16, 0)
     for key, value in kept.items():
         np.testing.assert_array_equal(recomputed[key], value, err_msg=key)
+    if arch == "residual":  # Z^l kept with every layer, or for a segment's backward steps
+        for budget, slots in ((2**40, 37), (0, every)):
+            monkeypatch.setattr(numba_cpu, "STORE_BYTES", budget)
+            unit = numba_rnn._ResidualUnit(cfg, 16, 0)
+            assert unit.b.Zs.shape[0] == slots, budget
+            got = numba_rnn.run_unit(cfg, 16, 0)
+            for key, value in kept.items():
+                np.testing.assert_array_equal(got[key], value, err_msg=f"{budget} {key}")
 
 
 def test_vjp_plan_at_depth_10000_stays_within_the_budget(monkeypatch):

@@ -260,7 +260,7 @@ class _Unit:
             S=np.zeros((slots, P, cells * N), dtype=dt) if self.vjp else np.zeros((1, 1, 1), dt),
             S_ls=np.zeros((slots, P)) if self.vjp else np.zeros((1, 1)),
             xi=xi, pf=pf, pi=pi, res=res, limit=base.divergence_limit(dt),
-            Zs=np.zeros((2, N, N) if residual else (1, 1, 1), dtype=dt),
+            Zs=np.zeros((self._zslots(), N, N) if residual else (1, 1, 1), dtype=dt),
             xis=np.zeros((2, N)), keys=np.array([sample, k0, k1], dtype=np.uint64),
             wbuf=wbuf, obuf=obuf,
         )  # fmt: skip
@@ -273,14 +273,15 @@ class _Unit:
     def _plan(self):
         """generic.vjp_plan's Plan with this engine's store budget (numba_cpu.store_budget):
         trajectory 1's state per kept layer; the gates are recomputed, not kept; the
-        residual net's Z^l are drawn again in the backward pass (its plan counts no weights)."""
-        if self.config.arch.steps.TIED_WEIGHTS:
-            return generic.vjp_plan(self.gu, self.config.arch.steps)._replace(keep_steps=False)
-        start = self.config.arch.steps.start(self.gu)
-        state = sum(v.nbytes for v in start.values()) // 2
-        budget = numba_cpu.store_budget() if self.config.checkpoint == 0 else 0
-        plan = schedule.vjp_plan(self.config, schedule.LayerBytes(state=state), budget)
-        return plan._replace(keep_weights=False)
+        residual net's Z^l are kept as the plan says (``keep_weights``), else drawn again."""
+        return generic.vjp_plan(self.gu, self.config.arch.steps)._replace(keep_steps=False)
+
+    def _zslots(self):
+        """Weight slots of the residual net: the plan's kept Z^l (every layer's, or a
+        segment's), else one (the next Z is drawn after the GEMM that read the last)."""
+        if not (self.vjp and self.plan.keep_weights):
+            return 1
+        return self.L if self.plan.keep_all else self.plan.every
 
     # -- helpers
 
@@ -504,11 +505,14 @@ class _Unit:
 class _ResidualUnit(_Unit):
     """The residual MLP: per layer one GEMM H = A @ (Z^l).T and one parallel call doing the
     epilogue h + alpha (s Z phi(h) + b) (tangent or cotangent too) and, on the same lanes,
-    drawing the next GEMM's Z (numba_rnn_kernels.run's ``nxt``), into the other of two
-    slots: the GEMM of op i reads slot i % 2."""
+    drawing the next op's Z into its slot (numba_rnn_kernels.run's ``nxt``): the slots
+    and draws are engines.schedule's (``op.slot``, ``Backward.draw``), as numba_cpu lowers
+    them for the MLP."""
 
     def _prefetch(self, layer, slot):
         """Z^layer into Zs[slot] and xi^layer into xis[layer % 2] (a pass's first draw)."""
+        if layer == 0:
+            return
         from . import numba_normals
 
         b, cfg = self.b, self.config
@@ -533,20 +537,33 @@ class _ResidualUnit(_Unit):
         if self.vjp:
             b.S[0] = b.X[:P]
 
+    def _next_draws(self, ops):
+        """Per op, (layer, slot) of the Z the next drawing op needs (0, 0: none): the ops
+        that GEMM (all but Restart) draw unless a Backward's ``draw`` says it is kept."""
+        out = [(0, 0)] * len(ops)
+        nxt = (0, 0)
+        for i in range(len(ops) - 1, -1, -1):
+            out[i] = nxt
+            op = ops[i]
+            if not isinstance(op, schedule.Restart):
+                draws = not isinstance(op, schedule.Backward) or op.draw
+                nxt = (op.layer, op.slot) if draws else (0, 0)
+        return out, nxt
+
     def forward(self):
         self._start()
         ops, b, k, P = self.fwd_ops, self.b, self.k, self.P
         n = 3 * P if self.jvp else 2 * P
-        self._prefetch(1, 0)
+        after, first = self._next_draws(ops)
+        self._prefetch(*first)
         for i, op in enumerate(ops):
-            slot = i % 2
             keep = -1
             if self.vjp and (op.keep or op.checkpoint >= 0):
                 keep = self._slot(op.layer, op.layer)
-            nxt = ops[i + 1].layer if i + 1 < len(ops) else 0
-            self._mm(b.A[:n], b.Zs[slot].T, b.H[:n])
+            nxt, nxt_slot = after[i]
+            self._mm(b.A[:n], b.Zs[op.slot].T, b.H[:n])
             self._run(k.R_FWD, b.xi, op.layer, int(op.record), 2, self.jvp, keep=keep,
-                      nxt=nxt, nxt_slot=1 - slot)  # fmt: skip
+                      nxt=nxt, nxt_slot=nxt_slot)  # fmt: skip
             self._progress()
 
     def backward(self):
@@ -559,11 +576,9 @@ class _ResidualUnit(_Unit):
         if r >= 0:
             b.res[layout.R_GRAD, :, r] = np.where(dead, np.nan, 0.0)
         ops = self.bwd_ops
-        drawn = [i for i, op in enumerate(ops) if not isinstance(op, schedule.Restart)]
-        slot_of = {i: j % 2 for j, i in enumerate(drawn)}
-        after = dict(zip(drawn, drawn[1:] + [None], strict=True))
-        if drawn:
-            self._prefetch(ops[drawn[0]].layer, 0)
+        after, first = self._next_draws(ops)
+        if first[0]:
+            self._prefetch(*first)
         for i, op in enumerate(ops):
             if isinstance(op, schedule.Restart):
                 if op.start == 0:
@@ -574,11 +589,9 @@ class _ResidualUnit(_Unit):
                     self._run(k.R_START, b.xi, op.start, slot=self._slot(op.start, op.start))
                 self._progress()
                 continue
-            slot = slot_of[i]
-            j = after[i]
-            nxt, nxt_slot = (ops[j].layer, slot_of[j]) if j is not None else (0, 0)
+            nxt, nxt_slot = after[i]
             if isinstance(op, schedule.Recompute):
-                self._mm(b.A[:P], b.Zs[slot].T, b.H[:P])
+                self._mm(b.A[:P], b.Zs[op.slot].T, b.H[:P])
                 self._run(
                     k.R_FWD,
                     b.xi,
@@ -591,7 +604,7 @@ class _ResidualUnit(_Unit):
                     nxt_slot=nxt_slot,
                 )
             else:
-                self._mm(b.G, b.Zs[slot], b.U)
+                self._mm(b.G, b.Zs[op.slot], b.U)
                 self._run(
                     k.R_BWD,
                     b.xi,
