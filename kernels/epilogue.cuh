@@ -24,6 +24,13 @@
 // renormalised pre-activation.
 VX_FN double vx_bias_scale(double ls) { return exp(fmin(-ls, VX_EXP_CAP)); }
 
+// The bias of element i: b = xi_i * bamp, plus an Elman network's input drive,
+// b = xi_i * bamp + d_i * su with d = Z_U x_t / sqrt(N) (models/rnn.py, models/gates.py).
+VX_FN double vx_bias(const double *xi, const double *drive, int i, double bamp, double su)
+{
+    return drive ? xi[i] * bamp + drive[i] * su : xi[i] * bamp;
+}
+
 // One pre-activation element: s * zx + real(b * bs), b = xi * bamp.
 VX_FN real vx_preact(real zx, real s, double b, double bs, int has_bias)
 {
@@ -45,7 +52,8 @@ template <class B>
 VX_FN bool vx_forward_point(const B &blk, int p, int P, int n, int layer, int kind,
                             real *h1, real *h2, real *t, real *a1, real *a2, real *at,
                             const double *xi, int has_bias, double *pf, int *pi, double *res,
-                            int R, int r, double limit, real *cprow, double *cp_ls)
+                            int R, int r, double limit, real *cprow, double *cp_ls,
+                            const double *drive = 0, double su = 0.0)
 {
     if (pi[VX_I_DEAD * P + p])
         return false;
@@ -64,7 +72,7 @@ VX_FN bool vx_forward_point(const B &blk, int p, int P, int n, int layer, int ki
     double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
     VX_FOR(i, blk, n)
     {
-        const double b = has_bias ? xi[i] * bamp : 0.0;
+        const double b = has_bias ? vx_bias(xi, drive, i, bamp, su) : 0.0;
         const real x1 = vx_preact(h1[i], s, b, bs1, has_bias);
         const real x2 = vx_preact(h2[i], s, b, bs2, has_bias);
         h1[i] = x1;
@@ -146,7 +154,8 @@ VX_FN bool vx_forward_point(const B &blk, int p, int P, int n, int layer, int ki
 // a1 = phi(hh1) and drow = phi'(hh1), the log-scale in pf[F_LSR].
 template <class B>
 VX_FN void vx_recompute_point(const B &blk, int p, int P, int n, real *h1, real *a1, real *drow,
-                              const double *xi, int has_bias, double *pf, const int *pi)
+                              const double *xi, int has_bias, double *pf, const int *pi,
+                              const double *drive = 0, double su = 0.0)
 {
     if (pi[VX_I_DEAD * P + p])
         return;
@@ -160,7 +169,7 @@ VX_FN void vx_recompute_point(const B &blk, int p, int P, int n, real *h1, real 
     double sums[1] = {0.0};
     VX_FOR(i, blk, n)
     {
-        const double b = has_bias ? xi[i] * bamp : 0.0;
+        const double b = has_bias ? vx_bias(xi, drive, i, bamp, su) : 0.0;
         const real x = vx_preact(h1[i], s, b, bs, has_bias);
         h1[i] = x;
         sums[0] += (double)x * (double)x;

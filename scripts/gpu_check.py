@@ -20,8 +20,14 @@ Prints, each section on its own, timed, and a FAIL with its reason if it breaks
 4b. the path crossover: per-layer time of both paths on a grid of widths and
    grid sizes P, beside the cost model's estimates (cuda_paths.layer_seconds),
    and which path engine.path = "auto" picks against which was faster;
-5. the residual, Elman, GRU and LSTM networks (engines.generic on CuPy
-   arrays): seconds per work unit and network-steps per second;
+5. the residual (engines.generic on CuPy arrays), Elman, GRU and LSTM networks
+   (their fused step kernels, engines.cuda_rnn): seconds per work unit and
+   network-steps per second;
+5b. the RNNs' fused steps (issue 14): agreement with the NumPy oracle for each
+   of Elman, GRU and LSTM on the device (both precisions, jvp+vjp), then the wall
+   time of Elman tanh, width 256, 1,000 grid points, 10,000 steps, JVP+VJP
+   (target on an H200: under 10 s) and of LSTM, width 1024, 1,000 points,
+   1,000 steps (target under 10 s);
 6. the wall time of the Schoenholz et al. (2017) tanh phase diagram
    (data/schoenholz2017_tanh.toml as written: width 1000, depth 1000, 40 x 40
    grid, 8 samples, JVP and VJP) and its boundary beside the theory's.
@@ -57,12 +63,14 @@ FULL = dict(
     gemm_width=4096, gemm_w2=32, gemm_b2=32, gemm_depth=30,
     fused_width=128, fused_depth=10_000, fused_w2=32, fused_b2=4,
     arch_width=1024, arch_depth=200,
+    rnn_oracle=(32, 30), rnn_elman=(256, 10_000), rnn_lstm=(1024, 1_000), rnn_points=(40, 5, 5),
     schoenholz=[],
 )  # fmt: skip
 HOST = dict(
     gemm_width=64, gemm_w2=4, gemm_b2=4, gemm_depth=4,
     fused_width=16, fused_depth=300, fused_w2=4, fused_b2=2,
     arch_width=24, arch_depth=10,
+    rnn_oracle=(8, 12), rnn_elman=(16, 70), rnn_lstm=(16, 20), rnn_points=(2, 2, 2),
     schoenholz=["network.width=[24]", "network.depth=20", "monte_carlo.samples=2",
                 "grid.sigma_w2={start=1,stop=4,num=6}", "grid.sigma_b2={start=0,stop=0.3,num=3}"],
 )  # fmt: skip
@@ -74,7 +82,8 @@ _TITLES = {
     "gemm": "GEMM path throughput",
     "fused": "fused path throughput",
     "crossover": "path crossover (cost model)",
-    "architectures": "other architectures (generic path)",
+    "architectures": "other architectures",
+    "rnn": "RNN fused steps (oracle, Elman and LSTM wall times)",
     "schoenholz": "Schoenholz et al. 2017 tanh phase diagram",
 }
 SECTIONS = tuple(_TITLES)
@@ -452,6 +461,46 @@ def architectures_section(sizes, clock):
             f"{P * L / t / 1e3:.1f} k network-steps/s")  # fmt: skip
 
 
+def rnn_section(sizes, clock):
+    """The RNNs' fused step kernels: oracle agreement per architecture, then the issue-14
+    wall times (Elman width 256 x 10,000 steps, LSTM width 1024 x 1,000 steps, 1,000
+    points, JVP+VJP) against their 10 s targets."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from oracle_cases import ARCH_AXES, TOL, assert_same, make_config
+
+    from vxsim.engines import cuda_gpu, numpy_ref
+
+    W, L = sizes["rnn_oracle"]
+    for arch in ("rnn", "gru", "lstm"):
+        for precision in ("float32", "float64"):
+            cfg = make_config(f'network.architecture="{arch}"',
+                              f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]", "engine.checkpoint=7",
+                              width=W, depth=L, precision=precision)  # fmt: skip
+            got = cuda_gpu.run_unit(cfg, W, 1)
+            assert_same(got, numpy_ref.run_unit(cfg, W, 1), TOL[precision], f"{arch} {precision}")
+        say(f"{arch:5s} width {W}, {L} steps, float32 and float64, jvp+vjp: the oracle's numbers")
+    say(
+        "persistent small-width kernel vs graph path crossover: not measured (no persistent "
+        "RNN kernel yet; the step kernels run at every width)"
+    )
+    nw, nb, nx = sizes["rnn_points"]
+    grid = [f"grid.sigma_w2={{start=0.5,stop=3,num={nw}}}",
+            f"grid.sigma_b2={{start=0,stop=0.2,num={nb}}}"]  # fmt: skip
+    for arch, (W, L), axis in (("rnn", sizes["rnn_elman"], "sigma_u2"),
+                               ("lstm", sizes["rnn_lstm"], "forget_bias")):  # fmt: skip
+        overrides = [f'network.architecture="{arch}"', f"network.width=[{W}]",
+                     'network.activation=["tanh"]', *grid,
+                     f"grid.{axis}={{start=0.5,stop=2,num={nx}}}", 'measure.mode="both"',
+                     'measure.precision="float32"']  # fmt: skip
+        cuda_gpu.run_unit(_config(*overrides, "network.depth=3"), W, 0)  # warm
+        cfg = _config(*overrides, f"network.depth={L}")
+        P = math.prod(cfg.grid_shape)
+        t = clock.time(lambda c=cfg, w=W: cuda_gpu.run_unit(c, w, 0))
+        verdict = "met" if t < 10 else "MISSED"
+        say(f"{arch:5s} tanh width {W}, {P} points, {L} steps, jvp+vjp float32: {t:.2f} s "
+            f"(target < 10 s: {verdict}); {P * L / t / 1e6:.2f} M network-steps/s")  # fmt: skip
+
+
 def schoenholz_section(sizes):
     from vxsim import config
     from vxsim.sweep import run_sweep
@@ -509,6 +558,7 @@ def main():
         ("fused", 20, lambda: fused_section(sizes, clock)),
         ("crossover", 20, lambda: crossover_section(sizes, clock)),
         ("architectures", 20, lambda: architectures_section(sizes, clock)),
+        ("rnn", 40, lambda: rnn_section(sizes, clock)),
         ("schoenholz", 40, lambda: schoenholz_section(sizes)),
     ]
     for key, need, run in plan:

@@ -201,28 +201,67 @@ def test_depth_2000_finite_and_deep_fused():
 
 
 def test_architectures_match_oracle():
-    """residual, rnn, gru, lstm (engines.generic on CuPy arrays) against the oracle,
-    every mode, both precisions, within the engine tolerances (cuBLAS and CuPy's
-    elementwise kernels round differently from OpenBLAS and NumPy); and the
+    """residual (engines.generic on CuPy arrays) and rnn, gru, lstm (their fused step
+    kernels, engines.cuda_rnn; and engines.generic with path='generic') against the
+    oracle, every mode, both precisions, within the engine tolerances (cuBLAS and
+    CuPy's elementwise kernels round differently from OpenBLAS and NumPy); and the
     residual net's Z^l, drawn on the device, are rng's bit for bit."""
     for arch, axis in ARCH_AXES.items():
         for precision in ("float64", "float32"):
             for mode in ("jvp", "vjp"):
-                cfg = make_config(
-                    f'network.architecture="{arch}"',
-                    f"grid.{axis}=[0.5, 1.0]",
-                    "engine.checkpoint=4",
-                    width=48,
-                    depth=20,
-                    precision=precision,
-                    mode=mode,
-                )
-                got = cuda_gpu.run_unit(cfg, 48, 1)
-                want = numpy_ref.run_unit(cfg, 48, 1)
-                assert_same(got, want, TOL[precision], f"{arch} {precision} {mode}")
+                for path in (None, "generic") if arch != "residual" else (None,):
+                    cfg = make_config(
+                        f'network.architecture="{arch}"',
+                        f"grid.{axis}=[0.5, 1.0]",
+                        "engine.checkpoint=4",
+                        width=48,
+                        depth=20,
+                        precision=precision,
+                        mode=mode,
+                    )
+                    got = cuda_gpu.run_unit(cfg, 48, 1, path=path)
+                    want = numpy_ref.run_unit(cfg, 48, 1)
+                    assert_same(got, want, TOL[precision], f"{arch} {precision} {mode} {path}")
     arrays = cuda_generic.DeviceArrays(backend("float32"))
     Z = arrays.normal_matrix(cfg, 300, 2, 7, rng.STREAM_WEIGHT, np.float32)
     np.testing.assert_array_equal(arrays.to_host(Z), base.weights(cfg, 300, 2, 7))
+
+
+def test_rnn_step_kernels_on_the_device():
+    """The RNNs' fused step kernels (kernels/rnn.cu) on the GPU: the tied draws made on the
+    device are rng's bit for bit (the same Philox and Box-Muller as the MLP's); the edge
+    cases of issue 14 against the oracle: a sequence past the drive's 64-step blocks with
+    checkpoints every 9 steps, gate biases of +-30 (saturated sigmoids), q_x = 0, divergence
+    (Elman with sigma_w2 = 1e6, float32), width 300 (several elements per thread, a partial
+    warp) and width 1 (one active thread)."""
+    from vxsim.engines import cuda_rnn
+
+    cfg = make_config('network.architecture="lstm"', width=64, depth=5, precision="float32")
+    unit = cuda_rnn.LstmUnit(cfg, 64, 1, backend("float32"))
+    to_host = unit.be.to_host
+    for g in range(4):
+        rows = slice(g * 64, (g + 1) * 64)
+        want = rng.normal_matrix(cfg.seed, 1, 0, 64, stream=rng.STREAM_GATE + g)
+        np.testing.assert_array_equal(to_host(unit.W)[rows], want.astype(np.float32))
+        want = rng.normal_matrix(cfg.seed, 1, 0, 64, stream=rng.STREAM_GATE_INPUT + g)
+        np.testing.assert_array_equal(to_host(unit.ZU)[rows], want)
+    cases = [
+        ("rnn", ["grid.sigma_u2=[0.5, 1.0]", "engine.checkpoint=9"], 70, 24, "float64"),
+        ("lstm", ["grid.forget_bias=[-30.0, 30.0]"], 25, 16, "float64"),
+        ("gru", ["grid.update_bias=[-30.0, 30.0]"], 25, 16, "float32"),
+        ("gru", ["network.input_variance=0.0"], 12, 300, "float64"),
+        ("lstm", ["network.input_variance=0.0"], 12, 1, "float64"),
+    ]
+    for arch, extra, depth, width, precision in cases:
+        cfg = make_config(f'network.architecture="{arch}"', *extra, width=width, depth=depth,
+                          precision=precision)  # fmt: skip
+        got = cuda_gpu.run_unit(cfg, width, 0)
+        assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL[precision], (arch, extra))
+    cfg = make_config('network.architecture="rnn"', sw2="[1.0, 1e6]", acts='["elu", "gelu"]',
+                      depth=40)  # fmt: skip
+    want = numpy_ref.run_unit(cfg, 10, 1)
+    assert np.all(want["diverged"][:, 1] > 0)
+    assert_same(cuda_gpu.run_unit(cfg, 10, 1), want, TOL["float32"])
 
 
 # ---------------------------------------------------------------- weight laws

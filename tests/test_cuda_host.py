@@ -366,14 +366,15 @@ def _arch_config(arch, precision, mode, depth=14, checkpoint=4):
 @pytest.mark.parametrize("mode", ["jvp", "vjp", "both"])
 @pytest.mark.parametrize("arch", sorted(ARCH_AXES))
 def test_every_architecture_runs_on_the_cuda_engine(host, arch, mode, precision):
-    """residual, rnn, gru, lstm on the cuda engine (engines.generic on device arrays):
+    """residual, rnn, gru, lstm on the cuda engine's generic path (engines.generic on device
+    arrays; the RNNs' fused step kernels are tests/test_cuda_rnn_host.py):
     the oracle's numbers bit for bit, since the host stand-in computes with NumPy and
     the device generator's weights are rng's. On the strict stand-in, so any host
     array reaching the device computation (or the reverse) is a TypeError, as in CuPy."""
     be = host[precision]
     cfg = _arch_config(arch, precision, mode)
     del be.launches[:]
-    got = cuda_gpu.run_unit(cfg, 12, 1, backend=be)
+    got = cuda_gpu.run_unit(cfg, 12, 1, path="generic", backend=be)
     want = numpy_ref.run_unit(cfg, 12, 1)
     assert set(got) == set(want)
     for key in want:
@@ -397,7 +398,7 @@ def test_architecture_divergence_flags_match_oracle(host, arch):
     same step as the oracle's masks, and the NaNs stay in those points."""
     cfg = make_config(f'network.architecture="{arch}"', sw2="[1.0, 1e6]",
                       acts='["elu", "gelu"]', depth=40)  # fmt: skip
-    got = cuda_gpu.run_unit(cfg, 10, 1, backend=host["float32"])
+    got = cuda_gpu.run_unit(cfg, 10, 1, path="generic", backend=host["float32"])
     want = numpy_ref.run_unit(cfg, 10, 1)
     assert np.all(want["diverged"][:, 1] > 0) and not np.any(want["diverged"][:, 0])
     for key in want:
@@ -410,7 +411,7 @@ def test_architecture_vjp_that_keeps_every_layer_on_the_device(host, arch, monke
     on the strict stand-in: same numbers as the oracle's checkpoints, to rounding."""
     monkeypatch.setattr(cuda_generic.DeviceArrays, "store_bytes", lambda self: 2**40)
     cfg = _arch_config(arch, "float64", "both", checkpoint=0)
-    got = cuda_gpu.run_unit(cfg, 12, 1, backend=host["float64"])
+    got = cuda_gpu.run_unit(cfg, 12, 1, path="generic", backend=host["float64"])
     want = numpy_ref.run_unit(cfg, 12, 1)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=key)
@@ -427,7 +428,7 @@ def test_tf32_architectures_take_the_float32_path(host, monkeypatch):
     cfg = make_config('network.architecture="gru"', 'measure.precision="tf32"',
                       'engine.backend="cuda"', width=12, depth=10)  # fmt: skip
     ref = make_config('network.architecture="gru"', width=12, depth=10, precision="float32")
-    got = cuda_gpu.run_unit(cfg, 12, 0, backend=host["float32"])
+    got = cuda_gpu.run_unit(cfg, 12, 0, path="generic", backend=host["float32"])
     want = numpy_ref.run_unit(ref, 12, 0)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
@@ -440,7 +441,7 @@ def test_a_host_array_in_the_device_computation_is_caught(host, monkeypatch):
     cfg = _arch_config("rnn", "float32", "both")
     monkeypatch.setattr(cuda_generic.DeviceArrays, "asarray", lambda self, x: np.asarray(x))
     with pytest.raises(strict_arrays.HostDeviceMixError, match="host .NumPy. array"):
-        cuda_gpu.run_unit(cfg, 12, 1, backend=host["float32"])
+        cuda_gpu.run_unit(cfg, 12, 1, path="generic", backend=host["float32"])
 
 
 def test_strict_arrays_refuse_what_cupy_refuses():
@@ -460,16 +461,17 @@ def test_strict_arrays_refuse_what_cupy_refuses():
     assert type(host_copy) is np.ndarray and float(d[0, 0]) == 0.0
 
 
-def test_sweep_of_an_rnn_on_the_cuda_engine_is_the_numpy_sweep(tmp_path, monkeypatch, host):
-    """``vxsim sweep --backend cuda`` of an LSTM, with the host stand-in as the GPU:
-    the file's measurements equal the oracle's run."""
+def test_sweep_on_the_cuda_engine_is_the_numpy_sweep(tmp_path, monkeypatch, host):
+    """``vxsim sweep --backend cuda`` of a residual net (the generic path), with the host
+    stand-in as the GPU: the file's measurements equal the oracle's run. (An LSTM's sweep,
+    on its fused step kernels: tests/test_cuda_rnn_host.py.)"""
     import h5py
 
     from vxsim.sweep import run_sweep
 
     monkeypatch.setattr(cuda_gpu, "available", lambda: True)
     monkeypatch.setattr(cuda_gpu, "gpu_backend", lambda precision: host["float64"])
-    cfg = _arch_config("lstm", "float64", "both", depth=10)
+    cfg = _arch_config("residual", "float64", "both", depth=10)
     files = {b: run_sweep(cfg, str(tmp_path / f"{b}.h5"), backend=b) for b in ("cuda", "numpy")}
     with h5py.File(files["cuda"], "r") as a, h5py.File(files["numpy"], "r") as b:
         assert a.attrs["backend"] == "cuda"
@@ -592,6 +594,18 @@ def test_launch_shapes_and_kernels_used(host):
         for name, grid, block, smem in be.launches:
             seen.setdefault(name, set()).add((grid, block, smem))
     P = int(np.prod(cfg.grid_shape))
+    rnn_seen = {}  # the RNNs' step kernels (kernels/rnn.cu), every mode
+    for arch in ("rnn", "gru", "lstm"):
+        rnn_cfg = _arch_config(arch, "float32", "both", depth=9)
+        be = cuda_host.HostBackend("float32")
+        cuda_gpu.run_unit(rnn_cfg, 40, 0, backend=be)
+        for name, grid, block, smem in be.launches:
+            rnn_seen.setdefault(name, set()).add((grid, block, smem))
+    P_rnn = int(np.prod(rnn_cfg.grid_shape))
+    for name, shapes in rnn_seen.items():
+        if not name.startswith("vx_fill"):
+            assert shapes == {(P_rnn, 64, 0)}, name
+        seen.setdefault(name, shapes)  # (the MLP's kernels that Elman shares: checked below)
     engine_kernels = {k for k in cuda_sources.kernel_signatures(cuda_sources.program("float32"))
                       if not k.startswith("vx_probe")}  # fmt: skip
     assert set(seen) == engine_kernels

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import activations, fits
 from ..theory.architectures import predict
-from . import boundary, depth
+from . import boundary, depth, spectrum
 from .growth import MODE_VARIABLE
 
 ESTIMATORS = ("quenched", "annealed")
@@ -81,6 +81,7 @@ def analyse(data, coords, config, summary):
         depth.correlation_depth_scale(data["corr"], layers, transient=1),
         "correlation depth scale fitted to |c^l - c_inf| ~ exp(-l / xi_c)",
     )
+    variables.update(spectrum.analyse(config))
     return {
         "vars": variables,
         "attrs": {

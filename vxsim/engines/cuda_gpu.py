@@ -1,7 +1,7 @@
 """The CUDA engine: CuPy arrays, cuBLAS GEMMs, and the hand-written kernels of ``kernels/``.
 
 The engine's entry (``NAME``, ``available``, ``numerics``, ``run_unit``); the
-work is in four modules, one concern each:
+work is in five modules, one concern each:
 
 * ``cuda_backend``: where it runs. ``GpuBackend`` (CuPy, cuBLAS, the kernels
   compiled by NVRTC), whether CuPy can run here, the generator's launch
@@ -10,8 +10,11 @@ work is in four modules, one concern each:
   fits the device;
 * ``cuda_mlp``: the MLP unit (``Unit``): both paths, forward, JVP and the
   checkpointed VJP;
-* ``cuda_generic``: every other architecture (residual, rnn, gru, lstm):
-  ``engines.generic`` on device arrays (``DeviceArrays``).
+* ``cuda_rnn``: the recurrent architectures (Elman, GRU, LSTM): stacked gate
+  GEMMs and one fused step kernel each (``kernels/rnn.cu``);
+* ``cuda_generic``: every other architecture (the residual net), any weight law
+  but the Gaussian, and ``path='generic'``: ``engines.generic`` on device
+  arrays (``DeviceArrays``).
 
 How the work is launched is separate from where: the units take a backend.
 ``GpuBackend`` is CuPy on the GPU; the tests also run these modules unchanged
@@ -20,7 +23,7 @@ threads (slow, but every line of the engine and of the kernels' arithmetic
 runs without a GPU).
 """
 
-from . import gemm
+from . import cuda_rnn, gemm
 from .cuda_backend import available, gpu_backend, numerics, unavailable_reason
 from .cuda_generic import DeviceArrays
 from .cuda_mlp import Unit
@@ -51,16 +54,21 @@ def check_config(config):
 def run_unit(config, width, sample, path=None, backend=None):
     """Run one (width, sample) for every grid point; arrays shaped (A, W, B[, R]).
 
-    The MLP runs on the engine's kernels (``path``: 'gemm' or 'fused'); the
-    other architectures run engines.generic on the device (``DeviceArrays``).
-    ``backend``: where (default the GPU's, ``gpu_backend``).
+    The MLP runs on the engine's kernels (``path``: 'gemm' or 'fused'), the RNNs on
+    their fused step kernels (``cuda_rnn``); the residual net, any weight law but
+    the Gaussian, and ``path='generic'`` run engines.generic on the device
+    (``DeviceArrays``). ``backend``: where (default the GPU's, ``gpu_backend``).
     """
     backend = backend or gpu_backend(config.precision)
-    if NAME not in config.arch.fast_paths or not config.gaussian_weights:  # laws: generic
+    fast = NAME in config.arch.fast_paths and config.gaussian_weights  # laws: generic
+    if path == "generic" or not fast:
         from . import generic
 
         check_unit(config, width, None, getattr(backend, "free_bytes", None))
         return generic.run_unit(config, width, sample, DeviceArrays(backend))
+    if config.recurrent:
+        check_unit(config, width, "steps", getattr(backend, "free_bytes", None))
+        return cuda_rnn.run_unit(config, width, sample, backend)
     return Unit(config, width, sample, backend, path=path).run()
 
 

@@ -73,6 +73,8 @@ def layer_seconds(path, points, width, itemsize, rows, chunk=1):
 def choose_path(config, width):
     """'gemm' or 'fused' for this width and grid (engine.path forces either): the
     fused path where it fits in shared memory and the cost model says it is faster."""
+    if config.recurrent:
+        return "steps"  # an RNN's fused step kernels (cuda_rnn)
     if config.path in ("gemm", "fused"):
         return config.path
     if not fused_fits(config, width):
@@ -158,6 +160,10 @@ def check_unit(config, width, path, free_bytes=None):
     if free_bytes is not None:
         if path == "generic":
             need = base.estimate_unit_bytes(config, width)  # the same arrays as on the CPU
+        elif path == "steps":
+            from .cuda_rnn import device_bytes
+
+            need = device_bytes(config, width)
         else:
             need = estimate_device_bytes(config, width, path)
         free = free_bytes()

@@ -36,7 +36,7 @@ from .. import activations, rng
 from . import layout
 
 # The translation units, in program order; each includes the headers it needs.
-UNITS = ("generate.cu", "epilogue.cu", "fused.cu", "probe.cu")
+UNITS = ("generate.cu", "epilogue.cu", "fused.cu", "rnn.cu", "probe.cu")
 GENERATED = "vx_generated.cuh"
 # Options for NVRTC (and nvcc): no contraction of a * b + c into an FMA, which
 # would change the Box-Muller arithmetic's rounding (explicit fma() calls in

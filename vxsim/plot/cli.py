@@ -125,3 +125,22 @@ def boundary_cmd(paths, output, sel, size, dpi, activations, sigma_b2, estimator
         size=size,
     )
     _finish(fig, output, dpi)
+
+
+@plot.command("spectrum")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_common
+@click.option(
+    "--layers",
+    "layers",
+    default=None,
+    metavar="L1,L2,...",
+    help="the spectrum layers to draw (default: up to 4 spread over them)",
+)
+@guarded
+def spectrum_cmd(path, output, sel, size, dpi, layers):
+    """Density of log10 lambda (lambda = s^2 of J^l) at several depths, with free probability."""
+    dpi = _start(output, dpi, size)
+    from .spectrum import spectrum
+
+    _finish(spectrum(path, sel=sel, layers=layers, size=size), output, dpi)

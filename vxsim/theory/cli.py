@@ -185,3 +185,122 @@ def _write_line(line, path, suffix):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_INIT_HELP = "weight law: gaussian (default), orthogonal, uniform, rademacher, student_t(nu)"
+
+
+def _layer(text):
+    if text is None:
+        raise VxsimError("missing option --layers")
+    try:
+        value = int(text)
+    except ValueError:
+        raise VxsimError(f"--layers must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise VxsimError(f"--layers must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _exp_text(log_value):
+    """e^log_value as decimal text, also beyond the float range (1e-1000 stays 1e-1000)."""
+    if log_value == -math.inf:
+        return "0"
+    if -700.0 < log_value < 700.0:
+        return repr(math.exp(log_value))
+    exponent = math.floor(log_value / math.log(10.0))
+    mantissa = math.exp(log_value - exponent * math.log(10.0))
+    return f"{mantissa:.15g}e{exponent:+d}"
+
+
+def _write_density(dens, path):
+    """CSV lambda, rho, log_lambda, rho_log_lambda (rho_log_lambda = lambda rho), atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise VxsimError(f"--out {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".vxsim-spectrum-", suffix=".csv", dir=folder)
+    os.close(fd)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("lambda,rho,log_lambda,rho_log_lambda\n")
+            for t, r in zip(dens.log_lambda, dens.rho_log, strict=True):
+                log_rho = math.log(r) - t if r > 0.0 else -math.inf
+                fh.write(f"{_exp_text(t)},{_exp_text(log_rho)},{float(t)!r},{float(r)!r}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise VxsimError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@theory.command("spectrum")
+@click.option("--activation", "-a", metavar="LABEL", help=_ACT_HELP + " (required)")
+@click.option("--sigma-w2", metavar="FLOAT", help="weight variance sigma_w^2 (required)")
+@click.option("--sigma-b2", metavar="FLOAT", help="bias variance sigma_b^2 (required)")
+@click.option("--init", default="gaussian", metavar="LAW", help=_INIT_HELP)
+@click.option("--layers", metavar="L", help="the depth l of J^l = dh^l/dx (required)")
+@click.option("--q0", default="1", metavar="FLOAT", help=_Q0_HELP)
+@click.option("--out", "-o", metavar="PATH", help="write the density of lambda here (CSV)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@guarded
+def spectrum_cmd(activation, sigma_w2, sigma_b2, init, layers, q0, out, as_json):
+    """Free-probability spectrum of J J^T at depth L: moments of lambda = s^2, and its density.
+
+    lambda_mean and lambda_var_norm follow the mean-field trajectory from q^1 =
+    sigma_w2 q0 + sigma_b2; the density (--out: CSV lambda, rho, log_lambda,
+    rho_log_lambda) has every layer at the fixed point q*, so its moments are the
+    fixed-point ones (density_lambda_mean, density_lambda_var_norm).
+    """
+    from vxsim.theory import spectrum
+
+    label = _activation(activation)
+    sw2, sb2 = _number("--sigma-w2", sigma_w2), _number("--sigma-b2", sigma_b2)
+    depth = _layer(layers)
+    q0v = _number("--q0", q0)
+    mom = spectrum.moments(label, sw2, sb2, init, [depth], q0=q0v)
+    res = {
+        "activation": label,
+        "init": str(init),
+        "sigma_w2": sw2,
+        "sigma_b2": sb2,
+        "layers": depth,
+        "q_star": mom.q_star,
+        "chi1": mom.chi1,
+        "mu1": mom.mu1,
+        "mu2": mom.mu2,
+        "s1": mom.s1,
+        "log_lambda_mean": float(mom.log_lambda_mean[0]),
+        "lambda_mean": float(mom.lambda_mean[0]),
+        "lambda_var_norm": float(mom.lambda_var_norm[0]),
+    }
+    if out is not None:
+        dens = spectrum.density(label, sw2, sb2, init, depth, q0=q0v)
+        _write_density(dens, out)
+        res.update(
+            density_log_lambda_mean=dens.log_lambda_mean,
+            density_lambda_var_norm=dens.lambda_var_norm,
+            atom_at_zero=dens.atom_at_zero,
+            point_mass_lambda=dens.point_mass[0] if dens.point_mass else math.nan,
+            point_mass=dens.point_mass[1] if dens.point_mass else 0.0,
+            density_rows=int(dens.log_lambda.size),
+            output=out,
+        )
+    if as_json:
+        click.echo(_json(res))
+        return
+    lines = [f"{label}, {init} weights, at sigma_w2={sw2:g}, sigma_b2={sb2:g}, depth {depth}"]
+    keys = ("q_star", "chi1", "mu1", "mu2", "s1", "lambda_mean", "lambda_var_norm")
+    keys += ("log_lambda_mean",)
+    for key in keys:
+        lines.append(f"  {key:<16} {res[key]:.10g}")
+    if out is not None:
+        note = f", atom {dens.atom_at_zero:g} at lambda = 0" if dens.atom_at_zero else ""
+        if dens.point_mass is not None:
+            at, mass = dens.point_mass
+            lines.append(f"  point mass {mass:g} at lambda = {at:.10g}{note}: no density rows")
+        else:
+            lines.append(f"  density at q*: {dens.log_lambda.size} rows{note}")
+        lines.append(f"wrote {out}")
+    click.echo("\n".join(lines))

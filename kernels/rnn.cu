@@ -1,0 +1,579 @@
+// rnn.cu: the recurrent networks' step kernels (Elman, LSTM, GRU), one thread block per grid
+// point, around cuBLAS GEMMs with the tied stacked gate matrices (vxsim/engines/cuda_rnn.py).
+//
+// States are rows of C-order arrays, as on the MLP's GEMM path: point p's trajectory 1 in
+// row p, trajectory 2 in row P + p, its tangent in row 2P + p. A step is
+//
+//   Elman:  H = A Z^T (one GEMM), vx_elman_forward            (the MLP's epilogue + drive)
+//   LSTM:   H = A [Z_i; Z_f; Z_g; Z_o]^T (one GEMM), vx_lstm_forward
+//   GRU:    H = A [Z_r; Z_z]^T, vx_gru_gates, H2 = M Z_n^T, vx_gru_forward (r sits inside)
+//
+// and the backward step (trajectory 1, from stored pre-activations):
+//
+//   LSTM:   vx_lstm_cot_gates, U = GA Z (one GEMM), vx_rnn_cot_finish
+//   GRU:    vx_gru_cot_candidate, U1 = GAN Z_n, vx_gru_cot_gates, U2 = GRZ [Z_r; Z_z],
+//           vx_rnn_cot_finish
+//   Elman:  the MLP's vx_backward
+//
+// The equations are the models' (models/rnn.py, lstm.py, gru.py), in their order of
+// operations, so that the NumPy oracle's roundings are followed where they can be.
+#include "common.cuh"
+#include "epilogue.cuh"
+#include "normal.cuh"
+#include "rnn.cuh"
+
+// ------------------------------------------------------------------ generation
+
+// count normals of (layer0 + li, stream) for li < nlayers into out (nlayers, count):
+// element e of a layer is normal 4 b + m of Philox block b = e / 4, lane m = e % 4,
+// counter (b, layer, sample, stream): rng.normals, bit for bit.
+template <class T>
+VX_FN void vx_fill_stream_body(T *out, long long count, int layer0, int nlayers, u32 stream,
+                               u32 sample, u32 k0, u32 k1)
+{
+    VX_BLOCKS(blk)
+    {
+        const long long per_layer = (count + 3) / 4;
+        const long long total = per_layer * nlayers;
+        VX_GRID_FOR(g, blk, total)
+        {
+            const long long li = g / per_layer;
+            const long long b = g - li * per_layer;
+            double z[4];
+            vx_normals4((u32)b, (u32)(layer0 + li), sample, stream, k0, k1, z);
+            for (int m = 0; m < 4; ++m) {
+                const long long e = 4 * b + m;
+                if (e < count)
+                    out[li * count + e] = (T)z[m];
+            }
+        }
+    }
+}
+
+// The tied gate matrices Z_g (rng.STREAM_GATE + g, layer 0), rounded to real.
+VX_KERNEL void vx_fill_stream(real *out, long long count, int layer0, int nlayers, u32 stream,
+                              u32 sample, u32 k0, u32 k1)
+{
+    vx_fill_stream_body(out, count, layer0, nlayers, stream, sample, k0, k1);
+}
+
+// Float64 draws: the input matrices Z_U, the biases xi_g, the inputs x_t.
+VX_KERNEL void vx_fill_stream64(double *out, long long count, int layer0, int nlayers,
+                                u32 stream, u32 sample, u32 k0, u32 k1)
+{
+    vx_fill_stream_body(out, count, layer0, nlayers, stream, sample, k0, k1);
+}
+
+// ------------------------------------------------------------------ Elman
+
+// u_t = s Z h_{t-1} + (xi sb + d_t su), the MLP's forward epilogue with the drive d_t
+// (renormalisation, tangent, divergence, records, checkpoint: epilogue.cuh).
+VX_KERNEL void vx_elman_forward(real *H, real *A, const double *xi, const double *drive,
+                                const double *su, double *pf, int *pi, double *res, real *cp,
+                                double *cp_ls, int P, int n, int R, int layer, int kind,
+                                int has_bias, int r, int ci, double limit)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
+        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
+        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
+        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
+                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
+                         R, r, limit, cprow, cpls, drive, su[p]);
+    }
+}
+
+// A recomputed Elman step of a VJP segment (H1 = A1 Z^T): phi' into D[j] (every, P, n).
+VX_KERNEL void vx_elman_recompute(real *H1, real *A1, real *D, const double *xi,
+                                  const double *drive, const double *su, double *pf,
+                                  const int *pi, int P, int n, int j, int has_bias)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        vx_recompute_point(blk, p, P, n, H1 + p * row, A1 + p * row,
+                           D + ((long long)j * P + p) * row, xi, has_bias, pf, pi, drive, su[p]);
+    }
+}
+
+// ------------------------------------------------------------------ LSTM
+
+// The gates of one element from its four pre-activations (a: rows I, F, G, O) and c_{t-1}:
+//   i, f, o = sigma(a_i, a_f, a_o),  g = phi(a_g),  c_t = f c + i g,  phi(c_t).
+struct VxLstm {
+    real i, i_c, f, f_c, g, o, o_c, c, phi_c;
+};
+
+VX_FN VxLstm vx_lstm_gates(real a_i, real a_f, real a_g, real a_o, real c_prev, int code,
+                           double param)
+{
+    VxLstm k;
+    vx_sigmoid(a_i, &k.i, &k.i_c);
+    vx_sigmoid(a_f, &k.f, &k.f_c);
+    vx_sigmoid(a_o, &k.o, &k.o_c);
+    k.g = vx_phi(code, a_g, param);
+    k.c = k.f * c_prev + k.i * k.g;
+    k.phi_c = vx_phi(code, k.c, param);
+    return k;
+}
+
+// The four pre-activations of element i from the GEMM row zx (4n): a_q = s zx_q + real(b_q),
+// forget_bias added to gate F's bias.
+VX_FN void vx_lstm_preacts(const real *zx, int n, int i, real s, const double *xi,
+                           const double *drive, double sb, double su, double shift, real a[4])
+{
+    for (int q = 0; q < 4; ++q) {
+        const long long k = (long long)q * n + i;
+        a[q] = vx_gate_preact(zx[k], s, vx_gate_bias(xi, drive, k, sb, su, q == 1 ? shift : 0.0));
+    }
+}
+
+// One LSTM step of every point, both trajectories (and with kind == JVP the tangent):
+//   c_t = f c + i g, h_t = o phi(c_t) into A, C;
+//   dc_t = df c + f dc + di g + i dg,  dh_t = do phi(c_t) + o phi'(c_t) dc_t  (da = s Z dh),
+//   [dh; dc] renormalised, log |[dh; dc]|^2 accumulated; |h|, |c| beyond the limit
+//   (or not finite) or a non-finite tangent flag the point; records; checkpoint ci of
+//   trajectory 1's (h, c) into (cph, cpc).
+VX_KERNEL void vx_lstm_forward(real *H, real *A, real *C, real *TC, const double *xi,
+                               const double *drive, const double *su, const double *shift,
+                               double *pf, int *pi, double *res, real *cph, real *cpc, int P,
+                               int n, int R, int layer, int kind, int r, int ci, double limit)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        const double acc0 = pf[VX_F_ACC * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const double u = su[p], sh = shift[p];
+        const bool jvp = kind == VX_KIND_JVP;
+        const long long n4 = 4LL * n;
+        real *dh = jvp ? A + (2LL * P + p) * n : 0;
+        real *dc = jvp ? TC + (long long)p * n : 0;
+        const real *zt = jvp ? H + (2LL * P + p) * n4 : 0;
+        // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the limit, |[dh; dc]|^2
+        double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+        VX_FOR(i, blk, n)
+        {
+            real hn[2];
+            for (int k = 0; k < 2; ++k) {
+                const long long row = (long long)k * P + p;
+                real a[4];
+                vx_lstm_preacts(H + row * n4, n, i, s, xi, drive, sb, u, sh, a);
+                const real c_prev = C[row * n + i];
+                const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c_prev, code, param);
+                hn[k] = g.o * g.phi_c;
+                if (jvp && k == 0) {
+                    const real di = g.i * g.i_c * (s * zt[i]);
+                    const real df = g.f * g.f_c * (s * zt[n + i]);
+                    const real dg = vx_dphi(code, a[2], param) * (s * zt[2LL * n + i]);
+                    const real d_o = g.o * g.o_c * (s * zt[3LL * n + i]);
+                    const real dcn = df * c_prev + g.f * dc[i] + di * g.g + g.i * dg;
+                    const real dhn = d_o * g.phi_c + g.o * vx_dphi(code, g.c, param) * dcn;
+                    dh[i] = dhn;
+                    dc[i] = dcn;
+                    sums[4] += (double)dhn * (double)dhn + (double)dcn * (double)dcn;
+                }
+                A[row * n + i] = hn[k];
+                C[row * n + i] = g.c;
+                sums[3] += vx_big(hn[k], limit) + vx_big(g.c, limit);
+            }
+            sums[0] += (double)hn[0] * (double)hn[0];
+            sums[1] += (double)hn[1] * (double)hn[1];
+            sums[2] += (double)hn[0] * (double)hn[1];
+        }
+        blk.reduce(sums);
+        const double acc = jvp ? acc0 + log(sums[4]) : 0.0;
+        const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(acc));
+        if (!ok) {
+            VX_FOR(i, blk, n)
+            {
+                for (int k = 0; k < 2; ++k) {
+                    A[((long long)k * P + p) * n + i] = (real)0;
+                    C[((long long)k * P + p) * n + i] = (real)0;
+                }
+                if (jvp) {
+                    dh[i] = (real)0;
+                    dc[i] = (real)0;
+                }
+            }
+            vx_flag_dead(blk, p, P, layer, pi);
+            blk.sync();
+            continue;
+        }
+        const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
+        VX_FOR(i, blk, n)
+        {
+            if (jvp) {
+                dh[i] = dh[i] / norm;
+                dc[i] = dc[i] / norm;
+            }
+            if (ci >= 0) {
+                cph[((long long)ci * P + p) * n + i] = A[(long long)p * n + i];
+                cpc[((long long)ci * P + p) * n + i] = C[(long long)p * n + i];
+            }
+        }
+        if (blk.tid() == 0 && jvp)
+            pf[VX_F_ACC * P + p] = acc;
+        vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, acc, res);
+        blk.sync();
+    }
+}
+
+// A recomputed LSTM step of trajectory 1 (H1 = h_j Z^T, P rows): the pre-activations into
+// pa (P, 4n) and the next state (h, c) into (h1, c1).
+VX_KERNEL void vx_lstm_recompute(const real *H1, const real *c0, real *pa, real *h1, real *c1,
+                                 const double *xi, const double *drive, const double *su,
+                                 const double *shift, const double *pf, const int *pi, int P,
+                                 int n)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const long long n4 = 4LL * n, row = p;
+        VX_FOR(i, blk, n)
+        {
+            real a[4];
+            vx_lstm_preacts(H1 + row * n4, n, i, s, xi, drive, sb, su[p], shift[p], a);
+            const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c0[row * n + i], code, param);
+            for (int q = 0; q < 4; ++q)
+                pa[row * n4 + (long long)q * n + i] = a[q];
+            h1[row * n + i] = g.o * g.phi_c;
+            c1[row * n + i] = g.c;
+        }
+        blk.sync();
+    }
+}
+
+// The LSTM cotangent's gate part at step t (trajectory 1; G rows [g_h; g_c], 2n):
+//   e = g_c + o phi'(c_t) g_h,   g_c <- f e,
+//   GA = [i (1-i) g e; f (1-f) c e; phi'(a_g) i e; o (1-o) phi(c_t) g_h]  (then U = GA Z).
+VX_KERNEL void vx_lstm_cot_gates(real *G, real *GA, const real *c0, const real *pa,
+                                 const double *pf, const int *pi, int P, int n)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
+            continue;
+        const double param = pf[VX_F_PARAM * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const long long n4 = 4LL * n, row = p;
+        real *gh = G + row * 2 * n;
+        real *gc = gh + n;
+        real *ga = GA + row * n4;
+        const real *a = pa + row * n4;
+        VX_FOR(i, blk, n)
+        {
+            const real c_prev = c0[row * n + i];
+            const VxLstm k = vx_lstm_gates(a[i], a[n + i], a[2LL * n + i], a[3LL * n + i],
+                                           c_prev, code, param);
+            const real e = gc[i] + k.o * vx_dphi(code, k.c, param) * gh[i];
+            ga[i] = k.i * k.i_c * k.g * e;
+            ga[n + i] = k.f * k.f_c * c_prev * e;
+            ga[2LL * n + i] = vx_dphi(code, a[2LL * n + i], param) * k.i * e;
+            ga[3LL * n + i] = k.o * k.o_c * k.phi_c * gh[i];
+            gc[i] = k.f * e;
+        }
+        blk.sync();
+    }
+}
+
+// ------------------------------------------------------------------ GRU
+
+// The reset and update gates of a step (rows of H1 = A [Z_r; Z_z]^T, 2n), ntraj
+// trajectories (2 forward, 1 recomputing) and with kind == JVP the tangent row:
+//   a_r = s zx_r + real(b_r),  a_z = s zx_z + real(b_z + update_bias)  (written into H1),
+//   M = r h  (the candidate's GEMM input),  tangent: da = s Z dh (into H1's tangent row),
+//   M_t = r (1-r) da_r h + r dh.
+VX_KERNEL void vx_gru_gates(real *H1, const real *A, real *M, const double *xi,
+                            const double *drive, const double *su, const double *shift,
+                            const double *pf, const int *pi, int P, int n, int ntraj, int kind)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double u = su[p], sh = shift[p];
+        const bool jvp = kind == VX_KIND_JVP;
+        const long long n2 = 2LL * n;
+        VX_FOR(i, blk, n)
+        {
+            for (int k = 0; k < ntraj; ++k) {
+                const long long row = (long long)k * P + p;
+                real *zx = H1 + row * n2;
+                const real a_r = vx_gate_preact(zx[i], s, vx_gate_bias(xi, drive, i, sb, u, 0.0));
+                const real a_z = vx_gate_preact(zx[n + i], s,
+                                                vx_gate_bias(xi, drive, (long long)n + i, sb, u, sh));
+                zx[i] = a_r;
+                zx[n + i] = a_z;
+                real r, r_c;
+                vx_sigmoid(a_r, &r, &r_c);
+                const real h = A[row * n + i];
+                M[row * n + i] = r * h;
+                if (jvp && k == 0) {
+                    real *zt = H1 + (2LL * P + p) * n2;
+                    const real da_r = s * zt[i];
+                    zt[i] = da_r;
+                    zt[n + i] = s * zt[n + i];
+                    const real dr = r * r_c * da_r;
+                    M[(2LL * P + p) * n + i] = dr * h + r * A[(2LL * P + p) * n + i];
+                }
+            }
+        }
+        blk.sync();
+    }
+}
+
+// The GRU's state update from the gates (H1, pre-activations) and H2 = M Z_n^T:
+//   n_t = phi(a_n), a_n = s zx_n + real(b_n),  h_t = (1 - z) n_t + z h  (into A);
+//   tangent: dz = z (1-z) da_z, dn = phi'(a_n) s (Z_n M_t), dh_t = (1-z) dn + z dh + (h - n) dz,
+//   renormalised, log |dh|^2 accumulated; divergence, records, checkpoint ci of trajectory 1.
+VX_KERNEL void vx_gru_forward(const real *H1, const real *H2, real *A, const double *xi,
+                              const double *drive, const double *su, double *pf, int *pi,
+                              double *res, real *cph, int P, int n, int R, int layer, int kind,
+                              int r, int ci, double limit)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        const double acc0 = pf[VX_F_ACC * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const double u = su[p];
+        const bool jvp = kind == VX_KIND_JVP;
+        const long long n2 = 2LL * n;
+        real *dh = jvp ? A + (2LL * P + p) * n : 0;
+        // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h| beyond the limit, |dh|^2
+        double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+        VX_FOR(i, blk, n)
+        {
+            real hn[2];
+            for (int k = 0; k < 2; ++k) {
+                const long long row = (long long)k * P + p;
+                const real a_n = vx_gate_preact(
+                    H2[row * n + i], s, vx_gate_bias(xi, drive, 2LL * n + i, sb, u, 0.0));
+                real z, z_c;
+                vx_sigmoid(H1[row * n2 + n + i], &z, &z_c);
+                const real cand = vx_phi(code, a_n, param);
+                const real h = A[row * n + i];
+                hn[k] = z_c * cand + z * h;
+                if (jvp && k == 0) {
+                    const real dz = z * z_c * H1[(2LL * P + p) * n2 + n + i];
+                    const real dn = vx_dphi(code, a_n, param) * (s * H2[(2LL * P + p) * n + i]);
+                    const real dhn = z_c * dn + z * dh[i] + (h - cand) * dz;
+                    dh[i] = dhn;
+                    sums[4] += (double)dhn * (double)dhn;
+                }
+                A[row * n + i] = hn[k];
+                sums[3] += vx_big(hn[k], limit);
+            }
+            sums[0] += (double)hn[0] * (double)hn[0];
+            sums[1] += (double)hn[1] * (double)hn[1];
+            sums[2] += (double)hn[0] * (double)hn[1];
+        }
+        blk.reduce(sums);
+        const double acc = jvp ? acc0 + log(sums[4]) : 0.0;
+        const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(acc));
+        if (!ok) {
+            VX_FOR(i, blk, n)
+            {
+                A[(long long)p * n + i] = (real)0;
+                A[((long long)P + p) * n + i] = (real)0;
+                if (jvp)
+                    dh[i] = (real)0;
+            }
+            vx_flag_dead(blk, p, P, layer, pi);
+            blk.sync();
+            continue;
+        }
+        const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
+        VX_FOR(i, blk, n)
+        {
+            if (jvp)
+                dh[i] = dh[i] / norm;
+            if (ci >= 0)
+                cph[((long long)ci * P + p) * n + i] = A[(long long)p * n + i];
+        }
+        if (blk.tid() == 0 && jvp)
+            pf[VX_F_ACC * P + p] = acc;
+        vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, acc, res);
+        blk.sync();
+    }
+}
+
+// A recomputed GRU step of trajectory 1 (after vx_gru_gates with ntraj = 1 and the
+// candidate GEMM): pre-activations [a_r; a_z; a_n] into pa (P, 3n), h_t into h1.
+VX_KERNEL void vx_gru_recompute(const real *H1, const real *H2, const real *h0, real *pa,
+                                real *h1, const double *xi, const double *drive,
+                                const double *su, const double *pf, const int *pi, int P, int n)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const long long row = p, n2 = 2LL * n, n3 = 3LL * n;
+        VX_FOR(i, blk, n)
+        {
+            const real a_n = vx_gate_preact(H2[row * n + i], s,
+                                            vx_gate_bias(xi, drive, 2LL * n + i, sb, su[p], 0.0));
+            const real a_z = H1[row * n2 + n + i];
+            real z, z_c;
+            vx_sigmoid(a_z, &z, &z_c);
+            pa[row * n3 + i] = H1[row * n2 + i];
+            pa[row * n3 + n + i] = a_z;
+            pa[row * n3 + n2 + i] = a_n;
+            h1[row * n + i] = z_c * vx_phi(code, a_n, param) + z * h0[row * n + i];
+        }
+        blk.sync();
+    }
+}
+
+// The GRU cotangent's candidate part at step t: GAN = phi'(a_n) (1 - z) g (then U1 = GAN Z_n).
+VX_KERNEL void vx_gru_cot_candidate(const real *G, real *GAN, const real *pa, const double *pf,
+                                    const int *pi, int P, int n)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
+            continue;
+        const double param = pf[VX_F_PARAM * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const long long row = p, n3 = 3LL * n;
+        VX_FOR(i, blk, n)
+        {
+            real z, z_c;
+            vx_sigmoid(pa[row * n3 + n + i], &z, &z_c);
+            GAN[row * n + i] = vx_dphi(code, pa[row * n3 + 2LL * n + i], param) * z_c *
+                               G[row * n + i];
+        }
+        blk.sync();
+    }
+}
+
+// The GRU cotangent's gate part, from U1 = GAN Z_n (g_m = s U1):
+//   GRZ = [r (1-r) h g_m; z (1-z) (h - n) g]  (then U2 = GRZ [Z_r; Z_z]),
+//   g <- z g + r g_m  (vx_rnn_cot_finish adds s U2).
+VX_KERNEL void vx_gru_cot_gates(real *G, const real *U1, real *GRZ, const real *h0,
+                                const real *pa, const double *pf, const int *pi, int P, int n)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const long long row = p, n2 = 2LL * n, n3 = 3LL * n;
+        VX_FOR(i, blk, n)
+        {
+            real r, r_c, z, z_c;
+            vx_sigmoid(pa[row * n3 + i], &r, &r_c);
+            vx_sigmoid(pa[row * n3 + n + i], &z, &z_c);
+            const real cand = vx_phi(code, pa[row * n3 + n2 + i], param);
+            const real h = h0[row * n + i];
+            const real g = G[row * n + i];
+            const real g_m = s * U1[row * n + i];
+            GRZ[row * n2 + i] = r * r_c * h * g_m;
+            GRZ[row * n2 + n + i] = z * z_c * (h - cand) * g;
+            G[row * n + i] = z * g + r * g_m;
+        }
+        blk.sync();
+    }
+}
+
+// ------------------------------------------------------------------ both gated RNNs
+
+// The end of a backward step to layer lm1 (G rows of sn reals, U = (GA Z) rows of n):
+//   g_h <- s U (add = 0) or g_h + s U (add = 1); g renormalised over its sn entries,
+//   log |g|^2 accumulated (recorded at r); a non-finite sum collapses the point.
+VX_KERNEL void vx_rnn_cot_finish(real *G, const real *U, double *pf, int *pi, double *res, int P,
+                                 int n, int sn, int add, int R, int lm1, int r)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double gacc = pf[VX_F_GACC * P + p];
+        real *g = G + (long long)p * sn;
+        const real *u = U + (long long)p * n;
+        double sums[1] = {0.0};
+        VX_FOR(i, blk, sn)
+        {
+            if (i < n)
+                g[i] = add ? g[i] + s * u[i] : s * u[i];
+            sums[0] += (double)g[i] * (double)g[i];
+        }
+        blk.reduce(sums);
+        const double acc = gacc + log(sums[0]);
+        if (!vx_isfinite(acc)) {
+            VX_FOR(i, blk, sn) { g[i] = (real)0; }
+            if (blk.tid() == 0) {
+                pi[VX_I_DIVERGED * P + p] = lm1;
+                pi[VX_I_COLLAPSED * P + p] = 1;
+            }
+            blk.sync();
+            continue;
+        }
+        const real d = (real)sqrt(sums[0]);
+        VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
+        if (blk.tid() == 0) {
+            pf[VX_F_GACC * P + p] = acc;
+            if (r >= 0)
+                res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
+        }
+        blk.sync();
+    }
+}
+
+// The backprop seed: G rows [gamma; 0] (sn = n or 2n; zero for a dead point), log |g^T|^2 = 0
+// recorded at the last step (NaN for a dead point).
+VX_KERNEL void vx_rnn_grad_init(const real *gamma, real *G, double *pf, int *pi, double *res,
+                                int P, int n, int sn, int R, int r)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        const bool dead = pi[VX_I_DEAD * P + p] != 0;
+        real *g = G + (long long)p * sn;
+        VX_FOR(i, blk, sn) { g[i] = dead || i >= n ? (real)0 : gamma[i]; }
+        if (blk.tid() == 0) {
+            pf[VX_F_GACC * P + p] = 0.0;
+            pi[VX_I_COLLAPSED * P + p] = 0;
+            if (r >= 0)
+                res[((long long)VX_R_GRAD * P + p) * R + r] = dead ? vx_nan() : 0.0;
+        }
+        blk.sync();
+    }
+}
