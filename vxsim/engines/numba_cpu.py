@@ -563,7 +563,9 @@ def run_unit(config, width, sample, path=None):
 
         arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)
         return generic.run_unit(config, width, sample, arrays)
-    if config.arch.name != "mlp":  # the residual and recurrent nets' fused kernels
+    from ..models import mlp
+
+    if config.arch is not mlp.ARCHITECTURE:  # the residual and recurrent nets' fused kernels
         from . import numba_rnn
 
         return numba_rnn.run_unit(config, width, sample, path)

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import progress, rng
 from ..models import gates as gates_mod
+from ..models import gru, lstm, residual, rnn
 from . import base, gemm, generic, layout, numba_cpu, numba_normals, schedule
 
 
@@ -63,11 +64,15 @@ class RnnBuffers(NamedTuple):
     obuf: np.ndarray  # (lanes, 4, CHUNK) float64 generator scratch
 
 
+# The kernels' architecture codes (numba_rnn_kernels.ARCH_*), by the model they implement.
+ELMAN, GRU, LSTM, RESIDUAL = 0, 1, 2, 3
+
+
 class Recurrence(NamedTuple):
     """What the driver needs to know about an architecture's kernels."""
 
     gates: int  # stacked gate matrices
-    kind: str  # "elman", "gru" or "lstm"
+    kind: int  # ELMAN, GRU, LSTM or RESIDUAL (numba_rnn_kernels.ARCH_*)
     cells: int  # state vectors per trajectory (LSTM: h and c)
     fused_max_width: int  # the fused path up to this width (engine.path = "auto"), see below
 
@@ -79,10 +84,10 @@ class Recurrence(NamedTuple):
 # and up to 128 for the LSTM (0.76 vs 0.95, 1.01 vs 1.29; at 192 the GEMMs win, 1.25 vs
 # 1.01 and 1.52 vs 1.49). The residual net (a fresh Z^l per layer) has the GEMM path only.
 RECURRENCES = {
-    "rnn": Recurrence(1, "elman", 1, 256),
-    "gru": Recurrence(3, "gru", 1, 256),
-    "lstm": Recurrence(4, "lstm", 2, 128),
-    "residual": Recurrence(1, "residual", 1, 0),  # not recurrent: a fresh Z^l per layer
+    rnn.ARCHITECTURE.name: Recurrence(1, ELMAN, 1, 256),
+    gru.ARCHITECTURE.name: Recurrence(3, GRU, 1, 256),
+    lstm.ARCHITECTURE.name: Recurrence(4, LSTM, 2, 128),
+    residual.ARCHITECTURE.name: Recurrence(1, RESIDUAL, 1, 0),  # a fresh Z^l per layer
 }
 
 # ---------------------------------------------------------------- kernel module
@@ -200,7 +205,7 @@ class _Unit:
         # the model's host code draws the tied matrices and the biases (bit-identical)
         arrays = generic.HostArrays(numba_normals.normal_matrix, numba_cpu.store_budget)
         self.gu = generic.Unit(config, width, sample, arrays)
-        if kind != "residual":
+        if kind != RESIDUAL:
             self.Z = gates_mod.tied_weights(self.gu, G)  # (G N, N), run precision
             self.ZT = self.Z.T
             xi = np.concatenate([self.gu.normals(g, rng.STREAM_BIAS) for g in range(G)])
@@ -213,11 +218,11 @@ class _Unit:
         pf = np.zeros((k.N_F, P))
         pf[k.F_SCALE] = np.sqrt(grid.sigma_w2 / N).astype(dt).astype(np.float64)
         pf[k.F_SB] = np.sqrt(grid.sigma_b2)
-        if kind == "residual":
+        if kind == RESIDUAL:
             pf[k.F_ALPHA] = grid.extra["alpha"].astype(dt)
         else:
             pf[k.F_SU] = np.sqrt(grid.extra["sigma_u2"])
-        shift_axis = {"gru": "update_bias", "lstm": "forget_bias"}.get(kind)
+        shift_axis = getattr(config.arch.steps, "BIAS_AXIS", None)  # a gate-bias axis
         if shift_axis:
             pf[k.F_SHIFT] = grid.extra[shift_axis]
         pi = np.zeros((layout.N_I, P), dtype=np.int64)
@@ -240,27 +245,27 @@ class _Unit:
             slots = 1
         self.ncp = ncp if self.vjp else 0
         one = np.zeros((1, 1), dtype=dt)
-        gw = {"elman": 1, "gru": 2, "lstm": 4, "residual": 1}[kind]
-        residual = kind == "residual"
+        gw = {ELMAN: 1, GRU: 2, LSTM: 4, RESIDUAL: 1}[kind]
+        is_residual = kind == RESIDUAL
         lanes = int(self.lanes)
         wbuf, obuf = numba_cpu._scratch(lanes)
         k0, k1 = rng.seed_key(config.seed)
         self.b = RnnBuffers(
             A=np.zeros((3 * P, N), dtype=dt),
-            H=np.zeros((3 * P, G * N if kind != "gru" else 2 * N), dtype=dt),
-            A2=np.zeros((3 * P, N), dtype=dt) if kind == "gru" else one,
-            H2=np.zeros((3 * P, N), dtype=dt) if kind == "gru" else one,
-            X=np.zeros((3 * P, N), dtype=dt) if kind in ("lstm", "residual") else one,
+            H=np.zeros((3 * P, G * N if kind != GRU else 2 * N), dtype=dt),
+            A2=np.zeros((3 * P, N), dtype=dt) if kind == GRU else one,
+            H2=np.zeros((3 * P, N), dtype=dt) if kind == GRU else one,
+            X=np.zeros((3 * P, N), dtype=dt) if kind in (LSTM, RESIDUAL) else one,
             Q=np.zeros((3 * P, k.Q_BLOCKS * N), dtype=dt),
             G=np.zeros((P, cells * N), dtype=dt) if self.vjp else one,
-            GN=np.zeros((P, N), dtype=dt) if self.vjp and kind == "gru" else one,
-            GB=np.zeros((P, gw * N), dtype=dt) if self.vjp and kind != "elman" else one,
+            GN=np.zeros((P, N), dtype=dt) if self.vjp and kind == GRU else one,
+            GB=np.zeros((P, gw * N), dtype=dt) if self.vjp and kind != ELMAN else one,
             U=np.zeros((P, N), dtype=dt) if self.vjp else one,
-            U2=np.zeros((P, N), dtype=dt) if self.vjp and kind == "gru" else one,
+            U2=np.zeros((P, N), dtype=dt) if self.vjp and kind == GRU else one,
             S=np.zeros((slots, P, cells * N), dtype=dt) if self.vjp else np.zeros((1, 1, 1), dt),
             S_ls=np.zeros((slots, P)) if self.vjp else np.zeros((1, 1)),
             xi=xi, pf=pf, pi=pi, res=res, limit=base.divergence_limit(dt),
-            Zs=np.zeros((self._zslots(), N, N) if residual else (1, 1, 1), dtype=dt),
+            Zs=np.zeros((self._zslots(), N, N) if is_residual else (1, 1, 1), dtype=dt),
             xis=np.zeros((2, N)), keys=np.array([sample, k0, k1], dtype=np.uint64),
             wbuf=wbuf, obuf=obuf,
         )  # fmt: skip
@@ -342,7 +347,7 @@ class _Unit:
         import numba
 
         rows = self._op_rows(ops)
-        arch = np.int64(("elman", "gru", "lstm").index(self.kind))
+        arch = np.int64(self.kind)
         D = self.drive_table()
         for first in range(0, len(rows), FUSED_OPS):
             last = min(first + FUSED_OPS, len(rows))
@@ -387,10 +392,10 @@ class _Unit:
         b, k, P = self.b, self.k, self.P
         n = rows * P + (P if jvp else 0)
         drv = self.drive(t)
-        if self.kind == "elman":
+        if self.kind == ELMAN:
             self._mm(b.A[:n], self.ZT, b.H[:n])
             self._run(k.E_FWD, drv, t, r, rows, jvp, keep=keep)
-        elif self.kind == "gru":
+        elif self.kind == GRU:
             N = self.N
             self._mm(b.A[:n], self.ZT[:, : 2 * N], b.H[:n])
             self._run(k.G_FWD1, drv, t, r, rows, jvp)
@@ -410,7 +415,7 @@ class _Unit:
             steps = self.config.arch.steps
             t, _ = generic._renormalise(steps.tangent_start(self.gu))
             b.A[2 * P :] = _rows(t[: self.N])
-            if self.kind == "lstm":
+            if self.kind == LSTM:
                 b.X[2 * P :] = _rows(t[self.N :])
         if self.vjp:
             b.S[0, :, : self.N] = b.A[:P]  # the input (LSTM: c = 0)
@@ -454,15 +459,15 @@ class _Unit:
         """A segment step's GEMM input from trajectory 1's stored state (GRU, LSTM); for
         Elman, A already holds phi(hh1) of the previous recomputed step (or the restart's)."""
         b, P, N = self.b, self.P, self.N
-        if self.kind == "elman":
+        if self.kind == ELMAN:
             return
         b.A[:P] = b.S[slot, :, :N]
-        if self.kind == "lstm":
+        if self.kind == LSTM:
             b.X[:P] = b.S[slot, :, N:]
 
     def _restart(self, op):
         """Elman: A = phi(hh1) of the checkpoint (the raw input x1 at layer 0)."""
-        if self.kind != "elman":
+        if self.kind != ELMAN:
             return
         b, P = self.b, self.P
         slot = self._slot(op.start, op.start)
@@ -477,13 +482,13 @@ class _Unit:
         b, k, P, N = self.b, self.k, self.P, self.N
         t, r = op.layer, int(op.record)
         prev = self._slot(t - 1, op.start)
-        if self.kind == "elman":
+        if self.kind == ELMAN:
             self._mm(b.G, self.Z, b.U)
             self._run(k.E_BWD, b.xi, t, r, slot=prev)
             return
         drv = self.drive(t)
         self._load(prev)
-        if self.kind == "gru":
+        if self.kind == GRU:
             self._mm(b.A[:P], self.ZT[:, : 2 * N], b.H[:P])
             self._run(k.G_FWD1, drv, t, rows=1)
             self._mm(b.A2[:P], self.ZT[:, 2 * N :], b.H2[:P])
@@ -620,7 +625,7 @@ class _ResidualUnit(_Unit):
 def run_unit(config, width, sample, path=None):
     """One (width, sample) of a residual or recurrent net on the fused kernels (inside
     numba_cpu.run_unit, so under gemm.deterministic); ``path`` forces 'gemm' or 'fused'."""
-    cls = _ResidualUnit if config.arch.name == "residual" else _Unit
+    cls = _ResidualUnit if RECURRENCES[config.arch.name].kind == RESIDUAL else _Unit
     unit = cls(config, width, sample, path)
     unit.forward()
     if unit.vjp:
