@@ -1,7 +1,7 @@
-"""The recurrent nets (Elman, GRU, LSTM) on the Numba engine: stacked BLAS GEMMs, fused epilogues.
+"""The residual and recurrent nets on the Numba engine: stacked BLAS GEMMs, fused epilogues.
 
-Per time step, over every grid point's two trajectories (and tangent) as the rows
-of one C-order array (``numba_rnn_kernels`` has the layouts):
+GEMM path, per time step (layer), over every grid point's two trajectories (and
+tangent) as the rows of one C-order array (``numba_rnn_kernels`` has the layouts):
 
 * the fewest GEMMs the recurrence allows, with the tied gate matrices stacked:
   Elman and LSTM one, ``H = A @ Z.T`` with Z = Z_W or [Z_i; Z_f; Z_g; Z_o]
@@ -17,7 +17,16 @@ of one C-order array (``numba_rnn_kernels`` has the layouts):
   or checkpoints (``S``, one slot per kept layer, or per checkpoint plus one
   segment), segments are recomputed from their checkpoint, and a backward step
   is the gates of step t from the stored state at t-1 (one GEMM; two for GRU),
-  the transposed stacked GEMM (GRU: two) and one fused cotangent kernel.
+  the transposed stacked GEMM (GRU: two) and one fused cotangent kernel;
+* the residual MLP (``_ResidualUnit``): per layer one GEMM and one call doing
+  h + alpha (s Z phi(h) + b) with its tangent or cotangent, whose lanes then draw
+  the next op's Z^l (numba_normals.fill_share) into the slot the schedule names
+  (Z^l kept where the plan keeps weights, else drawn again).
+
+Fused path (small widths, ``choose_path``; the recurrent nets): one parallel call
+per pass (in pieces of FUSED_OPS ops, for progress), each lane taking its points
+through every step with matrix-vector products against the tied Z (kept hot in
+cache) and the same per-point epilogues; no synchronisation between steps.
 
 GEMMs go through ``gemm.matmul`` (the unit runs under ``gemm.deterministic``), so
 the numbers do not depend on the thread count. Tied matrices and biases come from

@@ -1,4 +1,4 @@
-"""Fused per-step epilogues of the recurrent nets (Elman, GRU, LSTM) on the Numba engine.
+"""Fused epilogues of the residual and recurrent nets (Elman, GRU, LSTM) on the Numba engine.
 
 A template, like ``numba_epilogue.py``: ``numba_rnn`` writes a copy with the block
 between ``# BEGIN ACTIVATION`` and ``# END ACTIVATION`` repeated per registered
@@ -30,6 +30,13 @@ Row layouts (P points, N = width):
 * GRU: ``A`` rows h1, h2, v (state and tangent, the first GEMM's input),
   ``A2`` rows r h1, r h2, dr h1 + r v (the second's), ``Q`` the gate values.
 * LSTM: ``A`` rows h1, h2, dh; ``X`` rows c1, c2, dc; ``Q`` the gate values.
+* residual MLP (models.residual): ``X`` rows hh1, hh2, t (renormalised where phi is
+  homogeneous), ``A`` rows phi(hh1), phi(hh2), phi'(hh1) t; ``run`` then draws the
+  next GEMM's Z^l on the same lanes (``nxt``).
+
+``run_fused`` (small widths) takes each point through a whole pass on one lane:
+matrix-vector products ``_mv`` / ``_vm`` against the tied Z, then the same
+per-point functions.
 
 A VJP step reads trajectory 1's state at t-1 from the store ``S`` (slot
 ``slot``; numba_rnn lowers engines.schedule's operations onto slots) and writes
