@@ -7,12 +7,15 @@ with tied weights and inputs x_t shared by two trajectories; per step the
 mean square and correlation of the two trajectories, and the squared norm of
 dE/dh_t by backpropagation through time (E = <gamma, h_T>).
 
-* ``vxsim``: the numba engine (``engines.generic`` with BLAS GEMMs over every
-  grid point), in VJP mode and, for reference, JVP mode;
-* ``torch expert``: the grid batched as the columns of one matrix with the
+* (a) ``GEMMs alone``: the BLAS calls of one step of the numba engine's unit, same
+  shapes, same row split (``gemm_shapes``): the limit of (c);
+* (c) ``vxsim``: the numba engine (the RNNs on ``engines.numba_rnn``'s stacked GEMMs
+  and fused step kernels, the residual net on ``engines.generic``), in VJP mode and
+  JVP mode;
+* (b) ``torch expert``: the grid batched as the columns of one matrix with the
   weights shared by all points (common random numbers, as vxsim does), the
   second trajectory without autograd, autograd for the gradients;
-* ``torch plain``: what is usually written, one ``nn.RNNCell`` / ``GRUCell`` /
+* ``torch plain`` (``--plain``): what is usually written, one ``nn.RNNCell`` / ``GRUCell`` /
   ``LSTMCell`` (or one ``nn.Linear`` per residual layer) per grid point with
   both trajectories as a batch of two, ``retain_grad`` on every h_t; a few
   grid points are timed and the time scaled to P (they are independent).
@@ -20,7 +23,7 @@ dE/dh_t by backpropagation through time (E = <gamma, h_T>).
 All in float32 on every core, in the same run, so the ratios hold on a busy
 machine even when the absolute times drift.
 
-    python scripts/bench_architectures.py            # widths 256, 512, 1024; T = 100
+    python scripts/bench_architectures.py            # widths 128, 256, 512, 1024; T = 100
     python scripts/bench_architectures.py --quick    # width 256, T = 40
 """
 
@@ -49,10 +52,11 @@ SIGMA_B2 = [0.0, 0.1]
 POINTS = len(SIGMA_W2) * len(SIGMA_B2) * 2
 
 
-def make_config(arch, width, depth, mode):
+def make_config(arch, width, depth, mode, path="auto"):
     axis = AXES[arch]
     return config_mod.load(
         overrides=[
+            f'engine.path="{path}"',
             f'network.architecture="{arch}"',
             f"network.width=[{width}]",
             f"network.depth={depth}",
@@ -67,11 +71,50 @@ def make_config(arch, width, depth, mode):
     )
 
 
-def time_vxsim(arch, width, depth, mode, repeat):
+def time_vxsim(arch, width, depth, mode, repeat, path="auto"):
     """Seconds per step of one work unit (all P grid points)."""
-    numba_cpu.run_unit(make_config(arch, width, 3, mode), width, 0)  # JIT and first touch
-    cfg = make_config(arch, width, depth, mode)
+    numba_cpu.run_unit(make_config(arch, width, 3, mode, path), width, 0)  # JIT, first touch
+    cfg = make_config(arch, width, depth, mode, path)
     return best(lambda: numba_cpu.run_unit(cfg, width, 0), repeat) / depth
+
+
+def gemm_shapes(arch, mode, points, width):
+    """(rows, inner, cols) of the GEMMs one step of a VJP or JVP unit does on the numba
+    engine, the tangent or recomputation included (engines.numba_rnn, numba_cpu)."""
+    P, N = points, width
+    rows = 3 * P if mode == "jvp" else 2 * P
+    if arch in ("rnn", "residual"):
+        fwd, bwd = [(rows, N, N)], [(P, N, N)]
+        if arch == "residual" and mode == "vjp":
+            bwd.append((P, N, N))  # a segment's recomputation (trajectory 1)
+    elif arch == "gru":
+        fwd = [(rows, N, 2 * N), (rows, N, N)]
+        bwd = [(P, N, 2 * N), (P, N, N), (P, N, N), (P, 2 * N, N)]
+    else:
+        fwd, bwd = [(rows, N, 4 * N)], [(P, N, 4 * N), (P, 4 * N, N)]
+    return fwd + (bwd if mode == "vjp" else [])
+
+
+def time_gemms(arch, width, mode, repeat, steps=20):
+    """Seconds per step of the GEMMs alone (gemm.matmul, BLAS on one thread, rows split
+    over the engine's lanes as in a unit): the limit of vxsim's time."""
+    from vxsim.engines import gemm
+
+    lanes = numba_cpu._lanes()
+    ops = []
+    for m, k, n in gemm_shapes(arch, mode, POINTS, width):
+        a = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
+        b = np.random.default_rng(1).standard_normal((n, k)).astype(np.float32).T
+        ops.append((a, b, np.empty((m, n), np.float32)))
+
+    def run():
+        for _ in range(steps):
+            for a, b, out in ops:
+                gemm.matmul(a, b, out, lanes)
+
+    with gemm.one_blas_thread():
+        run()
+        return best(run, repeat) / steps
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -224,18 +267,43 @@ def main():
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--archs", default=",".join(AXES))
     parser.add_argument("--no-torch", action="store_true", help="vxsim only")
+    parser.add_argument("--plain", action="store_true", help="also one PyTorch cell per point")
+    parser.add_argument("--repeat", type=int, default=None, help="best of this many runs")
     parser.add_argument(
         "--docs", action="store_true", help="also write the output into docs/performance.md"
     )
+    parser.add_argument(
+        "--paths", action="store_true", help="the RNNs' gemm and fused paths per width instead"
+    )
     args = parser.parse_args()
     with recorded("bench_architectures", write=args.docs):
-        table(args)
+        crossover(args) if args.paths else table(args)
+
+
+def crossover(args):
+    """ms per step of the recurrent nets on each numba path (numba_rnn's fused_max_width)."""
+    widths = [int(w) for w in (args.widths or "32,64,96,128,160,192,256").split(",")]
+    depth, repeat = args.depth or 100, args.repeat or 2
+    print(f"# numba_rnn paths, {POINTS} points, {depth} steps, float32, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(f"{'arch':>6} {'width':>5} {'mode':>4} {'gemm ms':>8} {'fused ms':>8} {'faster':>6}")
+    for arch in args.archs.split(","):
+        if arch == "residual":
+            continue
+        for width in widths:
+            for mode in ("jvp", "vjp"):
+                g = time_vxsim(arch, width, depth, mode, repeat, "gemm")
+                f = time_vxsim(arch, width, depth, mode, repeat, "fused")
+                print(f"{arch:>6} {width:>5} {mode:>4} {g * 1e3:>8.3f} {f * 1e3:>8.3f} "
+                      f"{'fused' if f < g else 'gemm':>6}", flush=True)  # fmt: skip
 
 
 def table(args):
-    widths = [int(w) for w in (args.widths or ("256" if args.quick else "256,512,1024")).split(",")]
+    widths = [
+        int(w) for w in (args.widths or ("256" if args.quick else "128,256,512,1024")).split(",")
+    ]
     depth = args.depth or (40 if args.quick else 100)
-    repeat = 1 if args.quick else 2
+    repeat = args.repeat or (1 if args.quick else 2)
     use_torch = not args.no_torch
     if use_torch:
         try:
@@ -252,19 +320,32 @@ def table(args):
           f"{version if use_torch else 'torch baselines skipped'}")  # fmt: skip
     print(f"# grid: {POINTS} points (tanh), {depth} steps, float32, VJP = gradients through "
           f"all steps; load average {os.getloadavg()[0]:.2f} at start")  # fmt: skip
-    head = f"{'arch':>8} {'width':>5} {'vjp ms/step':>11} {'jvp ms/step':>11}"
+    print("# ms per step; (a) GEMMs alone, (c) vxsim, (a)/(c) = share of the GEMM limit;"
+          " (b) torch expert (VJP), (b)/(c) = vxsim's speed-up")  # fmt: skip
+    head = (
+        f"{'arch':>8} {'width':>5} {'vjp (a)':>8} {'vjp (c)':>8} {'a/c':>5}"
+        f" {'jvp (a)':>8} {'jvp (c)':>8} {'a/c':>5}"
+    )
     if use_torch:
-        head += f" {'expert ms':>9} {'x expert':>8} {'plain ms':>9} {'x plain':>8}"
+        head += f" {'expert (b)':>10} {'b/c vjp':>7} {'b/c jvp':>7}"
+        head += f" {'plain ms':>9} {'x plain':>8}" if args.plain else ""
     print(head)
     for arch in args.archs.split(","):
         for width in widths:
             vjp = time_vxsim(arch, width, depth, "vjp", repeat)
             jvp = time_vxsim(arch, width, depth, "jvp", repeat)
-            row = f"{arch:>8} {width:>5} {vjp * 1e3:>11.2f} {jvp * 1e3:>11.2f}"
+            gv = time_gemms(arch, width, "vjp", repeat)
+            gj = time_gemms(arch, width, "jvp", repeat)
+            row = (
+                f"{arch:>8} {width:>5} {gv * 1e3:>8.2f} {vjp * 1e3:>8.2f} {gv / vjp:>5.2f}"
+                f" {gj * 1e3:>8.2f} {jvp * 1e3:>8.2f} {gj / jvp:>5.2f}"
+            )
             if use_torch:
                 ex = min(expert(arch, width, depth) for _ in range(repeat))
-                pl = plain(arch, width, min(depth, 40))
-                row += f" {ex * 1e3:>9.2f} {ex / vjp:>8.2f} {pl * 1e3:>9.1f} {pl / vjp:>8.1f}"
+                row += f" {ex * 1e3:>10.2f} {ex / vjp:>7.2f} {ex / jvp:>7.2f}"
+                if args.plain:
+                    pl = plain(arch, width, min(depth, 40))
+                    row += f" {pl * 1e3:>9.1f} {pl / vjp:>8.1f}"
             print(row, flush=True)
 
 

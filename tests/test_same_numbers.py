@@ -34,13 +34,24 @@ THREAD_VARIABLES = (
 )
 
 # Width 64 runs the fused kernels, 300 the GEMM path (rows split at verified
-# cuts), the LSTM the generic driver (the model's own ``@``).
+# cuts); the LSTM and the Elman RNN run engines.numba_rnn's stacked-gate GEMMs
+# (rows split the same way) and fused step kernels.
 SWEEPS = {
     "mlp": [
         "network.width=[64, 300]",
         'network.activation=["tanh", "relu"]',
         "network.depth=30",
         "grid.sigma_w2=[0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2, 3.6]",
+        'measure.mode="both"',
+        "monte_carlo.samples=1",
+    ],
+    "rnn": [
+        'network.architecture="rnn"',
+        "network.width=[200]",
+        'network.activation=["tanh", "relu"]',
+        "network.depth=25",
+        "grid.sigma_w2=[0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2, 3.6]",
+        "grid.sigma_u2=[0.5, 1.0]",
         'measure.mode="both"',
         "monte_carlo.samples=1",
     ],

@@ -563,6 +563,12 @@ def run_unit(config, width, sample, path=None):
 
         arrays = generic.HostArrays(numba_normals.normal_matrix, store_budget)
         return generic.run_unit(config, width, sample, arrays)
+    from ..models import mlp
+
+    if config.arch is not mlp.ARCHITECTURE:  # the residual and recurrent nets' fused kernels
+        from . import numba_rnn
+
+        return numba_rnn.run_unit(config, width, sample, path)
     unit = _Unit(config, width, sample, path=path)
     unit.forward()
     if unit.vjp:

@@ -156,6 +156,6 @@ ARCHITECTURE = Architecture(
     gates=len(GATES),
     streams=streams(len(GATES)),
     growth_law="exponential",
-    fast_paths=("cuda",),  # fused step kernels (engines.cuda_rnn)
+    fast_paths=("numba", "cuda"),  # fused step kernels (engines.numba_rnn, engines.cuda_rnn)
     mean_field=None,  # no mean-field theory: measured only
 )

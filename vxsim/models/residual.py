@@ -86,4 +86,5 @@ ARCHITECTURE = Architecture(
     growth_law="power",  # |g^l|^2 ~ l^rate (Yang & Schoenholz 2017)
     fast_paths=("cuda",),  # fused epilogue (engines.cuda_residual)
     mean_field=mean_field,
+    fast_paths=("numba",),  # fused epilogue (engines.numba_rnn)
 )

@@ -71,6 +71,6 @@ ARCHITECTURE = Architecture(
     gates=1,
     streams=gates.streams(1),
     growth_law="exponential",
-    fast_paths=("cuda",),  # fused step kernels (engines.cuda_rnn)
+    fast_paths=("numba", "cuda"),  # fused step kernels (engines.numba_rnn, engines.cuda_rnn)
     mean_field=mean_field,
 )

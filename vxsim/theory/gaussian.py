@@ -140,7 +140,8 @@ def expect2(f, g, q1, q2, c, kinks_f=(), kinks_g=(), method="auto"):
         z1 = _GH_Z[:, None]
         z2 = _GH_Z[None, :]
         vals = f(r1 * z1) * g(r2 * (c * z1 + s * z2))
-        return float(_GH_W @ vals @ _GH_W)
+        # einsum's own loops, not BLAS (whose gemv sums in a thread-count dependent order)
+        return float(np.einsum("i,ij,j->", _GH_W, vals, _GH_W))
     # outer breakpoints in z1: f's kinks, and g's kinks as seen through m(z1) with a
     # geometric ladder down to their smoothing width s/|c|
     pts = [k / r1 for k in kinks_f]

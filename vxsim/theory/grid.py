@@ -386,8 +386,9 @@ def _hermite_coefficients(fa, r, nt):
         sl = slice(s, s + block)
         x = r[sl, None] * z[None, :]
         W = w[None, :] if mask is None else w[None, :] * mask[sl]
-        A[sl] = (fa.phi(x) * W) @ H.T
-        B[sl] = (fa.dphi(x) * W) @ H.T
+        # einsum's own loops, not a BLAS GEMM: its bits would follow OMP_NUM_THREADS
+        A[sl] = np.einsum("pz,nz->pn", fa.phi(x) * W, H)
+        B[sl] = np.einsum("pz,nz->pn", fa.dphi(x) * W, H)
     if zx is not None:
         # the panels split at kinks, with h_n by recurrence on their nodes
         x = r[:, None] * zx
