@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from vxsim import models
 from vxsim.analysis import spectrum as analysis_spectrum
 from vxsim.theory import spectrum as sp
 
@@ -25,6 +26,7 @@ def stand_in(architecture="mlp", init_axis=True, spectrum_layers=(1, 4, 16), ext
     shape += (sigma_w2.size, sigma_b2.size) + tuple(len(v) for v in extra.values())
     return SimpleNamespace(
         architecture=architecture,
+        arch=models.get(architecture),
         activations=activations,
         inits=inits,
         init_axis=init_axis,
@@ -75,7 +77,7 @@ def test_without_init_axis_the_laws_are_gaussian():
 
 
 def test_other_architectures_get_nan():
-    config = stand_in(architecture="elman", extra={"sigma_u2": [0.0, 0.5]})
+    config = stand_in(architecture="rnn", extra={"sigma_u2": [0.0, 0.5]})
     out = analysis_spectrum.analyse(config)
     dims, var, _ = out["theory_lambda_var_norm"]
     assert dims[-2:] == ("sigma_u2", "spectrum_layer") and var.shape == (3, 2, 3, 2, 2, 3)

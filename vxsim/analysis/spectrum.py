@@ -24,8 +24,6 @@ import numpy as np
 from ..errors import VxsimError
 from ..theory import spectrum
 
-MLP = "mlp"
-
 
 def _axis_values(config, name):
     if name == "activation":
@@ -54,7 +52,7 @@ def theory_moments(config):
     shape = tuple(config.grid_shape) + (layers.size,)
     log_mean = np.full(shape, np.nan)
     var_norm = np.full(shape, np.nan)
-    if config.architecture != MLP:
+    if not config.arch.spectrum_theory:
         return log_mean, var_norm
     values = {name: _axis_values(config, name) for name in dims}
     laws = [spectrum._weight_law(label)[0] for label in values.get("init", ["gaussian"])]

@@ -46,6 +46,8 @@ class Architecture:
     # its mean-field critical line is the plain chi1 = 1 line of theory.critical_sigma_w2
     # (a figure may recompute it on a fine sigma_b2 grid instead of the file's own values)
     dense_critical_line: bool = False
+    # the free-probability theory of its Jacobian spectrum (theory.spectrum) applies to it
+    spectrum_theory: bool = False
     order: int = None  # place in the lists of messages and docs; None: after those with one
 
     def __post_init__(self):

@@ -151,4 +151,5 @@ ARCHITECTURE = Architecture(
     mean_field=mean_field,
     fast_paths=("numba", "cuda"),  # fused kernels (engines.numba_cpu, engines.cuda_gpu)
     dense_critical_line=True,
+    spectrum_theory=True,  # J^l = W^l D^{l-1} ... W^1: free products (theory.spectrum)
 )

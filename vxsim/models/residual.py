@@ -84,7 +84,6 @@ ARCHITECTURE = Architecture(
     axes={"alpha": [1.0]},
     streams=(rng.STREAM_INPUT, rng.STREAM_OUTPUT_GRAD, rng.STREAM_WEIGHT, rng.STREAM_BIAS),
     growth_law="power",  # |g^l|^2 ~ l^rate (Yang & Schoenholz 2017)
-    fast_paths=("cuda",),  # fused epilogue (engines.cuda_residual)
     mean_field=mean_field,
-    fast_paths=("numba",),  # fused epilogue (engines.numba_rnn)
+    fast_paths=("numba", "cuda"),  # fused epilogues (engines.numba_rnn, engines.cuda_residual)
 )

@@ -31,6 +31,7 @@ import textwrap
 
 import numpy as np
 
+from .. import models
 from ..errors import VxsimError
 from . import data, style
 
@@ -80,8 +81,8 @@ def theory_curve(coords, config, layer):
     """
     from ..theory import spectrum as theory
 
-    arch = config.get("network", {}).get("architecture", "mlp")
-    if arch != "mlp":
+    arch = config.get("network", {}).get("architecture")
+    if arch not in models.names() or not models.get(arch).spectrum_theory:
         return None, f"no theory for {arch}"
     act = str(coords["activation"])
     init = str(coords.get("init", "gaussian"))
