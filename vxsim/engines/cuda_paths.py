@@ -85,8 +85,17 @@ def persist_smem(width, itemsize, vectors):
     return (width * width + vectors * width) * itemsize
 
 
+def persist_limit():
+    """Shared memory a persistent block may use here: PERSIST_SMEM_BYTES, or less where
+    the device's opt-in limit is lower (1 KiB left for the reductions' static scratch)."""
+    from .cuda_backend import shared_memory_optin
+
+    optin = shared_memory_optin()
+    return PERSIST_SMEM_BYTES if optin is None else min(PERSIST_SMEM_BYTES, optin - 1024)
+
+
 def persist_fits(config, width):
-    return persist_smem(width, config.dtype.itemsize, 6) <= PERSIST_SMEM_BYTES
+    return persist_smem(width, config.dtype.itemsize, 6) <= persist_limit()
 
 
 def recurrent_path(config, width):
