@@ -415,3 +415,22 @@ def test_resume_and_shards_give_the_single_runs_file(tmp_path, monkeypatch):
     merged = str(tmp_path / "merged.h5")
     vxsim.merge(parts, merged)
     assert_same_content(single, merged, may_differ=("created", "merged_from"))
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "lstm"])
+def test_cuda_engine_spectrum_on_its_host_stand_in(architecture):
+    """The cuda engine's spectrum pass (DeviceArrays, the QR on the device's xp, the graded
+    SVD on the host) on the CPU stand-in with CuPy's host/device boundary enforced: the
+    oracle's numbers. The stand-in computes with NumPy and the same LAPACK, and the graded
+    SVD differs only by Numba's rotation order against the NumPy oracle's: 1e-10 (the
+    Numba-vs-oracle tolerance above)."""
+    from vxsim.engines import cuda_gpu, cuda_host, numpy_ref
+
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler for the kernels' host build")
+    cfg = spectrum_config(architecture, network__activation=["tanh"], network__init=["orthogonal"])
+    be = cuda_host.HostBackend(cfg.spectrum_precision, strict=True)
+    got = spectrum.run(cfg, 8, 0, cuda_gpu.spectrum_arrays(cfg, be), cuda_gpu.graded_svd)
+    want = spectrum.run(cfg, 8, 0, numpy_ref.spectrum_arrays(cfg), numpy_ref.graded_svd)
+    assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)

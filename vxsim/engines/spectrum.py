@@ -115,7 +115,7 @@ def blocks(T, P, D):
 def unblocks(B):
     """(P, rows, D) -> (rows, P D) point-major."""
     P, rows, D = B.shape
-    return np.ascontiguousarray(np.moveaxis(B, 0, 1)).reshape(rows, P * D)
+    return np.moveaxis(B, 0, 1).reshape(rows, P * D)  # reshape copies (NumPy and CuPy alike)
 
 
 def accumulate(b, U, R):
