@@ -76,6 +76,8 @@ HOST = dict(
 )  # fmt: skip
 FULL["crossover"] = dict(widths=(64, 128, 256), grid=(8, 20, 40), depth=50)
 HOST["crossover"] = dict(widths=(16, 32), grid=(2, 4), depth=5)
+FULL["spectrum"] = dict(oracle=(32, 24), widths=(128, 256, 512), points=4, depth=64)
+HOST["spectrum"] = dict(oracle=(8, 6), widths=(8,), points=2, depth=4)
 FULL["persist"] = dict(widths=(32, 64, 96, 128, 192, 224), grid=40, depth=500)
 HOST["persist"] = dict(widths=(8, 16), grid=2, depth=6)
 SKIP_ON_HOST = {"test_tf32_growth_rates_match_float32"}
@@ -86,6 +88,7 @@ _TITLES = {
     "crossover": "path crossover (cost model)",
     "architectures": "other architectures",
     "rnn": "RNN fused steps (oracle, Elman and LSTM wall times)",
+    "spectrum": "Jacobian spectrum and weight laws (oracle, orthogonality, cost)",
     "schoenholz": "Schoenholz et al. 2017 tanh phase diagram",
 }
 SECTIONS = tuple(_TITLES)
@@ -530,6 +533,55 @@ def persistent_crossover(sizes, clock, make):
         f"launches each step)")  # fmt: skip
 
 
+def spectrum_section(sizes, clock):
+    """The spectrum pass on the device (CuPy's QR, the graded SVD on the host): the oracle's
+    log singular values for an orthogonal and a Gaussian tanh MLP and an orthogonal Elman
+    RNN; the device's orthogonal Q; then the pass's time against the same unit's JVP."""
+    import numpy as np
+
+    from vxsim import engines
+    from vxsim.engines import cuda_gpu, numpy_ref, spectrum
+
+    sz = sizes["spectrum"]
+    W, L = sz["oracle"]
+    for arch in ("mlp", "rnn"):
+        cfg = _config(
+            f'network.architecture="{arch}"', f"network.width=[{W}]", f"network.depth={L}",
+            'network.activation=["tanh"]', 'network.init=["gaussian", "orthogonal"]',
+            "grid.sigma_w2=[0.9, 1.5]", "grid.sigma_b2=[0.01]",
+            f"measure.spectrum={{layers=[1, {L // 2}, {L}]}}",
+        )  # fmt: skip
+        got = engines.run(cuda_gpu, cfg, W, 0)["log_singular_value"]
+        want = engines.run(numpy_ref, cfg, W, 0)["log_singular_value"]
+        err = float(np.nanmax(np.abs(got - want)))
+        say(f"{arch}: max |log s (device) - log s (numpy)| = {err:.2e} (cuSOLVER vs LAPACK)")
+        if not err < 1e-8:
+            raise AssertionError(f"{arch}: the device's spectrum is {err:.2e} from the oracle")
+    cfg = _config(f"network.width=[{W}]", 'network.init=["orthogonal"]')
+    unit = spectrum.generic.Unit(cfg, W, 0, cuda_gpu.spectrum_arrays(cfg))
+    Z = unit.arrays.to_host(unit.matrix(1, dtype=np.float64))
+    off = float(np.abs(Z @ Z.T / W - np.eye(W)).max())
+    bound = 10 * W * np.finfo(np.float64).eps
+    say(f"orthogonal Z Z^T / N - I on the device: max {off:.2e} (bound 10 N eps = {bound:.1e})")
+    if not off <= bound:
+        raise AssertionError(f"the device's orthogonal Z is {off:.2e} from orthogonal")
+    for N in sz["widths"]:
+        w2 = np.linspace(0.8, 2.0, sz["points"]).tolist()
+        base = [
+            f"network.width=[{N}]", f"network.depth={sz['depth']}",
+            'network.activation=["tanh"]', f"grid.sigma_w2={w2}", "grid.sigma_b2=[0.01]",
+        ]  # fmt: skip
+        plain = _config(*base)
+        spec = _config(*base, f"measure.spectrum={{layers=[{sz['depth']}]}}")
+        engines.run(cuda_gpu, _config(*base[:1], "network.depth=2", *base[2:]), N, 0)  # warm
+        t_jvp = clock.time(lambda c=plain: engines.run(cuda_gpu, c, N, 0))
+        t_spec = clock.time(lambda c=spec: engines.run(cuda_gpu, c, N, 0))
+        say(
+            f"width {N}, {sz['points']} points, depth {sz['depth']}: jvp {t_jvp:.3f} s, "
+            f"with the spectrum {t_spec:.3f} s ({t_spec / t_jvp:.1f}x; N = {N})"
+        )
+
+
 def schoenholz_section(sizes):
     from vxsim import config
     from vxsim.sweep import run_sweep
@@ -588,6 +640,7 @@ def main():
         ("crossover", 20, lambda: crossover_section(sizes, clock)),
         ("architectures", 20, lambda: architectures_section(sizes, clock)),
         ("rnn", 40, lambda: rnn_section(sizes, clock)),
+        ("spectrum", 30, lambda: spectrum_section(sizes, clock)),
         ("schoenholz", 40, lambda: schoenholz_section(sizes)),
     ]
     for key, need, run in plan:
