@@ -574,8 +574,8 @@ def spectrum_section(sizes, clock):
         plain = _config(*base)
         spec = _config(*base, f"measure.spectrum={{layers=[{sz['depth']}]}}")
         engines.run(cuda_gpu, _config(*base[:1], "network.depth=2", *base[2:]), N, 0)  # warm
-        t_jvp = clock.time(lambda c=plain: engines.run(cuda_gpu, c, N, 0))
-        t_spec = clock.time(lambda c=spec: engines.run(cuda_gpu, c, N, 0))
+        t_jvp = clock.time(lambda c=plain, n=N: engines.run(cuda_gpu, c, n, 0))
+        t_spec = clock.time(lambda c=spec, n=N: engines.run(cuda_gpu, c, n, 0))
         say(
             f"width {N}, {sz['points']} points, depth {sz['depth']}: jvp {t_jvp:.3f} s, "
             f"with the spectrum {t_spec:.3f} s ({t_spec / t_jvp:.1f}x; N = {N})"
