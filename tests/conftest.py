@@ -84,6 +84,17 @@ def reference_network(config, width, sample, act, param, sigma_w2, sigma_b2):
     }
 
 
+@pytest.fixture(scope="module")
+def host():
+    """{precision: HostBackend}: the CUDA kernels built for the CPU with CuPy's host/device
+    boundary enforced (compiled once, cached); skips where no C++ compiler is found."""
+    from vxsim.engines import cuda_host
+
+    if cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
+    return {p: cuda_host.HostBackend(p, strict=True) for p in ("float32", "float64")}
+
+
 @pytest.fixture
 def tmp_out(tmp_path):
     return str(tmp_path / "out.h5")

@@ -52,14 +52,6 @@ needs_cxx = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def host():
-    """{precision: HostBackend}: the kernels built for the CPU (compiled once, cached)."""
-    if cuda_host.compiler() is None:
-        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
-    return {p: cuda_host.HostBackend(p, strict=True) for p in ("float32", "float64")}
-
-
 # ---------------------------------------------------------------- sources
 
 

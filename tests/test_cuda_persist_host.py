@@ -17,13 +17,6 @@ from vxsim.engines import cuda_gpu, cuda_host, cuda_paths, cuda_rnn, cuda_source
 from vxsim.errors import VxsimError
 
 
-@pytest.fixture(scope="module")
-def host():
-    if cuda_host.compiler() is None:
-        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
-    return {p: cuda_host.HostBackend(p, strict=True) for p in ("float32", "float64")}
-
-
 def elman(precision="float64", mode="both", depth=14, checkpoint=4, record="{every = 1}", *extra,
           **kw):  # fmt: skip
     return make_config('network.architecture="rnn"', "grid.sigma_u2=[0.5, 1.0]",

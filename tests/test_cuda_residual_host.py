@@ -24,13 +24,6 @@ from vxsim.engines import (
 )
 
 
-@pytest.fixture(scope="module")
-def host():
-    if cuda_host.compiler() is None:
-        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
-    return {p: cuda_host.HostBackend(p, strict=True) for p in ("float32", "float64")}
-
-
 def res_config(precision="float64", mode="both", depth=14, checkpoint=4, alpha="[0.5, 1.0]",
                record="{every = 1}", **kw):  # fmt: skip
     return make_config(

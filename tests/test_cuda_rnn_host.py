@@ -19,13 +19,6 @@ from vxsim.engines import cuda_gpu, cuda_host, cuda_paths, cuda_rnn, numpy_ref, 
 RNNS = ("rnn", "gru", "lstm")
 
 
-@pytest.fixture(scope="module")
-def host():
-    if cuda_host.compiler() is None:
-        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX) on PATH")
-    return {p: cuda_host.HostBackend(p, strict=True) for p in ("float32", "float64")}
-
-
 def rnn_config(arch, precision="float64", mode="both", depth=14, checkpoint=4, axis=None,
                record="{every = 1}", **kw):  # fmt: skip
     return make_config(
