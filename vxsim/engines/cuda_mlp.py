@@ -65,7 +65,26 @@ def chunks(ops, size):
     return [ops[i : i + size] for i in range(0, len(ops), size)]
 
 
-class Unit:
+class Pass:
+    """What every device unit (the MLP's, the RNNs', the residual net's) does with its
+    ``forward``/``backward`` and its result buffers ``res`` (per layer) and ``pi`` (per
+    point): run the passes, then copy the results to the host once."""
+
+    def run(self):
+        with self.be.gemm_precision(self.tf32):
+            self.forward()
+            if self.vjp:
+                self.backward()
+        return self.results()
+
+    def results(self):
+        """The unit's arrays, copied to the host once (the only synchronisation)."""
+        res = self.be.to_host(self.res)
+        pi = self.be.to_host(self.pi)
+        return base.shape_results(self.config, layout.results(self.config, res, pi))
+
+
+class Unit(Pass):
     """One (width, sample) on a backend: every buffer allocated once, on the device."""
 
     def __init__(self, config, width, sample, backend, path=None):
@@ -329,18 +348,3 @@ class Unit:
                  i32(N), i32(self.R), i32(lo), i32(hi), i32(first.start)),
                 smem=smem,
             )  # fmt: skip
-
-    # -- all of it
-
-    def run(self):
-        with self.be.gemm_precision(self.tf32):
-            self.forward()
-            if self.vjp:
-                self.backward()
-        return self.results()
-
-    def results(self):
-        """The unit's arrays, copied to the host once (the only synchronisation)."""
-        res = self.be.to_host(self.res)
-        pi = self.be.to_host(self.pi)
-        return base.shape_results(self.config, layout.results(self.config, res, pi))

@@ -38,7 +38,7 @@ from .. import rng
 from ..models import gates, gru, lstm, rnn
 from . import base, cuda_sources, layout, schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32
-from .cuda_mlp import runs
+from .cuda_mlp import Pass, runs
 from .cuda_paths import persist_smem, threads_for
 
 
@@ -49,7 +49,7 @@ def vjp_plan(config):
     return schedule.vjp_plan(config, schedule.LayerBytes(1), 0)
 
 
-class _Unit:
+class _Unit(Pass):
     """What every recurrent unit holds: the per-point tables, the tied draws, the drive."""
 
     GATES = 1  # stacked N x N gate matrices
@@ -140,21 +140,6 @@ class _Unit:
     def launch(self, name, args, grid=None, smem=0):
         """A per-point kernel: one block per grid point."""
         self.be.launch(name, grid or self.P, self.threads, args, smem=smem)
-
-    # -- all of it
-
-    def run(self):
-        with self.be.gemm_precision(self.tf32):
-            self.forward()
-            if self.vjp:
-                self.backward()
-        return self.results()
-
-    def results(self):
-        """The unit's arrays, copied to the host once."""
-        res = self.be.to_host(self.res)
-        pi = self.be.to_host(self.pi)
-        return base.shape_results(self.config, layout.results(self.config, res, pi))
 
     def backward(self):
         """``schedule.backward_ops`` after the seed: Restart, Recompute, Backward lowered."""
