@@ -106,6 +106,66 @@ def test_keeping_every_step_equals_recomputing_segments(arch, path, monkeypatch)
                 np.testing.assert_array_equal(got[key], value, err_msg=f"{budget} {key}")
 
 
+@pytest.mark.parametrize("arch,blocks", [("gru", 6), ("lstm", 10)])
+def test_plan_keeps_the_gates(arch, blocks, monkeypatch):
+    """A gated net's VJP keeps trajectory 1's gate values (the model's STEP_VALUES blocks
+    of N per point): every step's where the plan keeps the step values, a segment's
+    recomputed steps when checkpointed, none when even those do not fit; the backward
+    steps then read them (qslot >= 0) except a segment's last, which recomputes."""
+    from vxsim.models import gru, lstm
+
+    assert blocks == {"gru": gru, "lstm": lstm}[arch].STEP_VALUES
+    cfg = rnn_config(arch, width=16, depth=37, precision="float32", mode="vjp")
+    monkeypatch.setattr(numba_cpu, "STORE_BYTES", 2**40)
+    unit = numba_rnn._Unit(cfg, 16, 0, "gemm")
+    assert unit.plan.keep_all and unit.plan.keep_steps and unit.gates_kept == "all"
+    assert unit.b.QS.shape == (37, unit.P, blocks * 16)
+    assert all(unit._qslot(op) == op.layer - 1 for op in unit.fwd_ops + unit.bwd_ops)
+    # the state fits, the gates do not: nothing kept but states, gates recomputed
+    state = 37 * unit.P * 16 * 4 * numba_rnn.RECURRENCES[arch].cells
+    monkeypatch.setattr(numba_cpu, "STORE_BYTES", state)
+    unit = numba_rnn._Unit(cfg, 16, 0, "gemm")
+    assert unit.plan.keep_all and not unit.plan.keep_steps and unit.gates_kept is None
+    assert all(unit._qslot(op) == -1 for op in unit.bwd_ops)
+    monkeypatch.setattr(numba_cpu, "STORE_BYTES", 0)
+    unit = numba_rnn._Unit(cfg, 16, 0, "gemm")
+    every = unit.plan.every
+    assert unit.gates_kept == "segment" and unit.b.QS.shape[0] == every - 1
+    backs = [op for op in unit.bwd_ops if isinstance(op, schedule.Backward)]
+    recomputed = {(op.start, op.layer) for op in unit.bwd_ops if isinstance(op, schedule.Recompute)}
+    for op in backs:
+        q = unit._qslot(op)
+        assert (q >= 0) == ((op.start, op.layer) in recomputed), op
+    monkeypatch.setattr(schedule, "ZSTORE_BYTES", 0)
+    unit = numba_rnn._Unit(cfg, 16, 0, "gemm")
+    assert unit.gates_kept is None and all(unit._qslot(op) == -1 for op in unit.bwd_ops)
+
+
+@pytest.mark.parametrize("arch", ("gru", "lstm"))
+@pytest.mark.parametrize("path", PATHS)
+def test_gates_kept_or_recomputed_agree_with_the_oracle(arch, path, monkeypatch):
+    """The four ways a backward step has its gates (kept by the forward pass; recomputed
+    from every kept state; kept from a segment's recomputation; recomputed there) each
+    agree with the oracle (oracle_cases.TOL) and give the same bits as each other (a
+    gate value is the same arithmetic on the same state, whichever op computed it)."""
+    cfg = rnn_config(arch, f'engine.path="{path}"', width=16, depth=37, precision="float32",
+                     mode="both", acts=ACTS2)  # fmt: skip
+    want = numpy_ref.run_unit(cfg, 16, 0)
+    P = numba_rnn._Unit(cfg, 16, 0, path).P
+    state = 37 * P * 16 * 4 * numba_rnn.RECURRENCES[arch].cells
+    got = {}
+    for name, budget, zstore in (("all", 2**40, None), ("states", state, None),
+                                 ("segment", 0, None), ("none", 0, 0)):  # fmt: skip
+        monkeypatch.setattr(numba_cpu, "STORE_BYTES", budget)
+        if zstore is not None:
+            monkeypatch.setattr(schedule, "ZSTORE_BYTES", zstore)
+        got[name] = numba_cpu.run_unit(cfg, 16, 0)
+        assert_same(got[name], want, TOL["float32"], f"{arch} {path} {name}")
+    for name in ("states", "segment", "none"):
+        for key, value in got["all"].items():
+            np.testing.assert_array_equal(got[name][key], value, err_msg=f"{name} {key}")
+
+
 def test_vjp_plan_at_depth_10000_stays_within_the_budget(monkeypatch):
     """The issue's 10,000-step VJP (width 512, 32 points): trajectory 1's state per step
     would take 10,000 x 32 x (512 x 4 + 8) B = 658 MB (h and its float64 log-scale);

@@ -15,9 +15,14 @@ tangent) as the rows of one C-order array (``numba_rnn_kernels`` has the layouts
 * the VJP lowers engines.schedule's operations (``vjp_plan``, ``forward_ops``,
   ``backward_ops``): trajectory 1's state is stored at every step the plan keeps
   or checkpoints (``S``, one slot per kept layer, or per checkpoint plus one
-  segment), segments are recomputed from their checkpoint, and a backward step
-  is the gates of step t from the stored state at t-1 (one GEMM; two for GRU),
-  the transposed stacked GEMM (GRU: two) and one fused cotangent kernel;
+  segment), segments are recomputed from their checkpoint; a gated net's gate
+  values of trajectory 1 (models' STEP_VALUES blocks of N per point) are kept in
+  ``QS`` by the forward pass where the plan keeps the step values (``keep_steps``),
+  else by a segment's recomputation (its every - 1 steps, when they fit in
+  schedule.ZSTORE_BYTES, as a segment's Z^l do), so that a backward step is the
+  transposed stacked GEMM (GRU: two) and the fused cotangent kernel(s) alone;
+  only a step without kept gates (a segment's last) first recomputes them from the
+  stored state at t-1 (one GEMM; two for GRU);
 * the residual MLP (``_ResidualUnit``): per layer one GEMM and one call doing
   h + alpha (s Z phi(h) + b) with its tangent or cotangent, whose lanes then draw
   the next op's Z^l (numba_normals.fill_share) into the slot the schedule names
@@ -61,6 +66,7 @@ class RnnBuffers(NamedTuple):
     U2: np.ndarray  # (P, N) GRU: GN @ Z_n, then g_m
     S: np.ndarray  # (slots, P, N or 2N) stored trajectory-1 states
     S_ls: np.ndarray  # (slots, P) their log-scales (Elman)
+    QS: np.ndarray  # (gate slots, P, kept blocks N) trajectory 1's kept gate values (GRU, LSTM)
     xi: np.ndarray  # (G N,) float64 bias noise
     pf: np.ndarray  # (N_F, P) float64 per-point table (numba_rnn_kernels.F_*)
     pi: np.ndarray  # (N_I, P) int64 per-point table (engines.layout.I_*)
@@ -253,6 +259,8 @@ class _Unit:
         else:
             slots = 1
         self.ncp = ncp if self.vjp else 0
+        qslots, self.gates_kept = self._gate_slots()
+        blocks = k.KEPT_BLOCKS[kind] if kind != RESIDUAL else 0
         one = np.zeros((1, 1), dtype=dt)
         gw = {ELMAN: 1, GRU: 2, LSTM: 4, RESIDUAL: 1}[kind]
         is_residual = kind == RESIDUAL
@@ -273,6 +281,7 @@ class _Unit:
             U2=np.zeros((P, N), dtype=dt) if self.vjp and kind == GRU else one,
             S=np.zeros((slots, P, cells * N), dtype=dt) if self.vjp else np.zeros((1, 1, 1), dt),
             S_ls=np.zeros((slots, P)) if self.vjp else np.zeros((1, 1)),
+            QS=np.zeros((qslots, P, blocks * N) if qslots else (1, 1, 1), dtype=dt),
             xi=xi, pf=pf, pi=pi, res=res, limit=base.divergence_limit(dt),
             Zs=np.zeros((self._zslots(), N, N) if is_residual else (1, 1, 1), dtype=dt),
             xis=np.zeros((2, N)), keys=np.array([sample, k0, k1], dtype=np.uint64),
@@ -286,9 +295,38 @@ class _Unit:
 
     def _plan(self):
         """generic.vjp_plan's Plan with this engine's store budget (numba_cpu.store_budget):
-        trajectory 1's state per kept layer; the gates are recomputed, not kept; the
-        residual net's Z^l are kept as the plan says (``keep_weights``), else drawn again."""
-        return generic.vjp_plan(self.gu, self.config.arch.steps)._replace(keep_steps=False)
+        trajectory 1's state per kept layer, a gated net's gate values too where they fit
+        (``keep_steps``); the residual net's Z^l are kept as the plan says
+        (``keep_weights``), else drawn again."""
+        return generic.vjp_plan(self.gu, self.config.arch.steps)
+
+    def _gate_slots(self):
+        """(slots, 'all' | 'segment' | None): where a gated net's VJP keeps trajectory 1's
+        gate values: every step's (the plan's keep_steps), a segment's recomputed steps
+        (checkpointed, when every - 1 of them fit in schedule.ZSTORE_BYTES), or none."""
+        blocks = self.k.KEPT_BLOCKS[self.kind] if self.kind != RESIDUAL else 0
+        if not (self.vjp and blocks):
+            return 0, None
+        if self.plan.keep_all:
+            return (self.L, "all") if self.plan.keep_steps else (0, None)
+        step = blocks * self.N * self.P * self.dt.itemsize
+        if self.plan.every > 1 and (self.plan.every - 1) * step <= schedule.ZSTORE_BYTES:
+            return self.plan.every - 1, "segment"
+        return 0, None
+
+    def _qslot(self, op):
+        """The gate store's slot an op fills (Forward, Recompute) or reads (Backward), -1: none."""
+        if self.gates_kept is None or isinstance(op, schedule.Restart):
+            return -1
+        if self.gates_kept == "all":
+            return -1 if isinstance(op, schedule.Recompute) else op.layer - 1
+        if isinstance(op, schedule.Forward):
+            return -1
+        if isinstance(op, schedule.Backward) and op.layer == min(
+            op.start + self.plan.every, self.L
+        ):
+            return -1  # the segment's last step was not recomputed: its gates are not kept
+        return op.layer - op.start - 1
 
     def _zslots(self):
         """Weight slots of the residual net: the plan's kept Z^l (every layer's, or a
@@ -340,15 +378,15 @@ class _Unit:
                 keep = -1
                 if self.vjp and (op.keep or op.checkpoint >= 0):
                     keep = self._slot(op.layer, op.layer)
-                row[:] = (k.OP_FWD, op.layer, op.record, self.jvp, 0, keep)
+                row[:] = (k.OP_FWD, op.layer, op.record, self.jvp, 0, keep, self._qslot(op))
             elif isinstance(op, schedule.Restart):
-                row[:] = (k.OP_RESTART, op.start, -1, 0, self._slot(op.start, op.start), -1)
+                row[:] = (k.OP_RESTART, op.start, -1, 0, self._slot(op.start, op.start), -1, -1)
             elif isinstance(op, schedule.Recompute):
                 prev, new = self._slot(op.layer - 1, op.start), self._slot(op.layer, op.start)
-                row[:] = (k.OP_RECOMPUTE, op.layer, -1, 0, prev, new)
+                row[:] = (k.OP_RECOMPUTE, op.layer, -1, 0, prev, new, self._qslot(op))
             else:
                 prev = self._slot(op.layer - 1, op.start)
-                row[:] = (k.OP_BACKWARD, op.layer, op.record, 0, prev, -1)
+                row[:] = (k.OP_BACKWARD, op.layer, op.record, 0, prev, -1, self._qslot(op))
         return rows
 
     def _fused_pass(self, ops):
@@ -371,12 +409,13 @@ class _Unit:
     def _mm(self, a, b, out):
         gemm.matmul(a, b, out, int(self.lanes))
 
-    def _run(self, op, drv, t, r=-1, rows=2, jvp=False, slot=-1, keep=-1, nxt=0, nxt_slot=0):
+    def _run(self, op, drv, t, r=-1, rows=2, jvp=False, slot=-1, keep=-1, qslot=-1, nxt=0,
+             nxt_slot=0):  # fmt: skip
         """One ``run`` call through its compiled entry point, typed once per unit (typing a
         NamedTuple of arrays per call costs more than a step's epilogue at small widths)."""
         args = (np.int64(op), self.b, drv, np.int64(t), np.int64(r), np.int64(rows),
-                bool(jvp), np.int64(slot), np.int64(keep), self.lanes, np.int64(nxt),
-                np.int64(nxt_slot))  # fmt: skip
+                bool(jvp), np.int64(slot), np.int64(keep), np.int64(qslot), self.lanes,
+                np.int64(nxt), np.int64(nxt_slot))  # fmt: skip
         if self._entry is None:
             import numba
 
@@ -397,7 +436,7 @@ class _Unit:
 
     # -- one step (forward: rows = 2 with the tangent when jvp; recompute: rows = 1)
 
-    def _step(self, t, r, rows, jvp, keep):
+    def _step(self, t, r, rows, jvp, keep, qkeep=-1):
         b, k, P = self.b, self.k, self.P
         n = rows * P + (P if jvp else 0)
         drv = self.drive(t)
@@ -409,10 +448,10 @@ class _Unit:
             self._mm(b.A[:n], self.ZT[:, : 2 * N], b.H[:n])
             self._run(k.G_FWD1, drv, t, r, rows, jvp)
             self._mm(b.A2[:n], self.ZT[:, 2 * N :], b.H2[:n])
-            self._run(k.G_FWD2, drv, t, r, rows, jvp, keep=keep)
+            self._run(k.G_FWD2, drv, t, r, rows, jvp, keep=keep, qslot=qkeep)
         else:
             self._mm(b.A[:n], self.ZT, b.H[:n])
-            self._run(k.L_FWD, drv, t, r, rows, jvp, keep=keep)
+            self._run(k.L_FWD, drv, t, r, rows, jvp, keep=keep, qslot=qkeep)
 
     def _start(self):
         """Layer 0: h = x1 | x2 per point (c = 0), the tangent v0 / |v0| (LSTM: (v0, 0))."""
@@ -439,7 +478,7 @@ class _Unit:
             keep = -1
             if self.vjp and (op.keep or op.checkpoint >= 0):
                 keep = self._slot(op.layer, op.layer)
-            self._step(op.layer, int(op.record), 2, self.jvp, keep)
+            self._step(op.layer, int(op.record), 2, self.jvp, keep, self._qslot(op))
             self._progress()
 
     def backward(self):
@@ -459,7 +498,8 @@ class _Unit:
             elif isinstance(op, schedule.Recompute):
                 prev = self._slot(op.layer - 1, op.start)
                 self._load(prev)
-                self._step(op.layer, -1, 1, False, self._slot(op.layer, op.start))
+                new = self._slot(op.layer, op.start)
+                self._step(op.layer, -1, 1, False, new, self._qslot(op))
             else:
                 self._backward_step(op)
             self._progress()
@@ -496,21 +536,25 @@ class _Unit:
             self._run(k.E_BWD, b.xi, t, r, slot=prev)
             return
         drv = self.drive(t)
-        self._load(prev)
+        q = self._qslot(op)
+        if q < 0:  # the gates of step t from the stored state at t-1
+            self._load(prev)
         if self.kind == GRU:
-            self._mm(b.A[:P], self.ZT[:, : 2 * N], b.H[:P])
-            self._run(k.G_FWD1, drv, t, rows=1)
-            self._mm(b.A2[:P], self.ZT[:, 2 * N :], b.H2[:P])
-            self._run(k.G_BWD1, drv, t)
+            if q < 0:
+                self._mm(b.A[:P], self.ZT[:, : 2 * N], b.H[:P])
+                self._run(k.G_FWD1, drv, t, rows=1)
+                self._mm(b.A2[:P], self.ZT[:, 2 * N :], b.H2[:P])
+            self._run(k.G_BWD1, drv, t, qslot=q)
             self._mm(b.GN, self.Z[2 * N :], b.U2)
-            self._run(k.G_BWD2, drv, t, slot=prev)
+            self._run(k.G_BWD2, drv, t, slot=prev, qslot=q)
             self._mm(b.GB, self.Z[: 2 * N], b.U)
-            self._run(k.G_BWD3, drv, t, r)
+            self._run(k.G_BWD3, drv, t, r, qslot=q)
         else:
-            self._mm(b.A[:P], self.ZT, b.H[:P])
-            self._run(k.L_BWD1, drv, t, slot=prev)
+            if q < 0:
+                self._mm(b.A[:P], self.ZT, b.H[:P])
+            self._run(k.L_BWD1, drv, t, slot=prev, qslot=q)
             self._mm(b.GB, self.Z, b.U)
-            self._run(k.L_BWD2, drv, t, r)
+            self._run(k.L_BWD2, drv, t, r, qslot=q)
 
     def results(self):
         return base.shape_results(self.config, layout.results(self.config, self.b.res, self.b.pi))

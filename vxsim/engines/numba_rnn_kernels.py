@@ -99,8 +99,14 @@ R_BWD = np.int64(13)  # residual backward after U = G @ Z^l
 # Columns of a GRU row of Q (blocks of N).
 Q_R, Q_1R, Q_Z, Q_1Z, Q_N, Q_DN, Q_DZ = 0, 1, 2, 3, 4, 5, 6
 # ... of an LSTM row of Q.
-Q_I, Q_1I, Q_F, Q_1F, Q_O, Q_1O, Q_G, Q_DG, Q_C, Q_PC, Q_DC, Q_E = range(12)
+Q_I, Q_1I, Q_F, Q_1F, Q_O, Q_1O, Q_G, Q_DG, Q_PC, Q_DC, Q_C, Q_E = range(12)
 Q_BLOCKS = 12
+# A backward step's gate values are a Q row's first blocks (GRU: r, 1-r, z, 1-z, n,
+# phi'(a_n); LSTM: i .. 1-o, g, phi'(a_g), phi(c_t), phi'(c_t)): models.gru / lstm
+# STEP_VALUES of them. The forward pass (or a segment's recomputation) copies them into
+# the store ``QS`` (slot ``qslot``), and a backward step reading them needs no GEMM of
+# its own but the transposed ones.
+KEPT_BLOCKS = (0, 6, 10)  # per ARCH_ELMAN, ARCH_GRU, ARCH_LSTM
 
 WANT_PHI = np.int64(0)
 WANT_DPHI = np.int64(1)
@@ -205,6 +211,23 @@ def _zero(x):
 def _copy(dst, src):
     for i in range(src.size):
         dst[i] = src[i]
+
+
+@njit(**_OPT)
+def _gates(b, p, qslot):
+    """Trajectory 1's gate values of a backward step: the kept row QS[qslot, p], or
+    (qslot < 0) the row Q[p] just recomputed."""
+    if qslot >= 0:
+        return b.QS[qslot, p]
+    return b.Q[p]
+
+
+@njit(**_OPT)
+def _keep_gates(b, p, qslot, blocks):
+    """Trajectory 1's gate values (the first ``blocks`` of its Q row) into QS[qslot, p]."""
+    if qslot >= 0:
+        n = b.A.shape[1]
+        _copy(b.QS[qslot, p], b.Q[p, : blocks * n])
 
 
 @njit(**_OPT)
@@ -406,9 +429,10 @@ def _gru_candidate(row, H2, Q, s, xi, drv, sb, su, code, a, which):
 
 
 @njit(**_OPT)
-def _gru_fwd2(p, b, drv, t, r, rows, jvp, keep):
+def _gru_fwd2(p, b, drv, t, r, rows, jvp, keep, qkeep):
     """h_t = (1 - z) n + z h per trajectory row; the tangent (1-z) dn + z v + (h - n) dz;
-    divergence, records (``rows`` = 2), or the store of a recomputed h1 (``rows`` = 1)."""
+    divergence, records (``rows`` = 2), or the store of a recomputed h1 (``rows`` = 1);
+    trajectory 1's gate values kept in QS[qkeep] (qkeep >= 0)."""
     pf, pi = b.pf, b.pi
     P = pi.shape[1]
     A, H2, Q = b.A, b.H2, b.Q
@@ -419,8 +443,9 @@ def _gru_fwd2(p, b, drv, t, r, rows, jvp, keep):
     code, a = pi[I_CODE, p], dtype(pf[F_PARAM, p])
     for k in range(rows):
         row = k * P + p
-        which = WANT_BOTH if (jvp and k == 0) else WANT_PHI
+        which = WANT_BOTH if ((jvp or qkeep >= 0) and k == 0) else WANT_PHI
         _gru_candidate(row, H2, Q, s, b.xi, drv, sb, su, code, a, which)
+    _keep_gates(b, p, qkeep, 6)
     acc = 0.0
     sst = 0.0
     if jvp:
@@ -455,25 +480,27 @@ def _gru_fwd2(p, b, drv, t, r, rows, jvp, keep):
 
 
 @njit(**_OPT)
-def _gru_bwd1(p, b, drv):
-    """Trajectory 1's n, phi'(a_n) (its r, z came from _gru_fwd1); GN = phi'(a_n) (1 - z) g."""
+def _gru_bwd1(p, b, drv, qslot):
+    """Trajectory 1's n, phi'(a_n) (its r, z came from _gru_fwd1), or all its gates kept
+    (qslot >= 0); GN = phi'(a_n) (1 - z) g."""
     pf = b.pf
     n = b.A.shape[1]
     dtype = b.A.dtype.type
     s = dtype(pf[F_SCALE, p])
-    _gru_candidate(p, b.H2, b.Q, s, b.xi, drv, pf[F_SB, p], pf[F_SU, p], b.pi[I_CODE, p],
-                   dtype(pf[F_PARAM, p]), WANT_BOTH)  # fmt: skip
-    q, g, gn = b.Q[p], b.G[p], b.GN[p]
+    if qslot < 0:
+        _gru_candidate(p, b.H2, b.Q, s, b.xi, drv, pf[F_SB, p], pf[F_SU, p], b.pi[I_CODE, p],
+                       dtype(pf[F_PARAM, p]), WANT_BOTH)  # fmt: skip
+    q, g, gn = _gates(b, p, qslot), b.G[p], b.GN[p]
     for i in range(n):
         gn[i] = q[Q_DN * n + i] * q[Q_1Z * n + i] * g[i]
 
 
 @njit(**_OPT)
-def _gru_bwd2(p, b, slot):
+def _gru_bwd2(p, b, slot, qslot):
     """g_m = s U2 (in place), GB = [r (1-r) h g_m | z (1-z) (h - n) g]."""
     n = b.A.shape[1]
     s = b.A.dtype.type(b.pf[F_SCALE, p])
-    q, g, gm, gb, h = b.Q[p], b.G[p], b.U2[p], b.GB[p], b.S[slot, p]
+    q, g, gm, gb, h = _gates(b, p, qslot), b.G[p], b.U2[p], b.GB[p], b.S[slot, p]
     for i in range(n):
         gm[i] = s * gm[i]
         gb[i] = q[Q_R * n + i] * q[Q_1R * n + i] * h[i] * gm[i]
@@ -481,11 +508,11 @@ def _gru_bwd2(p, b, slot):
 
 
 @njit(**_OPT)
-def _gru_bwd3(p, b, t, r):
+def _gru_bwd3(p, b, t, r, qslot):
     """g_{t-1} = z g + r g_m + s U (gru.cotangent); renormalised, accumulated."""
     n = b.A.shape[1]
     s = b.A.dtype.type(b.pf[F_SCALE, p])
-    q, g, gm, u = b.Q[p], b.G[p], b.U2[p], b.U[p]
+    q, g, gm, u = _gates(b, p, qslot), b.G[p], b.U2[p], b.U[p]
     for i in range(n):
         g[i] = q[Q_Z * n + i] * g[i] + q[Q_R * n + i] * gm[i] + s * u[i]
     _gradient_step(p, t, g, _sumsq(g), b.pf, b.pi, b.res, r)
@@ -519,9 +546,10 @@ def _lstm_gates(row, c, H, Q, s, xi, drv, sb, su, shift, code, a, derivs):
 
 
 @njit(**_OPT)
-def _lstm_fwd(p, b, drv, t, r, rows, jvp, keep):
+def _lstm_fwd(p, b, drv, t, r, rows, jvp, keep, qkeep):
     """c_t = f c + i g, h_t = o phi(c_t) per trajectory row; the tangent (dh, dc) of the
-    model's docstring; divergence (h or c), records; or a recomputed (h1, c1) stored."""
+    model's docstring; divergence (h or c), records; or a recomputed (h1, c1) stored;
+    trajectory 1's gate values kept in QS[qkeep] (qkeep >= 0)."""
     pf, pi = b.pf, b.pi
     P = pi.shape[1]
     A, X, H, Q = b.A, b.X, b.H, b.Q
@@ -532,7 +560,9 @@ def _lstm_fwd(p, b, drv, t, r, rows, jvp, keep):
     code, a = pi[I_CODE, p], dtype(pf[F_PARAM, p])
     for k in range(rows):
         row = k * P + p
-        _lstm_gates(row, X[row], H, Q, s, b.xi, drv, sb, su, shift, code, a, jvp and k == 0)
+        derivs = (jvp or qkeep >= 0) and k == 0
+        _lstm_gates(row, X[row], H, Q, s, b.xi, drv, sb, su, shift, code, a, derivs)
+    _keep_gates(b, p, qkeep, 10)
     acc = 0.0
     sst = 0.0
     if jvp:
@@ -580,21 +610,23 @@ def _lstm_fwd(p, b, drv, t, r, rows, jvp, keep):
 
 
 @njit(**_OPT)
-def _lstm_bwd1(p, b, drv, slot):
-    """Trajectory 1's gates at step t from (h, c)_{t-1} (H = h @ Z.T given); then
-    e = g_c + o phi'(c_t) g_h and GB = the pre-activations' gradients (lstm.cotangent)."""
+def _lstm_bwd1(p, b, drv, slot, qslot):
+    """Trajectory 1's gates at step t from (h, c)_{t-1} (H = h @ Z.T given), or kept
+    (qslot >= 0); then e = g_c + o phi'(c_t) g_h and GB = the pre-activations'
+    gradients (lstm.cotangent)."""
     pf = b.pf
     n = b.A.shape[1]
     dtype = b.A.dtype.type
     s = dtype(pf[F_SCALE, p])
     c = b.S[slot, p, n:]
-    _lstm_gates(p, c, b.H, b.Q, s, b.xi, drv, pf[F_SB, p], pf[F_SU, p], pf[F_SHIFT, p],
-                b.pi[I_CODE, p], dtype(pf[F_PARAM, p]), True)  # fmt: skip
-    q, g, gb = b.Q[p], b.G[p], b.GB[p]
+    if qslot < 0:
+        _lstm_gates(p, c, b.H, b.Q, s, b.xi, drv, pf[F_SB, p], pf[F_SU, p], pf[F_SHIFT, p],
+                    b.pi[I_CODE, p], dtype(pf[F_PARAM, p]), True)  # fmt: skip
+    q, g, gb, qe = _gates(b, p, qslot), b.G[p], b.GB[p], b.Q[p]
     for i in range(n):
         gh, gc = g[i], g[n + i]
         e = gc + q[Q_O * n + i] * q[Q_DC * n + i] * gh
-        q[Q_E * n + i] = e
+        qe[Q_E * n + i] = e
         gb[i] = q[Q_I * n + i] * q[Q_1I * n + i] * q[Q_G * n + i] * e
         gb[n + i] = q[Q_F * n + i] * q[Q_1F * n + i] * c[i] * e
         gb[2 * n + i] = q[Q_DG * n + i] * q[Q_I * n + i] * e
@@ -602,14 +634,14 @@ def _lstm_bwd1(p, b, drv, slot):
 
 
 @njit(**_OPT)
-def _lstm_bwd2(p, b, t, r):
+def _lstm_bwd2(p, b, t, r, qslot):
     """(g_h, g_c)_{t-1} = (s U, f e), U = GB @ Z; renormalised, accumulated."""
     n = b.A.shape[1]
     s = b.A.dtype.type(b.pf[F_SCALE, p])
-    q, g, u = b.Q[p], b.G[p], b.U[p]
+    q, g, u, qe = _gates(b, p, qslot), b.G[p], b.U[p], b.Q[p]
     for i in range(n):
         g[i] = s * u[i]
-        g[n + i] = q[Q_F * n + i] * q[Q_E * n + i]
+        g[n + i] = q[Q_F * n + i] * qe[Q_E * n + i]
     _gradient_step(p, t, g, _sumsq(g), b.pf, b.pi, b.res, r)
 
 
@@ -723,9 +755,10 @@ OP_FWD = 0  # forward step ``layer`` (both trajectories, tangent rows when jvp)
 OP_RESTART = 1  # a segment's start (``slot``: its state's slot; ``layer`` 0: the input)
 OP_RECOMPUTE = 2  # trajectory 1 at ``layer`` from S[slot] into S[keep]
 OP_BACKWARD = 3  # g_{layer-1} from g_layer, trajectory 1's state at layer-1 in S[slot]
-# Columns of an op row.
-C_CODE, C_LAYER, C_RECORD, C_JVP, C_SLOT, C_KEEP = range(6)
-N_C = 6
+# Columns of an op row (C_QSLOT: the gate store's slot a FWD / RECOMPUTE fills, or a
+# BACKWARD reads; -1: none, a backward step recomputes its gates).
+C_CODE, C_LAYER, C_RECORD, C_JVP, C_SLOT, C_KEEP, C_QSLOT = range(7)
+N_C = 7
 # Architectures of the fused pass.
 ARCH_ELMAN, ARCH_GRU, ARCH_LSTM = 0, 1, 2
 
@@ -784,7 +817,7 @@ def _fused_op(arch, o, p, b, Z, D):
     P = b.pi.shape[1]
     n = b.A.shape[1]
     code, t, r, jvp = o[C_CODE], o[C_LAYER], o[C_RECORD], o[C_JVP] != 0
-    slot, keep = o[C_SLOT], o[C_KEEP]
+    slot, keep, qslot = o[C_SLOT], o[C_KEEP], o[C_QSLOT]
     drv = D[max(t - 1, 0)]
     if code == OP_RESTART:
         if arch == ARCH_ELMAN:
@@ -797,7 +830,8 @@ def _fused_op(arch, o, p, b, Z, D):
     if code == OP_BACKWARD and b.pi[I_COLLAPSED, p] != 0:
         return
     rows = 2 if code == OP_FWD else 1
-    if code != OP_FWD:
+    kept = code == OP_BACKWARD and qslot >= 0  # the gates are in QS: no products forward
+    if code != OP_FWD and not kept:
         _load(arch, p, b, slot)
     tangent = code == OP_FWD and jvp
     if arch == ARCH_ELMAN:
@@ -810,28 +844,30 @@ def _fused_op(arch, o, p, b, Z, D):
         _elman_fwd(p, b, drv, t, r, rows, tangent, keep)
     elif arch == ARCH_GRU:
         Zrz, Zn = Z[: 2 * n], Z[2 * n :]
-        for k in range(rows + tangent):
-            _mv(Zrz, b.A[k * P + p], b.H[k * P + p])
-        _gru_fwd1(p, b, drv, rows, tangent)
-        for k in range(rows + tangent):
-            _mv(Zn, b.A2[k * P + p], b.H2[k * P + p])
+        if not kept:
+            for k in range(rows + tangent):
+                _mv(Zrz, b.A[k * P + p], b.H[k * P + p])
+            _gru_fwd1(p, b, drv, rows, tangent)
+            for k in range(rows + tangent):
+                _mv(Zn, b.A2[k * P + p], b.H2[k * P + p])
         if code != OP_BACKWARD:
-            _gru_fwd2(p, b, drv, t, r, rows, tangent, keep)
+            _gru_fwd2(p, b, drv, t, r, rows, tangent, keep, qslot)
             return
-        _gru_bwd1(p, b, drv)
+        _gru_bwd1(p, b, drv, qslot)
         _vm(Zn, b.GN[p], b.U2[p])
-        _gru_bwd2(p, b, slot)
+        _gru_bwd2(p, b, slot, qslot)
         _vm(Zrz, b.GB[p], b.U[p])
-        _gru_bwd3(p, b, t, r)
+        _gru_bwd3(p, b, t, r, qslot)
     else:
-        for k in range(rows + tangent):
-            _mv(Z, b.A[k * P + p], b.H[k * P + p])
+        if not kept:
+            for k in range(rows + tangent):
+                _mv(Z, b.A[k * P + p], b.H[k * P + p])
         if code != OP_BACKWARD:
-            _lstm_fwd(p, b, drv, t, r, rows, tangent, keep)
+            _lstm_fwd(p, b, drv, t, r, rows, tangent, keep, qslot)
             return
-        _lstm_bwd1(p, b, drv, slot)
+        _lstm_bwd1(p, b, drv, slot, qslot)
         _vm(Z, b.GB[p], b.U[p])
-        _lstm_bwd2(p, b, t, r)
+        _lstm_bwd2(p, b, t, r, qslot)
 
 
 @njit(**_PAR)
@@ -853,7 +889,7 @@ def run_fused(arch, b, ops, first, last, Z, D, lanes):
 
 
 @njit(**_OPT)
-def _point(op, p, b, drv, t, r, rows, jvp, slot, keep):
+def _point(op, p, b, drv, t, r, rows, jvp, slot, keep, qslot):
     if op == E_FWD:
         _elman_fwd(p, b, drv, t, r, rows, jvp, keep)
     elif op == E_START:
@@ -863,19 +899,19 @@ def _point(op, p, b, drv, t, r, rows, jvp, slot, keep):
     elif op == G_FWD1:
         _gru_fwd1(p, b, drv, rows, jvp)
     elif op == G_FWD2:
-        _gru_fwd2(p, b, drv, t, r, rows, jvp, keep)
+        _gru_fwd2(p, b, drv, t, r, rows, jvp, keep, qslot)
     elif op == G_BWD1:
-        _gru_bwd1(p, b, drv)
+        _gru_bwd1(p, b, drv, qslot)
     elif op == G_BWD2:
-        _gru_bwd2(p, b, slot)
+        _gru_bwd2(p, b, slot, qslot)
     elif op == G_BWD3:
-        _gru_bwd3(p, b, t, r)
+        _gru_bwd3(p, b, t, r, qslot)
     elif op == L_FWD:
-        _lstm_fwd(p, b, drv, t, r, rows, jvp, keep)
+        _lstm_fwd(p, b, drv, t, r, rows, jvp, keep, qslot)
     elif op == L_BWD1:
-        _lstm_bwd1(p, b, drv, slot)
+        _lstm_bwd1(p, b, drv, slot, qslot)
     elif op == L_BWD2:
-        _lstm_bwd2(p, b, t, r)
+        _lstm_bwd2(p, b, t, r, qslot)
     elif op == R_FWD:
         _residual_fwd(p, b, t, r, rows, jvp, keep)
     elif op == R_START:
@@ -885,11 +921,12 @@ def _point(op, p, b, drv, t, r, rows, jvp, slot, keep):
 
 
 @njit(**_PAR)
-def run(op, b, drv, t, r, rows, jvp, slot, keep, lanes, nxt, nxt_slot):
+def run(op, b, drv, t, r, rows, jvp, slot, keep, qslot, lanes, nxt, nxt_slot):
     """One epilogue ``op`` of step ``t`` for every live point, on ``lanes`` threads
     (point p = lane, lane + lanes, ...: activation groups are contiguous, so striding
     spreads each one's cost). Backward ops skip collapsed points too. ``b``:
-    numba_rnn.RnnBuffers; ``drv``: the step's drive Z_U x_t / sqrt(N), (G N,) float64.
+    numba_rnn.RnnBuffers; ``drv``: the step's drive Z_U x_t / sqrt(N), (G N,) float64;
+    ``qslot``: the gate store's slot a forward step fills or a backward step reads.
     Then, on the same threads (nxt > 0, residual net), each lane's share of the next
     GEMM's Z^nxt into Zs[nxt_slot] and xi^nxt into xis[nxt % 2] (numba_normals, the
     counter's numbers bit for bit): generation overlaps the epilogue, no pass of its own."""
@@ -902,7 +939,7 @@ def run(op, b, drv, t, r, rows, jvp, slot, keep, lanes, nxt, nxt_slot):
                 continue
             if backward and b.pi[I_COLLAPSED, p] != 0:
                 continue
-            _point(op, p, b, drv, t, r, rows, jvp, slot, keep)
+            _point(op, p, b, drv, t, r, rows, jvp, slot, keep, qslot)
         lane = np.int64(lu)
         fill_share(
             b.Zs[nxt_slot], b.xis, nxt, True, b.keys, b.wbuf[lane], b.obuf[lane], lane, lanes
