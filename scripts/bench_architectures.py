@@ -78,31 +78,49 @@ def time_vxsim(arch, width, depth, mode, repeat, path="auto"):
     return best(lambda: numba_cpu.run_unit(cfg, width, 0), repeat) / depth
 
 
-def gemm_shapes(arch, mode, points, width):
+def vjp_keeps(arch, width, depth):
+    """(every step kept, gates kept) of the numba engine's VJP plan for this workload
+    (engines.numba_rnn: within the store budget nothing is recomputed, and a gated net's
+    backward steps read the forward pass's gate values)."""
+    from vxsim.engines import numba_rnn
+
+    cfg = make_config(arch, width, depth, "vjp")
+    cls = numba_rnn._ResidualUnit if arch == "residual" else numba_rnn._Unit
+    unit = cls(cfg, width, 0, "gemm")
+    return bool(unit.plan.keep_all), unit.gates_kept is not None
+
+
+def gemm_shapes(arch, mode, points, width, kept=(True, True)):
     """(rows, inner, cols) of the GEMMs one step of a VJP or JVP unit does on the numba
-    engine, the tangent or recomputation included (engines.numba_rnn, numba_cpu)."""
+    engine, the tangent or recomputation included (engines.numba_rnn, numba_cpu);
+    ``kept``: vjp_keeps' answer (what the backward step recomputes)."""
     P, N = points, width
     rows = 3 * P if mode == "jvp" else 2 * P
+    every, gates = kept
     if arch in ("rnn", "residual"):
         fwd, bwd = [(rows, N, N)], [(P, N, N)]
-        if arch == "residual" and mode == "vjp":
+        if not every:
             bwd.append((P, N, N))  # a segment's recomputation (trajectory 1)
     elif arch == "gru":
         fwd = [(rows, N, 2 * N), (rows, N, N)]
-        bwd = [(P, N, 2 * N), (P, N, N), (P, N, N), (P, 2 * N, N)]
+        bwd = [(P, N, N), (P, 2 * N, N)]  # the transposed GEMMs
+        if not gates:
+            bwd += [(P, N, 2 * N), (P, N, N)]  # the gates again from the stored state
     else:
-        fwd, bwd = [(rows, N, 4 * N)], [(P, N, 4 * N), (P, 4 * N, N)]
+        fwd, bwd = [(rows, N, 4 * N)], [(P, 4 * N, N)]
+        if not gates:
+            bwd.append((P, N, 4 * N))
     return fwd + (bwd if mode == "vjp" else [])
 
 
-def time_gemms(arch, width, mode, repeat, steps=20):
+def time_gemms(arch, width, mode, repeat, steps=20, kept=(True, True)):
     """Seconds per step of the GEMMs alone (gemm.matmul, BLAS on one thread, rows split
     over the engine's lanes as in a unit): the limit of vxsim's time."""
     from vxsim.engines import gemm
 
     lanes = numba_cpu._lanes()
     ops = []
-    for m, k, n in gemm_shapes(arch, mode, POINTS, width):
+    for m, k, n in gemm_shapes(arch, mode, POINTS, width, kept):
         a = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
         b = np.random.default_rng(1).standard_normal((n, k)).astype(np.float32).T
         ops.append((a, b, np.empty((m, n), np.float32)))
@@ -321,20 +339,21 @@ def table(args):
     print(f"# grid: {POINTS} points (tanh), {depth} steps, float32, VJP = gradients through "
           f"all steps; load average {os.getloadavg()[0]:.2f} at start")  # fmt: skip
     print("# ms per step; (a) GEMMs alone, (c) vxsim, (a)/(c) = share of the GEMM limit;"
-          " (b) torch expert (VJP), (b)/(c) = vxsim's speed-up")  # fmt: skip
+          " (b) torch expert (VJP), (b)/(c) = vxsim's speed-up, (b)/(a) = the most it"
+          " could be (GEMMs alone)")  # fmt: skip
     head = (
         f"{'arch':>8} {'width':>5} {'vjp (a)':>8} {'vjp (c)':>8} {'a/c':>5}"
         f" {'jvp (a)':>8} {'jvp (c)':>8} {'a/c':>5}"
     )
     if use_torch:
-        head += f" {'expert (b)':>10} {'b/c vjp':>7} {'b/c jvp':>7}"
+        head += f" {'expert (b)':>10} {'b/c vjp':>7} {'b/c jvp':>7} {'b/a vjp':>7}"
         head += f" {'plain ms':>9} {'x plain':>8}" if args.plain else ""
     print(head)
     for arch in args.archs.split(","):
         for width in widths:
             vjp = time_vxsim(arch, width, depth, "vjp", repeat)
             jvp = time_vxsim(arch, width, depth, "jvp", repeat)
-            gv = time_gemms(arch, width, "vjp", repeat)
+            gv = time_gemms(arch, width, "vjp", repeat, kept=vjp_keeps(arch, width, depth))
             gj = time_gemms(arch, width, "jvp", repeat)
             row = (
                 f"{arch:>8} {width:>5} {gv * 1e3:>8.2f} {vjp * 1e3:>8.2f} {gv / vjp:>5.2f}"
@@ -342,7 +361,7 @@ def table(args):
             )
             if use_torch:
                 ex = min(expert(arch, width, depth) for _ in range(repeat))
-                row += f" {ex * 1e3:>10.2f} {ex / vjp:>7.2f} {ex / jvp:>7.2f}"
+                row += f" {ex * 1e3:>10.2f} {ex / vjp:>7.2f} {ex / jvp:>7.2f} {ex / gv:>7.2f}"
                 if args.plain:
                     pl = plain(arch, width, min(depth, 40))
                     row += f" {pl * 1e3:>9.1f} {pl / vjp:>8.1f}"

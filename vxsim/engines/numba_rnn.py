@@ -342,12 +342,16 @@ class _Unit:
         as gates.drive computes it), (B, G N) float64 rows."""
         B = gates_mod.DRIVE_BLOCK
         steps = range(block * B + 1, min((block + 1) * B, self.L) + 1)
-        seed, N = self.config.seed, self.N
-        X = np.empty((N, len(steps)))
-        for j, s in enumerate(steps):  # rng.normals, bit for bit, on every core
-            X[:, j] = numba_normals.normals(seed, self.sample, s, rng.STREAM_SEQUENCE, N)
-        D = self.Z_U @ (np.sqrt(self.config.input_variance) * X) / np.sqrt(self.N)
-        return np.ascontiguousarray(D.T)
+        k0, k1 = rng.seed_key(self.config.seed)
+        rows = np.empty((len(steps), self.N))  # rng.normals of each step, bit for bit
+        self.k.fill_steps(rows, np.uint64(steps[0]), np.uint64(self.sample),
+                          np.uint64(rng.STREAM_SEQUENCE), np.uint64(k0), np.uint64(k1),
+                          self.lanes)  # fmt: skip
+        X = np.ascontiguousarray(rows.T)  # (N, B) C-order, as gates.drive stacks them
+        D = np.empty((self.Z_U.shape[0], len(steps)))
+        # Z_U's rows split over the lanes at verified cuts: one GEMM's bits (engines.gemm)
+        self._mm(self.Z_U, np.sqrt(self.config.input_variance) * X, D)
+        return np.ascontiguousarray((D / np.sqrt(self.N)).T)
 
     def drive(self, t):
         """Z_U x_t / sqrt(N), (G N,) float64, its block kept (the last DRIVE_BLOCKS_KEPT)."""
@@ -481,18 +485,24 @@ class _Unit:
             self._step(op.layer, int(op.record), 2, self.jvp, keep, self._qslot(op))
             self._progress()
 
-    def backward(self):
-        b, L = self.b, self.L
+    def _cotangent_start(self):
+        """G = gamma / |gamma| (zero at dead points) and its record at layer L (0, NaN if dead)."""
+        b = self.b
         dead = b.pi[layout.I_DEAD] != 0
         gamma, _ = generic._renormalise(self.config.arch.steps.cotangent_start(self.gu))
         b.G[:] = _rows(gamma)
         b.G[dead] = 0
-        r = self.rec[L]
+        r = self.rec[self.L]
         if r >= 0:
             b.res[layout.R_GRAD, :, r] = np.where(dead, np.nan, 0.0)
+
+    def backward(self):
+        self._cotangent_start()
         if self.path == "fused":
             return self._fused_pass(self.bwd_ops)
-        for op in self.bwd_ops:
+        self._chained = False  # the step's first cotangent kernel ran on the previous call
+        ops = self.bwd_ops
+        for i, op in enumerate(ops):
             if isinstance(op, schedule.Restart):
                 self._restart(op)
             elif isinstance(op, schedule.Recompute):
@@ -501,7 +511,7 @@ class _Unit:
                 new = self._slot(op.layer, op.start)
                 self._step(op.layer, -1, 1, False, new, self._qslot(op))
             else:
-                self._backward_step(op)
+                self._backward_step(op, ops[i + 1] if i + 1 < len(ops) else None)
             self._progress()
 
     def _load(self, slot):
@@ -526,8 +536,10 @@ class _Unit:
         else:
             self._run(self.k.E_START, self.b.xi, op.start, slot=slot)
 
-    def _backward_step(self, op):
-        """g_{t-1} from g_t at t = op.layer (the model's cotangent)."""
+    def _backward_step(self, op, nxt):
+        """g_{t-1} from g_t at t = op.layer (the model's cotangent). Where the next op is a
+        backward step with kept gates (GRU, LSTM), its first cotangent kernel (G_BWD1,
+        L_BWD1) runs on this step's last call: one parallel call fewer per step."""
         b, k, P, N = self.b, self.k, self.P, self.N
         t, r = op.layer, int(op.record)
         prev = self._slot(t - 1, op.start)
@@ -537,6 +549,11 @@ class _Unit:
             return
         drv = self.drive(t)
         q = self._qslot(op)
+        chained, self._chained = self._chained, False
+        qnext = snext = -1
+        if isinstance(nxt, schedule.Backward) and self._qslot(nxt) >= 0:
+            qnext, snext = self._qslot(nxt), self._slot(nxt.layer - 1, nxt.start)
+            self._chained = True
         if q < 0:  # the gates of step t from the stored state at t-1
             self._load(prev)
         if self.kind == GRU:
@@ -544,17 +561,19 @@ class _Unit:
                 self._mm(b.A[:P], self.ZT[:, : 2 * N], b.H[:P])
                 self._run(k.G_FWD1, drv, t, rows=1)
                 self._mm(b.A2[:P], self.ZT[:, 2 * N :], b.H2[:P])
-            self._run(k.G_BWD1, drv, t, qslot=q)
+            if not chained:
+                self._run(k.G_BWD1, drv, t, qslot=q)
             self._mm(b.GN, self.Z[2 * N :], b.U2)
             self._run(k.G_BWD2, drv, t, slot=prev, qslot=q)
             self._mm(b.GB, self.Z[: 2 * N], b.U)
-            self._run(k.G_BWD3, drv, t, r, qslot=q)
+            self._run(k.G_BWD3, drv, t, r, qslot=q, keep=qnext)
         else:
             if q < 0:
                 self._mm(b.A[:P], self.ZT, b.H[:P])
-            self._run(k.L_BWD1, drv, t, slot=prev, qslot=q)
+            if not chained:
+                self._run(k.L_BWD1, drv, t, slot=prev, qslot=q)
             self._mm(b.GB, self.Z, b.U)
-            self._run(k.L_BWD2, drv, t, r, qslot=q)
+            self._run(k.L_BWD2, drv, t, r, slot=snext, keep=qnext, qslot=q)
 
     def results(self):
         return base.shape_results(self.config, layout.results(self.config, self.b.res, self.b.pi))
@@ -625,14 +644,8 @@ class _ResidualUnit(_Unit):
             self._progress()
 
     def backward(self):
-        b, k, P, L = self.b, self.k, self.P, self.L
-        dead = b.pi[layout.I_DEAD] != 0
-        gamma, _ = generic._renormalise(self.config.arch.steps.cotangent_start(self.gu))
-        b.G[:] = _rows(gamma)
-        b.G[dead] = 0
-        r = self.rec[L]
-        if r >= 0:
-            b.res[layout.R_GRAD, :, r] = np.where(dead, np.nan, 0.0)
+        b, k, P = self.b, self.k, self.P
+        self._cotangent_start()
         ops = self.bwd_ops
         after, first = self._next_draws(ops)
         if first[0]:

@@ -61,7 +61,7 @@ from vxsim.engines.layout import (
     R_LOGQ,
     R_TAN,
 )
-from vxsim.engines.numba_normals import fill_share
+from vxsim.engines.numba_normals import CHUNK, _fill_chunk, fill_share
 from vxsim.engines.numba_types import OPT as _OPT
 from vxsim.engines.numba_types import PAR as _PAR
 from vxsim.engines.numba_types import RED as _RED
@@ -88,10 +88,12 @@ G_FWD1 = np.int64(3)  # GRU: r, z after H = A @ [Z_r; Z_z].T; A2 = r h (, dr h +
 G_FWD2 = np.int64(4)  # GRU: n, h_t (, tangent) after H2 = A2 @ Z_n.T
 G_BWD1 = np.int64(5)  # GRU: n, phi'(a_n) of trajectory 1; GN = phi'(a_n) (1 - z) g
 G_BWD2 = np.int64(6)  # GRU: g_m = s U2 (U2 = GN @ Z_n); GB = [r (1-r) h g_m | z (1-z) (h-n) g]
-G_BWD3 = np.int64(7)  # GRU: g = z g + r g_m + s U (U = GB @ [Z_r; Z_z])
+G_BWD3 = np.int64(7)  # GRU: g = z g + r g_m + s U (U = GB @ [Z_r; Z_z]); keep >= 0: G_BWD1
+# of the next backward step from its kept gates QS[keep] on the same call
 L_FWD = np.int64(8)  # LSTM step after H = A @ Z.T
 L_BWD1 = np.int64(9)  # LSTM gates of trajectory 1; e, GB = gradients of the pre-activations
-L_BWD2 = np.int64(10)  # LSTM: [g_h | g_c] = [s U | f e] (U = GB @ Z)
+L_BWD2 = np.int64(10)  # LSTM: [g_h | g_c] = [s U | f e] (U = GB @ Z); keep >= 0: L_BWD1 of
+# the next backward step from its kept gates QS[keep] and S[slot] on the same call
 R_FWD = np.int64(11)  # residual layer after H = A @ Z^l.T (rows 2, or 1 recomputed)
 R_START = np.int64(12)  # residual: a segment's restart from S[slot] (slot < 0: the input)
 R_BWD = np.int64(13)  # residual backward after U = G @ Z^l
@@ -276,6 +278,58 @@ def _gradient_step(p, t, g, ss, pf, pi, res, r):
         res[R_GRAD, p, r] = acc
 
 
+# ---------------------------------------------------------------- Elman and residual: shared tails
+
+
+@njit(**_OPT)
+def _recomputed(p, b, h, keep, code, a):
+    """A recomputed trajectory-1 state hh1 (``h``): A[p] = phi(hh1), kept in S[keep] with
+    its log-scale F_LSR (keep >= 0)."""
+    _act(code, WANT_PHI, h, b.A[p], b.A[p], a)
+    if keep >= 0:
+        _copy(b.S[keep, p], h)
+        b.S_ls[keep, p] = b.pf[F_LSR, p]
+
+
+@njit(**_OPT)
+def _next_input(p, b, h1, h2, tv, ss1, ss2, sst, acc, r, jvp, keep, code, a):
+    """After a live step: hh1 kept in S[keep] (with F_LS1), the records, the tangent tv
+    renormalised (log |t|^2 accumulated as ``acc``), and the next GEMM's input rows
+    A = phi(hh1), phi(hh2), phi'(hh1) t."""
+    pf, A = b.pf, b.A
+    P = b.pi.shape[1]
+    if keep >= 0:
+        _copy(b.S[keep, p], h1)
+        b.S_ls[keep, p] = pf[F_LS1, p]
+    _record(p, r, b.res, pf, ss1, ss2, _dot(h1, h2), h1.size, pf[F_LS1, p], jvp, acc)
+    if jvp:
+        _renormalise(tv, sst)
+        pf[F_ACC, p] = acc
+        at = A[2 * P + p]
+        _act(code, WANT_BOTH, h1, A[p], at, a)
+        for i in range(h1.size):
+            at[i] = at[i] * tv[i]
+    else:
+        _act(code, WANT_PHI, h1, A[p], A[p], a)
+    _act(code, WANT_PHI, h2, A[P + p], A[P + p], a)
+
+
+@njit(**_OPT)
+def _restart(p, b, slot, h):
+    """A segment's restart from a stored hh1 (into ``h``, unless it is S[slot, p] itself):
+    A[p] = phi(hh1), F_LSR its log-scale."""
+    b.pf[F_LSR, p] = b.S_ls[slot, p]
+    _act(b.pi[I_CODE, p], WANT_PHI, h, b.A[p], b.A[p], b.A.dtype.type(b.pf[F_PARAM, p]))
+
+
+@njit(**_OPT)
+def _dphi_stored(p, b, slot):
+    """phi'(hh_{t-1}) of a backward step, from the stored hh1 S[slot, p], into Q[p]."""
+    d = b.Q[p]
+    _act(b.pi[I_CODE, p], WANT_DPHI, b.S[slot, p], d, d, d.dtype.type(b.pf[F_PARAM, p]))
+    return d
+
+
 # ---------------------------------------------------------------- Elman (models.rnn)
 
 
@@ -301,10 +355,7 @@ def _elman_fwd(p, b, drv, t, r, rows, jvp, keep):
             rms = math.sqrt(ss / n)
             _divide(h, dtype(rms))
             pf[F_LSR, p] += math.log(rms)
-        _act(code, WANT_PHI, h, A[p], A[p], a)
-        if keep >= 0:
-            _copy(b.S[keep, p], h)
-            b.S_ls[keep, p] = pf[F_LSR, p]
+        _recomputed(p, b, h, keep, code, a)
         return
     h1, h2 = H[p], H[P + p]
     _preact(h1, s, b.xi, drv, sb, su, 0.0, math.exp(min(-pf[F_LS1, p], EXP_CAP)))
@@ -335,28 +386,13 @@ def _elman_fwd(p, b, drv, t, r, rows, jvp, keep):
         pf[F_LS1, p] += math.log(rms1)
         pf[F_LS2, p] += math.log(rms2)
         ss1, ss2 = _sumsq(h1), _sumsq(h2)
-    if keep >= 0:
-        _copy(b.S[keep, p], h1)
-        b.S_ls[keep, p] = pf[F_LS1, p]
-    _record(p, r, b.res, pf, ss1, ss2, _dot(h1, h2), n, pf[F_LS1, p], jvp, acc)
-    if jvp:
-        tv = H[2 * P + p]
-        _renormalise(tv, sst)
-        pf[F_ACC, p] = acc
-        at = A[2 * P + p]
-        _act(code, WANT_BOTH, h1, A[p], at, a)
-        for i in range(n):
-            at[i] = at[i] * tv[i]
-    else:
-        _act(code, WANT_PHI, h1, A[p], A[p], a)
-    _act(code, WANT_PHI, h2, A[P + p], A[P + p], a)
+    _next_input(p, b, h1, h2, H[2 * P + p], ss1, ss2, sst, acc, r, jvp, keep, code, a)
 
 
 @njit(**_OPT)
 def _elman_start(p, b, slot):
     """A segment's restart from a stored hh1: A[p] = phi(hh1), F_LSR its log-scale."""
-    b.pf[F_LSR, p] = b.S_ls[slot, p]
-    _act(b.pi[I_CODE, p], WANT_PHI, b.S[slot, p], b.A[p], b.A[p], b.A.dtype.type(b.pf[F_PARAM, p]))
+    _restart(p, b, slot, b.S[slot, p])
 
 
 @njit(**_OPT)
@@ -364,10 +400,8 @@ def _elman_bwd(p, b, t, r, slot):
     """g_{t-1} = phi'(hh_{t-1}) * (s Z^T g_t) (mlp.cotangent), U = G @ Z given."""
     pf = b.pf
     g, u = b.G[p], b.U[p]
-    d = b.Q[p]
-    dtype = g.dtype.type
-    s = dtype(pf[F_SCALE, p])
-    _act(b.pi[I_CODE, p], WANT_DPHI, b.S[slot, p], d, d, dtype(pf[F_PARAM, p]))
+    s = g.dtype.type(pf[F_SCALE, p])
+    d = _dphi_stored(p, b, slot)
     for i in range(g.size):
         g[i] = d[i] * (s * u[i])
     _gradient_step(p, t, g, _sumsq(g), pf, b.pi, b.res, r)
@@ -484,13 +518,19 @@ def _gru_bwd1(p, b, drv, qslot):
     """Trajectory 1's n, phi'(a_n) (its r, z came from _gru_fwd1), or all its gates kept
     (qslot >= 0); GN = phi'(a_n) (1 - z) g."""
     pf = b.pf
-    n = b.A.shape[1]
     dtype = b.A.dtype.type
     s = dtype(pf[F_SCALE, p])
     if qslot < 0:
         _gru_candidate(p, b.H2, b.Q, s, b.xi, drv, pf[F_SB, p], pf[F_SU, p], b.pi[I_CODE, p],
                        dtype(pf[F_PARAM, p]), WANT_BOTH)  # fmt: skip
-    q, g, gn = _gates(b, p, qslot), b.G[p], b.GN[p]
+    _gru_gn(p, b, _gates(b, p, qslot))
+
+
+@njit(**_OPT)
+def _gru_gn(p, b, q):
+    """GN = phi'(a_n) (1 - z) g, the gate values q of the step."""
+    n = b.A.shape[1]
+    g, gn = b.G[p], b.GN[p]
     for i in range(n):
         gn[i] = q[Q_DN * n + i] * q[Q_1Z * n + i] * g[i]
 
@@ -508,14 +548,18 @@ def _gru_bwd2(p, b, slot, qslot):
 
 
 @njit(**_OPT)
-def _gru_bwd3(p, b, t, r, qslot):
-    """g_{t-1} = z g + r g_m + s U (gru.cotangent); renormalised, accumulated."""
+def _gru_bwd3(p, b, t, r, qslot, qnext):
+    """g_{t-1} = z g + r g_m + s U (gru.cotangent); renormalised, accumulated; then
+    (qnext >= 0) the next backward step's GN from its kept gates QS[qnext]: no call of
+    its own."""
     n = b.A.shape[1]
     s = b.A.dtype.type(b.pf[F_SCALE, p])
     q, g, gm, u = _gates(b, p, qslot), b.G[p], b.U2[p], b.U[p]
     for i in range(n):
         g[i] = q[Q_Z * n + i] * g[i] + q[Q_R * n + i] * gm[i] + s * u[i]
     _gradient_step(p, t, g, _sumsq(g), b.pf, b.pi, b.res, r)
+    if qnext >= 0 and b.pi[I_COLLAPSED, p] == 0:
+        _gru_gn(p, b, b.QS[qnext, p])
 
 
 # ---------------------------------------------------------------- LSTM (models.lstm)
@@ -622,7 +666,15 @@ def _lstm_bwd1(p, b, drv, slot, qslot):
     if qslot < 0:
         _lstm_gates(p, c, b.H, b.Q, s, b.xi, drv, pf[F_SB, p], pf[F_SU, p], pf[F_SHIFT, p],
                     b.pi[I_CODE, p], dtype(pf[F_PARAM, p]), True)  # fmt: skip
-    q, g, gb, qe = _gates(b, p, qslot), b.G[p], b.GB[p], b.Q[p]
+    _lstm_gb(p, b, c, _gates(b, p, qslot))
+
+
+@njit(**_OPT)
+def _lstm_gb(p, b, c, q):
+    """e = g_c + o phi'(c_t) g_h (into Q[p]) and GB, the pre-activations' gradients, from
+    the step's gate values q and c_{t-1} (lstm.cotangent)."""
+    n = b.A.shape[1]
+    g, gb, qe = b.G[p], b.GB[p], b.Q[p]
     for i in range(n):
         gh, gc = g[i], g[n + i]
         e = gc + q[Q_O * n + i] * q[Q_DC * n + i] * gh
@@ -634,8 +686,10 @@ def _lstm_bwd1(p, b, drv, slot, qslot):
 
 
 @njit(**_OPT)
-def _lstm_bwd2(p, b, t, r, qslot):
-    """(g_h, g_c)_{t-1} = (s U, f e), U = GB @ Z; renormalised, accumulated."""
+def _lstm_bwd2(p, b, t, r, qslot, qnext, snext):
+    """(g_h, g_c)_{t-1} = (s U, f e), U = GB @ Z; renormalised, accumulated; then
+    (qnext >= 0) the next backward step's e and GB from its kept gates QS[qnext] and
+    c_{t-2} in S[snext]: no call of its own."""
     n = b.A.shape[1]
     s = b.A.dtype.type(b.pf[F_SCALE, p])
     q, g, u, qe = _gates(b, p, qslot), b.G[p], b.U[p], b.Q[p]
@@ -643,6 +697,8 @@ def _lstm_bwd2(p, b, t, r, qslot):
         g[i] = s * u[i]
         g[n + i] = q[Q_F * n + i] * qe[Q_E * n + i]
     _gradient_step(p, t, g, _sumsq(g), b.pf, b.pi, b.res, r)
+    if qnext >= 0 and b.pi[I_COLLAPSED, p] == 0:
+        _lstm_gb(p, b, b.S[snext, p, n:], b.QS[qnext, p])
 
 
 # ---------------------------------------------------------------- residual MLP (models.residual)
@@ -683,10 +739,7 @@ def _residual_fwd(p, b, t, r, rows, jvp, keep):
     xi = b.xis[t % 2]
     if rows == 1:
         _residual_row(X[p], H[p], s, alpha, xi, sb, homog, pf, F_LSR, p)
-        _act(code, WANT_PHI, X[p], A[p], A[p], a)
-        if keep >= 0:
-            _copy(b.S[keep, p], X[p])
-            b.S_ls[keep, p] = pf[F_LSR, p]
+        _recomputed(p, b, X[p], keep, code, a)
         return
     ss1 = _residual_row(X[p], H[p], s, alpha, xi, sb, homog, pf, F_LS1, p)
     ss2 = _residual_row(X[P + p], H[P + p], s, alpha, xi, sb, homog, pf, F_LS2, p)
@@ -707,30 +760,14 @@ def _residual_fwd(p, b, t, r, rows, jvp, keep):
     if not ok:
         _die(p, t, pi, pf, (A[p], A[P + p], A[2 * P + p], X[p], X[P + p], X[2 * P + p]))
         return
-    h1, h2 = X[p], X[P + p]
-    if keep >= 0:
-        _copy(b.S[keep, p], h1)
-        b.S_ls[keep, p] = pf[F_LS1, p]
-    _record(p, r, b.res, pf, ss1, ss2, _dot(h1, h2), n, pf[F_LS1, p], jvp, acc)
-    if jvp:
-        tv = X[2 * P + p]
-        _renormalise(tv, sst)
-        pf[F_ACC, p] = acc
-        at = A[2 * P + p]
-        _act(code, WANT_BOTH, h1, A[p], at, a)
-        for i in range(n):
-            at[i] = at[i] * tv[i]
-    else:
-        _act(code, WANT_PHI, h1, A[p], A[p], a)
-    _act(code, WANT_PHI, h2, A[P + p], A[P + p], a)
+    _next_input(p, b, X[p], X[P + p], X[2 * P + p], ss1, ss2, sst, acc, r, jvp, keep, code, a)
 
 
 @njit(**_OPT)
 def _residual_start(p, b, slot):
     """A recomputed segment's start: hh1 = S[slot] (its log-scale), A = phi(hh1)."""
-    b.pf[F_LSR, p] = b.S_ls[slot, p]
     _copy(b.X[p], b.S[slot, p])
-    _act(b.pi[I_CODE, p], WANT_PHI, b.X[p], b.A[p], b.A[p], b.A.dtype.type(b.pf[F_PARAM, p]))
+    _restart(p, b, slot, b.X[p])
 
 
 @njit(**_OPT)
@@ -738,10 +775,9 @@ def _residual_bwd(p, b, t, r, slot):
     """g^{l-1} = g^l + alpha phi'(hh^{l-1}) (s Z^T g^l) (residual.cotangent), U = G @ Z given."""
     pf = b.pf
     g, u = b.G[p], b.U[p]
-    d = b.Q[p]
     dtype = g.dtype.type
     s, alpha = dtype(pf[F_SCALE, p]), dtype(pf[F_ALPHA, p])
-    _act(b.pi[I_CODE, p], WANT_DPHI, b.S[slot, p], d, d, dtype(pf[F_PARAM, p]))
+    d = _dphi_stored(p, b, slot)
     for i in range(g.size):
         g[i] = g[i] + alpha * d[i] * (s * u[i])
     _gradient_step(p, t, g, _sumsq(g), pf, b.pi, b.res, r)
@@ -857,7 +893,7 @@ def _fused_op(arch, o, p, b, Z, D):
         _vm(Zn, b.GN[p], b.U2[p])
         _gru_bwd2(p, b, slot, qslot)
         _vm(Zrz, b.GB[p], b.U[p])
-        _gru_bwd3(p, b, t, r, qslot)
+        _gru_bwd3(p, b, t, r, qslot, -1)
     else:
         if not kept:
             for k in range(rows + tangent):
@@ -867,7 +903,7 @@ def _fused_op(arch, o, p, b, Z, D):
             return
         _lstm_bwd1(p, b, drv, slot, qslot)
         _vm(Z, b.GB[p], b.U[p])
-        _lstm_bwd2(p, b, t, r, qslot)
+        _lstm_bwd2(p, b, t, r, qslot, -1, -1)
 
 
 @njit(**_PAR)
@@ -905,13 +941,13 @@ def _point(op, p, b, drv, t, r, rows, jvp, slot, keep, qslot):
     elif op == G_BWD2:
         _gru_bwd2(p, b, slot, qslot)
     elif op == G_BWD3:
-        _gru_bwd3(p, b, t, r, qslot)
+        _gru_bwd3(p, b, t, r, qslot, keep)
     elif op == L_FWD:
         _lstm_fwd(p, b, drv, t, r, rows, jvp, keep, qslot)
     elif op == L_BWD1:
         _lstm_bwd1(p, b, drv, slot, qslot)
     elif op == L_BWD2:
-        _lstm_bwd2(p, b, t, r, qslot)
+        _lstm_bwd2(p, b, t, r, qslot, keep, slot)
     elif op == R_FWD:
         _residual_fwd(p, b, t, r, rows, jvp, keep)
     elif op == R_START:
@@ -944,3 +980,19 @@ def run(op, b, drv, t, r, rows, jvp, slot, keep, qslot, lanes, nxt, nxt_slot):
         fill_share(
             b.Zs[nxt_slot], b.xis, nxt, True, b.keys, b.wbuf[lane], b.obuf[lane], lane, lanes
         )
+
+
+@njit(**_PAR)
+def fill_steps(X, first, sample, stream, k0, k1, lanes):
+    """X[j] = rng.normals(seed, sample, first + j, stream, N) for every row j (the input
+    sequence x_t of a drive block), bit for bit, rows shared by the lanes: one parallel
+    call for a block instead of one per step."""
+    B, n = X.shape
+    chunks = ((n + 3) // 4 + CHUNK - 1) // CHUNK
+    for lu in prange(lanes):
+        words = np.empty((4, CHUNK), dtype=np.uint64)
+        values = np.empty((4, CHUNK))
+        for j in range(lu, B, lanes):
+            for c in range(chunks):
+                _fill_chunk(X[j], c, n, np.uint64(first + j), sample, stream, k0, k1, words,
+                            values)  # fmt: skip
