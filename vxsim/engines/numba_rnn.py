@@ -11,7 +11,9 @@ tangent) as the rows of one C-order array (``numba_rnn_kernels`` has the layouts
   trajectories' update, tangent, float64 norms, correlation, renormalisation,
   divergence, records) with no temporaries;
 * the input drive Z_U x_t / sqrt(N) (float64, models.gates.drive) is one GEMM per
-  ``gates.DRIVE_BLOCK`` steps, computed here as the model computes it;
+  ``gates.DRIVE_BLOCK`` steps (rows split at engines.gemm's verified cuts), computed
+  here as the model computes it, the block's inputs x_t drawn in one parallel call
+  (numba_rnn_kernels.fill_steps, rng.normals bit for bit);
 * the VJP lowers engines.schedule's operations (``vjp_plan``, ``forward_ops``,
   ``backward_ops``): trajectory 1's state is stored at every step the plan keeps
   or checkpoints (``S``, one slot per kept layer, or per checkpoint plus one
@@ -21,8 +23,10 @@ tangent) as the rows of one C-order array (``numba_rnn_kernels`` has the layouts
   else by a segment's recomputation (its every - 1 steps, when they fit in
   schedule.ZSTORE_BYTES, as a segment's Z^l do), so that a backward step is the
   transposed stacked GEMM (GRU: two) and the fused cotangent kernel(s) alone;
-  only a step without kept gates (a segment's last) first recomputes them from the
-  stored state at t-1 (one GEMM; two for GRU);
+  only a step without kept gates (a segment's last, or every step where even a
+  segment's do not fit) first recomputes them from the stored state at t-1 (one
+  GEMM; two for GRU); where the next backward step's gates are kept, its first
+  cotangent kernel runs on this step's last call (G_BWD3, L_BWD2);
 * the residual MLP (``_ResidualUnit``): per layer one GEMM and one call doing
   h + alpha (s Z phi(h) + b) with its tangent or cotangent, whose lanes then draw
   the next op's Z^l (numba_normals.fill_share) into the slot the schedule names
