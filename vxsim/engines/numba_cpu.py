@@ -379,6 +379,20 @@ def _steps(ops, kind, keep_kind, has_bias):
 
 # ---------------------------------------------------------------- one work unit
 
+# Compiled entry points of ``run`` by kernel module and argument kinds: typing the
+# Buffers with numba.typeof costs ~1 ms per unit, a fixed cost small widths feel.
+_entries = {}
+
+
+def _array_kinds(values):
+    """What Numba's type of each array depends on here (dtype, ndim, layout, writable)."""
+    return tuple(
+        (v.dtype.str, v.ndim, v.flags.c_contiguous, v.flags.aligned, v.flags.writeable)
+        if isinstance(v, np.ndarray)
+        else type(v).__name__
+        for v in values
+    )
+
 
 class _Unit:
     """One (width, sample): every array the kernels use, allocated once."""
@@ -455,10 +469,13 @@ class _Unit:
         (Numba's per-call typing of a NamedTuple of arrays costs more than a layer's epilogue
         at small widths; ``Dispatcher.compile`` returns the compiled entry point)."""
         if self._run is None:
-            import numba
+            key = (self.k.__name__, *_array_kinds(self.buffers), *_array_kinds((steps,)))
+            self._run = _entries.get(key)
+            if self._run is None:
+                import numba
 
-            args = (self.buffers, steps, first, last, fused)
-            self._run = self.k.run.compile(tuple(numba.typeof(a) for a in args))
+                args = (self.buffers, steps, first, last, fused)
+                self._run = _entries[key] = self.k.run.compile(tuple(numba.typeof(a) for a in args))
         self._run(self.buffers, steps, first, last, fused)
 
     def _prefetch(self, nxt, nxt_bias, slot):

@@ -40,7 +40,7 @@ from vxsim.engines.numba_epilogue import (
 from vxsim.engines.numba_matvec import rows_times, transpose_into
 from vxsim.engines.numba_normals import fill_layer, fill_share
 from vxsim.engines.numba_types import OP_BACKWARD, OP_FORWARD, OP_RECOMPUTE, OP_RESTART
-from vxsim.engines.numba_types import OPT as _OPT
+from vxsim.engines.numba_types import OPT_NOREF as _OPT
 from vxsim.engines.numba_types import PAR as _PAR
 
 # Points per block of the fused path: their rows (3 each in JVP) go through
@@ -49,20 +49,17 @@ GROUP = 8
 
 
 @njit(**_OPT)
-def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o):
+def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o, Zt, rows, pts):
     """Steps first..last-1 for the points of one lane, drawing Z^l into its own ``Zs``
     (slots, N, N) and xi^l into ``xi`` where a step says so.
 
     Each step's products go through ``numba_matvec.rows_times`` in blocks of up to
     GROUP live points (forward: the rows of A times Z^T, transposed once per step
-    into scratch; backward: the rows of G times Z), each block's epilogues right after.
+    into ``Zt``; backward: the rows of G times Z), each block's epilogues right after.
+    ``rows`` (3 GROUP) and ``pts`` (GROUP): the lane's scratch for a block's indices.
     """
     P = b.pi.shape[1]
     pi = b.pi
-    n = Zs.shape[2]
-    Zt = np.empty((n, n), dtype=Zs.dtype)
-    rows = np.empty(3 * GROUP, dtype=np.int64)
-    pts = np.empty(GROUP, dtype=np.int64)
     for i in range(first, last):
         s = steps[i]
         op = s.op
@@ -139,7 +136,11 @@ def run(b, steps, first, last, fused):
         lane = np.int64(lu)
         if fused:
             if P > lane:
+                n = b.Zs.shape[2]
+                Zt = np.empty((n, n), dtype=b.Zs.dtype)
+                rows = np.empty(3 * GROUP, dtype=np.int64)
+                pts = np.empty(GROUP, dtype=np.int64)
                 _fused_lane(lane, lanes, b, steps, first, last, b.Zs[lane], b.xis[lane],
-                            b.wbuf[lane], b.obuf[lane])  # fmt: skip
+                            b.wbuf[lane], b.obuf[lane], Zt, rows, pts)  # fmt: skip
         else:
             _gemm_lane(lane, lanes, b, steps[first], b.wbuf[lane], b.obuf[lane])

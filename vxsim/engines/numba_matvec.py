@@ -27,7 +27,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from vxsim.engines.numba_types import OPT as _OPT
+from vxsim.engines.numba_types import OPT_NOREF as _OPT
 
 ROWS = 4  # rows per micro-kernel call
 _VECTOR_BYTES = 32  # one AVX2 register; the strip is two of them (64 bytes)
