@@ -90,11 +90,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Widths up to this run on the fused path when engine.path = "auto": the
 # crossover measured by scripts/bench_cpu.py on 2 cores (AMD EPYC Zen 4,
-# OpenBLAS 0.3.31, 342 grid points). With the vectorised float32 tanh the
-# fused path is faster at widths 16-128 in both modes (at 128, four runs:
-# JVP 0.39-0.51 vs 0.48-0.57, VJP 0.51-0.54 vs 0.62-0.73 ms per layer); at
-# 160-256 the two paths are within each other's noise.
-FUSED_MAX_WIDTH = 128
+# OpenBLAS 0.3.31, 342 grid points). With the row-block products
+# (numba_matvec) the fused path is faster up to 160 in both modes in two runs
+# on 2026-12-04 (ms per layer gemm/fused, load 2.2: jvp 1.049/0.715, vjp
+# 1.122/0.725 at 160; jvp 1.011/1.003, vjp 1.220/0.960 at 192, within the noise;
+# at 256 the GEMM path is faster in JVP, 1.406/1.804).
+FUSED_MAX_WIDTH = 160
 
 # VJP keeps every layer's phi'(h1) (and every Z^l) instead of recomputing
 # segments from checkpoints when that fits in this many bytes; None: the
