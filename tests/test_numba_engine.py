@@ -58,6 +58,49 @@ def test_box_muller_edge_words_bit_identical():
     np.testing.assert_array_equal(got[:, 1], z1)
 
 
+# ---------------------------------------------------------------- fused path products
+
+
+def _fma_chain_exact(x, m):
+    """sum_k x[k] m[k] as a chain of float64 fmas, each step rounded once (exact rationals;
+    int / int in Python rounds correctly)."""
+    from fractions import Fraction
+
+    acc = 0.0
+    for a, b in zip(x.tolist(), m.tolist(), strict=True):
+        acc = float(Fraction(a) * Fraction(b) + Fraction(acc))
+    return acc
+
+
+def test_fused_products_are_fma_chains_whatever_the_blocking():
+    """numba_matvec.rows_times: Y[r, i] is the fma chain over k in order (float64, against
+    exact rationals, bit for bit: width 19 has two vector strips and a scalar tail),
+    and a float32 row's bits do not depend on which rows share its block of four."""
+    from vxsim.engines import numba_matvec
+
+    gen = np.random.default_rng(7)
+    n = 19
+    X = gen.standard_normal((6, n))
+    M = gen.standard_normal((n, n))
+    Y = np.zeros((6, n))
+    numba_matvec.rows_times(X, M, Y, np.array([5, 0, 3, 1, 2, 4]), 6)
+    want = np.array([[_fma_chain_exact(X[r], M[:, i]) for i in range(n)] for r in range(6)])
+    np.testing.assert_array_equal(Y, want)
+
+    n = 40  # two float32 strips of 16 and a tail of 8
+    X = gen.standard_normal((9, n)).astype(np.float32)
+    M = gen.standard_normal((n, n)).astype(np.float32)
+    Y1 = np.zeros((9, n), dtype=np.float32)
+    numba_matvec.rows_times(X, M, Y1, np.arange(9), 9)
+    Y2 = np.zeros_like(Y1)
+    for rows in ([8, 2, 5], [0], [7, 6, 4, 3, 1]):  # other blocks, other padding
+        numba_matvec.rows_times(X, M, Y2, np.array(rows), len(rows))
+    np.testing.assert_array_equal(Y1, Y2)
+    # float32 rounding of 40 products summed in order: |error| < 40 eps sum |x m|
+    bound = 40 * np.finfo(np.float32).eps * (np.abs(X) @ np.abs(M))
+    assert np.all(np.abs(Y1 - X.astype(np.float64) @ M.astype(np.float64)) <= bound)
+
+
 # ---------------------------------------------------------------- same numbers as the oracle
 
 

@@ -30,6 +30,7 @@ record it and resume and merge refuse to mix two (``store.hdf5``).
 import contextlib
 import functools
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,8 +55,20 @@ _pool_size = 0
 _controller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vxsim-blas-limits")
 
 
+_inspected = (None, -1)  # (threadpoolctl.ThreadpoolController, len(sys.modules) then)
+
+
 def _limit():
-    return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+    """BLAS limited to one thread. Inspecting the loaded libraries (what
+    ``threadpool_limits`` does every time) costs ~1-3 ms, a fixed cost of every unit
+    that small widths feel; the inspection is reused until a module has been
+    imported since (the only way a new BLAS gets loaded). Runs on ``_controller``."""
+    global _inspected
+    controller, modules = _inspected
+    if controller is None or modules != len(sys.modules):
+        controller = threadpoolctl.ThreadpoolController()
+        _inspected = (controller, len(sys.modules))
+    return controller.limit(limits=1, user_api="blas")
 
 
 @contextlib.contextmanager

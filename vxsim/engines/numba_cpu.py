@@ -16,7 +16,9 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
   per layer cost more than the arithmetic): one Numba call runs all layers;
   each thread takes its share of the grid points through every layer,
   generating each Z itself into a small buffer (the same Z for all: common
-  random numbers) and doing the matrix-vector products itself.
+  random numbers) and doing the products itself, blocks of points at a time
+  (``numba_matvec``: register-blocked FMA chains, Z read once per four state
+  rows; each output's bits independent of the blocking and the threads).
   ``engine.path = "auto"`` picks it for ``width <= FUSED_MAX_WIDTH`` (the
   crossover measured by ``scripts/bench_cpu.py``); ``"gemm"`` or ``"fused"``
   forces either.
@@ -88,11 +90,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Widths up to this run on the fused path when engine.path = "auto": the
 # crossover measured by scripts/bench_cpu.py on 2 cores (AMD EPYC Zen 4,
-# OpenBLAS 0.3.31, 342 grid points). With the vectorised float32 tanh the
-# fused path is faster at widths 16-128 in both modes (at 128, four runs:
-# JVP 0.39-0.51 vs 0.48-0.57, VJP 0.51-0.54 vs 0.62-0.73 ms per layer); at
-# 160-256 the two paths are within each other's noise.
-FUSED_MAX_WIDTH = 128
+# OpenBLAS 0.3.31, 342 grid points). With the row-block products
+# (numba_matvec) the fused path is faster up to 160 in both modes in two runs
+# on 2026-12-04 (ms per layer gemm/fused, load 2.2: jvp 1.049/0.715, vjp
+# 1.122/0.725 at 160; jvp 1.011/1.003, vjp 1.220/0.960 at 192, within the noise;
+# at 256 the GEMM path is faster in JVP, 1.406/1.804).
+FUSED_MAX_WIDTH = 160
 
 # VJP keeps every layer's phi'(h1) (and every Z^l) instead of recomputing
 # segments from checkpoints when that fits in this many bytes; None: the
@@ -379,6 +382,20 @@ def _steps(ops, kind, keep_kind, has_bias):
 
 # ---------------------------------------------------------------- one work unit
 
+# Compiled entry points of ``run`` by kernel module and argument kinds: typing the
+# Buffers with numba.typeof costs ~1 ms per unit, a fixed cost small widths feel.
+_entries = {}
+
+
+def _array_kinds(values):
+    """What Numba's type of each array depends on here (dtype, ndim, layout, writable)."""
+    return tuple(
+        (v.dtype.str, v.ndim, v.flags.c_contiguous, v.flags.aligned, v.flags.writeable)
+        if isinstance(v, np.ndarray)
+        else type(v).__name__
+        for v in values
+    )
+
 
 class _Unit:
     """One (width, sample): every array the kernels use, allocated once."""
@@ -455,10 +472,13 @@ class _Unit:
         (Numba's per-call typing of a NamedTuple of arrays costs more than a layer's epilogue
         at small widths; ``Dispatcher.compile`` returns the compiled entry point)."""
         if self._run is None:
-            import numba
+            key = (self.k.__name__, *_array_kinds(self.buffers), *_array_kinds((steps,)))
+            self._run = _entries.get(key)
+            if self._run is None:
+                import numba
 
-            args = (self.buffers, steps, first, last, fused)
-            self._run = self.k.run.compile(tuple(numba.typeof(a) for a in args))
+                args = (self.buffers, steps, first, last, fused)
+                self._run = _entries[key] = self.k.run.compile(tuple(numba.typeof(a) for a in args))
         self._run(self.buffers, steps, first, last, fused)
 
     def _prefetch(self, nxt, nxt_bias, slot):

@@ -19,7 +19,8 @@ and the generator runs on every core while BLAS sleeps.
 Fused path: one ``run`` for a whole pass (steps first..last-1). Each lane takes
 its points through every step, generating each Z itself into its own slots
 ``Zs[lane]`` (all lanes generate the same Z, as the counter dictates: common
-random numbers) and doing the matrix-vector products itself. No
+random numbers) and doing the products itself, a block of points at a time
+(``numba_matvec.rows_times``: Z read once per four rows, not once per row). No
 synchronisation between layers, which at small widths costs more than the
 arithmetic.
 """
@@ -36,17 +37,27 @@ from vxsim.engines.numba_epilogue import (
     _recompute_point,
     _restart_share,
 )
-from vxsim.engines.numba_matvec import _matvec, _matvec2, _matvec3, _vecmat
+from vxsim.engines.numba_matvec import rows_times, transpose_into
 from vxsim.engines.numba_normals import fill_layer, fill_share
 from vxsim.engines.numba_types import OP_BACKWARD, OP_FORWARD, OP_RECOMPUTE, OP_RESTART
-from vxsim.engines.numba_types import OPT as _OPT
+from vxsim.engines.numba_types import OPT_NOREF as _OPT
 from vxsim.engines.numba_types import PAR as _PAR
+
+# Points per block of the fused path: their rows (3 each in JVP) go through
+# ``rows_times`` together, then their epilogues, while the outputs are in cache.
+GROUP = 8
 
 
 @njit(**_OPT)
-def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o):
+def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o, Zt, rows, pts):
     """Steps first..last-1 for the points of one lane, drawing Z^l into its own ``Zs``
-    (slots, N, N) and xi^l into ``xi`` where a step says so."""
+    (slots, N, N) and xi^l into ``xi`` where a step says so.
+
+    Each step's products go through ``numba_matvec.rows_times`` in blocks of up to
+    GROUP live points (forward: the rows of A times Z^T, transposed once per step
+    into ``Zt``; backward: the rows of G times Z), each block's epilogues right after.
+    ``rows`` (3 GROUP) and ``pts`` (GROUP): the lane's scratch for a block's indices.
+    """
     P = b.pi.shape[1]
     pi = b.pi
     for i in range(first, last):
@@ -58,28 +69,39 @@ def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o):
         Z = Zs[s.slot]
         if s.draw:
             fill_layer(Z, xi, s.layer, s.bias != 0, b.keys, w, o)
+        if op == OP_FORWARD or op == OP_RECOMPUTE:
+            transpose_into(Zt, Z)
         H, A = b.H, b.A
-        if op == OP_FORWARD:
-            jvp = s.kind == KIND_JVP or s.kind == KIND_JVP_KEEP
-            for p in range(p0, P, lanes):
-                if pi[I_DEAD, p] == 0:
-                    if jvp:
-                        _matvec3(Z, A[p], A[P + p], A[2 * P + p], H[p], H[P + p], H[2 * P + p])
-                    else:
-                        _matvec2(Z, A[p], A[P + p], H[p], H[P + p])
-                    _forward_point(p, s.layer, s.kind, H, A, b.D, s.j, xi, s.bias != 0, b.pf,
-                                   pi, b.res, s.r, b.limit, b.cp, b.cp_ls, s.ci)  # fmt: skip
-        elif op == OP_RECOMPUTE:
-            for p in range(p0, P, lanes):
-                if pi[I_DEAD, p] == 0:
-                    _matvec(Z, A[p], H[p])
-                    _recompute_point(p, H, A, xi, s.bias != 0, b.pf, pi, b.D[s.j, p])
-        elif op == OP_BACKWARD:
-            G, U = b.G, b.U
-            for p in range(p0, P, lanes):
-                if pi[I_DEAD, p] == 0 and pi[I_COLLAPSED, p] == 0:
-                    _vecmat(Z, G[p], U[p])
-                    _backward_point(p, s.layer - 1, G, U, b.D[s.j, p], b.pf, pi, b.res, s.r)
+        jvp = op == OP_FORWARD and (s.kind == KIND_JVP or s.kind == KIND_JVP_KEEP)
+        per = 1 if op != OP_FORWARD else (3 if jvp else 2)
+        p = p0
+        while p < P:
+            count = 0
+            while p < P and count < GROUP:
+                live = pi[I_DEAD, p] == 0
+                if op == OP_BACKWARD:
+                    live = live and pi[I_COLLAPSED, p] == 0
+                if live:
+                    pts[count] = p
+                    for c in range(per):
+                        rows[count * per + c] = c * P + p
+                    count += 1
+                p += lanes
+            if op == OP_FORWARD:
+                rows_times(A, Zt, H, rows, count * per)
+                for q in range(count):
+                    _forward_point(pts[q], s.layer, s.kind, H, A, b.D, s.j, xi, s.bias != 0,
+                                   b.pf, pi, b.res, s.r, b.limit, b.cp, b.cp_ls, s.ci)  # fmt: skip
+            elif op == OP_RECOMPUTE:
+                rows_times(A, Zt, H, rows, count)
+                for q in range(count):
+                    pq = pts[q]
+                    _recompute_point(pq, H, A, xi, s.bias != 0, b.pf, pi, b.D[s.j, pq])
+            elif op == OP_BACKWARD:
+                rows_times(b.G, Z, b.U, rows, count)
+                for q in range(count):
+                    pq = pts[q]
+                    _backward_point(pq, s.layer - 1, b.G, b.U, b.D[s.j, pq], b.pf, pi, b.res, s.r)
 
 
 @njit(**_OPT)
@@ -114,7 +136,11 @@ def run(b, steps, first, last, fused):
         lane = np.int64(lu)
         if fused:
             if P > lane:
+                n = b.Zs.shape[2]
+                Zt = np.empty((n, n), dtype=b.Zs.dtype)
+                rows = np.empty(3 * GROUP, dtype=np.int64)
+                pts = np.empty(GROUP, dtype=np.int64)
                 _fused_lane(lane, lanes, b, steps, first, last, b.Zs[lane], b.xis[lane],
-                            b.wbuf[lane], b.obuf[lane])  # fmt: skip
+                            b.wbuf[lane], b.obuf[lane], Zt, rows, pts)  # fmt: skip
         else:
             _gemm_lane(lane, lanes, b, steps[first], b.wbuf[lane], b.obuf[lane])

@@ -60,8 +60,8 @@ from vxsim.engines.layout import (
     R_LOGQ,
     R_TAN,
 )
-from vxsim.engines.numba_types import OPT as _OPT
-from vxsim.engines.numba_types import RED as _RED
+from vxsim.engines.numba_types import OPT_NOREF as _OPT
+from vxsim.engines.numba_types import RED_NOREF as _RED
 
 # The per-point tables' rows (pf float64, pi int64, res) are ``layout``'s,
 # shared with the CUDA kernels.

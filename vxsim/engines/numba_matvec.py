@@ -1,139 +1,149 @@
-"""Matrix-vector products of the Numba engine's fused path (small widths, one call per pass).
+"""Small row-block GEMMs of the Numba engine's fused path (small widths, one call per pass).
 
-Register-blocked over four rows of Z, so that each load of an input vector
-feeds four multiply-adds; dot products accumulate in the run's dtype, in
-vector lanes (like BLAS: a different order than the GEMM path's, equally
-valid). Remainder rows one at a time.
+The fused path multiplies a lane's state rows by one (N, N) matrix per layer:
+forward ``h = Z a`` for each row ``a`` (``Y = X @ Z^T``, with ``M = Z^T``
+transposed once per layer), backward ``u = Z^T g`` (``Y = X @ Z``, ``M = Z``). So
+the one kernel is
+
+    Y[r, i] = sum_{k = 0}^{N - 1} X[r, k] M[k, i]        for the rows r asked for,
+
+each sum a chain of fused multiply-adds in k order from 0 (``acc <- fma(X[r, k],
+M[k, i], acc)``), correctly rounded at every step: an element's bits depend on
+nothing but its row of X and column of M, not on which rows share its block, the
+lane or the thread count (the oracle's BLAS sums in its own order; the engine is
+tolerance-compared with it, and bit-compared with itself across thread counts).
+
+How it is made fast: a register-blocked micro-kernel (``_strip4``), written in
+LLVM IR because Numba's vectorisers do not keep a block of accumulators in
+registers: four rows times a strip of two SIMD vectors (16 float32 or 8 float64
+outputs; eight accumulators), per k two vector loads of M's row, four broadcasts
+of X and eight FMAs. M's strip is read once per four rows (the old matrix-vector
+form read all of Z per row and reduced horizontally at every output). Outputs past
+the last whole strip use the same chain with scalar ``fma``.
 """
 
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from vxsim.engines.numba_types import RED as _RED
+from vxsim.engines.numba_types import OPT_NOREF as _OPT
 
-
-@njit(**_RED)
-def _matvec(Z, a, out):
-    """out = Z @ a."""
-    n = Z.shape[0]
-    zero = out.dtype.type(0.0)
-    i = 0
-    while i + 4 <= n:
-        z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
-        s0 = s1 = s2 = s3 = zero
-        for j in range(n):
-            x = a[j]
-            s0 += z0[j] * x
-            s1 += z1[j] * x
-            s2 += z2[j] * x
-            s3 += z3[j] * x
-        out[i], out[i + 1], out[i + 2], out[i + 3] = s0, s1, s2, s3
-        i += 4
-    while i < n:
-        z0 = Z[i]
-        s0 = zero
-        for j in range(n):
-            s0 += z0[j] * a[j]
-        out[i] = s0
-        i += 1
+ROWS = 4  # rows per micro-kernel call
+_VECTOR_BYTES = 32  # one AVX2 register; the strip is two of them (64 bytes)
+STRIP_BYTES = 2 * _VECTOR_BYTES
 
 
-@njit(**_RED)
-def _matvec2(Z, a1, a2, o1, o2):
-    """o1 = Z @ a1, o2 = Z @ a2."""
-    n = Z.shape[0]
-    zero = o1.dtype.type(0.0)
-    i = 0
-    while i + 4 <= n:
-        z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
-        s10 = s11 = s12 = s13 = zero
-        s20 = s21 = s22 = s23 = zero
-        for j in range(n):
-            x1 = a1[j]
-            x2 = a2[j]
-            y0, y1, y2, y3 = z0[j], z1[j], z2[j], z3[j]
-            s10 += y0 * x1
-            s11 += y1 * x1
-            s12 += y2 * x1
-            s13 += y3 * x1
-            s20 += y0 * x2
-            s21 += y1 * x2
-            s22 += y2 * x2
-            s23 += y3 * x2
-        o1[i], o1[i + 1], o1[i + 2], o1[i + 3] = s10, s11, s12, s13
-        o2[i], o2[i + 1], o2[i + 2], o2[i + 3] = s20, s21, s22, s23
-        i += 4
-    while i < n:
-        z0 = Z[i]
-        s10 = s20 = zero
-        for j in range(n):
-            s10 += z0[j] * a1[j]
-            s20 += z0[j] * a2[j]
-        o1[i] = s10
-        o2[i] = s20
-        i += 1
+def _fma_declaration(builder, ty):
+    """llvm.fma for a float type or a vector of them (exactly rounded, never split)."""
+    if isinstance(ty, ir.VectorType):
+        name = f"llvm.fma.v{ty.count}{'f32' if isinstance(ty.element, ir.FloatType) else 'f64'}"
+    else:
+        name = f"llvm.fma.{'f32' if isinstance(ty, ir.FloatType) else 'f64'}"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]), name)
 
 
-@njit(**_RED)
-def _matvec3(Z, a1, a2, a3, o1, o2, o3):
-    """o1, o2, o3 = Z @ a1, Z @ a2, Z @ a3."""
-    n = Z.shape[0]
-    zero = o1.dtype.type(0.0)
-    i = 0
-    while i + 4 <= n:
-        z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
-        s10 = s11 = s12 = s13 = zero
-        s20 = s21 = s22 = s23 = zero
-        s30 = s31 = s32 = s33 = zero
-        for j in range(n):
-            x1 = a1[j]
-            x2 = a2[j]
-            x3 = a3[j]
-            y0, y1, y2, y3 = z0[j], z1[j], z2[j], z3[j]
-            s10 += y0 * x1
-            s11 += y1 * x1
-            s12 += y2 * x1
-            s13 += y3 * x1
-            s20 += y0 * x2
-            s21 += y1 * x2
-            s22 += y2 * x2
-            s23 += y3 * x2
-            s30 += y0 * x3
-            s31 += y1 * x3
-            s32 += y2 * x3
-            s33 += y3 * x3
-        o1[i], o1[i + 1], o1[i + 2], o1[i + 3] = s10, s11, s12, s13
-        o2[i], o2[i + 1], o2[i + 2], o2[i + 3] = s20, s21, s22, s23
-        o3[i], o3[i + 1], o3[i + 2], o3[i + 3] = s30, s31, s32, s33
-        i += 4
-    while i < n:
-        z0 = Z[i]
-        s10 = s20 = s30 = zero
-        for j in range(n):
-            s10 += z0[j] * a1[j]
-            s20 += z0[j] * a2[j]
-            s30 += z0[j] * a3[j]
-        o1[i] = s10
-        o2[i] = s20
-        o3[i] = s30
-        i += 1
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c, rounded once (LLVM's fma: the same bits as one lane of ``_strip4``)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.call(_fma_declaration(builder, args[0].type), list(args))
+
+    return a(a, b, c), codegen
 
 
-@njit(**_RED)
-def _vecmat(Z, g, out):
-    """out = Z^T g (row-axpy form, four rows of Z per pass)."""
-    n = Z.shape[0]
-    for j in range(n):
-        out[j] = 0
-    i = 0
-    while i + 4 <= n:
-        z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
-        g0, g1, g2, g3 = g[i], g[i + 1], g[i + 2], g[i + 3]
-        for j in range(n):
-            out[j] += z0[j] * g0 + z1[j] * g1 + z2[j] * g2 + z3[j] * g3
-        i += 4
-    while i < n:
-        z0 = Z[i]
-        g0 = g[i]
-        for j in range(n):
-            out[j] += z0[j] * g0
-        i += 1
+@intrinsic
+def _strip4(typingctx, X, M, Y, r0, r1, r2, r3, i0):
+    """Y[r, i0 + v] = sum_k X[r, k] M[k, i0 + v] (fma chain in k order) for the four rows
+    r0..r3 and v < STRIP_BYTES / itemsize; X, M, Y C-contiguous 2-D, one float dtype,
+    M square. Accumulators are allocas that LLVM promotes to registers."""
+    sig = types.none(X, M, Y, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        Xa, Ma, Ya = (
+            context.make_array(t)(context, builder, v)
+            for t, v in zip(sig.args[:3], args[:3], strict=True)
+        )
+        rows, i0v = args[3:7], args[7]
+        elt = context.get_value_type(sig.args[0].dtype)
+        lanes = _VECTOR_BYTES // (4 if isinstance(elt, ir.FloatType) else 8)
+        vec = ir.VectorType(elt, lanes)
+        vptr = vec.as_pointer()
+        i32 = ir.IntType(32)
+        fma = _fma_declaration(builder, vec)
+        n = builder.extract_value(Ma.shape, 0)
+        ldm = builder.extract_value(Ma.shape, 1)
+        ldx = builder.extract_value(Xa.shape, 1)
+        ldy = builder.extract_value(Ya.shape, 1)
+        zero = ir.Constant(vec, [ir.Constant(elt, 0.0)] * lanes)
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in rows]
+        xrows = [builder.gep(Xa.data, [builder.mul(r, ldx)]) for r in rows]
+        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        undef = ir.Constant(vec, ir.Undefined)
+        half = ir.Constant(ir.IntType(64), lanes)
+        with cgutils.for_range(builder, n) as loop:
+            k = loop.index
+            mk = builder.gep(Ma.data, [builder.add(builder.mul(k, ldm), i0v)])
+            m = (
+                builder.load(builder.bitcast(mk, vptr), align=4),
+                builder.load(builder.bitcast(builder.gep(mk, [half]), vptr), align=4),
+            )
+            for acc, xrow in zip(accs, xrows, strict=True):
+                x = builder.load(builder.gep(xrow, [k]))
+                xv = builder.insert_element(undef, x, ir.Constant(i32, 0))
+                xv = builder.shuffle_vector(xv, undef, splat)
+                for h in range(2):
+                    builder.store(builder.call(fma, [xv, m[h], builder.load(acc[h])]), acc[h])
+        for acc, r in zip(accs, rows, strict=True):
+            yr = builder.gep(Ya.data, [builder.add(builder.mul(r, ldy), i0v)])
+            for h in range(2):
+                dst = builder.bitcast(
+                    builder.gep(yr, [ir.Constant(ir.IntType(64), h * lanes)]), vptr
+                )
+                builder.store(builder.load(acc[h]), dst, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**_OPT)
+def rows_times(X, M, Y, rows, count):
+    """Y[r] = X[r] @ M for r in rows[:count] (see the module docstring for the sums).
+
+    Four rows per micro-kernel call, the last call padded with the last row (computed
+    twice, stored twice, the same bits); outputs past the last whole strip one at a
+    time with the same fma chain.
+    """
+    if count <= 0:
+        return
+    n = M.shape[0]
+    strip = STRIP_BYTES // X.itemsize
+    whole = n - n % strip
+    last = rows[count - 1]
+    for b in range(0, count, ROWS):
+        r0 = rows[b]
+        r1 = rows[b + 1] if b + 1 < count else last
+        r2 = rows[b + 2] if b + 2 < count else last
+        r3 = rows[b + 3] if b + 3 < count else last
+        for i0 in range(0, whole, strip):
+            _strip4(X, M, Y, r0, r1, r2, r3, i0)
+    zero = Y.dtype.type(0.0)
+    for q in range(count):
+        r = rows[q]
+        for i in range(whole, n):
+            acc = zero
+            for k in range(n):
+                acc = _fma(X[r, k], M[k, i], acc)
+            Y[r, i] = acc
+
+
+@njit(**_OPT)
+def transpose_into(dst, src):
+    """dst = src^T (square), in 16 x 16 tiles."""
+    n = src.shape[0]
+    for i0 in range(0, n, 16):
+        for j0 in range(0, n, 16):
+            for i in range(i0, min(i0 + 16, n)):
+                for j in range(j0, min(j0 + 16, n)):
+                    dst[j, i] = src[i, j]
