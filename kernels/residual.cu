@@ -151,7 +151,7 @@ VX_FN void vx_residual_forward_point(const B &blk, int p, int P, int n, int laye
 
 // Forward epilogue of every point of a layer (alpha: (P,) float64, rounded to real).
 // ci >= 0: also checkpoint hh1 into cp[ci] (ncp, P, n) and its log-scale into cp_ls[ci].
-VX_KERNEL void vx_residual_forward(const real *H, real *S, real *T, real *A, const double *xi,
+VX_FN void vx_residual_forward_all(const real *H, real *S, real *T, real *A, const double *xi,
                                    const double *alpha, double *pf, int *pi, double *res,
                                    real *cp, double *cp_ls, int P, int n, int R, int layer,
                                    int kind, int has_bias, int r, int ci, double limit)
@@ -170,6 +170,30 @@ VX_KERNEL void vx_residual_forward(const real *H, real *S, real *T, real *A, con
                                   jvp ? A + pt * row : 0, xi, has_bias, (real)alpha[p], pf, pi,
                                   res, R, r, limit, cprow, cpls);
     }
+}
+
+VX_KERNEL void vx_residual_forward(const real *H, real *S, real *T, real *A, const double *xi,
+                                   const double *alpha, double *pf, int *pi, double *res,
+                                   real *cp, double *cp_ls, int P, int n, int R, int layer,
+                                   int kind, int has_bias, int r, int ci, double limit)
+{
+    vx_residual_forward_all(H, S, T, A, xi, alpha, pf, pi, res, cp, cp_ls, P, n, R, layer, kind,
+                            has_bias, r, ci, limit);
+}
+
+// Layer `step` of a captured body (a CUDA Graph replayed once per block of layers): the
+// layer read on the device, layer = clock[0] + step, its record rec[layer] and checkpoint
+// cpi[layer] (Z^l and xi^l drawn by vx_fill_stream_clocked / vx_fill_stream64_clocked).
+VX_KERNEL void vx_residual_forward_clocked(const real *H, real *S, real *T, real *A,
+                                           const double *xi, const double *alpha, double *pf,
+                                           int *pi, double *res, real *cp, double *cp_ls,
+                                           const int *clock, const int *rec, const int *cpi,
+                                           int step, int P, int n, int R, int kind, int has_bias,
+                                           double limit)
+{
+    const int layer = clock[0] + step;
+    vx_residual_forward_all(H, S, T, A, xi, alpha, pf, pi, res, cp, cp_ls, P, n, R, layer, kind,
+                            has_bias, rec[layer], cpi[layer], limit);
 }
 
 // A VJP segment's start from checkpoint ci (ci < 0: the input x1, log-scale 0):

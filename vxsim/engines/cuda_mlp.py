@@ -71,11 +71,11 @@ class Pass:
     point): run the passes, then copy the results to the host once."""
 
     def run(self):
-        with self.be.gemm_precision(self.tf32):
+        with self.be.stream(), self.be.gemm_precision(self.tf32):
             self.forward()
             if self.vjp:
                 self.backward()
-        return self.results()
+            return self.results()
 
     def results(self):
         """The unit's arrays, copied to the host once (the only synchronisation)."""

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import rng
 from ..models import gates, gru, lstm, rnn
-from . import base, cuda_sources, layout, schedule
+from . import base, cuda_graphs, cuda_sources, layout, schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32
 from .cuda_mlp import Pass, runs
 from .cuda_paths import persist_smem, threads_for
@@ -127,15 +127,42 @@ class _Unit(Pass):
             first = block * gates.DRIVE_BLOCK + 1
             count = min((block + 1) * gates.DRIVE_BLOCK, self.L) + 1 - first
             X = self.be.xp.empty((count, self.N))
-            self._fill("vx_fill_stream64", X, self.N, first, count, rng.STREAM_SEQUENCE)
-            X *= np.sqrt(self.config.input_variance)
             D = self.be.xp.empty((count, self.GATES * self.N))
-            self.be.matmul(X, self.ZU.T, D)
-            D /= np.sqrt(self.N)
+            self.drive_block(block, X, D)
             self.drives[block] = D
             while len(self.drives) > gates.DRIVE_BLOCKS_KEPT:
                 del self.drives[next(iter(self.drives))]
         return self.drives[block][(t - 1) % gates.DRIVE_BLOCK]
+
+    def drive_block(self, block, X, D):
+        """The drives of block ``block``'s len(X) steps into D (G N columns), X the inputs."""
+        self._fill("vx_fill_stream64", X, self.N, block * gates.DRIVE_BLOCK + 1, len(X),
+                   rng.STREAM_SEQUENCE)  # fmt: skip
+        X *= np.sqrt(self.config.input_variance)
+        self.be.matmul(X, self.ZU.T, D)
+        D /= np.sqrt(self.N)
+
+    # -- the forward pass: whole drive blocks as replays of one captured body (cuda_graphs)
+
+    def forward(self):
+        """``schedule.forward_ops``: bodies of DRIVE_BLOCK steps replayed, the rest stepped."""
+        P, A = self.P, self.A
+        A[:P] = self.x1
+        A[P : 2 * P] = self.x2
+        if self.jvp:
+            A[2 * P :] = self.v0
+        self.kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
+        cuda_graphs.run_forward(self, self.fwd_ops, gates.DRIVE_BLOCK)
+
+    def graph_prepare(self):
+        """The captured body's buffers: its drive block (fixed), the device tables."""
+        xp = self.be.xp
+        self.tables = cuda_graphs.tables(xp, self.fwd_ops, self.L)
+        self.Xg = xp.empty((gates.DRIVE_BLOCK, self.N))
+        self.Dg = xp.empty((gates.DRIVE_BLOCK, self.GATES * self.N))
+
+    def graph_before(self, block):
+        self.drive_block(block, self.Xg, self.Dg)
 
     def launch(self, name, args, grid=None, smem=0):
         """A per-point kernel: one block per grid point."""
@@ -172,20 +199,22 @@ class ElmanUnit(_Unit):
             self.U = xp.zeros((P, N), dtype=dt)
             self.D = xp.zeros((every, P, N), dtype=dt)
 
-    def forward(self):
-        P, A = self.P, self.A
-        A[:P] = self.x1
-        A[P : 2 * P] = self.x2
-        if self.jvp:
-            A[2 * P :] = self.v0
-        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
-        for op in self.fwd_ops:
-            self.be.matmul(A, self.W.T, self.H)
-            self.launch("vx_elman_forward",
-                        (self.H, A, self.xi, self.drive(op.layer), self.su, self.pf, self.pi,
-                         self.res, self.cp, self.cp_ls, i32(P), i32(self.N), i32(self.R),
-                         i32(op.layer), i32(kind), i32(self.has_bias), i32(op.record),
-                         i32(op.checkpoint), self.limit))  # fmt: skip
+    def step(self, op):
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_elman_forward",
+                    (self.H, self.A, self.xi, self.drive(op.layer), self.su, self.pf, self.pi,
+                     self.res, self.cp, self.cp_ls, i32(self.P), i32(self.N), i32(self.R),
+                     i32(op.layer), i32(self.kind), i32(self.has_bias), i32(op.record),
+                     i32(op.checkpoint), self.limit))  # fmt: skip
+
+    def graph_step(self, k):
+        t = self.tables
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_elman_forward_clocked",
+                    (self.H, self.A, self.xi, self.Dg, self.su, self.pf, self.pi, self.res,
+                     self.cp, self.cp_ls, t.clock, t.rec, t.cpi, i32(k), i32(self.P),
+                     i32(self.N), i32(self.R), i32(self.kind), i32(self.has_bias),
+                     self.limit))  # fmt: skip
 
     def seed(self):
         self.launch("vx_grad_init",
@@ -364,21 +393,24 @@ class LstmUnit(_GatedUnit):
             self.GA = xp.zeros((P, 4 * N), dtype=dt)
             self.U = xp.zeros((P, N), dtype=dt)
 
-    def forward(self):
-        P, A = self.P, self.A
-        A[:P] = self.x1
-        A[P : 2 * P] = self.x2
-        if self.jvp:
-            A[2 * P :] = self.v0
-        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
+    def step(self, op):
         cph, cpc = self.cp
-        for op in self.fwd_ops:
-            self.be.matmul(A, self.W.T, self.H)
-            self.launch("vx_lstm_forward",
-                        (self.H, A, self.C, self.TC, self.xi, self.drive(op.layer), self.su,
-                         self.shift, self.pf, self.pi, self.res, cph, cpc, i32(P), i32(self.N),
-                         i32(self.R), i32(op.layer), i32(kind), i32(op.record),
-                         i32(op.checkpoint), self.limit))  # fmt: skip
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_lstm_forward",
+                    (self.H, self.A, self.C, self.TC, self.xi, self.drive(op.layer), self.su,
+                     self.shift, self.pf, self.pi, self.res, cph, cpc, i32(self.P), i32(self.N),
+                     i32(self.R), i32(op.layer), i32(self.kind), i32(op.record),
+                     i32(op.checkpoint), self.limit))  # fmt: skip
+
+    def graph_step(self, k):
+        cph, cpc = self.cp
+        t = self.tables
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_lstm_forward_clocked",
+                    (self.H, self.A, self.C, self.TC, self.xi, self.Dg, self.su, self.shift,
+                     self.pf, self.pi, self.res, cph, cpc, t.clock, t.rec, t.cpi, i32(k),
+                     i32(self.P), i32(self.N), i32(self.R), i32(self.kind),
+                     self.limit))  # fmt: skip
 
     def advance(self, layer, j):
         SH, SC = self.S
@@ -423,21 +455,27 @@ class GruUnit(_GatedUnit):
                     (H1, A, M, self.xi, drive, self.su, self.shift, self.pf, self.pi,
                      i32(self.P), i32(self.N), i32(ntraj), i32(kind)))  # fmt: skip
 
-    def forward(self):
+    def step(self, op):
         P, A = self.P, self.A
-        A[:P] = self.x1
-        A[P : 2 * P] = self.x2
-        if self.jvp:
-            A[2 * P :] = self.v0
-        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
-        for op in self.fwd_ops:
-            drive = self.drive(op.layer)
-            self._gates(self.H1, A, self.M, drive, 2, kind)
-            self.be.matmul(self.M, self.W_n.T, self.H2)
-            self.launch("vx_gru_forward",
-                        (self.H1, self.H2, A, self.xi, drive, self.su, self.pf, self.pi,
-                         self.res, self.cp[0], i32(P), i32(self.N), i32(self.R), i32(op.layer),
-                         i32(kind), i32(op.record), i32(op.checkpoint), self.limit))  # fmt: skip
+        drive = self.drive(op.layer)
+        self._gates(self.H1, A, self.M, drive, 2, self.kind)
+        self.be.matmul(self.M, self.W_n.T, self.H2)
+        self.launch("vx_gru_forward",
+                    (self.H1, self.H2, A, self.xi, drive, self.su, self.pf, self.pi, self.res,
+                     self.cp[0], i32(P), i32(self.N), i32(self.R), i32(op.layer),
+                     i32(self.kind), i32(op.record), i32(op.checkpoint), self.limit))  # fmt: skip
+
+    def graph_step(self, k):
+        P, A, t = self.P, self.A, self.tables
+        self.be.matmul(A, self.W_rz.T, self.H1)
+        self.launch("vx_gru_gates_clocked",
+                    (self.H1, A, self.M, self.xi, self.Dg, self.su, self.shift, self.pf,
+                     self.pi, i32(k), i32(P), i32(self.N), i32(2), i32(self.kind)))  # fmt: skip
+        self.be.matmul(self.M, self.W_n.T, self.H2)
+        self.launch("vx_gru_forward_clocked",
+                    (self.H1, self.H2, A, self.xi, self.Dg, self.su, self.pf, self.pi, self.res,
+                     self.cp[0], t.clock, t.rec, t.cpi, i32(k), i32(P), i32(self.N),
+                     i32(self.R), i32(self.kind), self.limit))  # fmt: skip
 
     def advance(self, layer, j):
         P = self.P
