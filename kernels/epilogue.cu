@@ -28,6 +28,30 @@ VX_KERNEL void vx_forward(real *H, real *A, const double *xi, double *pf, int *p
     }
 }
 
+// Layer `step` of a captured body (a CUDA Graph replayed once per block of layers,
+// cuda_graphs.py): vx_forward at layer clock[0] + step, its record rec[layer] and checkpoint
+// cpi[layer] read on the device.
+VX_KERNEL void vx_forward_clocked(real *H, real *A, const double *xi, double *pf, int *pi,
+                                  double *res, real *cp, double *cp_ls, const int *clock,
+                                  const int *rec, const int *cpi, int step, int P, int n, int R,
+                                  int kind, int has_bias, double limit)
+{
+    const int layer = clock[0] + step;
+    const int r = rec[layer], ci = cpi[layer];
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
+        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
+        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
+        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
+                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
+                         R, r, limit, cprow, cpls);
+    }
+}
+
 // A recomputed layer of a VJP segment (H1 = A1 Z^T), phi' into D[j] (every, P, n).
 VX_KERNEL void vx_recompute(real *H1, real *A1, real *D, const double *xi, double *pf,
                             const int *pi, int P, int n, int j, int has_bias)

@@ -3,9 +3,9 @@
 ``cuda_host.HostBackend``'s capture records launches and GEMMs as a stream capture
 does (arrays by reference, scalars by value, nothing run) and replays the
 recording: the graph path (a body of 64 steps captured once, replayed, the rest
-stepped) gives the step path's numbers bit for bit, for Elman, GRU, LSTM and the
-residual net, every mode, both precisions, with one and several host threads,
-and the NumPy oracle's to its tolerances. A body that passes a per-step scalar
+stepped) gives the step path's numbers bit for bit, for Elman, GRU, LSTM, the
+residual net and the MLP's GEMM path, every mode, both precisions, with one and
+several host threads, and the NumPy oracle's to its tolerances. A body that passes a per-step scalar
 by value gives wrong numbers (the stand-in freezes it as a GPU graph would), and
 work on device arrays inside a capture is refused. Also: the arguments handed to
 cublasGemmEx inside a capture (``cuda_backend.gemm_operands``) checked against
@@ -24,7 +24,7 @@ from vxsim.engines import (
     cuda_gpu,
     cuda_graphs,
     cuda_host,
-    cuda_residual,
+    cuda_mlp,
     cuda_rnn,
     numpy_ref,
     strict_arrays,
@@ -32,12 +32,12 @@ from vxsim.engines import (
 from vxsim.errors import ConfigError, VxsimError
 from vxsim.models import gates
 
-ARCHS = ("rnn", "gru", "lstm", "residual")
-CLOCKED = {"rnn": "vx_elman_forward_clocked", "gru": "vx_gru_forward_clocked",
-           "lstm": "vx_lstm_forward_clocked",
+ARCHS = ("mlp", "rnn", "gru", "lstm", "residual")
+CLOCKED = {"mlp": "vx_forward_clocked", "rnn": "vx_elman_forward_clocked",
+           "gru": "vx_gru_forward_clocked", "lstm": "vx_lstm_forward_clocked",
            "residual": "vx_residual_forward_clocked"}  # fmt: skip
 DEPTH = 70  # one body of 64 steps replayed, 6 steps on the step path (drive block 2)
-assert gates.DRIVE_BLOCK == cuda_residual.GRAPH_LAYERS == 64
+assert gates.DRIVE_BLOCK == cuda_mlp.Unit.GRAPH_LAYERS == 64
 
 
 def graph_config(arch, precision="float64", mode="both", graphs="auto", depth=DEPTH,
@@ -45,7 +45,7 @@ def graph_config(arch, precision="float64", mode="both", graphs="auto", depth=DE
     return make_config(
         f'network.architecture="{arch}"',
         'engine.path="gemm"',
-        f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]",
+        *([f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]"] if arch in ARCH_AXES else []),
         f"engine.checkpoint={checkpoint}",
         "measure.record={log = 12}",
         f'engine.cuda_graphs="{graphs}"',

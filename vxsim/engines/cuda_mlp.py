@@ -36,7 +36,7 @@ Which path a unit takes and what it needs: ``cuda_paths``.
 import numpy as np
 
 from .. import rng
-from . import base, cuda_sources, layout, schedule
+from . import base, cuda_graphs, cuda_sources, layout, schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32
 from .cuda_paths import (
     check_unit,
@@ -194,33 +194,51 @@ class Unit(Pass):
         if self.path == "fused":
             self._fused_forward(kind)
             return
-        for op in self.fwd_ops:
-            self._fill(op.layer, 1, transpose=0, bias=True, slot=op.slot)
-            self.be.matmul(A, self.Zbuf[op.slot].T, self.H)
-            self.be.launch(
-                "vx_forward",
-                P,
-                self.threads,
-                (
-                    self.H,
-                    A,
-                    self.xibuf,
-                    self.pf,
-                    self.pi,
-                    self.res,
-                    self.cp,
-                    self.cp_ls,
-                    i32(P),
-                    i32(self.N),
-                    i32(self.R),
-                    i32(op.layer),
-                    i32(kind),
-                    i32(self.has_bias),
-                    i32(op.record),
-                    i32(op.checkpoint),
-                    self.limit,
-                ),
-            )
+        self.kind = kind
+        cuda_graphs.run_forward(self, self.fwd_ops, self.GRAPH_LAYERS)
+
+    def step(self, op):
+        """Layer ``op.layer`` on the GEMM path, its scalars by value."""
+        self._fill(op.layer, 1, transpose=0, bias=True, slot=op.slot)
+        self.be.matmul(self.A, self.Zbuf[op.slot].T, self.H)
+        self.be.launch("vx_forward", self.P, self.threads,
+                       (self.H, self.A, self.xibuf, self.pf, self.pi, self.res, self.cp,
+                        self.cp_ls, i32(self.P), i32(self.N), i32(self.R), i32(op.layer),
+                        i32(self.kind), i32(self.has_bias), i32(op.record), i32(op.checkpoint),
+                        self.limit))  # fmt: skip
+
+    # -- the GEMM path's forward pass as replays of one captured body (cuda_graphs)
+
+    GRAPH_LAYERS = 64  # layers of the captured body
+
+    def graph_prepare(self):
+        self.tables = cuda_graphs.tables(self.be.xp, self.fwd_ops, self.L)
+
+    def graph_before(self, block):
+        """Nothing: a body draws its own Z^l and xi^l."""
+
+    def _fill_clocked(self, k):
+        """Z^l and xi^l of layer clock + k into slot 0: the bits of vx_fill_weights and
+        vx_fill_bias (the same counter, untransposed)."""
+        N, t = self.N, self.tables
+        self.be.launch("vx_fill_stream_clocked", fill_grid((N * N + 3) // 4), FILL_THREADS,
+                       (self.Zbuf[0], np.int64(N * N), t.clock, i32(k),
+                        np.uint32(rng.STREAM_WEIGHT), *self.keys))  # fmt: skip
+        if self.has_bias:
+            self.be.launch("vx_fill_stream64_clocked", fill_grid((N + 3) // 4), FILL_THREADS,
+                           (self.xibuf, np.int64(N), t.clock, i32(k),
+                            np.uint32(rng.STREAM_BIAS), *self.keys))  # fmt: skip
+
+    def graph_step(self, k):
+        """Layer clock + k of the captured body (slot 0: the forward pass keeps no Z^l)."""
+        t = self.tables
+        self._fill_clocked(k)
+        self.be.matmul(self.A, self.Zbuf[0].T, self.H)
+        self.be.launch("vx_forward_clocked", self.P, self.threads,
+                       (self.H, self.A, self.xibuf, self.pf, self.pi, self.res, self.cp,
+                        self.cp_ls, t.clock, t.rec, t.cpi, i32(k), i32(self.P), i32(self.N),
+                        i32(self.R), i32(self.kind), i32(self.has_bias),
+                        self.limit))  # fmt: skip
 
     def _fused_forward(self, kind):
         vectors = 6 if kind == layout.KIND_JVP else 4

@@ -19,23 +19,21 @@ a segment's Z^l kept when they fit, else drawn again): ``vx_residual_restart``
 (S1, phi, phi' of the checkpoint), ``vx_residual_recompute`` (phi'(hh^l) into
 D[j]) and ``vx_residual_backward`` after ``U = G Z^l``.
 
-The forward pass runs as replays of one captured body of ``GRAPH_LAYERS``
-layers (``cuda_graphs``): per layer ``vx_fill_stream_clocked`` (Z^l, the bits of
-``vx_fill_weights``), ``vx_fill_stream64_clocked`` (xi^l), the GEMM and
-``vx_residual_forward_clocked``, the layer read on the device; the layers after
-the last whole body run on the step path.
+The forward pass runs as replays of one captured body of ``Unit.GRAPH_LAYERS``
+layers (``cuda_graphs``), as the MLP's: per layer ``vx_fill_stream_clocked`` (Z^l,
+the bits of ``vx_fill_weights``), ``vx_fill_stream64_clocked`` (xi^l), the GEMM
+and ``vx_residual_forward_clocked``, the layer read on the device; the layers
+after the last whole body run on the step path.
 """
 
 import numpy as np
 
-from .. import rng
 from ..models import residual
 from . import base, cuda_graphs, layout
-from .cuda_backend import FILL_THREADS, fill_grid, i32
+from .cuda_backend import i32
 from .cuda_mlp import Unit
 
 ARCH = residual.ARCHITECTURE.name
-GRAPH_LAYERS = 64  # layers of the captured body (replayed floor(L / 64) times)
 
 
 class ResidualUnit(Unit):
@@ -56,7 +54,7 @@ class ResidualUnit(Unit):
                        (self.x1, self.x2, self.v0, self.S, self.T, self.A, self.pf, self.pi,
                         i32(P), i32(N), i32(self.jvp)))  # fmt: skip
         self.kind = kind
-        cuda_graphs.run_forward(self, self.fwd_ops, GRAPH_LAYERS)
+        cuda_graphs.run_forward(self, self.fwd_ops, self.GRAPH_LAYERS)
 
     def step(self, op):
         """Layer ``op.layer`` on the step path (its scalars by value)."""
@@ -69,22 +67,10 @@ class ResidualUnit(Unit):
                         i32(op.layer), i32(self.kind), i32(self.has_bias), i32(op.record),
                         i32(op.checkpoint), self.limit))  # fmt: skip
 
-    def graph_prepare(self):
-        self.tables = cuda_graphs.tables(self.be.xp, self.fwd_ops, self.L)
-
-    def graph_before(self, block):
-        """Nothing: a body draws its own Z^l and xi^l."""
-
     def graph_step(self, k):
         """Layer clock + k of the captured body (slot 0: the forward pass keeps no Z^l)."""
         P, N, t = self.P, self.N, self.tables
-        self.be.launch("vx_fill_stream_clocked", fill_grid((N * N + 3) // 4), FILL_THREADS,
-                       (self.Zbuf[0], np.int64(N * N), t.clock, i32(k),
-                        np.uint32(rng.STREAM_WEIGHT), *self.keys))  # fmt: skip
-        if self.has_bias:
-            self.be.launch("vx_fill_stream64_clocked", fill_grid((N + 3) // 4), FILL_THREADS,
-                           (self.xibuf, np.int64(N), t.clock, i32(k),
-                            np.uint32(rng.STREAM_BIAS), *self.keys))  # fmt: skip
+        self._fill_clocked(k)
         self.be.matmul(self.A, self.Zbuf[0].T, self.H)
         self.be.launch("vx_residual_forward_clocked", P, self.threads,
                        (self.H, self.S, self.T, self.A, self.xibuf, self.alpha, self.pf,
