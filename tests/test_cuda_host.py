@@ -619,6 +619,15 @@ def test_launch_shapes_and_kernels_used(host):
             assert smem == (40 * 40 + (6 if "forward" in name else 2) * 40) * 4, name
             assert (grid, block) == (P_rnn, 64), name
         seen.setdefault(name, {(grid, block, smem)})
+    for arch in ("mlp", "rnn", "gru", "lstm", "residual"):  # a captured body (cuda_graphs)
+        cfg65 = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"', width=8,
+                            depth=65, mode="both")  # fmt: skip
+        be = cuda_host.HostBackend("float32")
+        cuda_gpu.run_unit(cfg65, 8, 0, backend=be)
+        assert be.captures == 1, arch
+        for name, grid, block, smem in be.launches:
+            seen.setdefault(name, {(grid, block, smem)})
+    assert seen["vx_clock_advance"] == {(1, 32, 0)}
     engine_kernels = {k for k in cuda_sources.kernel_signatures(cuda_sources.program("float32"))
                       if not k.startswith("vx_probe")}  # fmt: skip
     assert set(seen) == engine_kernels
