@@ -102,3 +102,37 @@ VX_KERNEL void vx_grad_init(const real *gamma, real *G, double *pf, int *pi, dou
         vx_grad_init_point(blk, p, P, n, gamma, G + (long long)p * n, pf, pi, res, R, r);
     }
 }
+
+// ------------------------------------------------------------------ captured VJP segments
+// A full segment from layer start = clock[0] (cuda_graphs.run_backward), its checkpoint
+// ci = start / every - 1, its backward step to layer lm1 = start + step, recorded at rec[lm1].
+
+VX_KERNEL void vx_restart_clocked(const real *x1, const real *cp, const double *cp_ls, real *A1,
+                                  real *D, double *pf, const int *pi, const int *clock, int every,
+                                  int P, int n)
+{
+    const int ci = clock[0] / every - 1;
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        const real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        const double ls = ci >= 0 ? cp_ls[(long long)ci * P + p] : 0.0;
+        vx_restart_point(blk, p, P, n, x1, cprow, ls, A1 + p * row, D + p * row, pf, pi);
+    }
+}
+
+VX_KERNEL void vx_backward_clocked(real *G, const real *U, const real *D, double *pf, int *pi,
+                                   double *res, const int *clock, const int *rec, int step, int P,
+                                   int n, int R, int j)
+{
+    const int lm1 = clock[0] + step;
+    const int r = rec[lm1];
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        vx_backward_point(blk, p, P, n, lm1, G + p * row, U + p * row,
+                          D + ((long long)j * P + p) * row, pf, pi, res, R, r);
+    }
+}

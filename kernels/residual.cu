@@ -198,7 +198,7 @@ VX_KERNEL void vx_residual_forward_clocked(const real *H, real *S, real *T, real
 
 // A VJP segment's start from checkpoint ci (ci < 0: the input x1, log-scale 0):
 // S1 = hh, A1 = phi(hh), D[0] = phi'(hh), pf[F_LSR] = its log-scale.
-VX_KERNEL void vx_residual_restart(const real *x1, const real *cp, const double *cp_ls, real *S1,
+VX_FN void vx_residual_restart_all(const real *x1, const real *cp, const double *cp_ls, real *S1,
                                    real *A1, real *D, double *pf, const int *pi, int P, int n,
                                    int ci)
 {
@@ -273,7 +273,7 @@ VX_KERNEL void vx_residual_recompute(const real *H1, real *S1, real *A1, real *D
 
 // Backprop step layer -> layer - 1 of every point after U = G Z (U[p] = Z^T g_p):
 // g <- g + (alpha phi'(hh^{l-1})) (s u), renormalised, log |g|^2 accumulated (at l - 1).
-VX_KERNEL void vx_residual_backward(real *G, const real *U, const real *D, const double *alpha,
+VX_FN void vx_residual_backward_all(real *G, const real *U, const real *D, const double *alpha,
                                     double *pf, int *pi, double *res, int P, int n, int R, int j,
                                     int lm1, int r)
 {
@@ -315,4 +315,37 @@ VX_KERNEL void vx_residual_backward(real *G, const real *U, const real *D, const
         }
         blk.sync();
     }
+}
+
+VX_KERNEL void vx_residual_restart(const real *x1, const real *cp, const double *cp_ls, real *S1,
+                                   real *A1, real *D, double *pf, const int *pi, int P, int n,
+                                   int ci)
+{
+    vx_residual_restart_all(x1, cp, cp_ls, S1, A1, D, pf, pi, P, n, ci);
+}
+
+VX_KERNEL void vx_residual_backward(real *G, const real *U, const real *D, const double *alpha,
+                                    double *pf, int *pi, double *res, int P, int n, int R, int j,
+                                    int lm1, int r)
+{
+    vx_residual_backward_all(G, U, D, alpha, pf, pi, res, P, n, R, j, lm1, r);
+}
+
+// A full captured VJP segment from layer clock[0] (cuda_graphs.run_backward): the restart from
+// checkpoint clock[0] / every - 1, the backward step to lm1 = clock[0] + step (rec[lm1]).
+VX_KERNEL void vx_residual_restart_clocked(const real *x1, const real *cp, const double *cp_ls,
+                                           real *S1, real *A1, real *D, double *pf,
+                                           const int *pi, const int *clock, int every, int P,
+                                           int n)
+{
+    vx_residual_restart_all(x1, cp, cp_ls, S1, A1, D, pf, pi, P, n, clock[0] / every - 1);
+}
+
+VX_KERNEL void vx_residual_backward_clocked(real *G, const real *U, const real *D,
+                                            const double *alpha, double *pf, int *pi, double *res,
+                                            const int *clock, const int *rec, int step, int P,
+                                            int n, int R, int j)
+{
+    const int lm1 = clock[0] + step;
+    vx_residual_backward_all(G, U, D, alpha, pf, pi, res, P, n, R, j, lm1, rec[lm1]);
 }

@@ -27,6 +27,7 @@ from vxsim.engines import (
     cuda_mlp,
     cuda_rnn,
     numpy_ref,
+    schedule,
     strict_arrays,
 )
 from vxsim.errors import ConfigError, VxsimError
@@ -36,7 +37,13 @@ ARCHS = ("mlp", "rnn", "gru", "lstm", "residual")
 CLOCKED = {"mlp": "vx_forward_clocked", "rnn": "vx_elman_forward_clocked",
            "gru": "vx_gru_forward_clocked", "lstm": "vx_lstm_forward_clocked",
            "residual": "vx_residual_forward_clocked"}  # fmt: skip
+# VJP segments captured and replayed (the gated RNNs' backward pass is stepped)
+SEGMENT_CLOCKED = {"mlp": "vx_backward_clocked", "rnn": "vx_backward_clocked",
+                   "residual": "vx_residual_backward_clocked"}  # fmt: skip
 DEPTH = 70  # one body of 64 steps replayed, 6 steps on the step path (drive block 2)
+# checkpoints every 9: segments from 63 (7 layers, stepped), 54 .. 9 (six replays of the
+# captured segment) and 0 (from the input: stepped)
+FULL_SEGMENTS = 6
 assert gates.DRIVE_BLOCK == cuda_mlp.Unit.GRAPH_LAYERS == 64
 
 
@@ -71,12 +78,16 @@ def graph_and_steps(arch, precision, mode, backend, width=6, sample=1, **kw):
     """(graph path, step path) results of one unit; checks that the graph was replayed."""
     before = backend.captures
     graph = run(graph_config(arch, precision, mode, **kw), width, sample, backend)
-    assert backend.captures == before + 1
+    segments = mode != "jvp" and arch in SEGMENT_CLOCKED
+    assert backend.captures == before + 1 + segments
     names = [name for name, *_ in backend.launches]
-    assert names.count(CLOCKED[arch]) == 64 and names.count("vx_clock_advance") == 1
+    assert names.count(CLOCKED[arch]) == 64
+    assert names.count("vx_clock_advance") == 1 + FULL_SEGMENTS * segments
+    if segments:
+        assert names.count(SEGMENT_CLOCKED[arch]) == 9 * FULL_SEGMENTS
     steps = run(graph_config(arch, precision, mode, graphs="off", **kw), width, sample, backend)
-    assert backend.captures == before + 1
-    assert CLOCKED[arch] not in {name for name, *_ in backend.launches}
+    assert backend.captures == before + 1 + segments
+    assert not {CLOCKED[arch], "vx_clock_advance"} & {name for name, *_ in backend.launches}
     return graph, steps
 
 
@@ -253,3 +264,21 @@ def test_gemm_operands_are_cupys(dtype):
         np.testing.assert_allclose(out, a @ b, rtol=1e-5 if dtype == np.float32 else 1e-12)
     with pytest.raises(ValueError, match="contiguous"):
         cuda_backend.gemm_operands(A[:, ::2], W[: N // 2 + 1], np.zeros((3 * P, N), dtype))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "rnn", "residual"])
+def test_captured_segments_of_every_spacing(host, arch, monkeypatch):
+    """Checkpoints every 1 (a segment is a restart and one backward step), every 5 with
+    the depth a multiple of it (no partial top segment), and segments whose Z^l are drawn
+    again for every backward step (schedule.ZSTORE_BYTES = 0: draw flags all set)."""
+    be = host["float64"]
+    for checkpoint, depth, zstore in ((1, 12, None), (5, 30, None), (4, 21, 0)):
+        if zstore is not None:
+            monkeypatch.setattr(schedule, "ZSTORE_BYTES", zstore)
+        before = be.captures
+        kw = dict(mode="vjp", depth=depth, checkpoint=checkpoint)
+        got = run(graph_config(arch, "float64", **kw), 5, 0, be)
+        assert be.captures == before + 1  # the segments' graph (no whole forward body)
+        assert_bits(got, run(graph_config(arch, "float64", graphs="off", **kw), 5, 0, be))
+        want = numpy_ref.run_unit(graph_config(arch, "float64", **kw), 5, 0)
+        assert_same(got, want, TOL["float64"], (arch, checkpoint))

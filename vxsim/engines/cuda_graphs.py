@@ -18,6 +18,15 @@ widths) is captured by value. The steps after the last whole body, and any
 unit whose schedule is irregular (a forward pass that keeps Z^l per layer),
 run on the step path, their scalars passed by value.
 
+The VJP's backward pass likewise (``run_backward``; Elman, the MLP's GEMM path,
+the residual net): its full segments (from a checkpoint, ``every`` layers:
+restart, every - 1 recomputed layers, every backward steps) are all alike up to
+their start, so one is captured with ``clock[0]`` = its start (the checkpoint
+read is clock / every - 1, the backward step to layer clock + i records at
+rec[clock + i]) and replayed for each, the clock going down by ``every``; the
+top segment (shorter where every does not divide L) and the first (from the
+input, no backward step to layer 1) run on the step path.
+
 ``engine.cuda_graphs`` (config): ``"auto"`` (default) and ``"on"`` capture where
 a whole body fits in the depth; ``"off"`` runs the step path. On a GPU a capture
 that raises is, with "auto", one warning line and the step path (a sweep goes
@@ -31,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import VxsimError
+from . import schedule
 from .cuda_backend import i32
 
 log = logging.getLogger("vxsim")
@@ -118,3 +128,58 @@ def run_forward(unit, ops, steps):
         unit.be.replay(graph)
     for op in ops[full * steps :]:
         unit.step(op)
+
+
+def segments(ops):
+    """``schedule.backward_ops`` cut at each Restart: the segments, last first."""
+    out = []
+    for op in ops:
+        if isinstance(op, schedule.Restart):
+            out.append([op])
+        else:
+            out[-1].append(op)
+    return out
+
+
+def full_segments(config, segs, every):
+    """Indices of the segments a captured body replays: from a checkpoint, ``every`` layers
+    (restart, every - 1 recomputations, every backward steps); none with fewer than two."""
+    if mode(config) == "off":
+        return []
+    full = [i for i, seg in enumerate(segs) if seg[0].start >= 1 and len(seg) == 2 * every]
+    return full if len(full) >= 2 else []
+
+
+def run_backward(unit, ops, every):
+    """The backward ``ops`` with their full segments as replays of one captured segment.
+
+    ``unit`` provides ``segment_prepare(start)`` (buffers, ``unit.seg_clock`` at the first
+    full segment's start: before the capture), ``segment_before(start)`` (direct launches
+    before a replay: the RNNs' drives), ``segment_op(op, start)`` (an op of the captured
+    segment from ``start``, its layers read as offsets from the clock) and
+    ``backward_op(op)`` (an op with its scalars by value).
+    """
+    segs = segments(ops)
+    full = full_segments(unit.config, segs, every)
+    graph = None
+    if full:
+        template = segs[full[0]]
+        start = template[0].start
+        assert [segs[i][0].start for i in full] == list(range(start, 0, -every))[: len(full)]
+        unit.segment_prepare(start)
+        be = unit.be
+
+        def body():
+            for op in template:
+                unit.segment_op(op, start)
+            be.launch("vx_clock_advance", 1, CLOCK_THREADS, (unit.seg_clock, i32(-every)))
+
+        graph = capture(be, body, required=mode(unit.config) == "on")
+    replayed = set(full) if graph is not None else set()
+    for i, seg in enumerate(segs):
+        if i in replayed:
+            unit.segment_before(seg[0].start)
+            unit.be.replay(graph)
+        else:
+            for op in seg:
+                unit.backward_op(op)

@@ -217,22 +217,22 @@ class Unit(Pass):
     def graph_before(self, block):
         """Nothing: a body draws its own Z^l and xi^l."""
 
-    def _fill_clocked(self, k):
-        """Z^l and xi^l of layer clock + k into slot 0: the bits of vx_fill_weights and
+    def _fill_clocked(self, clock, k, slot=0, bias=True):
+        """Z^l (and xi^l) of layer clock + k into ``slot``: the bits of vx_fill_weights and
         vx_fill_bias (the same counter, untransposed)."""
-        N, t = self.N, self.tables
+        N = self.N
         self.be.launch("vx_fill_stream_clocked", fill_grid((N * N + 3) // 4), FILL_THREADS,
-                       (self.Zbuf[0], np.int64(N * N), t.clock, i32(k),
+                       (self.Zbuf[slot], np.int64(N * N), clock, i32(k),
                         np.uint32(rng.STREAM_WEIGHT), *self.keys))  # fmt: skip
-        if self.has_bias:
+        if bias and self.has_bias:
             self.be.launch("vx_fill_stream64_clocked", fill_grid((N + 3) // 4), FILL_THREADS,
-                           (self.xibuf, np.int64(N), t.clock, i32(k),
+                           (self.xibuf, np.int64(N), clock, i32(k),
                             np.uint32(rng.STREAM_BIAS), *self.keys))  # fmt: skip
 
     def graph_step(self, k):
         """Layer clock + k of the captured body (slot 0: the forward pass keeps no Z^l)."""
         t = self.tables
-        self._fill_clocked(k)
+        self._fill_clocked(t.clock, k)
         self.be.matmul(self.A, self.Zbuf[0].T, self.H)
         self.be.launch("vx_forward_clocked", self.P, self.threads,
                        (self.H, self.A, self.xibuf, self.pf, self.pi, self.res, self.cp,
@@ -291,13 +291,53 @@ class Unit(Pass):
                 for chunk in chunks(run, self.chunk):
                     self._fused_ops(chunk)
             return
-        for op in ops:
-            if isinstance(op, schedule.Restart):
-                self._restart(op.checkpoint)
-            elif isinstance(op, schedule.Recompute):
-                self._recompute(op)
-            else:
-                self._backward(op)
+        cuda_graphs.run_backward(self, ops, self.plan.every)
+
+    def backward_op(self, op):
+        """One operation of the backward pass on the GEMM path, its scalars by value."""
+        if isinstance(op, schedule.Restart):
+            self._restart(op.checkpoint)
+        elif isinstance(op, schedule.Recompute):
+            self._recompute(op)
+        else:
+            self._backward(op)
+
+    # -- the GEMM path's full VJP segments as replays of one captured segment (cuda_graphs)
+
+    def segment_prepare(self, start):
+        self.seg_clock = self.be.xp.asarray(np.array([start], dtype=np.int32))
+
+    def segment_before(self, start):
+        """Nothing: a segment draws its own Z^l."""
+
+    def segment_op(self, op, start):
+        """``op`` of the captured segment from layer clock = ``start``."""
+        P, N, c = self.P, self.N, self.seg_clock
+        if isinstance(op, schedule.Restart):
+            self.be.launch("vx_restart_clocked", P, self.threads,
+                           (self.x1, self.cp, self.cp_ls, self.A[:P], self.D, self.pf, self.pi,
+                            c, i32(self.plan.every), i32(P), i32(N)))  # fmt: skip
+        elif isinstance(op, schedule.Recompute):
+            j = op.layer - start
+            A1, H1 = self.A[:P], self.H[:P]
+            self._fill_clocked(c, j, op.slot, bias=True)
+            self.be.matmul(A1, self.Zbuf[op.slot].T, H1)
+            self.be.launch("vx_recompute", P, self.threads,
+                           (H1, A1, self.D, self.xibuf, self.pf, self.pi, i32(P), i32(N), i32(j),
+                            i32(self.has_bias)))  # fmt: skip
+        else:
+            j = op.layer - 1 - start
+            if op.draw:
+                self._fill_clocked(c, j + 1, op.slot, bias=False)
+            self.be.matmul(self.G, self.Zbuf[op.slot], self.U)
+            self._backward_clocked(j)
+
+    def _backward_clocked(self, j):
+        """The backward step to layer clock + j (phi' from D[j])."""
+        self.be.launch("vx_backward_clocked", self.P, self.threads,
+                       (self.G, self.U, self.D, self.pf, self.pi, self.res, self.seg_clock,
+                        self.rec_d, i32(j), i32(self.P), i32(self.N), i32(self.R),
+                        i32(j)))  # fmt: skip
 
     def _restart(self, ci):
         self.be.launch(

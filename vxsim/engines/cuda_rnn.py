@@ -172,12 +172,16 @@ class _Unit(Pass):
         """``schedule.backward_ops`` after the seed: Restart, Recompute, Backward lowered."""
         self.seed()
         for op in schedule.backward_ops(self.L, self.plan, self.rec):
-            if isinstance(op, schedule.Restart):
-                self.restart(op)
-            elif isinstance(op, schedule.Recompute):
-                self.recompute(op.layer, op.layer - op.start - 1)
-            else:
-                self.backward_step(op)
+            self.backward_op(op)
+
+    def backward_op(self, op):
+        """One operation of the backward pass, its scalars by value."""
+        if isinstance(op, schedule.Restart):
+            self.restart(op)
+        elif isinstance(op, schedule.Recompute):
+            self.recompute(op.layer, op.layer - op.start - 1)
+        else:
+            self.backward_step(op)
 
 
 class ElmanUnit(_Unit):
@@ -215,6 +219,52 @@ class ElmanUnit(_Unit):
                      self.cp, self.cp_ls, t.clock, t.rec, t.cpi, i32(k), i32(self.P),
                      i32(self.N), i32(self.R), i32(self.kind), i32(self.has_bias),
                      self.limit))  # fmt: skip
+
+    # -- the VJP: full segments as replays of one captured segment (cuda_graphs)
+
+    def backward(self):
+        self.seed()
+        ops = schedule.backward_ops(self.L, self.plan, self.rec)
+        cuda_graphs.run_backward(self, ops, self.plan.every)
+
+    def segment_prepare(self, start):
+        xp = self.be.xp
+        self.seg_clock = xp.asarray(np.array([start], dtype=np.int32))
+        self.rec_d = xp.asarray(self.rec.astype(np.int32))
+        self.Dseg = xp.empty((max(1, self.plan.every - 1), self.N))
+
+    def segment_before(self, start):
+        """The drives of the segment's recomputed layers start+1 .. start+every-1 into Dseg,
+        copied (a few contiguous runs) from the drive blocks the step path computes."""
+        K, stop = gates.DRIVE_BLOCK, start + self.plan.every
+        t = start + 1
+        while t < stop:
+            self.drive(t)  # its block computed (or kept)
+            r0 = (t - 1) % K
+            n = min(K - r0, stop - t)
+            self.Dseg[t - start - 1 : t - start - 1 + n] = self.drives[(t - 1) // K][r0 : r0 + n]
+            t += n
+
+    def segment_op(self, op, start):
+        """``op`` of the captured segment from layer clock = ``start``."""
+        P, N, c = self.P, self.N, self.seg_clock
+        if isinstance(op, schedule.Restart):
+            self.launch("vx_restart_clocked",
+                        (self.x1, self.cp, self.cp_ls, self.A[:P], self.D, self.pf, self.pi, c,
+                         i32(self.plan.every), i32(P), i32(N)))  # fmt: skip
+        elif isinstance(op, schedule.Recompute):
+            j = op.layer - start - 1
+            A1, H1 = self.A[:P], self.H[:P]
+            self.be.matmul(A1, self.W.T, H1)
+            self.launch("vx_elman_recompute",
+                        (H1, A1, self.D, self.xi, self.Dseg[j], self.su, self.pf, self.pi,
+                         i32(P), i32(N), i32(j + 1), i32(self.has_bias)))  # fmt: skip
+        else:
+            j = op.layer - 1 - start
+            self.be.matmul(self.G, self.W, self.U)
+            self.launch("vx_backward_clocked",
+                        (self.G, self.U, self.D, self.pf, self.pi, self.res, c, self.rec_d,
+                         i32(j), i32(P), i32(N), i32(self.R), i32(j)))  # fmt: skip
 
     def seed(self):
         self.launch("vx_grad_init",
