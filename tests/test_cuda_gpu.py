@@ -291,7 +291,8 @@ def test_persistent_elman_and_residual_epilogue_on_the_device():
 
 
 def test_cuda_graphs_on_the_device():
-    """The forward step loops as one captured CUDA Graph replayed (engines.cuda_graphs):
+    """The forward step loops, and the VJP's full segments, as captured CUDA Graphs
+    replayed (engines.cuda_graphs):
     the capture succeeds (engine.cuda_graphs = "on" raises where it does not), cuBLAS is
     called inside it through ctypes with cupy.matmul's own arguments, so the graph path
     gives the step path's bits for Elman, GRU, LSTM and the residual net, float32, tf32
@@ -305,10 +306,12 @@ def test_cuda_graphs_on_the_device():
                 cfg = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"',
                                   f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]", "engine.checkpoint=11",
                                   f'engine.cuda_graphs="{graphs}"', width=96, depth=130,
-                                  precision=precision)  # fmt: skip
+                                  precision=precision, sw2="[0.5, 1.0, 2.0]")  # fmt: skip
                 before = be.captures
                 got[graphs] = cuda_gpu.run_unit(cfg, 96, 1)
-                assert be.captures == before + (graphs == "on"), (arch, precision, graphs)
+                # the forward body, and the VJP's segments (but the gated RNNs')
+                captures = (graphs == "on") * (1 + (arch in ("rnn", "residual")))
+                assert be.captures == before + captures, (arch, precision, graphs)
             for key in got["off"]:
                 np.testing.assert_array_equal(got["on"][key], got["off"][key],
                                               err_msg=f"{arch} {precision} {key}")  # fmt: skip
