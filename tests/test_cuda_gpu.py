@@ -306,7 +306,7 @@ def test_cuda_graphs_on_the_device():
                 cfg = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"',
                                   f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]", "engine.checkpoint=11",
                                   f'engine.cuda_graphs="{graphs}"', width=96, depth=130,
-                                  precision=precision, sw2="[0.5, 1.0, 2.0]")  # fmt: skip
+                                  precision=precision, sw2="[0.5, 1.0]")  # fmt: skip
                 before = be.captures
                 got[graphs] = cuda_gpu.run_unit(cfg, 96, 1)
                 # the forward body, and the VJP's segments (but the gated RNNs')
@@ -315,7 +315,8 @@ def test_cuda_graphs_on_the_device():
             for key in got["off"]:
                 np.testing.assert_array_equal(got["on"][key], got["off"][key],
                                               err_msg=f"{arch} {precision} {key}")  # fmt: skip
-            if precision == "float64":
+            if precision == "float64":  # (sigma_w2 <= 1: not chaotic over 130 steps, where
+                # the oracle's 1e-8 would measure the amplified rounding, not the kernels)
                 assert_same(got["on"], numpy_ref.run_unit(cfg, 96, 1), TOL[precision], arch)
 
 
