@@ -629,7 +629,7 @@ VX_KERNEL void vx_gru_cot_gates(real *G, const real *U1, real *GRZ, const real *
 // The end of a backward step to layer lm1 (G rows of sn reals, U = (GA Z) rows of n):
 //   g_h <- s U (add = 0) or g_h + s U (add = 1); g renormalised over its sn entries,
 //   log |g|^2 accumulated (recorded at r); a non-finite sum collapses the point.
-VX_KERNEL void vx_rnn_cot_finish(real *G, const real *U, double *pf, int *pi, double *res, int P,
+VX_FN void vx_rnn_cot_finish_all(real *G, const real *U, double *pf, int *pi, double *res, int P,
                                  int n, int sn, int add, int R, int lm1, int r)
 {
     VX_POINTS(blk)
@@ -667,6 +667,42 @@ VX_KERNEL void vx_rnn_cot_finish(real *G, const real *U, double *pf, int *pi, do
                 res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
         }
         blk.sync();
+    }
+}
+
+VX_KERNEL void vx_rnn_cot_finish(real *G, const real *U, double *pf, int *pi, double *res, int P,
+                                 int n, int sn, int add, int R, int lm1, int r)
+{
+    vx_rnn_cot_finish_all(G, U, pf, pi, res, P, n, sn, add, R, lm1, r);
+}
+
+// ------------------------------------------------------------------ captured VJP segments
+// A full segment of a gated RNN from layer start = clock[0] (cuda_graphs.run_backward).
+
+// vx_rnn_cot_finish of the backward step to lm1 = clock[0] + step, recorded at rec[lm1].
+VX_KERNEL void vx_rnn_cot_finish_clocked(real *G, const real *U, double *pf, int *pi, double *res,
+                                         const int *clock, const int *rec, int step, int P,
+                                         int n, int sn, int add, int R)
+{
+    const int lm1 = clock[0] + step;
+    vx_rnn_cot_finish_all(G, U, pf, pi, res, P, n, sn, add, R, lm1, rec[lm1]);
+}
+
+// The segment's first states: checkpoint ci = clock[0] / every - 1 of h (and, states = 2,
+// of c) copied into sh (sc), P n elements each (grid-stride, any launch shape).
+VX_KERNEL void vx_rnn_restart_clocked(real *sh, real *sc, const real *cph, const real *cpc,
+                                      const int *clock, int every, int states, int P, int n)
+{
+    const long long count = (long long)P * n;
+    const long long at = (long long)(clock[0] / every - 1) * count;
+    VX_BLOCKS(blk)
+    {
+        VX_GRID_FOR(e, blk, count)
+        {
+            sh[e] = cph[at + e];
+            if (states == 2)
+                sc[e] = cpc[at + e];
+        }
     }
 }
 

@@ -309,8 +309,7 @@ def test_cuda_graphs_on_the_device():
                                   precision=precision, sw2="[0.5, 1.0]")  # fmt: skip
                 before = be.captures
                 got[graphs] = cuda_gpu.run_unit(cfg, 96, 1)
-                # the forward body, and the VJP's segments (but the gated RNNs')
-                captures = (graphs == "on") * (1 + (arch in ("rnn", "residual")))
+                captures = 2 * (graphs == "on")  # the forward body, the VJP's segments
                 assert be.captures == before + captures, (arch, precision, graphs)
             for key in got["off"]:
                 np.testing.assert_array_equal(got["on"][key], got["off"][key],

@@ -37,8 +37,9 @@ ARCHS = ("mlp", "rnn", "gru", "lstm", "residual")
 CLOCKED = {"mlp": "vx_forward_clocked", "rnn": "vx_elman_forward_clocked",
            "gru": "vx_gru_forward_clocked", "lstm": "vx_lstm_forward_clocked",
            "residual": "vx_residual_forward_clocked"}  # fmt: skip
-# VJP segments captured and replayed (the gated RNNs' backward pass is stepped)
+# the last launch of a captured VJP segment's backward step
 SEGMENT_CLOCKED = {"mlp": "vx_backward_clocked", "rnn": "vx_backward_clocked",
+                   "gru": "vx_rnn_cot_finish_clocked", "lstm": "vx_rnn_cot_finish_clocked",
                    "residual": "vx_residual_backward_clocked"}  # fmt: skip
 DEPTH = 70  # one body of 64 steps replayed, 6 steps on the step path (drive block 2)
 # checkpoints every 9: segments from 63 (7 layers, stepped), 54 .. 9 (six replays of the
@@ -78,7 +79,7 @@ def graph_and_steps(arch, precision, mode, backend, width=6, sample=1, **kw):
     """(graph path, step path) results of one unit; checks that the graph was replayed."""
     before = backend.captures
     graph = run(graph_config(arch, precision, mode, **kw), width, sample, backend)
-    segments = mode != "jvp" and arch in SEGMENT_CLOCKED
+    segments = mode != "jvp"
     assert backend.captures == before + 1 + segments
     names = [name for name, *_ in backend.launches]
     assert names.count(CLOCKED[arch]) == 64
@@ -131,8 +132,10 @@ def test_two_replays_and_no_remainder(host):
 def test_short_sequences_stay_on_the_step_path(host):
     be = host["float64"]
     before = be.captures
-    run(graph_config("lstm", depth=63), 5, 0, be)
-    assert be.captures == before
+    run(graph_config("lstm", mode="jvp", depth=63), 5, 0, be)
+    assert be.captures == before  # no whole forward body
+    run(graph_config("lstm", mode="vjp", depth=63, checkpoint=30), 5, 0, be)
+    assert be.captures == before  # segments from 60 (3 layers), 30 and 0: one full segment
 
 
 class ByValueElman(cuda_rnn.ElmanUnit):
@@ -266,7 +269,7 @@ def test_gemm_operands_are_cupys(dtype):
         cuda_backend.gemm_operands(A[:, ::2], W[: N // 2 + 1], np.zeros((3 * P, N), dtype))
 
 
-@pytest.mark.parametrize("arch", ["mlp", "rnn", "residual"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_captured_segments_of_every_spacing(host, arch, monkeypatch):
     """Checkpoints every 1 (a segment is a restart and one backward step), every 5 with
     the depth a multiple of it (no partial top segment), and segments whose Z^l are drawn

@@ -18,12 +18,13 @@ widths) is captured by value. The steps after the last whole body, and any
 unit whose schedule is irregular (a forward pass that keeps Z^l per layer),
 run on the step path, their scalars passed by value.
 
-The VJP's backward pass likewise (``run_backward``; Elman, the MLP's GEMM path,
-the residual net): its full segments (from a checkpoint, ``every`` layers:
+The VJP's backward pass likewise (``run_backward``; Elman, GRU, LSTM, the MLP's
+GEMM path, the residual net): its full segments (from a checkpoint, ``every`` layers:
 restart, every - 1 recomputed layers, every backward steps) are all alike up to
 their start, so one is captured with ``clock[0]`` = its start (the checkpoint
 read is clock / every - 1, the backward step to layer clock + i records at
-rec[clock + i]) and replayed for each, the clock going down by ``every``; the
+rec[clock + i]; the RNNs' drives of its layers copied before each replay into a
+fixed buffer) and replayed for each, the clock going down by ``every``; the
 top segment (shorter where every does not divide L) and the first (from the
 input, no backward step to layer 1) run on the step path.
 

@@ -164,6 +164,26 @@ class _Unit(Pass):
     def graph_before(self, block):
         self.drive_block(block, self.Xg, self.Dg)
 
+    # -- the VJP's full segments as replays of one captured segment (cuda_graphs)
+
+    def segment_prepare(self, start):
+        xp = self.be.xp
+        self.seg_clock = xp.asarray(np.array([start], dtype=np.int32))
+        self.rec_d = xp.asarray(self.rec.astype(np.int32))
+        self.Dseg = xp.empty((self.plan.every, self.GATES * self.N))
+
+    def segment_before(self, start):
+        """The drives of the segment's layers start+1 .. start+every into Dseg, copied (a few
+        contiguous runs) from the drive blocks the step path computes."""
+        K, stop = gates.DRIVE_BLOCK, start + self.plan.every + 1
+        t = start + 1
+        while t < stop:
+            self.drive(t)  # its block computed (or kept)
+            r0 = (t - 1) % K
+            n = min(K - r0, stop - t)
+            self.Dseg[t - start - 1 : t - start - 1 + n] = self.drives[(t - 1) // K][r0 : r0 + n]
+            t += n
+
     def launch(self, name, args, grid=None, smem=0):
         """A per-point kernel: one block per grid point."""
         self.be.launch(name, grid or self.P, self.threads, args, smem=smem)
@@ -220,30 +240,11 @@ class ElmanUnit(_Unit):
                      i32(self.N), i32(self.R), i32(self.kind), i32(self.has_bias),
                      self.limit))  # fmt: skip
 
-    # -- the VJP: full segments as replays of one captured segment (cuda_graphs)
-
     def backward(self):
+        """The seed, then the VJP with its full segments replayed (cuda_graphs)."""
         self.seed()
         ops = schedule.backward_ops(self.L, self.plan, self.rec)
         cuda_graphs.run_backward(self, ops, self.plan.every)
-
-    def segment_prepare(self, start):
-        xp = self.be.xp
-        self.seg_clock = xp.asarray(np.array([start], dtype=np.int32))
-        self.rec_d = xp.asarray(self.rec.astype(np.int32))
-        self.Dseg = xp.empty((max(1, self.plan.every - 1), self.N))
-
-    def segment_before(self, start):
-        """The drives of the segment's recomputed layers start+1 .. start+every-1 into Dseg,
-        copied (a few contiguous runs) from the drive blocks the step path computes."""
-        K, stop = gates.DRIVE_BLOCK, start + self.plan.every
-        t = start + 1
-        while t < stop:
-            self.drive(t)  # its block computed (or kept)
-            r0 = (t - 1) % K
-            n = min(K - r0, stop - t)
-            self.Dseg[t - start - 1 : t - start - 1 + n] = self.drives[(t - 1) // K][r0 : r0 + n]
-            t += n
 
     def segment_op(self, op, start):
         """``op`` of the captured segment from layer clock = ``start``."""
@@ -416,7 +417,38 @@ class _GatedUnit(_Unit):
         j = op.layer - op.start - 1
         if j not in self.done:  # the segment's last step: its pre-activations first
             self.recompute(op.layer, j)
-        self.cotangent(op, j)
+        self.cotangent(j, lambda U, add: self.finish(U, add, op))
+
+    def backward(self):
+        """The seed, then the VJP with its full segments replayed (cuda_graphs)."""
+        self.seed()
+        ops = schedule.backward_ops(self.L, self.plan, self.rec)
+        cuda_graphs.run_backward(self, ops, self.plan.every)
+
+    def segment_op(self, op, start):
+        """``op`` of the captured segment from layer clock = ``start`` (the drives of its
+        layers in Dseg; which steps are recomputed is the same in every full segment)."""
+        P, N, c = self.P, self.N, self.seg_clock
+        if isinstance(op, schedule.Restart):
+            S0 = [S[0] for S in self.S]
+            self.be.launch("vx_rnn_restart_clocked", fill_grid(P * N), FILL_THREADS,
+                           (S0[0], S0[-1], self.cp[0], self.cp[-1], c, i32(self.plan.every),
+                            i32(self.STATES), i32(P), i32(N)))  # fmt: skip
+            self.done = set()
+            return
+        j = op.layer - start - 1
+        if j not in self.done:
+            self.advance(op.layer, j, self.Dseg[j])
+            self.done.add(j)
+        if isinstance(op, schedule.Backward):
+            self.cotangent(j, lambda U, add: self.finish_clocked(U, add, j))
+
+    def finish_clocked(self, U, add, step):
+        """vx_rnn_cot_finish of the captured segment's step to layer clock + step."""
+        self.launch("vx_rnn_cot_finish_clocked",
+                    (self.G, U, self.pf, self.pi, self.res, self.seg_clock, self.rec_d,
+                     i32(step), i32(self.P), i32(self.N), i32(self.STATES * self.N), i32(add),
+                     i32(self.R)))  # fmt: skip
 
     def finish(self, U, add, op):
         self.launch("vx_rnn_cot_finish",
@@ -462,20 +494,21 @@ class LstmUnit(_GatedUnit):
                      i32(self.P), i32(self.N), i32(self.R), i32(self.kind),
                      self.limit))  # fmt: skip
 
-    def advance(self, layer, j):
+    def advance(self, layer, j, drive=None):
         SH, SC = self.S
         H1 = self.H[: self.P]
+        drive = self.drive(layer) if drive is None else drive
         self.be.matmul(SH[j], self.W.T, H1)
         self.launch("vx_lstm_recompute",
-                    (H1, SC[j], self.PA[j], SH[j + 1], SC[j + 1], self.xi, self.drive(layer),
+                    (H1, SC[j], self.PA[j], SH[j + 1], SC[j + 1], self.xi, drive,
                      self.su, self.shift, self.pf, self.pi, i32(self.P), i32(self.N)))  # fmt: skip
 
-    def cotangent(self, op, j):
+    def cotangent(self, j, finish):
         self.launch("vx_lstm_cot_gates",
                     (self.G, self.GA, self.S[1][j], self.PA[j], self.pf, self.pi, i32(self.P),
                      i32(self.N)))  # fmt: skip
         self.be.matmul(self.GA, self.W, self.U)
-        self.finish(self.U, 0, op)
+        finish(self.U, 0)
 
 
 class GruUnit(_GatedUnit):
@@ -527,18 +560,18 @@ class GruUnit(_GatedUnit):
                      self.cp[0], t.clock, t.rec, t.cpi, i32(k), i32(P), i32(self.N),
                      i32(self.R), i32(self.kind), self.limit))  # fmt: skip
 
-    def advance(self, layer, j):
+    def advance(self, layer, j, drive=None):
         P = self.P
         (SH,) = self.S
         H1, M, H2 = self.H1[:P], self.M[:P], self.H2[:P]
-        drive = self.drive(layer)
+        drive = self.drive(layer) if drive is None else drive
         self._gates(H1, SH[j], M, drive, 1, layout.KIND_FWD)
         self.be.matmul(M, self.W_n.T, H2)
         self.launch("vx_gru_recompute",
                     (H1, H2, SH[j], self.PA[j], SH[j + 1], self.xi, drive, self.su, self.pf,
                      self.pi, i32(P), i32(self.N)))  # fmt: skip
 
-    def cotangent(self, op, j):
+    def cotangent(self, j, finish):
         P, N = self.P, self.N
         (SH,) = self.S
         self.launch(
@@ -549,7 +582,7 @@ class GruUnit(_GatedUnit):
                     (self.G, self.U1, self.GRZ, SH[j], self.PA[j], self.pf, self.pi, i32(P),
                      i32(N)))  # fmt: skip
         self.be.matmul(self.GRZ, self.W_rz, self.U2)
-        self.finish(self.U2, 1, op)
+        finish(self.U2, 1)
 
 
 # The unit of each recurrent architecture, by the model whose step it implements.
