@@ -658,12 +658,17 @@ def test_mlp_unit_lowers_the_schedule(host, monkeypatch):
     unit.run()
     names = [name for name, *_ in be.launches]
     assert names.count("vx_forward") == L
-    assert names.count("vx_restart") == count[schedule.Restart]
-    assert names.count("vx_recompute") == count[schedule.Recompute]
-    assert names.count("vx_backward") == count[schedule.Backward]
+    # (segments 8-12 and 4-8 replayed as a captured graph: their kernels read the layer on
+    # the device, the _clocked variants; cuda_graphs)
+    assert be.captures and names.count("vx_restart_clocked") == 2
+    launched = lambda name: names.count(name) + names.count(name + "_clocked")  # noqa: E731
+    assert launched("vx_restart") == count[schedule.Restart]
+    assert launched("vx_recompute") == count[schedule.Recompute]
+    assert launched("vx_backward") == count[schedule.Backward]
     draws = sum(isinstance(op, schedule.Backward) and op.draw for op in ops)
     assert draws == count[schedule.Restart]  # Z^stop of every segment
-    assert names.count("vx_fill_weights") == L + count[schedule.Recompute] + draws
+    weights = names.count("vx_fill_weights") + names.count("vx_fill_stream_clocked")
+    assert weights == L + count[schedule.Recompute] + draws
 
     monkeypatch.setattr(cuda_paths, "FUSED_ZBUF_BYTES", 3 * 12 * 12 * 8)
     del be.launches[:]

@@ -298,8 +298,9 @@ class GpuBackend:
 
     @contextlib.contextmanager
     def stream(self):
-        """The unit's work on this backend's non-blocking stream (a capture needs one),
-        synchronised at the end."""
+        """The unit's work on this backend's non-blocking stream (a capture needs one other
+        than the legacy default stream), after the legacy stream's work, synchronised at
+        the end."""
         if self._stream is None:
             self._stream = self.cupy.cuda.Stream(non_blocking=True)
             # the handle's workspace set before any GEMM of ours: every GEMM, captured or
@@ -310,6 +311,11 @@ class GpuBackend:
             except Exception as err:
                 log.warning("CUDA Graphs are not usable here (%s: %s)", type(err).__name__, err)
                 self._gemm = None
+        # what the unit's constructor queued on the legacy stream (its draws, copies, memsets)
+        # comes first: a non-blocking stream does not wait for it by itself
+        ready = self.cupy.cuda.Event(disable_timing=True)
+        ready.record(self.cupy.cuda.Stream.null)
+        self._stream.wait_event(ready)
         with self._stream:
             yield
         self._stream.synchronize()

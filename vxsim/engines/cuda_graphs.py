@@ -72,6 +72,11 @@ def tables(xp, ops, depth):
     return Tables(xp.asarray(np.ones(1, dtype=np.int32)), xp.asarray(rec), xp.asarray(cpi))
 
 
+def device_bytes(config):
+    """Device memory of a unit's graph tables and clocks, in bytes (at most)."""
+    return 4 * (2 * (config.depth + 1) + 2)
+
+
 def whole_bodies(config, ops, steps):
     """How many whole bodies of ``steps`` the forward ops make (0: the step path only)."""
     if mode(config) == "off" or any(op.slot != 0 for op in ops):
@@ -122,6 +127,7 @@ def run_forward(unit, ops, steps):
             be.launch("vx_clock_advance", 1, CLOCK_THREADS, (unit.tables.clock, i32(steps)))
 
         graph = capture(be, body, required=mode(unit.config) == "on")
+        unit.graphs = [*getattr(unit, "graphs", []), graph]  # alive while its launches run
     if graph is None:
         full = 0
     for b in range(full):
@@ -176,6 +182,7 @@ def run_backward(unit, ops, every):
             be.launch("vx_clock_advance", 1, CLOCK_THREADS, (unit.seg_clock, i32(-every)))
 
         graph = capture(be, body, required=mode(unit.config) == "on")
+        unit.graphs = [*getattr(unit, "graphs", []), graph]
     replayed = set(full) if graph is not None else set()
     for i, seg in enumerate(segs):
         if i in replayed:

@@ -143,4 +143,4 @@ def device_bytes(config, width):
     P = int(np.prod(config.grid_shape))
     rows = 3 if "jvp" in config.modes else 2
     states = rows * P * width * config.dtype.itemsize + 8 * P
-    return estimate_device_bytes(config, width, "gemm") + states
+    return estimate_device_bytes(config, width, "gemm") + states + cuda_graphs.device_bytes(config)

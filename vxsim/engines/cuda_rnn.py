@@ -614,4 +614,6 @@ def device_bytes(config, width):
         total += (every + 1) * P * 2 * N * item + every * P * G * N * item  # S, PA
         total += P * N * item * (2 * G + 4)  # G, GA, U
     total += 4 * P * config.layers.size * 8 + P * (8 * layout.N_F + 4 * layout.N_I)
-    return int(total)
+    # the captured bodies' fixed drive buffers (X, D; a segment's drives) and tables
+    total += gates.DRIVE_BLOCK * (G + 1) * N * 8 + max(1, plan.every) * G * N * 8
+    return int(total + cuda_graphs.device_bytes(config))
