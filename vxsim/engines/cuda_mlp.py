@@ -30,6 +30,12 @@ p, h2 in row P + p, its tangent in row 2P + p), on a backend
   tensor cores in TF32 (cuBLAS ``CUBLAS_COMPUTE_32F_FAST_TF32``), on the GEMM
   path only (the fused path's products stay float32).
 
+* **CUDA Graphs** (GEMM path, ``cuda_graphs``): the forward pass as replays of
+  one captured body of ``Unit.GRAPH_LAYERS`` layers (Z^l drawn by
+  ``vx_fill_stream_clocked``, the layer read from a device clock), the VJP's full
+  segments as replays of one captured segment; the same bits as the step path.
+  ``Pass.run`` puts a unit's work on the backend's stream (``stream()``).
+
 Which path a unit takes and what it needs: ``cuda_paths``.
 """
 

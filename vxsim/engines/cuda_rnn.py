@@ -28,6 +28,13 @@ a gate kernel and ``vx_rnn_cot_finish`` (renormalisation, log |g|^2,
 collapse). The backward step of a segment's last layer computes its
 pre-activations first (one more GEMM per segment).
 
+CUDA Graphs (``cuda_graphs``, ``engine.cuda_graphs``): the forward pass runs as
+replays of one captured body of DRIVE_BLOCK steps (``*_clocked`` kernels: the
+layer read from a device clock, records and checkpoints from device tables, the
+drive rows from a fixed buffer filled before each replay), and the VJP's full
+segments as replays of one captured segment; what does not fill a body or a
+full segment runs on the step kernels above, bit for bit the same numbers.
+
 Only the Gaussian weight law runs here (``cuda_gpu.run_unit`` sends the other
 laws, and the spectrum, to ``engines.generic``).
 """
