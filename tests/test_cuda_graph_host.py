@@ -13,6 +13,8 @@ NumPy, reading the buffers in cuBLAS's column order.
 """
 
 import logging
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -285,3 +287,134 @@ def test_captured_segments_of_every_spacing(host, arch, monkeypatch):
         assert_bits(got, run(graph_config(arch, "float64", graphs="off", **kw), 5, 0, be))
         want = numpy_ref.run_unit(graph_config(arch, "float64", **kw), 5, 0)
         assert_same(got, want, TOL["float64"], (arch, checkpoint))
+
+
+# ---------------------------------------------------------------- GpuBackend's calls to CuPy
+
+
+class Dev(np.ndarray):
+    """A NumPy array with CuPy's ``.data.ptr``."""
+
+    @property
+    def data(self):
+        return type("Pointer", (), {"ptr": self.ctypes.data})()
+
+
+def stand_in_cupy(monkeypatch, calls):
+    """Just the CuPy a GpuBackend's stream, capture, replay and captured GEMM touch."""
+
+    class Stream:
+        current = None
+
+        def __init__(self, non_blocking=False, ptr=77):
+            self.ptr = ptr
+            self.capturing = False
+
+        def __enter__(self):
+            self.previous, Stream.current = Stream.current, self
+            return self
+
+        def __exit__(self, *exc):
+            Stream.current = self.previous
+
+        def wait_event(self, event):
+            calls.append(("wait", self.ptr, event.stream))
+
+        def begin_capture(self):
+            calls.append(("begin", self.ptr))
+            self.capturing = True
+
+        def end_capture(self):
+            calls.append(("end", self.ptr))
+            self.capturing = False
+            return types.SimpleNamespace(launch=lambda s: calls.append(("launch", s.ptr)))
+
+        def is_capturing(self):
+            return self.capturing
+
+        def synchronize(self):
+            calls.append(("sync", self.ptr))
+
+    Stream.null = Stream(ptr=0)
+
+    class Event:
+        def __init__(self, disable_timing=False):
+            self.stream = None
+
+        def record(self, stream):
+            self.stream = stream.ptr
+
+    cublas = types.SimpleNamespace(setStream=lambda h, ptr: calls.append(("setStream", h, ptr)))
+    device = types.SimpleNamespace(get_cublas_handle=lambda: 1234,
+                                   get_compute_capability=lambda: "90")  # fmt: skip
+    cupy = types.ModuleType("cupy")
+    current = lambda: Stream.current or Stream.null  # noqa: E731
+    cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, cublas=cublas, device=device,
+                                      get_current_stream=current)  # fmt: skip
+    cupy.uint8 = np.uint8
+    cupy.empty = lambda n, dtype: np.zeros(n, dtype).view(Dev)
+    cupy.matmul = lambda a, b, out: calls.append(("cupy.matmul",))
+    core = types.ModuleType("cupy._core")
+    core.get_compute_type = lambda dtype: 1  # COMPUTE_TYPE_DEFAULT
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_PEDANTIC = 1, 7, 8
+    cupy._core = core
+    for name, module in (("cupy", cupy), ("cupy._core", core),
+                         ("cupy._core._routines_linalg", linalg)):  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, module)
+    return cupy
+
+
+def test_gpu_backend_capture_calls(monkeypatch):
+    """The GpuBackend's side, against a stand-in CuPy: the unit's stream waits for the
+    legacy stream; cuBLAS's workspace set once and its stream set to the capturing stream
+    before the capture; a GEMM inside the capture is cublasGemmEx with the operands in
+    cuBLAS's order (checked by computing with them), CuPy's own matmul outside it; the
+    replay is launched on the stream, which is synchronised at the end."""
+    calls = []
+    cupy = stand_in_cupy(monkeypatch, calls)
+
+    def gemm_ex(*args):
+        calls.append(("gemm", args))
+        return 0
+
+    def set_workspace(handle, ptr, size):
+        calls.append(("workspace", handle, size))
+        return 0
+
+    lib = types.SimpleNamespace(cublasGemmEx=gemm_ex, cublasSetWorkspace_v2=set_workspace)
+    real = cuda_backend.CapturedGemm
+    monkeypatch.setattr(cuda_backend, "CapturedGemm", lambda cp: real(cp, lib))
+    be = object.__new__(cuda_backend.GpuBackend)
+    be.cupy, be._stream, be._gemm, be.capturing, be.captures = cupy, None, None, False, 0
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((6, 5)).astype(np.float32).view(Dev)
+    W = rng.standard_normal((4, 5)).astype(np.float32).view(Dev)
+    out = np.zeros((6, 4), np.float32).view(Dev)
+    with be.stream():
+        be.matmul(a, W.T, out)
+        be.begin_capture()
+        be.matmul(a, W.T, out)
+        graph = be.end_capture()
+        be.replay(graph)
+        be.begin_capture()
+        be.abort_capture()
+    kinds = [c[0] for c in calls]
+    assert kinds == ["workspace", "setStream", "wait", "cupy.matmul", "setStream", "begin",
+                     "gemm", "end", "launch", "setStream", "begin", "end", "sync"]  # fmt: skip
+    assert calls[0] == ("workspace", 1234, cuda_backend.WORKSPACE_BYTES)
+    assert calls[1] == ("setStream", 1234, 77) and calls[2] == ("wait", 77, 0)
+    assert calls[8] == ("launch", 77) and be.captures == 1 and not be.capturing
+    args = calls[6][1]
+    assert args[0] == 1234 and args[-2:] == (cuda_backend.CUBLAS_COMPUTE_32F, 99)
+    transa, transb, m, n, k, alpha, pb, ta, lda, pa, tb, ldb, beta, pc, tc, ldc = args[1:17]
+    assert (pb, pa, pc) == (W.ctypes.data, a.ctypes.data, out.ctypes.data)
+    assert ta == tb == tc == cuda_backend.CUDA_R_32F
+    column_gemm((transa, transb, m, n, k, lda, ldb, ldc), a, W.T, out)
+    np.testing.assert_allclose(out, np.asarray(a) @ np.asarray(W).T, rtol=1e-6)
+
+
+def test_library_path_reads_the_process_maps():
+    assert cuda_backend._library_path("libc.so").endswith(".so.6")
+    with pytest.raises(RuntimeError, match="is not loaded"):
+        cuda_backend._library_path("libvxsim_nothing.so")

@@ -213,10 +213,10 @@ def _library_path(fragment):
 class CapturedGemm:
     """cublasGemmEx through ctypes on CuPy's handle: a GEMM CuPy lets a capture record."""
 
-    def __init__(self, cupy):
+    def __init__(self, cupy, lib=None):
         self.cupy = cupy
         self.handle = cupy.cuda.device.get_cublas_handle()  # loads libcublas
-        lib = ctypes.CDLL(_library_path("libcublas.so"))
+        lib = lib or ctypes.CDLL(_library_path("libcublas.so"))
         vp, i = ctypes.c_void_p, ctypes.c_int
         self.gemm_ex = lib.cublasGemmEx
         self.gemm_ex.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
