@@ -28,6 +28,30 @@ VX_KERNEL void vx_forward(real *H, real *A, const double *xi, double *pf, int *p
     }
 }
 
+// Layer `step` of a captured body (a CUDA Graph replayed once per block of layers,
+// cuda_graphs.py): vx_forward at layer clock[0] + step, its record rec[layer] and checkpoint
+// cpi[layer] read on the device.
+VX_KERNEL void vx_forward_clocked(real *H, real *A, const double *xi, double *pf, int *pi,
+                                  double *res, real *cp, double *cp_ls, const int *clock,
+                                  const int *rec, const int *cpi, int step, int P, int n, int R,
+                                  int kind, int has_bias, double limit)
+{
+    const int layer = clock[0] + step;
+    const int r = rec[layer], ci = cpi[layer];
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
+        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
+        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
+        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
+                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
+                         R, r, limit, cprow, cpls);
+    }
+}
+
 // A recomputed layer of a VJP segment (H1 = A1 Z^T), phi' into D[j] (every, P, n).
 VX_KERNEL void vx_recompute(real *H1, real *A1, real *D, const double *xi, double *pf,
                             const int *pi, int P, int n, int j, int has_bias)
@@ -76,5 +100,39 @@ VX_KERNEL void vx_grad_init(const real *gamma, real *G, double *pf, int *pi, dou
     {
         const int p = (int)blk.index();
         vx_grad_init_point(blk, p, P, n, gamma, G + (long long)p * n, pf, pi, res, R, r);
+    }
+}
+
+// ------------------------------------------------------------------ captured VJP segments
+// A full segment from layer start = clock[0] (cuda_graphs.run_backward), its checkpoint
+// ci = start / every - 1, its backward step to layer lm1 = start + step, recorded at rec[lm1].
+
+VX_KERNEL void vx_restart_clocked(const real *x1, const real *cp, const double *cp_ls, real *A1,
+                                  real *D, double *pf, const int *pi, const int *clock, int every,
+                                  int P, int n)
+{
+    const int ci = clock[0] / every - 1;
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        const real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        const double ls = ci >= 0 ? cp_ls[(long long)ci * P + p] : 0.0;
+        vx_restart_point(blk, p, P, n, x1, cprow, ls, A1 + p * row, D + p * row, pf, pi);
+    }
+}
+
+VX_KERNEL void vx_backward_clocked(real *G, const real *U, const real *D, double *pf, int *pi,
+                                   double *res, const int *clock, const int *rec, int step, int P,
+                                   int n, int R, int j)
+{
+    const int lm1 = clock[0] + step;
+    const int r = rec[lm1];
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        vx_backward_point(blk, p, P, n, lm1, G + p * row, U + p * row,
+                          D + ((long long)j * P + p) * row, pf, pi, res, R, r);
     }
 }

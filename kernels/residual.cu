@@ -151,7 +151,7 @@ VX_FN void vx_residual_forward_point(const B &blk, int p, int P, int n, int laye
 
 // Forward epilogue of every point of a layer (alpha: (P,) float64, rounded to real).
 // ci >= 0: also checkpoint hh1 into cp[ci] (ncp, P, n) and its log-scale into cp_ls[ci].
-VX_KERNEL void vx_residual_forward(const real *H, real *S, real *T, real *A, const double *xi,
+VX_FN void vx_residual_forward_all(const real *H, real *S, real *T, real *A, const double *xi,
                                    const double *alpha, double *pf, int *pi, double *res,
                                    real *cp, double *cp_ls, int P, int n, int R, int layer,
                                    int kind, int has_bias, int r, int ci, double limit)
@@ -172,9 +172,33 @@ VX_KERNEL void vx_residual_forward(const real *H, real *S, real *T, real *A, con
     }
 }
 
+VX_KERNEL void vx_residual_forward(const real *H, real *S, real *T, real *A, const double *xi,
+                                   const double *alpha, double *pf, int *pi, double *res,
+                                   real *cp, double *cp_ls, int P, int n, int R, int layer,
+                                   int kind, int has_bias, int r, int ci, double limit)
+{
+    vx_residual_forward_all(H, S, T, A, xi, alpha, pf, pi, res, cp, cp_ls, P, n, R, layer, kind,
+                            has_bias, r, ci, limit);
+}
+
+// Layer `step` of a captured body (a CUDA Graph replayed once per block of layers): the
+// layer read on the device, layer = clock[0] + step, its record rec[layer] and checkpoint
+// cpi[layer] (Z^l and xi^l drawn by vx_fill_stream_clocked / vx_fill_stream64_clocked).
+VX_KERNEL void vx_residual_forward_clocked(const real *H, real *S, real *T, real *A,
+                                           const double *xi, const double *alpha, double *pf,
+                                           int *pi, double *res, real *cp, double *cp_ls,
+                                           const int *clock, const int *rec, const int *cpi,
+                                           int step, int P, int n, int R, int kind, int has_bias,
+                                           double limit)
+{
+    const int layer = clock[0] + step;
+    vx_residual_forward_all(H, S, T, A, xi, alpha, pf, pi, res, cp, cp_ls, P, n, R, layer, kind,
+                            has_bias, rec[layer], cpi[layer], limit);
+}
+
 // A VJP segment's start from checkpoint ci (ci < 0: the input x1, log-scale 0):
 // S1 = hh, A1 = phi(hh), D[0] = phi'(hh), pf[F_LSR] = its log-scale.
-VX_KERNEL void vx_residual_restart(const real *x1, const real *cp, const double *cp_ls, real *S1,
+VX_FN void vx_residual_restart_all(const real *x1, const real *cp, const double *cp_ls, real *S1,
                                    real *A1, real *D, double *pf, const int *pi, int P, int n,
                                    int ci)
 {
@@ -249,7 +273,7 @@ VX_KERNEL void vx_residual_recompute(const real *H1, real *S1, real *A1, real *D
 
 // Backprop step layer -> layer - 1 of every point after U = G Z (U[p] = Z^T g_p):
 // g <- g + (alpha phi'(hh^{l-1})) (s u), renormalised, log |g|^2 accumulated (at l - 1).
-VX_KERNEL void vx_residual_backward(real *G, const real *U, const real *D, const double *alpha,
+VX_FN void vx_residual_backward_all(real *G, const real *U, const real *D, const double *alpha,
                                     double *pf, int *pi, double *res, int P, int n, int R, int j,
                                     int lm1, int r)
 {
@@ -291,4 +315,37 @@ VX_KERNEL void vx_residual_backward(real *G, const real *U, const real *D, const
         }
         blk.sync();
     }
+}
+
+VX_KERNEL void vx_residual_restart(const real *x1, const real *cp, const double *cp_ls, real *S1,
+                                   real *A1, real *D, double *pf, const int *pi, int P, int n,
+                                   int ci)
+{
+    vx_residual_restart_all(x1, cp, cp_ls, S1, A1, D, pf, pi, P, n, ci);
+}
+
+VX_KERNEL void vx_residual_backward(real *G, const real *U, const real *D, const double *alpha,
+                                    double *pf, int *pi, double *res, int P, int n, int R, int j,
+                                    int lm1, int r)
+{
+    vx_residual_backward_all(G, U, D, alpha, pf, pi, res, P, n, R, j, lm1, r);
+}
+
+// A full captured VJP segment from layer clock[0] (cuda_graphs.run_backward): the restart from
+// checkpoint clock[0] / every - 1, the backward step to lm1 = clock[0] + step (rec[lm1]).
+VX_KERNEL void vx_residual_restart_clocked(const real *x1, const real *cp, const double *cp_ls,
+                                           real *S1, real *A1, real *D, double *pf,
+                                           const int *pi, const int *clock, int every, int P,
+                                           int n)
+{
+    vx_residual_restart_all(x1, cp, cp_ls, S1, A1, D, pf, pi, P, n, clock[0] / every - 1);
+}
+
+VX_KERNEL void vx_residual_backward_clocked(real *G, const real *U, const real *D,
+                                            const double *alpha, double *pf, int *pi, double *res,
+                                            const int *clock, const int *rec, int step, int P,
+                                            int n, int R, int j)
+{
+    const int lm1 = clock[0] + step;
+    vx_residual_backward_all(G, U, D, alpha, pf, pi, res, P, n, R, j, lm1, rec[lm1]);
 }

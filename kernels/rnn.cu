@@ -64,14 +64,43 @@ VX_KERNEL void vx_fill_stream64(double *out, long long count, int layer0, int nl
     vx_fill_stream_body(out, count, layer0, nlayers, stream, sample, k0, k1);
 }
 
+// ------------------------------------------------------------------ captured bodies
+
+// A captured body (a CUDA Graph replayed once per block of steps, cuda_graphs.py) reads
+// the layer of its first step from the device, clock[0]; its last launch advances it.
+VX_KERNEL void vx_clock_advance(int *clock, int steps)
+{
+    VX_BLOCKS(blk)
+    {
+        if (blk.index() == 0 && blk.tid() == 0)
+            clock[0] += steps;
+    }
+}
+
+// vx_fill_stream of the one layer clock[0] + step (Z^l of the residual net's captured body:
+// stream VX_STREAM_WEIGHT, the bits of vx_fill_weights untransposed).
+VX_KERNEL void vx_fill_stream_clocked(real *out, long long count, const int *clock, int step,
+                                      u32 stream, u32 sample, u32 k0, u32 k1)
+{
+    vx_fill_stream_body(out, count, clock[0] + step, 1, stream, sample, k0, k1);
+}
+
+// vx_fill_stream64 of the one layer clock[0] + step (xi^l: stream VX_STREAM_BIAS, the bits of
+// vx_fill_bias).
+VX_KERNEL void vx_fill_stream64_clocked(double *out, long long count, const int *clock, int step,
+                                        u32 stream, u32 sample, u32 k0, u32 k1)
+{
+    vx_fill_stream_body(out, count, clock[0] + step, 1, stream, sample, k0, k1);
+}
+
 // ------------------------------------------------------------------ Elman
 
 // u_t = s Z h_{t-1} + (xi sb + d_t su), the MLP's forward epilogue with the drive d_t
 // (renormalisation, tangent, divergence, records, checkpoint: epilogue.cuh).
-VX_KERNEL void vx_elman_forward(real *H, real *A, const double *xi, const double *drive,
+VX_FN void vx_elman_forward_all(real *H, real *A, const double *xi, const double *drive,
                                 const double *su, double *pf, int *pi, double *res, real *cp,
-                                double *cp_ls, int P, int n, int R, int layer, int kind,
-                                int has_bias, int r, int ci, double limit)
+                                    double *cp_ls, int P, int n, int R, int layer, int kind,
+                                    int has_bias, int r, int ci, double limit)
 {
     VX_BLOCKS(blk)
     {
@@ -85,6 +114,29 @@ VX_KERNEL void vx_elman_forward(real *H, real *A, const double *xi, const double
                          A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
                          R, r, limit, cprow, cpls, drive, su[p]);
     }
+}
+
+VX_KERNEL void vx_elman_forward(real *H, real *A, const double *xi, const double *drive,
+                                const double *su, double *pf, int *pi, double *res, real *cp,
+                                double *cp_ls, int P, int n, int R, int layer, int kind,
+                                int has_bias, int r, int ci, double limit)
+{
+    vx_elman_forward_all(H, A, xi, drive, su, pf, pi, res, cp, cp_ls, P, n, R, layer, kind,
+                         has_bias, r, ci, limit);
+}
+
+// Step `step` of a captured body (a CUDA Graph replayed once per block of steps): the layer
+// read on the device, layer = clock[0] + step, its record rec[layer], its checkpoint
+// cpi[layer], its drive row `step` of the block's drives (rows of G n float64).
+VX_KERNEL void vx_elman_forward_clocked(real *H, real *A, const double *xi, const double *drives,
+                                        const double *su, double *pf, int *pi, double *res,
+                                        real *cp, double *cp_ls, const int *clock, const int *rec,
+                                        const int *cpi, int step, int P, int n, int R, int kind,
+                                        int has_bias, double limit)
+{
+    const int layer = clock[0] + step;
+    vx_elman_forward_all(H, A, xi, drives + (long long)step * n, su, pf, pi, res, cp, cp_ls, P, n,
+                         R, layer, kind, has_bias, rec[layer], cpi[layer], limit);
 }
 
 // A recomputed Elman step of a VJP segment (H1 = A1 Z^T): phi' into D[j] (every, P, n).
@@ -139,7 +191,7 @@ VX_FN void vx_lstm_preacts(const real *zx, int n, int i, real s, const double *x
 //   [dh; dc] renormalised, log |[dh; dc]|^2 accumulated; |h|, |c| beyond the limit
 //   (or not finite) or a non-finite tangent flag the point; records; checkpoint ci of
 //   trajectory 1's (h, c) into (cph, cpc).
-VX_KERNEL void vx_lstm_forward(real *H, real *A, real *C, real *TC, const double *xi,
+VX_FN void vx_lstm_forward_all(real *H, real *A, real *C, real *TC, const double *xi,
                                const double *drive, const double *su, const double *shift,
                                double *pf, int *pi, double *res, real *cph, real *cpc, int P,
                                int n, int R, int layer, int kind, int r, int ci, double limit)
@@ -229,6 +281,29 @@ VX_KERNEL void vx_lstm_forward(real *H, real *A, real *C, real *TC, const double
     }
 }
 
+VX_KERNEL void vx_lstm_forward(real *H, real *A, real *C, real *TC, const double *xi,
+                               const double *drive, const double *su, const double *shift,
+                               double *pf, int *pi, double *res, real *cph, real *cpc, int P,
+                               int n, int R, int layer, int kind, int r, int ci, double limit)
+{
+    vx_lstm_forward_all(H, A, C, TC, xi, drive, su, shift, pf, pi, res, cph, cpc, P, n, R, layer,
+                        kind, r, ci, limit);
+}
+
+// Step `step` of a captured body: vx_lstm_forward at layer clock[0] + step (as
+// vx_elman_forward_clocked; drive rows of 4n).
+VX_KERNEL void vx_lstm_forward_clocked(real *H, real *A, real *C, real *TC, const double *xi,
+                                       const double *drives, const double *su,
+                                       const double *shift, double *pf, int *pi, double *res,
+                                       real *cph, real *cpc, const int *clock, const int *rec,
+                                       const int *cpi, int step, int P, int n, int R, int kind,
+                                       double limit)
+{
+    const int layer = clock[0] + step;
+    vx_lstm_forward_all(H, A, C, TC, xi, drives + (long long)step * 4 * n, su, shift, pf, pi, res,
+                        cph, cpc, P, n, R, layer, kind, rec[layer], cpi[layer], limit);
+}
+
 // A recomputed LSTM step of trajectory 1 (H1 = h_j Z^T, P rows): the pre-activations into
 // pa (P, 4n) and the next state (h, c) into (h1, c1).
 VX_KERNEL void vx_lstm_recompute(const real *H1, const real *c0, real *pa, real *h1, real *c1,
@@ -301,7 +376,7 @@ VX_KERNEL void vx_lstm_cot_gates(real *G, real *GA, const real *c0, const real *
 //   a_r = s zx_r + real(b_r),  a_z = s zx_z + real(b_z + update_bias)  (written into H1),
 //   M = r h  (the candidate's GEMM input),  tangent: da = s Z dh (into H1's tangent row),
 //   M_t = r (1-r) da_r h + r dh.
-VX_KERNEL void vx_gru_gates(real *H1, const real *A, real *M, const double *xi,
+VX_FN void vx_gru_gates_all(real *H1, const real *A, real *M, const double *xi,
                             const double *drive, const double *su, const double *shift,
                             const double *pf, const int *pi, int P, int n, int ntraj, int kind)
 {
@@ -343,11 +418,28 @@ VX_KERNEL void vx_gru_gates(real *H1, const real *A, real *M, const double *xi,
     }
 }
 
+VX_KERNEL void vx_gru_gates(real *H1, const real *A, real *M, const double *xi,
+                            const double *drive, const double *su, const double *shift,
+                            const double *pf, const int *pi, int P, int n, int ntraj, int kind)
+{
+    vx_gru_gates_all(H1, A, M, xi, drive, su, shift, pf, pi, P, n, ntraj, kind);
+}
+
+// Step `step` of a captured body: vx_gru_gates with the drive row `step` (rows of 3n).
+VX_KERNEL void vx_gru_gates_clocked(real *H1, const real *A, real *M, const double *xi,
+                                    const double *drives, const double *su, const double *shift,
+                                    const double *pf, const int *pi, int step, int P, int n,
+                                    int ntraj, int kind)
+{
+    vx_gru_gates_all(H1, A, M, xi, drives + (long long)step * 3 * n, su, shift, pf, pi, P, n,
+                     ntraj, kind);
+}
+
 // The GRU's state update from the gates (H1, pre-activations) and H2 = M Z_n^T:
 //   n_t = phi(a_n), a_n = s zx_n + real(b_n),  h_t = (1 - z) n_t + z h  (into A);
 //   tangent: dz = z (1-z) da_z, dn = phi'(a_n) s (Z_n M_t), dh_t = (1-z) dn + z dh + (h - n) dz,
 //   renormalised, log |dh|^2 accumulated; divergence, records, checkpoint ci of trajectory 1.
-VX_KERNEL void vx_gru_forward(const real *H1, const real *H2, real *A, const double *xi,
+VX_FN void vx_gru_forward_all(const real *H1, const real *H2, real *A, const double *xi,
                               const double *drive, const double *su, double *pf, int *pi,
                               double *res, real *cph, int P, int n, int R, int layer, int kind,
                               int r, int ci, double limit)
@@ -422,6 +514,27 @@ VX_KERNEL void vx_gru_forward(const real *H1, const real *H2, real *A, const dou
         vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, acc, res);
         blk.sync();
     }
+}
+
+VX_KERNEL void vx_gru_forward(const real *H1, const real *H2, real *A, const double *xi,
+                              const double *drive, const double *su, double *pf, int *pi,
+                              double *res, real *cph, int P, int n, int R, int layer, int kind,
+                              int r, int ci, double limit)
+{
+    vx_gru_forward_all(H1, H2, A, xi, drive, su, pf, pi, res, cph, P, n, R, layer, kind, r, ci,
+                       limit);
+}
+
+// Step `step` of a captured body: vx_gru_forward at layer clock[0] + step (drive rows of 3n).
+VX_KERNEL void vx_gru_forward_clocked(const real *H1, const real *H2, real *A, const double *xi,
+                                      const double *drives, const double *su, double *pf,
+                                      int *pi, double *res, real *cph, const int *clock,
+                                      const int *rec, const int *cpi, int step, int P, int n,
+                                      int R, int kind, double limit)
+{
+    const int layer = clock[0] + step;
+    vx_gru_forward_all(H1, H2, A, xi, drives + (long long)step * 3 * n, su, pf, pi, res, cph, P, n,
+                       R, layer, kind, rec[layer], cpi[layer], limit);
 }
 
 // A recomputed GRU step of trajectory 1 (after vx_gru_gates with ntraj = 1 and the
@@ -516,7 +629,7 @@ VX_KERNEL void vx_gru_cot_gates(real *G, const real *U1, real *GRZ, const real *
 // The end of a backward step to layer lm1 (G rows of sn reals, U = (GA Z) rows of n):
 //   g_h <- s U (add = 0) or g_h + s U (add = 1); g renormalised over its sn entries,
 //   log |g|^2 accumulated (recorded at r); a non-finite sum collapses the point.
-VX_KERNEL void vx_rnn_cot_finish(real *G, const real *U, double *pf, int *pi, double *res, int P,
+VX_FN void vx_rnn_cot_finish_all(real *G, const real *U, double *pf, int *pi, double *res, int P,
                                  int n, int sn, int add, int R, int lm1, int r)
 {
     VX_POINTS(blk)
@@ -554,6 +667,42 @@ VX_KERNEL void vx_rnn_cot_finish(real *G, const real *U, double *pf, int *pi, do
                 res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
         }
         blk.sync();
+    }
+}
+
+VX_KERNEL void vx_rnn_cot_finish(real *G, const real *U, double *pf, int *pi, double *res, int P,
+                                 int n, int sn, int add, int R, int lm1, int r)
+{
+    vx_rnn_cot_finish_all(G, U, pf, pi, res, P, n, sn, add, R, lm1, r);
+}
+
+// ------------------------------------------------------------------ captured VJP segments
+// A full segment of a gated RNN from layer start = clock[0] (cuda_graphs.run_backward).
+
+// vx_rnn_cot_finish of the backward step to lm1 = clock[0] + step, recorded at rec[lm1].
+VX_KERNEL void vx_rnn_cot_finish_clocked(real *G, const real *U, double *pf, int *pi, double *res,
+                                         const int *clock, const int *rec, int step, int P,
+                                         int n, int sn, int add, int R)
+{
+    const int lm1 = clock[0] + step;
+    vx_rnn_cot_finish_all(G, U, pf, pi, res, P, n, sn, add, R, lm1, rec[lm1]);
+}
+
+// The segment's first states: checkpoint ci = clock[0] / every - 1 of h (and, states = 2,
+// of c) copied into sh (sc), P n elements each (grid-stride, any launch shape).
+VX_KERNEL void vx_rnn_restart_clocked(real *sh, real *sc, const real *cph, const real *cpc,
+                                      const int *clock, int every, int states, int P, int n)
+{
+    const long long count = (long long)P * n;
+    const long long at = (long long)(clock[0] / every - 1) * count;
+    VX_BLOCKS(blk)
+    {
+        VX_GRID_FOR(e, blk, count)
+        {
+            sh[e] = cph[at + e];
+            if (states == 2)
+                sc[e] = cpc[at + e];
+        }
     }
 }
 

@@ -78,6 +78,8 @@ FULL["crossover"] = dict(widths=(64, 128, 256), grid=(8, 20, 40), depth=50)
 HOST["crossover"] = dict(widths=(16, 32), grid=(2, 4), depth=5)
 FULL["spectrum"] = dict(oracle=(32, 24), widths=(128, 256, 512), points=4, depth=64)
 HOST["spectrum"] = dict(oracle=(8, 6), widths=(8,), points=2, depth=4)
+FULL["graph"] = dict(width=256, depth=1_000, points=(40, 5, 5))
+HOST["graph"] = dict(width=16, depth=70, points=(2, 2, 2))
 FULL["persist"] = dict(widths=(32, 64, 96, 128, 192, 224), grid=40, depth=500)
 HOST["persist"] = dict(widths=(8, 16), grid=2, depth=6)
 SKIP_ON_HOST = {"test_tf32_growth_rates_match_float32"}
@@ -484,6 +486,7 @@ def rnn_section(sizes, clock):
             got = cuda_gpu.run_unit(cfg, W, 1)
             assert_same(got, numpy_ref.run_unit(cfg, W, 1), TOL[precision], f"{arch} {precision}")
         say(f"{arch:8s} width {W}, {L} steps, float32 and float64, jvp+vjp: the oracle's numbers")
+    graph_vs_steps(sizes, clock)
     persistent_crossover(sizes, clock, _config)
     nw, nb, nx = sizes["rnn_points"]
     grid = [f"grid.sigma_w2={{start=0.5,stop=3,num={nw}}}",
@@ -501,6 +504,37 @@ def rnn_section(sizes, clock):
         verdict = "met" if t < 10 else "MISSED"
         say(f"{arch:5s} tanh width {W}, {P} points, {L} steps, jvp+vjp float32: {t:.2f} s "
             f"(target < 10 s: {verdict}); {P * L / t / 1e6:.2f} M network-steps/s")  # fmt: skip
+
+
+def graph_vs_steps(sizes, clock):
+    """The forward step loop as one captured CUDA Graph replayed (engine.cuda_graphs, issue
+    14) against the same steps launched one by one: Elman tanh, jvp+vjp float32, the same
+    bits, and the two wall times side by side."""
+    import numpy as np
+
+    from vxsim.engines import cuda_gpu
+
+    spec = sizes["graph"]
+    W, L, (nw, nb, nx) = spec["width"], spec["depth"], spec["points"]
+    base = ['network.architecture="rnn"', f"network.width=[{W}]", 'network.activation=["tanh"]',
+            f"grid.sigma_w2={{start=0.5,stop=3,num={nw}}}",
+            f"grid.sigma_b2={{start=0,stop=0.2,num={nb}}}",
+            f"grid.sigma_u2={{start=0.5,stop=2,num={nx}}}", 'measure.mode="both"',
+            'measure.precision="float32"', f"network.depth={L}"]  # fmt: skip
+    got, times = {}, {}
+    for graphs in ("on", "off"):
+        cfg = _config(*base, f'engine.cuda_graphs="{graphs}"')
+        cuda_gpu.run_unit(cfg, W, 0)  # warm: kernels, cuBLAS, the capture itself
+        times[graphs] = clock.time(
+            lambda c=cfg: got.__setitem__(c.cuda_graphs, cuda_gpu.run_unit(c, W, 0))
+        )
+    for key in got["off"]:
+        np.testing.assert_array_equal(got["on"][key], got["off"][key], err_msg=key)
+    P = math.prod(cfg.grid_shape)
+    say(
+        f"Elman tanh width {W}, {P} points, {L} steps, jvp+vjp float32: graph {times['on']:.3f} s, "
+        f"steps {times['off']:.3f} s ({times['off'] / times['on']:.2f}x); the same bits"
+    )
 
 
 def persistent_crossover(sizes, clock, make):

@@ -290,6 +290,35 @@ def test_persistent_elman_and_residual_epilogue_on_the_device():
                     TOL[precision], ("residual", precision))  # fmt: skip
 
 
+def test_cuda_graphs_on_the_device():
+    """The forward step loops, and the VJP's full segments, as captured CUDA Graphs
+    replayed (engines.cuda_graphs):
+    the capture succeeds (engine.cuda_graphs = "on" raises where it does not), cuBLAS is
+    called inside it through ctypes with cupy.matmul's own arguments, so the graph path
+    gives the step path's bits for Elman, GRU, LSTM and the residual net, float32, tf32
+    and float64, jvp+vjp, two replays and a remainder (130 steps); and the oracle's
+    numbers (float64)."""
+    for arch in ("rnn", "gru", "lstm", "residual"):
+        for precision in ("float32", "tf32", "float64"):
+            be = backend(precision)
+            got = {}
+            for graphs in ("on", "off"):
+                cfg = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"',
+                                  f"grid.{ARCH_AXES[arch]}=[0.5, 1.0]", "engine.checkpoint=11",
+                                  f'engine.cuda_graphs="{graphs}"', width=96, depth=130,
+                                  precision=precision, sw2="[0.5, 1.0]")  # fmt: skip
+                before = be.captures
+                got[graphs] = cuda_gpu.run_unit(cfg, 96, 1)
+                captures = 2 * (graphs == "on")  # the forward body, the VJP's segments
+                assert be.captures == before + captures, (arch, precision, graphs)
+            for key in got["off"]:
+                np.testing.assert_array_equal(got["on"][key], got["off"][key],
+                                              err_msg=f"{arch} {precision} {key}")  # fmt: skip
+            if precision == "float64":  # (sigma_w2 <= 1: not chaotic over 130 steps, where
+                # the oracle's 1e-8 would measure the amplified rounding, not the kernels)
+                assert_same(got["on"], numpy_ref.run_unit(cfg, 96, 1), TOL[precision], arch)
+
+
 # ---------------------------------------------------------------- weight laws
 
 

@@ -619,6 +619,15 @@ def test_launch_shapes_and_kernels_used(host):
             assert smem == (40 * 40 + (6 if "forward" in name else 2) * 40) * 4, name
             assert (grid, block) == (P_rnn, 64), name
         seen.setdefault(name, {(grid, block, smem)})
+    for arch in ("mlp", "rnn", "gru", "lstm", "residual"):  # a captured body (cuda_graphs)
+        cfg65 = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"', width=8,
+                            depth=65, mode="both")  # fmt: skip
+        be = cuda_host.HostBackend("float32")
+        cuda_gpu.run_unit(cfg65, 8, 0, backend=be)
+        assert be.captures == 2, arch  # the forward body, the VJP's segments
+        for name, grid, block, smem in be.launches:
+            seen.setdefault(name, {(grid, block, smem)})
+    assert seen["vx_clock_advance"] == {(1, 32, 0)}
     engine_kernels = {k for k in cuda_sources.kernel_signatures(cuda_sources.program("float32"))
                       if not k.startswith("vx_probe")}  # fmt: skip
     assert set(seen) == engine_kernels
@@ -649,12 +658,17 @@ def test_mlp_unit_lowers_the_schedule(host, monkeypatch):
     unit.run()
     names = [name for name, *_ in be.launches]
     assert names.count("vx_forward") == L
-    assert names.count("vx_restart") == count[schedule.Restart]
-    assert names.count("vx_recompute") == count[schedule.Recompute]
-    assert names.count("vx_backward") == count[schedule.Backward]
+    # (segments 8-12 and 4-8 replayed as a captured graph: their kernels read the layer on
+    # the device, the _clocked variants; cuda_graphs)
+    assert be.captures and names.count("vx_restart_clocked") == 2
+    launched = lambda name: names.count(name) + names.count(name + "_clocked")  # noqa: E731
+    assert launched("vx_restart") == count[schedule.Restart]
+    assert launched("vx_recompute") == count[schedule.Recompute]
+    assert launched("vx_backward") == count[schedule.Backward]
     draws = sum(isinstance(op, schedule.Backward) and op.draw for op in ops)
     assert draws == count[schedule.Restart]  # Z^stop of every segment
-    assert names.count("vx_fill_weights") == L + count[schedule.Recompute] + draws
+    weights = names.count("vx_fill_weights") + names.count("vx_fill_stream_clocked")
+    assert weights == L + count[schedule.Recompute] + draws
 
     monkeypatch.setattr(cuda_paths, "FUSED_ZBUF_BYTES", 3 * 12 * 12 * 8)
     del be.launches[:]

@@ -28,6 +28,7 @@ PRECISIONS = ("float32", "float64", "tf32")  # tf32: float32 states, TF32 GEMMs 
 STORAGES = ("float64", "float32")  # measure.storage: per-layer records on disk
 BACKENDS = ("auto", *engines.names())
 PATHS = ("auto", "gemm", "fused")
+CUDA_GRAPHS = ("auto", "on", "off")  # engine.cuda_graphs (engines.cuda_graphs)
 MAX_WIDTH = 131072  # N^2 / 4 Philox blocks must fit a 32-bit counter word
 
 
@@ -95,6 +96,7 @@ class Config:
     spectrum_qr_every: int = 4
     inits: tuple = ("gaussian",)  # canonical weight-law labels (network.init, vxsim.laws)
     init_axis: bool = False  # network.init given: the grid has the dim ``init``
+    cuda_graphs: str = "auto"  # engine.cuda_graphs: the cuda step loops as replayed graphs
 
     @property
     def modes(self):
@@ -370,6 +372,7 @@ def build(raw):
         backend=backend,
         path=_choice("engine.path", eng["path"], PATHS),
         checkpoint=_int("engine.checkpoint", eng["checkpoint"], low=0),
+        cuda_graphs=_choice("engine.cuda_graphs", eng.get("cuda_graphs", "auto"), CUDA_GRAPHS),
         raw=raw,
         storage=_choice("measure.storage", meas.get("storage", "float64"), STORAGES),
         **spectrum(depth, meas.get("spectrum")),

@@ -10,12 +10,25 @@ The kernels are compiled at run time by NVRTC through ``cupy.RawModule``
 (``--fmad=false``: no contraction, so the normals match the CPU bit for bit),
 once per precision and process (CuPy caches the binary on disk).
 
+CUDA Graphs (``cuda_graphs``): the unit's work goes to one non-blocking stream
+(``stream``), on which ``begin_capture``/``end_capture`` capture a body of steps
+(CuPy's ``Stream.begin_capture``, relaxed mode) and ``replay`` launches it
+(``cupy.cuda.graph.Graph.launch``). CuPy refuses its own cuBLAS calls during a
+capture (``cublas.setStream`` raises NotImplementedError while the stream
+captures), so a captured GEMM is ``cublasGemmEx`` called through ctypes on
+CuPy's own handle, with the very arguments ``cupy.matmul`` passes
+(``gemm_operands``, ``compute_type``): the same call, the same bits as the
+step path's GEMM. The handle's stream is set before the capture, and its
+workspace once (``cublasSetWorkspace``: no allocation by cuBLAS inside a
+capture). Every buffer a body touches is allocated before it is captured.
+
 Also here: the launch geometry of the generator kernels, which every caller
 of ``vx_fill_weights`` (the MLP unit, the generic path's arrays, the test
 probes) shares.
 """
 
 import contextlib
+import ctypes
 import importlib
 import logging
 import math
@@ -144,11 +157,125 @@ def seed_words(seed):
     return np.uint32(k0), np.uint32(k1)
 
 
+# ---------------------------------------------------------------- cuBLAS inside a capture
+
+# cuBLAS's enums (cublas_api.h, library_types.h), as CuPy's cupy_backends.cuda.libs.cublas
+CUDA_R_32F, CUDA_R_64F = 0, 1
+CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_COMPUTE_32F_FAST_TF32 = 68, 69, 77
+CUBLAS_COMPUTE_64F, CUBLAS_COMPUTE_64F_PEDANTIC = 70, 71
+CUBLAS_GEMM_DEFAULT, CUBLAS_GEMM_DEFAULT_TENSOR_OP = -1, 99
+WORKSPACE_BYTES = 32 * 2**20  # cuBLAS's recommendation for Hopper
+
+
+def _cublas_operand(x, trans):
+    """CuPy's ``_mat_to_cublas_contiguous(x, trans)``: (transposed?, leading dimension) of a
+    2-D array as cuBLAS's column order reads it; None where CuPy would copy it."""
+    item = x.itemsize
+    if x.flags.f_contiguous:
+        return trans, max(x.strides[1] // item, x.shape[0])
+    if x.flags.c_contiguous:
+        return 1 - trans, x.strides[0] // item
+    return None
+
+
+def gemm_operands(a, b, out):
+    """out = a @ b (2-D, C-order out) as ``cupy.matmul`` asks cuBLAS for it:
+
+        out^T = op(b) op(a^T)   (column order: a C-order (M, N) array is its (N, M) transpose)
+
+    ``(transa, transb, m, n, k, lda, ldb, ldc)`` of ``cublasGemmEx(handle, transa, transb,
+    m, n, k, 1, b, lda, a, ldb, 0, out, ldc)``: CuPy's dot rolls a to a^T (K, M) and calls
+    tensordot_core_v11(transb, transa, N, M, K, b, ldb, a^T, lda, out, N). Raises
+    ValueError where CuPy would copy an operand (neither C- nor F-contiguous): an allocation.
+    """
+    M, K = a.shape
+    K2, N = b.shape
+    if K2 != K or out.shape != (M, N) or not out.flags.c_contiguous:
+        raise ValueError(f"gemm shapes {a.shape} @ {b.shape} -> {out.shape}")
+    at = _cublas_operand(a.T, 0)
+    bt = _cublas_operand(b, 1)
+    if at is None or bt is None:
+        raise ValueError("a GEMM operand is neither C- nor F-contiguous (CuPy would copy it)")
+    return bt[0], at[0], N, M, K, bt[1], at[1], N
+
+
+def _library_path(fragment):
+    """The path of a shared library this process has loaded (from /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith(fragment):
+                return path
+    raise RuntimeError(f"{fragment}* is not loaded in this process")
+
+
+class CapturedGemm:
+    """cublasGemmEx through ctypes on CuPy's handle: a GEMM CuPy lets a capture record."""
+
+    def __init__(self, cupy, lib=None):
+        self.cupy = cupy
+        self.handle = cupy.cuda.device.get_cublas_handle()  # loads libcublas
+        lib = lib or ctypes.CDLL(_library_path("libcublas.so"))
+        vp, i = ctypes.c_void_p, ctypes.c_int
+        self.gemm_ex = lib.cublasGemmEx
+        self.gemm_ex.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
+        self.gemm_ex.restype = i
+        self.set_workspace = lib.cublasSetWorkspace_v2
+        self.set_workspace.argtypes = [vp, vp, ctypes.c_size_t]
+        self.set_workspace.restype = i
+        self.one = {4: ctypes.c_float(1.0), 8: ctypes.c_double(1.0)}
+        self.zero = {4: ctypes.c_float(0.0), 8: ctypes.c_double(0.0)}
+        self.workspace = None
+
+    def prepare(self, stream):
+        """Before a capture: the handle on the capturing stream, its workspace set (once)."""
+        cublas = self.cupy.cuda.cublas
+        if self.workspace is None:
+            self.workspace = self.cupy.empty(WORKSPACE_BYTES, dtype=self.cupy.uint8)
+            status = self.set_workspace(self.handle, self.workspace.data.ptr, WORKSPACE_BYTES)
+            if status:
+                raise RuntimeError(f"cublasSetWorkspace failed (status {status})")
+        cublas.setStream(self.handle, stream.ptr)
+
+    def __call__(self, a, b, out):
+        transa, transb, m, n, k, lda, ldb, ldc = gemm_operands(a, b, out)
+        item = out.itemsize
+        dtype = CUDA_R_64F if item == 8 else CUDA_R_32F
+        status = self.gemm_ex(
+            self.handle, transa, transb, m, n, k, ctypes.byref(self.one[item]), b.data.ptr,
+            dtype, lda, a.data.ptr, dtype, ldb, ctypes.byref(self.zero[item]), out.data.ptr,
+            dtype, ldc, compute_type(self.cupy, out.dtype), gemm_algo(self.cupy),
+        )  # fmt: skip
+        if status:
+            raise RuntimeError(f"cublasGemmEx failed during a capture (status {status})")
+
+
+def compute_type(cupy, dtype):
+    """The cuBLAS compute type CuPy's tensordot_core_v11 uses for ``dtype`` now."""
+    linalg = importlib.import_module(cupy.__name__ + "._core._routines_linalg")
+    mode = cupy._core.get_compute_type(dtype)
+    pedantic = mode == getattr(linalg, "COMPUTE_TYPE_PEDANTIC", None)
+    if np.dtype(dtype) == np.float64:
+        return CUBLAS_COMPUTE_64F_PEDANTIC if pedantic else CUBLAS_COMPUTE_64F
+    if pedantic:
+        return CUBLAS_COMPUTE_32F_PEDANTIC
+    return CUBLAS_COMPUTE_32F_FAST_TF32 if mode == linalg.COMPUTE_TYPE_TF32 else CUBLAS_COMPUTE_32F
+
+
+def gemm_algo(cupy):
+    """CuPy's choice: the tensor-op default from compute capability 8.0 on."""
+    major = int(cupy.cuda.device.get_compute_capability()) >= 80
+    return CUBLAS_GEMM_DEFAULT_TENSOR_OP if major else CUBLAS_GEMM_DEFAULT
+
+
 # ---------------------------------------------------------------- the GPU backend
 
 
 class GpuBackend:
     """CuPy arrays, cuBLAS through cupy.matmul, the kernels through one RawModule."""
+
+    capture_fallback = True  # a failed graph capture: a warning and the step path
 
     def __init__(self, precision):
         if not available():
@@ -162,6 +289,61 @@ class GpuBackend:
         self.module = self.cupy.RawModule(code=self.text, options=cuda_sources.NVRTC_OPTIONS)
         self.functions = {}
         self.checked = set()
+        self._stream = None
+        self._gemm = None  # CapturedGemm, made at the first capture
+        self.capturing = False
+        self.captures = 0
+
+    # -- CUDA Graphs (cuda_graphs; see the module docstring)
+
+    @contextlib.contextmanager
+    def stream(self):
+        """The unit's work on this backend's non-blocking stream (a capture needs one other
+        than the legacy default stream), after the legacy stream's work, synchronised at
+        the end."""
+        if self._stream is None:
+            self._stream = self.cupy.cuda.Stream(non_blocking=True)
+            # the handle's workspace set before any GEMM of ours: every GEMM, captured or
+            # not, then sees the same handle state (the same algorithm, the same bits)
+            try:
+                self._gemm = CapturedGemm(self.cupy)
+                self._gemm.prepare(self._stream)
+            except Exception as err:
+                log.warning("CUDA Graphs are not usable here (%s: %s)", type(err).__name__, err)
+                self._gemm = None
+        # what the unit's constructor queued on the legacy stream (its draws, copies, memsets)
+        # comes first: a non-blocking stream does not wait for it by itself
+        ready = self.cupy.cuda.Event(disable_timing=True)
+        ready.record(self.cupy.cuda.Stream.null)
+        self._stream.wait_event(ready)
+        with self._stream:
+            yield
+        self._stream.synchronize()
+
+    def begin_capture(self):
+        stream = self.cupy.cuda.get_current_stream()
+        if self._gemm is None:
+            raise RuntimeError("cuBLAS cannot be called through ctypes here (see the warning)")
+        self._gemm.prepare(stream)
+        stream.begin_capture()
+        self.capturing = True
+
+    def end_capture(self):
+        graph = self.cupy.cuda.get_current_stream().end_capture()
+        self.capturing = False
+        self.captures += 1
+        return graph
+
+    def abort_capture(self):
+        """After a failed capture: the stream out of capture mode, the graph dropped."""
+        self.capturing = False
+        stream = self.cupy.cuda.get_current_stream()
+        with contextlib.suppress(Exception):
+            if stream.is_capturing():
+                stream.end_capture()
+
+    def replay(self, graph):
+        graph.launch(self.cupy.cuda.get_current_stream())
 
     def launch(self, name, grid, block, args, smem=0):
         """Launch kernel ``name`` on the current stream (asynchronous).
@@ -184,7 +366,10 @@ class GpuBackend:
         fn((int(grid),), (int(block),), tuple(args), shared_mem=int(smem))
 
     def matmul(self, a, b, out):
-        self.cupy.matmul(a, b, out=out)
+        if self.capturing:
+            self._gemm(a, b, out)  # CuPy's own cuBLAS calls refuse a capturing stream
+        else:
+            self.cupy.matmul(a, b, out=out)
 
     def to_host(self, x):
         return self.cupy.asnumpy(x)

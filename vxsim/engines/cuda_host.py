@@ -13,6 +13,15 @@ machine without a GPU and are compared with the NumPy oracle. With
 refuse to mix with host arrays as CuPy does: the engine's Python then shows
 that it moves data between host and device only where it means to.
 
+CUDA Graphs (``cuda_graphs``): ``begin_capture`` .. ``end_capture`` records the
+launches and GEMMs issued in between, as a stream capture does, without running
+them: every argument as it is at capture, arrays by reference (the same memory
+at every replay, as a captured pointer), scalars by value (a per-step scalar
+passed by value is frozen into the graph, as on the GPU). ``replay`` runs the
+recording. With ``strict=True`` any other work on device arrays during the
+capture (which CuPy would capture, or refuse, but the host would run at once)
+is an error (``strict_arrays.capturing``).
+
 What this does *not* exercise: the warp-shuffle reductions (the host sums
 the threads' partial values instead), NVRTC and CuPy themselves, cuBLAS, the
 device's math library (tanh, exp, ...), and a GPU's memory model: a race
@@ -125,6 +134,13 @@ class _Team:
                 raise err
 
 
+class HostGraph:
+    """A captured graph on the host: the recorded calls, run in order by ``replay``."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+
 class HostBackend:
     """The cuda engine's backend interface on the CPU (see the module docstring)."""
 
@@ -158,6 +174,35 @@ class HostBackend:
         self.ftz = bool(ftz)
         self.team = _Team(self.threads) if self.threads > 1 else None
         self.launches = []  # (kernel name, grid, block, shared memory bytes) of every launch
+        self.recording = None  # the graph being captured: a list of calls
+        self.captures = 0  # graphs captured (tests count them)
+
+    # -- CUDA Graphs (the stand-in: see the module docstring)
+
+    def stream(self):
+        """The stream a unit's work goes to (the host has one order: nothing to do)."""
+        return contextlib.nullcontext()
+
+    def begin_capture(self):
+        if self.recording is not None:
+            raise RuntimeError("a capture is already under way")
+        self.recording = []
+        strict_arrays.capturing(True)
+
+    def end_capture(self):
+        """The captured calls (a ``HostGraph``), none of which has run."""
+        graph = HostGraph(tuple(self.recording))
+        self.abort_capture()
+        self.captures += 1
+        return graph
+
+    def abort_capture(self):
+        self.recording = None
+        strict_arrays.capturing(False)
+
+    def replay(self, graph):
+        for call in graph.calls:
+            call()
 
     def launch(self, name, grid, block, args, smem=0):
         """Run a kernel: its blocks in turn, each by ``self.threads`` threads (the
@@ -165,7 +210,6 @@ class HostBackend:
         signature = self.signatures[name]
         cuda_sources.check_args(name, signature, args, self.real)
         cuda_sources.check_launch(name, grid, block)
-        self.launches.append((name, int(grid), int(block), int(smem)))
         converted = []
         for (ctype, _), arg in zip(signature, args, strict=True):
             if ctype.endswith("*"):
@@ -181,6 +225,16 @@ class HostBackend:
             with self.flush_to_zero():
                 fn(*converted)
 
+        def call():
+            self._run(name, grid, block, smem, job)
+
+        if self.recording is not None:
+            self.recording.append(call)  # pointers and scalars as they are now
+        else:
+            call()
+
+    def _run(self, name, grid, block, smem, job):
+        self.launches.append((name, int(grid), int(block), int(smem)))
         with _lock:
             self.lib.vx_host_launch(int(grid), int(smem), self.threads)
             if self.team is None:
@@ -201,6 +255,13 @@ class HostBackend:
             self.lib.vx_host_ftz_end(old)
 
     def matmul(self, a, b, out):
+        if self.recording is not None:
+            a, b, out = (strict_arrays.host_view(x) if self.strict else x for x in (a, b, out))
+            self.recording.append(lambda: self._matmul(a, b, out))  # by reference
+            return
+        self._matmul(a, b, out)
+
+    def _matmul(self, a, b, out):
         with self.flush_to_zero():
             np.matmul(a, b, out=out)
 

@@ -30,13 +30,19 @@ p, h2 in row P + p, its tangent in row 2P + p), on a backend
   tensor cores in TF32 (cuBLAS ``CUBLAS_COMPUTE_32F_FAST_TF32``), on the GEMM
   path only (the fused path's products stay float32).
 
+* **CUDA Graphs** (GEMM path, ``cuda_graphs``): the forward pass as replays of
+  one captured body of ``Unit.GRAPH_LAYERS`` layers (Z^l drawn by
+  ``vx_fill_stream_clocked``, the layer read from a device clock), the VJP's full
+  segments as replays of one captured segment; the same bits as the step path.
+  ``Pass.run`` puts a unit's work on the backend's stream (``stream()``).
+
 Which path a unit takes and what it needs: ``cuda_paths``.
 """
 
 import numpy as np
 
 from .. import rng
-from . import base, cuda_sources, layout, schedule
+from . import base, cuda_graphs, cuda_sources, layout, schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32
 from .cuda_paths import (
     check_unit,
@@ -71,11 +77,11 @@ class Pass:
     point): run the passes, then copy the results to the host once."""
 
     def run(self):
-        with self.be.gemm_precision(self.tf32):
+        with self.be.stream(), self.be.gemm_precision(self.tf32):
             self.forward()
             if self.vjp:
                 self.backward()
-        return self.results()
+            return self.results()
 
     def results(self):
         """The unit's arrays, copied to the host once (the only synchronisation)."""
@@ -194,33 +200,51 @@ class Unit(Pass):
         if self.path == "fused":
             self._fused_forward(kind)
             return
-        for op in self.fwd_ops:
-            self._fill(op.layer, 1, transpose=0, bias=True, slot=op.slot)
-            self.be.matmul(A, self.Zbuf[op.slot].T, self.H)
-            self.be.launch(
-                "vx_forward",
-                P,
-                self.threads,
-                (
-                    self.H,
-                    A,
-                    self.xibuf,
-                    self.pf,
-                    self.pi,
-                    self.res,
-                    self.cp,
-                    self.cp_ls,
-                    i32(P),
-                    i32(self.N),
-                    i32(self.R),
-                    i32(op.layer),
-                    i32(kind),
-                    i32(self.has_bias),
-                    i32(op.record),
-                    i32(op.checkpoint),
-                    self.limit,
-                ),
-            )
+        self.kind = kind
+        cuda_graphs.run_forward(self, self.fwd_ops, self.GRAPH_LAYERS)
+
+    def step(self, op):
+        """Layer ``op.layer`` on the GEMM path, its scalars by value."""
+        self._fill(op.layer, 1, transpose=0, bias=True, slot=op.slot)
+        self.be.matmul(self.A, self.Zbuf[op.slot].T, self.H)
+        self.be.launch("vx_forward", self.P, self.threads,
+                       (self.H, self.A, self.xibuf, self.pf, self.pi, self.res, self.cp,
+                        self.cp_ls, i32(self.P), i32(self.N), i32(self.R), i32(op.layer),
+                        i32(self.kind), i32(self.has_bias), i32(op.record), i32(op.checkpoint),
+                        self.limit))  # fmt: skip
+
+    # -- the GEMM path's forward pass as replays of one captured body (cuda_graphs)
+
+    GRAPH_LAYERS = 64  # layers of the captured body
+
+    def graph_prepare(self):
+        self.tables = cuda_graphs.tables(self.be.xp, self.fwd_ops, self.L)
+
+    def graph_before(self, block):
+        """Nothing: a body draws its own Z^l and xi^l."""
+
+    def _fill_clocked(self, clock, k, slot=0, bias=True):
+        """Z^l (and xi^l) of layer clock + k into ``slot``: the bits of vx_fill_weights and
+        vx_fill_bias (the same counter, untransposed)."""
+        N = self.N
+        self.be.launch("vx_fill_stream_clocked", fill_grid((N * N + 3) // 4), FILL_THREADS,
+                       (self.Zbuf[slot], np.int64(N * N), clock, i32(k),
+                        np.uint32(rng.STREAM_WEIGHT), *self.keys))  # fmt: skip
+        if bias and self.has_bias:
+            self.be.launch("vx_fill_stream64_clocked", fill_grid((N + 3) // 4), FILL_THREADS,
+                           (self.xibuf, np.int64(N), clock, i32(k),
+                            np.uint32(rng.STREAM_BIAS), *self.keys))  # fmt: skip
+
+    def graph_step(self, k):
+        """Layer clock + k of the captured body (slot 0: the forward pass keeps no Z^l)."""
+        t = self.tables
+        self._fill_clocked(t.clock, k)
+        self.be.matmul(self.A, self.Zbuf[0].T, self.H)
+        self.be.launch("vx_forward_clocked", self.P, self.threads,
+                       (self.H, self.A, self.xibuf, self.pf, self.pi, self.res, self.cp,
+                        self.cp_ls, t.clock, t.rec, t.cpi, i32(k), i32(self.P), i32(self.N),
+                        i32(self.R), i32(self.kind), i32(self.has_bias),
+                        self.limit))  # fmt: skip
 
     def _fused_forward(self, kind):
         vectors = 6 if kind == layout.KIND_JVP else 4
@@ -273,13 +297,53 @@ class Unit(Pass):
                 for chunk in chunks(run, self.chunk):
                     self._fused_ops(chunk)
             return
-        for op in ops:
-            if isinstance(op, schedule.Restart):
-                self._restart(op.checkpoint)
-            elif isinstance(op, schedule.Recompute):
-                self._recompute(op)
-            else:
-                self._backward(op)
+        cuda_graphs.run_backward(self, ops, self.plan.every)
+
+    def backward_op(self, op):
+        """One operation of the backward pass on the GEMM path, its scalars by value."""
+        if isinstance(op, schedule.Restart):
+            self._restart(op.checkpoint)
+        elif isinstance(op, schedule.Recompute):
+            self._recompute(op)
+        else:
+            self._backward(op)
+
+    # -- the GEMM path's full VJP segments as replays of one captured segment (cuda_graphs)
+
+    def segment_prepare(self, start):
+        self.seg_clock = self.be.xp.asarray(np.array([start], dtype=np.int32))
+
+    def segment_before(self, start):
+        """Nothing: a segment draws its own Z^l."""
+
+    def segment_op(self, op, start):
+        """``op`` of the captured segment from layer clock = ``start``."""
+        P, N, c = self.P, self.N, self.seg_clock
+        if isinstance(op, schedule.Restart):
+            self.be.launch("vx_restart_clocked", P, self.threads,
+                           (self.x1, self.cp, self.cp_ls, self.A[:P], self.D, self.pf, self.pi,
+                            c, i32(self.plan.every), i32(P), i32(N)))  # fmt: skip
+        elif isinstance(op, schedule.Recompute):
+            j = op.layer - start
+            A1, H1 = self.A[:P], self.H[:P]
+            self._fill_clocked(c, j, op.slot, bias=True)
+            self.be.matmul(A1, self.Zbuf[op.slot].T, H1)
+            self.be.launch("vx_recompute", P, self.threads,
+                           (H1, A1, self.D, self.xibuf, self.pf, self.pi, i32(P), i32(N), i32(j),
+                            i32(self.has_bias)))  # fmt: skip
+        else:
+            j = op.layer - 1 - start
+            if op.draw:
+                self._fill_clocked(c, j + 1, op.slot, bias=False)
+            self.be.matmul(self.G, self.Zbuf[op.slot], self.U)
+            self._backward_clocked(j)
+
+    def _backward_clocked(self, j):
+        """The backward step to layer clock + j (phi' from D[j])."""
+        self.be.launch("vx_backward_clocked", self.P, self.threads,
+                       (self.G, self.U, self.D, self.pf, self.pi, self.res, self.seg_clock,
+                        self.rec_d, i32(j), i32(self.P), i32(self.N), i32(self.R),
+                        i32(j)))  # fmt: skip
 
     def _restart(self, ci):
         self.be.launch(

@@ -28,6 +28,13 @@ a gate kernel and ``vx_rnn_cot_finish`` (renormalisation, log |g|^2,
 collapse). The backward step of a segment's last layer computes its
 pre-activations first (one more GEMM per segment).
 
+CUDA Graphs (``cuda_graphs``, ``engine.cuda_graphs``): the forward pass runs as
+replays of one captured body of DRIVE_BLOCK steps (``*_clocked`` kernels: the
+layer read from a device clock, records and checkpoints from device tables, the
+drive rows from a fixed buffer filled before each replay), and the VJP's full
+segments as replays of one captured segment; what does not fill a body or a
+full segment runs on the step kernels above, bit for bit the same numbers.
+
 Only the Gaussian weight law runs here (``cuda_gpu.run_unit`` sends the other
 laws, and the spectrum, to ``engines.generic``).
 """
@@ -36,7 +43,7 @@ import numpy as np
 
 from .. import rng
 from ..models import gates, gru, lstm, rnn
-from . import base, cuda_sources, layout, schedule
+from . import base, cuda_graphs, cuda_sources, layout, schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32
 from .cuda_mlp import Pass, runs
 from .cuda_paths import persist_smem, threads_for
@@ -127,15 +134,62 @@ class _Unit(Pass):
             first = block * gates.DRIVE_BLOCK + 1
             count = min((block + 1) * gates.DRIVE_BLOCK, self.L) + 1 - first
             X = self.be.xp.empty((count, self.N))
-            self._fill("vx_fill_stream64", X, self.N, first, count, rng.STREAM_SEQUENCE)
-            X *= np.sqrt(self.config.input_variance)
             D = self.be.xp.empty((count, self.GATES * self.N))
-            self.be.matmul(X, self.ZU.T, D)
-            D /= np.sqrt(self.N)
+            self.drive_block(block, X, D)
             self.drives[block] = D
             while len(self.drives) > gates.DRIVE_BLOCKS_KEPT:
                 del self.drives[next(iter(self.drives))]
         return self.drives[block][(t - 1) % gates.DRIVE_BLOCK]
+
+    def drive_block(self, block, X, D):
+        """The drives of block ``block``'s len(X) steps into D (G N columns), X the inputs."""
+        self._fill("vx_fill_stream64", X, self.N, block * gates.DRIVE_BLOCK + 1, len(X),
+                   rng.STREAM_SEQUENCE)  # fmt: skip
+        X *= np.sqrt(self.config.input_variance)
+        self.be.matmul(X, self.ZU.T, D)
+        D /= np.sqrt(self.N)
+
+    # -- the forward pass: whole drive blocks as replays of one captured body (cuda_graphs)
+
+    def forward(self):
+        """``schedule.forward_ops``: bodies of DRIVE_BLOCK steps replayed, the rest stepped."""
+        P, A = self.P, self.A
+        A[:P] = self.x1
+        A[P : 2 * P] = self.x2
+        if self.jvp:
+            A[2 * P :] = self.v0
+        self.kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
+        cuda_graphs.run_forward(self, self.fwd_ops, gates.DRIVE_BLOCK)
+
+    def graph_prepare(self):
+        """The captured body's buffers: its drive block (fixed), the device tables."""
+        xp = self.be.xp
+        self.tables = cuda_graphs.tables(xp, self.fwd_ops, self.L)
+        self.Xg = xp.empty((gates.DRIVE_BLOCK, self.N))
+        self.Dg = xp.empty((gates.DRIVE_BLOCK, self.GATES * self.N))
+
+    def graph_before(self, block):
+        self.drive_block(block, self.Xg, self.Dg)
+
+    # -- the VJP's full segments as replays of one captured segment (cuda_graphs)
+
+    def segment_prepare(self, start):
+        xp = self.be.xp
+        self.seg_clock = xp.asarray(np.array([start], dtype=np.int32))
+        self.rec_d = xp.asarray(self.rec.astype(np.int32))
+        self.Dseg = xp.empty((self.plan.every, self.GATES * self.N))
+
+    def segment_before(self, start):
+        """The drives of the segment's layers start+1 .. start+every into Dseg, copied (a few
+        contiguous runs) from the drive blocks the step path computes."""
+        K, stop = gates.DRIVE_BLOCK, start + self.plan.every + 1
+        t = start + 1
+        while t < stop:
+            self.drive(t)  # its block computed (or kept)
+            r0 = (t - 1) % K
+            n = min(K - r0, stop - t)
+            self.Dseg[t - start - 1 : t - start - 1 + n] = self.drives[(t - 1) // K][r0 : r0 + n]
+            t += n
 
     def launch(self, name, args, grid=None, smem=0):
         """A per-point kernel: one block per grid point."""
@@ -145,12 +199,16 @@ class _Unit(Pass):
         """``schedule.backward_ops`` after the seed: Restart, Recompute, Backward lowered."""
         self.seed()
         for op in schedule.backward_ops(self.L, self.plan, self.rec):
-            if isinstance(op, schedule.Restart):
-                self.restart(op)
-            elif isinstance(op, schedule.Recompute):
-                self.recompute(op.layer, op.layer - op.start - 1)
-            else:
-                self.backward_step(op)
+            self.backward_op(op)
+
+    def backward_op(self, op):
+        """One operation of the backward pass, its scalars by value."""
+        if isinstance(op, schedule.Restart):
+            self.restart(op)
+        elif isinstance(op, schedule.Recompute):
+            self.recompute(op.layer, op.layer - op.start - 1)
+        else:
+            self.backward_step(op)
 
 
 class ElmanUnit(_Unit):
@@ -172,20 +230,49 @@ class ElmanUnit(_Unit):
             self.U = xp.zeros((P, N), dtype=dt)
             self.D = xp.zeros((every, P, N), dtype=dt)
 
-    def forward(self):
-        P, A = self.P, self.A
-        A[:P] = self.x1
-        A[P : 2 * P] = self.x2
-        if self.jvp:
-            A[2 * P :] = self.v0
-        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
-        for op in self.fwd_ops:
-            self.be.matmul(A, self.W.T, self.H)
-            self.launch("vx_elman_forward",
-                        (self.H, A, self.xi, self.drive(op.layer), self.su, self.pf, self.pi,
-                         self.res, self.cp, self.cp_ls, i32(P), i32(self.N), i32(self.R),
-                         i32(op.layer), i32(kind), i32(self.has_bias), i32(op.record),
-                         i32(op.checkpoint), self.limit))  # fmt: skip
+    def step(self, op):
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_elman_forward",
+                    (self.H, self.A, self.xi, self.drive(op.layer), self.su, self.pf, self.pi,
+                     self.res, self.cp, self.cp_ls, i32(self.P), i32(self.N), i32(self.R),
+                     i32(op.layer), i32(self.kind), i32(self.has_bias), i32(op.record),
+                     i32(op.checkpoint), self.limit))  # fmt: skip
+
+    def graph_step(self, k):
+        t = self.tables
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_elman_forward_clocked",
+                    (self.H, self.A, self.xi, self.Dg, self.su, self.pf, self.pi, self.res,
+                     self.cp, self.cp_ls, t.clock, t.rec, t.cpi, i32(k), i32(self.P),
+                     i32(self.N), i32(self.R), i32(self.kind), i32(self.has_bias),
+                     self.limit))  # fmt: skip
+
+    def backward(self):
+        """The seed, then the VJP with its full segments replayed (cuda_graphs)."""
+        self.seed()
+        ops = schedule.backward_ops(self.L, self.plan, self.rec)
+        cuda_graphs.run_backward(self, ops, self.plan.every)
+
+    def segment_op(self, op, start):
+        """``op`` of the captured segment from layer clock = ``start``."""
+        P, N, c = self.P, self.N, self.seg_clock
+        if isinstance(op, schedule.Restart):
+            self.launch("vx_restart_clocked",
+                        (self.x1, self.cp, self.cp_ls, self.A[:P], self.D, self.pf, self.pi, c,
+                         i32(self.plan.every), i32(P), i32(N)))  # fmt: skip
+        elif isinstance(op, schedule.Recompute):
+            j = op.layer - start - 1
+            A1, H1 = self.A[:P], self.H[:P]
+            self.be.matmul(A1, self.W.T, H1)
+            self.launch("vx_elman_recompute",
+                        (H1, A1, self.D, self.xi, self.Dseg[j], self.su, self.pf, self.pi,
+                         i32(P), i32(N), i32(j + 1), i32(self.has_bias)))  # fmt: skip
+        else:
+            j = op.layer - 1 - start
+            self.be.matmul(self.G, self.W, self.U)
+            self.launch("vx_backward_clocked",
+                        (self.G, self.U, self.D, self.pf, self.pi, self.res, c, self.rec_d,
+                         i32(j), i32(P), i32(N), i32(self.R), i32(j)))  # fmt: skip
 
     def seed(self):
         self.launch("vx_grad_init",
@@ -337,7 +424,38 @@ class _GatedUnit(_Unit):
         j = op.layer - op.start - 1
         if j not in self.done:  # the segment's last step: its pre-activations first
             self.recompute(op.layer, j)
-        self.cotangent(op, j)
+        self.cotangent(j, lambda U, add: self.finish(U, add, op))
+
+    def backward(self):
+        """The seed, then the VJP with its full segments replayed (cuda_graphs)."""
+        self.seed()
+        ops = schedule.backward_ops(self.L, self.plan, self.rec)
+        cuda_graphs.run_backward(self, ops, self.plan.every)
+
+    def segment_op(self, op, start):
+        """``op`` of the captured segment from layer clock = ``start`` (the drives of its
+        layers in Dseg; which steps are recomputed is the same in every full segment)."""
+        P, N, c = self.P, self.N, self.seg_clock
+        if isinstance(op, schedule.Restart):
+            S0 = [S[0] for S in self.S]
+            self.be.launch("vx_rnn_restart_clocked", fill_grid(P * N), FILL_THREADS,
+                           (S0[0], S0[-1], self.cp[0], self.cp[-1], c, i32(self.plan.every),
+                            i32(self.STATES), i32(P), i32(N)))  # fmt: skip
+            self.done = set()
+            return
+        j = op.layer - start - 1
+        if j not in self.done:
+            self.advance(op.layer, j, self.Dseg[j])
+            self.done.add(j)
+        if isinstance(op, schedule.Backward):
+            self.cotangent(j, lambda U, add: self.finish_clocked(U, add, j))
+
+    def finish_clocked(self, U, add, step):
+        """vx_rnn_cot_finish of the captured segment's step to layer clock + step."""
+        self.launch("vx_rnn_cot_finish_clocked",
+                    (self.G, U, self.pf, self.pi, self.res, self.seg_clock, self.rec_d,
+                     i32(step), i32(self.P), i32(self.N), i32(self.STATES * self.N), i32(add),
+                     i32(self.R)))  # fmt: skip
 
     def finish(self, U, add, op):
         self.launch("vx_rnn_cot_finish",
@@ -364,36 +482,40 @@ class LstmUnit(_GatedUnit):
             self.GA = xp.zeros((P, 4 * N), dtype=dt)
             self.U = xp.zeros((P, N), dtype=dt)
 
-    def forward(self):
-        P, A = self.P, self.A
-        A[:P] = self.x1
-        A[P : 2 * P] = self.x2
-        if self.jvp:
-            A[2 * P :] = self.v0
-        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
+    def step(self, op):
         cph, cpc = self.cp
-        for op in self.fwd_ops:
-            self.be.matmul(A, self.W.T, self.H)
-            self.launch("vx_lstm_forward",
-                        (self.H, A, self.C, self.TC, self.xi, self.drive(op.layer), self.su,
-                         self.shift, self.pf, self.pi, self.res, cph, cpc, i32(P), i32(self.N),
-                         i32(self.R), i32(op.layer), i32(kind), i32(op.record),
-                         i32(op.checkpoint), self.limit))  # fmt: skip
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_lstm_forward",
+                    (self.H, self.A, self.C, self.TC, self.xi, self.drive(op.layer), self.su,
+                     self.shift, self.pf, self.pi, self.res, cph, cpc, i32(self.P), i32(self.N),
+                     i32(self.R), i32(op.layer), i32(self.kind), i32(op.record),
+                     i32(op.checkpoint), self.limit))  # fmt: skip
 
-    def advance(self, layer, j):
+    def graph_step(self, k):
+        cph, cpc = self.cp
+        t = self.tables
+        self.be.matmul(self.A, self.W.T, self.H)
+        self.launch("vx_lstm_forward_clocked",
+                    (self.H, self.A, self.C, self.TC, self.xi, self.Dg, self.su, self.shift,
+                     self.pf, self.pi, self.res, cph, cpc, t.clock, t.rec, t.cpi, i32(k),
+                     i32(self.P), i32(self.N), i32(self.R), i32(self.kind),
+                     self.limit))  # fmt: skip
+
+    def advance(self, layer, j, drive=None):
         SH, SC = self.S
         H1 = self.H[: self.P]
+        drive = self.drive(layer) if drive is None else drive
         self.be.matmul(SH[j], self.W.T, H1)
         self.launch("vx_lstm_recompute",
-                    (H1, SC[j], self.PA[j], SH[j + 1], SC[j + 1], self.xi, self.drive(layer),
+                    (H1, SC[j], self.PA[j], SH[j + 1], SC[j + 1], self.xi, drive,
                      self.su, self.shift, self.pf, self.pi, i32(self.P), i32(self.N)))  # fmt: skip
 
-    def cotangent(self, op, j):
+    def cotangent(self, j, finish):
         self.launch("vx_lstm_cot_gates",
                     (self.G, self.GA, self.S[1][j], self.PA[j], self.pf, self.pi, i32(self.P),
                      i32(self.N)))  # fmt: skip
         self.be.matmul(self.GA, self.W, self.U)
-        self.finish(self.U, 0, op)
+        finish(self.U, 0)
 
 
 class GruUnit(_GatedUnit):
@@ -423,34 +545,40 @@ class GruUnit(_GatedUnit):
                     (H1, A, M, self.xi, drive, self.su, self.shift, self.pf, self.pi,
                      i32(self.P), i32(self.N), i32(ntraj), i32(kind)))  # fmt: skip
 
-    def forward(self):
+    def step(self, op):
         P, A = self.P, self.A
-        A[:P] = self.x1
-        A[P : 2 * P] = self.x2
-        if self.jvp:
-            A[2 * P :] = self.v0
-        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
-        for op in self.fwd_ops:
-            drive = self.drive(op.layer)
-            self._gates(self.H1, A, self.M, drive, 2, kind)
-            self.be.matmul(self.M, self.W_n.T, self.H2)
-            self.launch("vx_gru_forward",
-                        (self.H1, self.H2, A, self.xi, drive, self.su, self.pf, self.pi,
-                         self.res, self.cp[0], i32(P), i32(self.N), i32(self.R), i32(op.layer),
-                         i32(kind), i32(op.record), i32(op.checkpoint), self.limit))  # fmt: skip
+        drive = self.drive(op.layer)
+        self._gates(self.H1, A, self.M, drive, 2, self.kind)
+        self.be.matmul(self.M, self.W_n.T, self.H2)
+        self.launch("vx_gru_forward",
+                    (self.H1, self.H2, A, self.xi, drive, self.su, self.pf, self.pi, self.res,
+                     self.cp[0], i32(P), i32(self.N), i32(self.R), i32(op.layer),
+                     i32(self.kind), i32(op.record), i32(op.checkpoint), self.limit))  # fmt: skip
 
-    def advance(self, layer, j):
+    def graph_step(self, k):
+        P, A, t = self.P, self.A, self.tables
+        self.be.matmul(A, self.W_rz.T, self.H1)
+        self.launch("vx_gru_gates_clocked",
+                    (self.H1, A, self.M, self.xi, self.Dg, self.su, self.shift, self.pf,
+                     self.pi, i32(k), i32(P), i32(self.N), i32(2), i32(self.kind)))  # fmt: skip
+        self.be.matmul(self.M, self.W_n.T, self.H2)
+        self.launch("vx_gru_forward_clocked",
+                    (self.H1, self.H2, A, self.xi, self.Dg, self.su, self.pf, self.pi, self.res,
+                     self.cp[0], t.clock, t.rec, t.cpi, i32(k), i32(P), i32(self.N),
+                     i32(self.R), i32(self.kind), self.limit))  # fmt: skip
+
+    def advance(self, layer, j, drive=None):
         P = self.P
         (SH,) = self.S
         H1, M, H2 = self.H1[:P], self.M[:P], self.H2[:P]
-        drive = self.drive(layer)
+        drive = self.drive(layer) if drive is None else drive
         self._gates(H1, SH[j], M, drive, 1, layout.KIND_FWD)
         self.be.matmul(M, self.W_n.T, H2)
         self.launch("vx_gru_recompute",
                     (H1, H2, SH[j], self.PA[j], SH[j + 1], self.xi, drive, self.su, self.pf,
                      self.pi, i32(P), i32(self.N)))  # fmt: skip
 
-    def cotangent(self, op, j):
+    def cotangent(self, j, finish):
         P, N = self.P, self.N
         (SH,) = self.S
         self.launch(
@@ -461,7 +589,7 @@ class GruUnit(_GatedUnit):
                     (self.G, self.U1, self.GRZ, SH[j], self.PA[j], self.pf, self.pi, i32(P),
                      i32(N)))  # fmt: skip
         self.be.matmul(self.GRZ, self.W_rz, self.U2)
-        self.finish(self.U2, 1, op)
+        finish(self.U2, 1)
 
 
 # The unit of each recurrent architecture, by the model whose step it implements.
@@ -493,4 +621,6 @@ def device_bytes(config, width):
         total += (every + 1) * P * 2 * N * item + every * P * G * N * item  # S, PA
         total += P * N * item * (2 * G + 4)  # G, GA, U
     total += 4 * P * config.layers.size * 8 + P * (8 * layout.N_F + 4 * layout.N_I)
-    return int(total)
+    # the captured bodies' fixed drive buffers (X, D; a segment's drives) and tables
+    total += gates.DRIVE_BLOCK * (G + 1) * N * 8 + max(1, plan.every) * G * N * 8
+    return int(total + cuda_graphs.device_bytes(config))

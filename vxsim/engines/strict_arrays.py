@@ -17,6 +17,10 @@ machine without a GPU:
   functions make ``DeviceArray``; ``xp.asarray`` (host to device) and
   ``to_host`` (device to host, ``cupy.asnumpy``) are the only crossings.
 
+While a CUDA Graph is captured (``capturing(True)``, cuda_host), any operation on a
+device array but making a view is an error: CuPy would capture it into the graph
+(or, allocating, break the capture) while the host would run it at once.
+
 Every value is computed by NumPy, so results are bit-identical to running on
 plain NumPy arrays. What this cannot show (a function CuPy lacks, different
 rounding on the device, speed) is left to the GPU tests.
@@ -28,6 +32,26 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 class HostDeviceMixError(TypeError):
     """A host (NumPy) array met a device array where CuPy would refuse it."""
+
+
+class CaptureError(RuntimeError):
+    """Work on device arrays (other than a kernel launch or a GEMM) during a graph capture."""
+
+
+_capture = [False]
+
+
+def capturing(on):
+    """Refuse (``on``) or allow again work on device arrays: a graph capture's bounds."""
+    _capture[0] = bool(on)
+
+
+def _no_capture(what):
+    if _capture[0]:
+        raise CaptureError(
+            f"{what} on device arrays during a CUDA Graph capture: CuPy would capture it "
+            f"(and the host would run it now); do it before the capture"
+        )
 
 
 def _unwrap(x):
@@ -78,11 +102,13 @@ class DeviceArray(NDArrayOperatorsMixin):
     # -- the protocols that make numpy.f(device) a device computation
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _no_capture(ufunc.__name__)
         if getattr(np, ufunc.__name__, None) is not ufunc and not _special_ufunc(ufunc):
             raise HostDeviceMixError(f"{ufunc.__name__} is not a ufunc CuPy dispatches")
         return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
 
     def __array_function__(self, func, types, args, kwargs):
+        _no_capture(func.__name__)
         return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
     def __array__(self, dtype=None, copy=None):
@@ -96,6 +122,7 @@ class DeviceArray(NDArrayOperatorsMixin):
         return _wrap(self.a[_unwrap(key)])
 
     def __setitem__(self, key, value):
+        _no_capture("an assignment")
         self.a[_unwrap(key)] = _unwrap(value)
 
     def __len__(self):
@@ -147,6 +174,8 @@ class _Namespace:
         obj = getattr(self._module, name)
         if isinstance(obj, type) or not callable(obj):
             return obj  # dtypes and constants (xp.float32, xp.nan)
+        if callable(obj):
+            _no_capture(f"xp.{name}")
         if name in _TRANSFERS:
             return lambda a, *args, **kwargs: DeviceArray(
                 obj(a.a, *args, **kwargs)  # on the device already: copied only by xp.array
