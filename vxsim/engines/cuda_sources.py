@@ -43,6 +43,7 @@ UNITS = (
     "rnn.cu",
     "residual.cu",
     "persist.cu",
+    "persist_gated.cu",
     "probe.cu",
 )
 GENERATED = "vx_generated.cuh"
