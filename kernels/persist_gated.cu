@@ -367,13 +367,19 @@ VX_KERNEL void vx_gru_persist_forward(const real *W, const double *xi, const dou
             // M_t = r (1-r) da_r h + r dh
             VX_FOR(i, blk, n)
             {
+                // (constant indices only: the sums stay in registers)
                 real zr[3] = {0, 0, 0}, zz[3] = {0, 0, 0};
+                const real *x1 = h[0], *x2 = h[1], *xt = h[2];
                 for (int j = 0; j < n; ++j) {
                     const real *wj = wt + (long long)j * n3 + i;
                     const real wr = wj[0], wz = wj[n];
-                    for (int k = 0; k < ntraj; ++k) {
-                        zr[k] = vx_fma(wr, h[k][j], zr[k]);
-                        zz[k] = vx_fma(wz, h[k][j], zz[k]);
+                    zr[0] = vx_fma(wr, x1[j], zr[0]);
+                    zz[0] = vx_fma(wz, x1[j], zz[0]);
+                    zr[1] = vx_fma(wr, x2[j], zr[1]);
+                    zz[1] = vx_fma(wz, x2[j], zz[1]);
+                    if (jvp) {
+                        zr[2] = vx_fma(wr, xt[j], zr[2]);
+                        zz[2] = vx_fma(wz, xt[j], zz[2]);
                     }
                 }
                 for (int k = 0; k < 2; ++k) {
@@ -398,10 +404,13 @@ VX_KERNEL void vx_gru_persist_forward(const real *W, const double *xi, const dou
             VX_FOR(i, blk, n)
             {
                 real zn[3] = {0, 0, 0};
+                const real *m1 = m[0], *m2 = m[1], *mt = m[2];
                 for (int j = 0; j < n; ++j) {
                     const real wn = wt[(long long)j * n3 + 2LL * n + i];
-                    for (int k = 0; k < ntraj; ++k)
-                        zn[k] = vx_fma(wn, m[k][j], zn[k]);
+                    zn[0] = vx_fma(wn, m1[j], zn[0]);
+                    zn[1] = vx_fma(wn, m2[j], zn[1]);
+                    if (jvp)
+                        zn[2] = vx_fma(wn, mt[j], zn[2]);
                 }
                 real hv[2];
                 for (int k = 0; k < 2; ++k) {

@@ -7,8 +7,13 @@
   products itself.
 
 Both follow ``engines.schedule`` (``vjp_plan``: checkpoints, never every layer
-kept). The other architectures take neither (``engines.generic`` on device
-arrays); ``check_unit`` sizes them as the CPU engines do.
+kept). The recurrent networks (Elman, GRU, LSTM) take the step kernels
+(``cuda_rnn``: GEMMs and a fused epilogue per step) or, at small widths, the
+persistent kernels (``cuda_persist``: runs of steps per launch, the tied stacked
+gate matrix of G N x N reals and v vectors of N in one block's shared memory,
+(G N^2 + v N) s bytes <= the opt-in limit): ``recurrent_path``. The residual net
+takes its fused epilogue (``cuda_residual``); other weight laws ``engines.generic``
+on device arrays, which ``check_unit`` sizes as the CPU engines do.
 """
 
 import math
