@@ -245,6 +245,25 @@ def test_path_choice_and_limits(arch):
             cuda_paths.check_unit(fused, widest + 1, cuda_paths.choose_path(fused, widest + 1))
 
 
+def test_a_smaller_opt_in_limit(monkeypatch):
+    """On a device that grants a block less shared memory (an A100's opt-in, 163 KiB) the
+    widest persistent width shrinks so that the dynamic part and the reductions' static
+    scratch (1,328 bytes, ptxas -v for sm_90) fit within the opt-in together."""
+    from vxsim.engines import cuda_backend
+
+    optin = 163 * 1024
+    monkeypatch.setattr(cuda_backend, "shared_memory_optin", lambda: optin)
+    for arch in RNNS:
+        for k, precision in enumerate(("float32", "float64")):
+            c = rnn(arch, precision)
+            widest = cuda_paths.persist_widest(c)
+            vectors = max(cuda_paths.PERSIST_KERNEL_VECTORS[arch].values())
+            need = [cuda_paths.persist_smem(w, c.dtype.itemsize, vectors, c.arch.gates)
+                    for w in (widest, widest + 1)]  # fmt: skip
+            assert need[0] + 1328 <= optin < need[1] + cuda_paths.PERSIST_STATIC_BYTES
+            assert 0 < widest < WIDEST[arch][k]
+
+
 @pytest.mark.parametrize("arch", RNNS)
 def test_launches_and_shared_memory(host, arch):
     """The forward pass is ceil(L / PERSIST_STEPS) launches; the backward one per run of

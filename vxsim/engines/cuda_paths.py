@@ -39,14 +39,17 @@ FUSED_ZBUF_BYTES = 64 * 2**20
 FUSED_SMEM_BYTES = 46 * 1024
 # The persistent small-width kernels (kernels/persist.cu, persist_gated.cu) keep the
 # tied stacked gate matrix (G N x N: G = 1 Elman, 4 LSTM, 3 GRU) and a few vectors of N
-# reals in shared memory: an H100/H200 block may opt in to 227 KiB (1 KiB of which the
-# reductions' static scratch and the system take), so the widest that fit are, in
+# reals in shared memory: an H100/H200 block may opt in to 227 KiB (static scratch
+# included: PERSIST_STATIC_BYTES), so the widest that fit are, in
 # float32 / float64: Elman 236 / 166, GRU 136 / 95, LSTM 118 / 83. Up to
 # PERSIST_CROSSOVER_WIDTH engine.path = "auto" takes them (one width for the three
 # architectures, a declared guess until scripts/gpu_check.py's "persistent vs steps
 # crossover" lines have measured it on a GPU); engine.path = "fused" forces them,
 # "gemm" the step kernels.
 PERSIST_SMEM_BYTES = 224 * 1024
+# A block's static shared memory beside it: Block::reduce's scratch, (32 + 1) x VX_MAX_RED
+# doubles = 1,320 bytes (ptxas reports 1,328 for the persistent kernels), rounded up.
+PERSIST_STATIC_BYTES = 2048
 PERSIST_CROSSOVER_WIDTH = 128
 # Vectors of N reals in shared memory beside W, per architecture and kernel (the
 # forward kernel with the JVP's tangent is the largest: what decides the fit).
@@ -102,11 +105,14 @@ def persist_smem(width, itemsize, vectors, gates=1):
 
 def persist_limit():
     """Shared memory a persistent block may use here: PERSIST_SMEM_BYTES, or less where
-    the device's opt-in limit is lower (1 KiB left for the reductions' static scratch)."""
+    the device's opt-in limit is lower (static + dynamic <= the opt-in: PERSIST_STATIC_BYTES
+    left for the reductions' static scratch)."""
     from .cuda_backend import shared_memory_optin
 
     optin = shared_memory_optin()
-    return PERSIST_SMEM_BYTES if optin is None else min(PERSIST_SMEM_BYTES, optin - 1024)
+    if optin is None:
+        return PERSIST_SMEM_BYTES
+    return min(PERSIST_SMEM_BYTES, optin - PERSIST_STATIC_BYTES)
 
 
 def persist_fits(config, width):
