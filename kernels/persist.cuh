@@ -1,5 +1,5 @@
 // persist.cuh: what the persistent small-width kernels share (persist.cu for Elman,
-// persist_gated.cu for the LSTM and the GRU): the tied matrix loaded once into shared
+// persist_lstm.cu, persist_gru.cu): the tied matrix loaded once into shared
 // memory, kept there across a whole run of steps.
 #pragma once
 #include "common.cuh"

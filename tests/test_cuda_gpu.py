@@ -291,12 +291,12 @@ def test_persistent_elman_and_residual_epilogue_on_the_device():
 
 
 def test_persistent_gated_kernels_on_the_device():
-    """The LSTM's and the GRU's persistent kernels (kernels/persist_gated.cu: the stacked
-    gate matrices in shared memory, the opt-in beyond 48 KiB) against the oracle on the
-    GPU: widths 16, 100 (a partial warp) and the widest that fit, in float32 (LSTM 118,
-    GRU 136: about 222 KiB) and float64 (83, 95); jvp+vjp with checkpoints, sigma_w2 <= 2
-    (oracle_cases.TOL). float64: 25 steps, gate biases of -30 and 30 too (saturated
-    gates); float32: 16 steps. (An LSTM's rounding errors grow over the steps on either
+    """The LSTM's and the GRU's persistent kernels (kernels/persist_lstm.cu, persist_gru.cu:
+    the stacked gate matrices in shared memory, the opt-in beyond 48 KiB) against the
+    oracle on the GPU: widths 16, 100 (a partial warp) and the widest that fit, in float32
+    (LSTM 118, GRU 136: about 222 KiB) and float64 (83, 95); jvp+vjp with checkpoints,
+    sigma_w2 <= 2 (oracle_cases.TOL). float64: 25 steps, gate biases of -30 and 30 too
+    (saturated gates); float32: 16 steps. (An LSTM's rounding errors grow over the steps on either
     path, fastest with f = 1: at 40 steps the step kernels too leave the oracle's
     tolerance on the host build, float32 at width 100, float64 at width 83 with
     forget_bias 30.) The persistent and step paths agree."""

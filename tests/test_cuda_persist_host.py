@@ -1,5 +1,5 @@
-"""The persistent small-width RNN kernels (kernels/persist.cu, persist_gated.cu,
-engines/cuda_persist.py), on the CPU.
+"""The persistent small-width RNN kernels (kernels/persist.cu, persist_lstm.cu,
+persist_gru.cu, engines/cuda_persist.py), on the CPU.
 
 One block per grid point runs whole runs of steps with the tied (stacked) gate matrix in
 shared memory: Elman's W, the LSTM's [Z_i; Z_f; Z_g; Z_o], the GRU's [Z_r; Z_z; Z_n].

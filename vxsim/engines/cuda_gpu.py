@@ -13,7 +13,7 @@ work is in six modules, one concern each:
 * ``cuda_rnn``: the recurrent architectures (Elman, GRU, LSTM): stacked gate
   GEMMs and one fused step kernel each (``kernels/rnn.cu``);
 * ``cuda_persist``: the same at small widths, whole runs of steps per launch with the
-  tied gate matrices in shared memory (``kernels/persist.cu``, ``persist_gated.cu``);
+  tied gate matrices in shared memory (``kernels/persist*.cu``);
 * ``cuda_residual``: the residual MLP: the MLP's GEMM path with the skip in a
   fused epilogue (``kernels/residual.cu``);
 * ``cuda_generic``: any weight law

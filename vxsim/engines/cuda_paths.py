@@ -37,15 +37,14 @@ FUSED_ZBUF_BYTES = 64 * 2**20
 # The fused kernels keep 6 vectors of N reals in shared memory; CUDA grants
 # 48 KiB per block without an opt-in, so widths are limited to this.
 FUSED_SMEM_BYTES = 46 * 1024
-# The persistent small-width kernels (kernels/persist.cu, persist_gated.cu) keep the
-# tied stacked gate matrix (G N x N: G = 1 Elman, 4 LSTM, 3 GRU) and a few vectors of N
-# reals in shared memory: an H100/H200 block may opt in to 227 KiB (static scratch
-# included: PERSIST_STATIC_BYTES), so the widest that fit are, in
-# float32 / float64: Elman 236 / 166, GRU 136 / 95, LSTM 118 / 83. Up to
-# PERSIST_CROSSOVER_WIDTH engine.path = "auto" takes them (one width for the three
-# architectures, a declared guess until scripts/gpu_check.py's "persistent vs steps
-# crossover" lines have measured it on a GPU); engine.path = "fused" forces them,
-# "gemm" the step kernels.
+# The persistent small-width kernels (kernels/persist*.cu, engines/cuda_persist.py)
+# keep the tied stacked gate matrix (G N x N: G = 1 Elman, 4 LSTM, 3 GRU) and a few
+# vectors of N reals in shared memory: an H100/H200 block may opt in to 227 KiB (static
+# scratch included: PERSIST_STATIC_BYTES), so the widest that fit are, in float32 /
+# float64: Elman 236 / 166, GRU 136 / 95, LSTM 118 / 83. Up to PERSIST_CROSSOVER_WIDTH
+# engine.path = "auto" takes them (one width for the three architectures, a declared
+# guess until scripts/gpu_check.py's "persistent vs graph-path crossover" lines have
+# measured it on a GPU); engine.path = "fused" forces them, "gemm" the step kernels.
 PERSIST_SMEM_BYTES = 224 * 1024
 # A block's static shared memory beside it: Block::reduce's scratch, (32 + 1) x VX_MAX_RED
 # doubles = 1,320 bytes (ptxas reports 1,328 for the persistent kernels), rounded up.

@@ -8,8 +8,9 @@ gate matrix loaded once into shared memory and kept there across all of them,
 
 so that a step costs no launch and no trip of W through device memory: each block
 does the products W h (forward, recomputation) and W^T g (backward) itself
-(``kernels/persist.cu``, ``kernels/persist_gated.cu``), and the arithmetic around
-them is the step kernels' (``kernels/rnn.cu``, ``epilogue.cuh``), in the same order.
+(``kernels/persist.cu``, ``persist_lstm.cu``, ``persist_gru.cu``), and the arithmetic
+around them is the step kernels' (``kernels/rnn.cu``, ``epilogue.cuh``), in the same
+order.
 
 The units are the step units of ``cuda_rnn`` (the same buffers, tied draws on the
 device, per-point tables) with the passes lowered differently: the same

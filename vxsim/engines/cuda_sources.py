@@ -43,7 +43,8 @@ UNITS = (
     "rnn.cu",
     "residual.cu",
     "persist.cu",
-    "persist_gated.cu",
+    "persist_lstm.cu",
+    "persist_gru.cu",
     "probe.cu",
 )
 GENERATED = "vx_generated.cuh"
