@@ -1,5 +1,5 @@
 // persist.cu: the persistent small-width Elman kernels (issue 14, "persistent RNN": Diamos
-// et al., ICML 2016; cuDNN's PERSIST_STATIC), vxsim/engines/cuda_rnn.py's PersistentElman.
+// et al., ICML 2016; cuDNN's PERSIST_STATIC), vxsim/engines/cuda_persist.py's PersistentElman.
 //
 // One thread block per grid point runs a whole run of steps (the forward pass, a VJP
 // segment's recomputation, its backward steps) in one launch, with the tied N x N matrix W
@@ -16,22 +16,11 @@
 // (WT[j n + i] = W[i][j]) so that the threads of a warp, one output row each, read
 // consecutive words (no bank conflicts); the backward pass keeps W as it is, for the
 // same reason. The drives of the launch's steps (nsteps, n) float64 come from one GEMM
-// before it (cuda_rnn.PersistentElman.drive_rows).
+// before it (cuda_persist's drive_rows).
 #include "common.cuh"
 #include "epilogue.cuh"
+#include "persist.cuh"
 #include "rnn.cuh"
-
-// W (n x n, row-major) into shared memory, transposed or not, then a barrier.
-template <class B>
-VX_FN void vx_load_tied(const B &blk, const real *W, real *w, int n, bool transpose)
-{
-    const long long nn = (long long)n * n;
-    for (long long k = blk.tid(); k < nn; k += blk.size()) {
-        const long long i = k / n, j = k - i * n;
-        w[transpose ? j * n + i : k] = W[k];
-    }
-    blk.sync();  // every thread has stored its part of W before any thread reads a row
-}
 
 // Steps layer0 .. layer0 + nsteps - 1 of both trajectories (and the tangent): A holds a
 // point's next inputs between launches; drives (nsteps, n); rec, cpi (depth + 1).
@@ -60,7 +49,7 @@ VX_KERNEL void vx_elman_persist_forward(const real *W, const double *xi, const d
             if (jvp)
                 at[i] = AT[i];
         }
-        vx_load_tied(blk, W, wt, n, true);
+        vx_load_tied(blk, W, wt, n, n, true);
         bool alive = true;
         for (int li = 0; li < nsteps && alive; ++li) {
             const int layer = layer0 + li;
@@ -115,7 +104,7 @@ VX_KERNEL void vx_elman_persist_recompute(const real *W, const double *xi, const
         real *a1 = wt + nn, *h1 = a1 + n;
         real *A1p = A1 + p * row;
         VX_FOR(i, blk, n) { a1[i] = A1p[i]; }
-        vx_load_tied(blk, W, wt, n, true);
+        vx_load_tied(blk, W, wt, n, n, true);
         for (int li = 0; li < nsteps; ++li) {
             VX_FOR(i, blk, n)
             {
@@ -148,7 +137,7 @@ VX_KERNEL void vx_elman_persist_backward(const real *W, real *G, const real *D, 
         real *g = w + nn, *u = g + n;
         real *Gp = G + p * row;
         VX_FOR(i, blk, n) { g[i] = Gp[i]; }
-        vx_load_tied(blk, W, w, n, false);
+        vx_load_tied(blk, W, w, n, n, false);
         for (int layer = layer_hi; layer >= layer_lo; --layer) {
             // u = W^T g: thread j, column j; g is read whole
             VX_FOR(j, blk, n)

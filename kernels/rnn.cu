@@ -155,36 +155,6 @@ VX_KERNEL void vx_elman_recompute(real *H1, real *A1, real *D, const double *xi,
 
 // ------------------------------------------------------------------ LSTM
 
-// The gates of one element from its four pre-activations (a: rows I, F, G, O) and c_{t-1}:
-//   i, f, o = sigma(a_i, a_f, a_o),  g = phi(a_g),  c_t = f c + i g,  phi(c_t).
-struct VxLstm {
-    real i, i_c, f, f_c, g, o, o_c, c, phi_c;
-};
-
-VX_FN VxLstm vx_lstm_gates(real a_i, real a_f, real a_g, real a_o, real c_prev, int code,
-                           double param)
-{
-    VxLstm k;
-    vx_sigmoid(a_i, &k.i, &k.i_c);
-    vx_sigmoid(a_f, &k.f, &k.f_c);
-    vx_sigmoid(a_o, &k.o, &k.o_c);
-    k.g = vx_phi(code, a_g, param);
-    k.c = k.f * c_prev + k.i * k.g;
-    k.phi_c = vx_phi(code, k.c, param);
-    return k;
-}
-
-// The four pre-activations of element i from the GEMM row zx (4n): a_q = s zx_q + real(b_q),
-// forget_bias added to gate F's bias.
-VX_FN void vx_lstm_preacts(const real *zx, int n, int i, real s, const double *xi,
-                           const double *drive, double sb, double su, double shift, real a[4])
-{
-    for (int q = 0; q < 4; ++q) {
-        const long long k = (long long)q * n + i;
-        a[q] = vx_gate_preact(zx[k], s, vx_gate_bias(xi, drive, k, sb, su, q == 1 ? shift : 0.0));
-    }
-}
-
 // One LSTM step of every point, both trajectories (and with kind == JVP the tangent):
 //   c_t = f c + i g, h_t = o phi(c_t) into A, C;
 //   dc_t = df c + f dc + di g + i dg,  dh_t = do phi(c_t) + o phi'(c_t) dc_t  (da = s Z dh),

@@ -80,7 +80,7 @@ FULL["spectrum"] = dict(oracle=(32, 24), widths=(128, 256, 512), points=4, depth
 HOST["spectrum"] = dict(oracle=(8, 6), widths=(8,), points=2, depth=4)
 FULL["graph"] = dict(width=256, depth=1_000, points=(40, 5, 5))
 HOST["graph"] = dict(width=16, depth=70, points=(2, 2, 2))
-FULL["persist"] = dict(widths=(32, 64, 96, 128, 192, 224), grid=40, depth=500)
+FULL["persist"] = dict(widths=(32, 64, 96, 112, 128, 192, 224), grid=40, depth=500)
 HOST["persist"] = dict(widths=(8, 16), grid=2, depth=6)
 SKIP_ON_HOST = {"test_tf32_growth_rates_match_float32"}
 _TITLES = {
@@ -487,7 +487,8 @@ def rnn_section(sizes, clock):
             assert_same(got, numpy_ref.run_unit(cfg, W, 1), TOL[precision], f"{arch} {precision}")
         say(f"{arch:8s} width {W}, {L} steps, float32 and float64, jvp+vjp: the oracle's numbers")
     graph_vs_steps(sizes, clock)
-    persistent_crossover(sizes, clock, _config)
+    for arch in ("rnn", "gru", "lstm"):
+        persistent_crossover(sizes, clock, _config, arch)
     nw, nb, nx = sizes["rnn_points"]
     grid = [f"grid.sigma_w2={{start=0.5,stop=3,num={nw}}}",
             f"grid.sigma_b2={{start=0,stop=0.2,num={nb}}}"]  # fmt: skip
@@ -537,19 +538,24 @@ def graph_vs_steps(sizes, clock):
     )
 
 
-def persistent_crossover(sizes, clock, make):
-    """Elman tanh float32 jvp+vjp per step: the persistent kernel (W in shared memory) and
-    the step kernels (a GEMM and an epilogue per step), over widths; the crossover width
-    is the first where the steps are faster (cuda_paths.PERSIST_CROSSOVER_WIDTH declares
-    it)."""
+def persistent_crossover(sizes, clock, make, arch):
+    """Elman, GRU or LSTM tanh float32 jvp+vjp per step: the persistent kernels (the tied
+    gate matrices in shared memory) and the step kernels (GEMMs and an epilogue per
+    step), over the widths where the persistent kernels fit, their numbers the same (20
+    steps); the crossover width is the first where the steps are faster
+    (cuda_paths.PERSIST_CROSSOVER_WIDTH declares it)."""
+    from oracle_cases import TOL, assert_same
+
     from vxsim.engines import cuda_gpu, cuda_paths
 
     spec = sizes["persist"]
     L, n = spec["depth"], spec["grid"]
     crossover = None
-    say(" width  points   persistent ms/step   steps ms/step")
-    for W in spec["widths"]:
-        base = ['network.architecture="rnn"', f"network.width=[{W}]",
+    say(f"{arch:5s} width  points   persistent ms/step   steps ms/step")
+    arch_cfg = make(f'network.architecture="{arch}"', 'measure.precision="float32"')
+    fits = [W for W in spec["widths"] if cuda_paths.persist_fits(arch_cfg, W)]
+    for W in fits:
+        base = [f'network.architecture="{arch}"', f"network.width=[{W}]",
                 'network.activation=["tanh"]', f"grid.sigma_w2={{start=0.5,stop=3,num={n}}}",
                 'measure.mode="both"', 'measure.precision="float32"']  # fmt: skip
         times = {}
@@ -557,14 +563,18 @@ def persistent_crossover(sizes, clock, make):
             cuda_gpu.run_unit(make(*base, "network.depth=3"), W, 0, path=path)  # warm
             cfg = make(*base, f"network.depth={L}")
             times[path] = clock.time(lambda c=cfg, w=W, p=path: cuda_gpu.run_unit(c, w, 0, p)) / L
+        same = [make(*base[:3], "grid.sigma_w2=[0.5, 2.0]", *base[4:], "network.depth=20")]
+        same = [cuda_gpu.run_unit(same[0], W, 0, path=p) for p in ("persistent", "steps")]
+        assert_same(*same, TOL["float32"], (arch, W))  # sigma_w2 <= 2: oracle_cases.TOL
         P = math.prod(cfg.grid_shape)
         if crossover is None and times["steps"] < times["persistent"]:
             crossover = W
-        say(f"{W:6d} {P:7d}   {1e3 * times['persistent']:14.4f}   {1e3 * times['steps']:12.4f}")
-    found = f"width {crossover}" if crossover else f"above {spec['widths'][-1]}"
-    say(f"persistent vs graph-path crossover: {found} (declared "
-        f"{cuda_paths.PERSIST_CROSSOVER_WIDTH}; graph capture not built, the steps path "
-        f"launches each step)")  # fmt: skip
+        say(f"{arch:5s} {W:5d} {P:7d}   {1e3 * times['persistent']:14.4f}   "
+            f"{1e3 * times['steps']:12.4f}")  # fmt: skip
+    found = f"width {crossover}" if crossover else f"above {fits[-1]}"
+    say(f"{arch}: persistent vs graph-path crossover: {found} (declared "
+        f"{cuda_paths.PERSIST_CROSSOVER_WIDTH}; the steps path replays its captured CUDA "
+        f"Graph, engine.cuda_graphs=auto)")  # fmt: skip
 
 
 def spectrum_section(sizes, clock):

@@ -255,7 +255,7 @@ def test_rnn_step_kernels_on_the_device():
     for arch, extra, depth, width, precision in cases:
         cfg = make_config(f'network.architecture="{arch}"', *extra, width=width, depth=depth,
                           precision=precision)  # fmt: skip
-        got = cuda_gpu.run_unit(cfg, width, 0)
+        got = cuda_gpu.run_unit(cfg, width, 0, path="steps")  # (persistent: test below)
         assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL[precision], (arch, extra))
     cfg = make_config('network.architecture="rnn"', sw2="[1.0, 1e6]", acts='["elu", "gelu"]',
                       depth=40)  # fmt: skip
@@ -317,6 +317,38 @@ def test_cuda_graphs_on_the_device():
             if precision == "float64":  # (sigma_w2 <= 1: not chaotic over 130 steps, where
                 # the oracle's 1e-8 would measure the amplified rounding, not the kernels)
                 assert_same(got["on"], numpy_ref.run_unit(cfg, 96, 1), TOL[precision], arch)
+
+
+def test_persistent_gated_kernels_on_the_device():
+    """The LSTM's and the GRU's persistent kernels (kernels/persist_lstm.cu, persist_gru.cu:
+    the stacked gate matrices in shared memory, the opt-in beyond 48 KiB) against the
+    oracle on the GPU: widths 16, 100 (a partial warp) and the widest that fit, in float32
+    (LSTM 118, GRU 136: about 222 KiB) and float64 (83, 95); jvp+vjp with checkpoints,
+    sigma_w2 <= 2 (oracle_cases.TOL). float64: 25 steps, gate biases of -30 and 30 too
+    (saturated gates); float32: 16 steps. (An LSTM's rounding errors grow over the steps on either
+    path, fastest with f = 1: at 40 steps the step kernels too leave the oracle's
+    tolerance on the host build, float32 at width 100, float64 at width 83 with
+    forget_bias 30.) The persistent and step paths agree."""
+    from vxsim.engines import cuda_paths
+
+    setup = {"float32": ("[0.5, 1.0]", 16, 5), "float64": ("[-30.0, 0.5, 30.0]", 25, 7)}
+    cases = {
+        "lstm": ((16, "float32"), (100, "float32"), (118, "float32"), (83, "float64")),
+        "gru": ((16, "float64"), (100, "float32"), (136, "float32"), (95, "float64")),
+    }
+    for arch, shapes in cases.items():
+        for width, precision in shapes:
+            bias, depth, every = setup[precision]
+            cfg = make_config(f'network.architecture="{arch}"', 'engine.path="fused"',
+                              f"grid.{ARCH_AXES[arch]}={bias}", f"engine.checkpoint={every}",
+                              sw2="[0.5, 1.0, 2.0]", width=width, depth=depth,
+                              precision=precision)  # fmt: skip
+            assert cuda_paths.choose_path(cfg, width) == "persistent"
+            what = (arch, width, precision)
+            got = cuda_gpu.run_unit(cfg, width, 0)
+            assert_same(got, numpy_ref.run_unit(cfg, width, 0), TOL[precision], what)
+            steps = cuda_gpu.run_unit(cfg, width, 0, path="steps")
+            assert_same(got, steps, TOL[precision], ("steps", *what))
 
 
 # ---------------------------------------------------------------- weight laws

@@ -604,7 +604,7 @@ def test_launch_shapes_and_kernels_used(host):
     for arch in ("rnn", "gru", "lstm", "residual"):
         rnn_cfg = _arch_config(arch, "float32", "both", depth=9)
         be = cuda_host.HostBackend("float32")
-        cuda_gpu.run_unit(rnn_cfg, 40, 0, backend=be, path="steps" if arch == "rnn" else None)
+        cuda_gpu.run_unit(rnn_cfg, 40, 0, backend=be, path=None if arch == "residual" else "steps")
         for name, grid, block, smem in be.launches:
             rnn_seen.setdefault(name, set()).add((grid, block, smem))
     P_rnn = int(np.prod(rnn_cfg.grid_shape))
@@ -612,13 +612,16 @@ def test_launch_shapes_and_kernels_used(host):
         if not name.startswith("vx_fill"):
             assert shapes == {(P_rnn, 64, 0)}, name
         seen.setdefault(name, shapes)  # (the MLP's kernels that Elman shares: checked below)
-    be = cuda_host.HostBackend("float32")  # Elman's persistent kernels (kernels/persist.cu)
-    cuda_gpu.run_unit(_arch_config("rnn", "float32", "both", depth=9), 40, 0, backend=be)
-    for name, grid, block, smem in be.launches:
-        if name.startswith("vx_elman_persist"):
-            assert smem == (40 * 40 + (6 if "forward" in name else 2) * 40) * 4, name
-            assert (grid, block) == (P_rnn, 64), name
-        seen.setdefault(name, {(grid, block, smem)})
+    for arch in ("rnn", "gru", "lstm"):  # the persistent kernels (kernels/persist*.cu)
+        be = cuda_host.HostBackend("float32")
+        cfg_p = _arch_config(arch, "float32", "both", depth=9)
+        cuda_gpu.run_unit(cfg_p, 40, 0, backend=be)
+        vectors = cuda_paths.PERSIST_KERNEL_VECTORS[arch]
+        for name, grid, block, smem in be.launches:
+            if "_persist_" in name:
+                want = cfg_p.arch.gates * 40 * 40 + vectors[name.rsplit("_", 1)[1]] * 40
+                assert smem == want * 4 and (grid, block) == (P_rnn, 64), name
+            seen.setdefault(name, {(grid, block, smem)})
     for arch in ("mlp", "rnn", "gru", "lstm", "residual"):  # a captured body (cuda_graphs)
         cfg65 = make_config(f'network.architecture="{arch}"', 'engine.path="gemm"', width=8,
                             depth=65, mode="both")  # fmt: skip

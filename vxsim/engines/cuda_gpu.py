@@ -1,7 +1,7 @@
 """The CUDA engine: CuPy arrays, cuBLAS GEMMs, and the hand-written kernels of ``kernels/``.
 
 The engine's entry (``NAME``, ``available``, ``numerics``, ``run_unit``); the
-work is in five modules, one concern each:
+work is in six modules, one concern each:
 
 * ``cuda_backend``: where it runs. ``GpuBackend`` (CuPy, cuBLAS, the kernels
   compiled by NVRTC), whether CuPy can run here, the generator's launch
@@ -12,6 +12,8 @@ work is in five modules, one concern each:
   checkpointed VJP;
 * ``cuda_rnn``: the recurrent architectures (Elman, GRU, LSTM): stacked gate
   GEMMs and one fused step kernel each (``kernels/rnn.cu``);
+* ``cuda_persist``: the same at small widths, whole runs of steps per launch with the
+  tied gate matrices in shared memory (``kernels/persist*.cu``);
 * ``cuda_residual``: the residual MLP: the MLP's GEMM path with the skip in a
   fused epilogue (``kernels/residual.cu``);
 * ``cuda_generic``: any weight law
@@ -25,7 +27,7 @@ threads (slow, but every line of the engine and of the kernels' arithmetic
 runs without a GPU).
 """
 
-from . import cuda_residual, cuda_rnn, gemm
+from . import cuda_persist, cuda_residual, cuda_rnn, gemm
 from .cuda_backend import available, gpu_backend, numerics, unavailable_reason
 from .cuda_generic import DeviceArrays
 from .cuda_mlp import Unit
@@ -69,10 +71,11 @@ def run_unit(config, width, sample, path=None, backend=None):
 
         check_unit(config, width, None, getattr(backend, "free_bytes", None))
         return generic.run_unit(config, width, sample, DeviceArrays(backend))
-    if config.recurrent:  # path: 'steps' or 'persistent' (Elman's small widths), or chosen
+    if config.recurrent:  # path: 'steps' or 'persistent' (small widths), or chosen
         path = path if path in ("steps", "persistent") else choose_path(config, width)
         check_unit(config, width, path, getattr(backend, "free_bytes", None))
-        return cuda_rnn.run_unit(config, width, sample, backend, path)
+        unit = cuda_persist if path == "persistent" else cuda_rnn
+        return unit.run_unit(config, width, sample, backend)
     if config.arch.name == cuda_residual.ARCH:
         check_unit(config, width, "skip", getattr(backend, "free_bytes", None))
         return cuda_residual.run_unit(config, width, sample, backend)

@@ -7,8 +7,13 @@
   products itself.
 
 Both follow ``engines.schedule`` (``vjp_plan``: checkpoints, never every layer
-kept). The other architectures take neither (``engines.generic`` on device
-arrays); ``check_unit`` sizes them as the CPU engines do.
+kept). The recurrent networks (Elman, GRU, LSTM) take the step kernels
+(``cuda_rnn``: GEMMs and a fused epilogue per step) or, at small widths, the
+persistent kernels (``cuda_persist``: runs of steps per launch, the tied stacked
+gate matrix of G N x N reals and v vectors of N in one block's shared memory,
+(G N^2 + v N) s bytes <= the opt-in limit): ``recurrent_path``. The residual net
+takes its fused epilogue (``cuda_residual``); other weight laws ``engines.generic``
+on device arrays, which ``check_unit`` sizes as the CPU engines do.
 """
 
 import math
@@ -16,7 +21,7 @@ import math
 import numpy as np
 
 from ..errors import VxsimError
-from ..models import residual, rnn
+from ..models import gru, lstm, residual, rnn
 from . import base, cuda_sources, layout, schedule
 
 # The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
@@ -32,15 +37,26 @@ FUSED_ZBUF_BYTES = 64 * 2**20
 # The fused kernels keep 6 vectors of N reals in shared memory; CUDA grants
 # 48 KiB per block without an opt-in, so widths are limited to this.
 FUSED_SMEM_BYTES = 46 * 1024
-# The persistent small-width Elman kernels (kernels/persist.cu) keep the tied N x N matrix
-# and 6 vectors of N reals in shared memory: an H100/H200 block may opt in to 227 KiB
-# (1 KiB of which the reductions' static scratch and the system take), so widths up to
-# 236 in float32 and 166 in float64 fit. Below PERSIST_CROSSOVER_WIDTH engine.path =
-# "auto" takes them (a declared guess until scripts/gpu_check.py's "persistent vs graph
-# path crossover" line has measured it); engine.path = "fused" forces them, "gemm" the
-# step kernels.
+# The persistent small-width kernels (kernels/persist*.cu, engines/cuda_persist.py)
+# keep the tied stacked gate matrix (G N x N: G = 1 Elman, 4 LSTM, 3 GRU) and a few
+# vectors of N reals in shared memory: an H100/H200 block may opt in to 227 KiB (static
+# scratch included: PERSIST_STATIC_BYTES), so the widest that fit are, in float32 /
+# float64: Elman 236 / 166, GRU 136 / 95, LSTM 118 / 83. Up to PERSIST_CROSSOVER_WIDTH
+# engine.path = "auto" takes them (one width for the three architectures, a declared
+# guess until scripts/gpu_check.py's "persistent vs graph-path crossover" lines have
+# measured it on a GPU); engine.path = "fused" forces them, "gemm" the step kernels.
 PERSIST_SMEM_BYTES = 224 * 1024
+# A block's static shared memory beside it: Block::reduce's scratch, (32 + 1) x VX_MAX_RED
+# doubles = 1,320 bytes (ptxas reports 1,328 for the persistent kernels), rounded up.
+PERSIST_STATIC_BYTES = 2048
 PERSIST_CROSSOVER_WIDTH = 128
+# Vectors of N reals in shared memory beside W, per architecture and kernel (the
+# forward kernel with the JVP's tangent is the largest: what decides the fit).
+PERSIST_KERNEL_VECTORS = {
+    rnn.ARCHITECTURE.name: {"forward": 6, "forward_nojvp": 4, "recompute": 2, "backward": 2},
+    lstm.ARCHITECTURE.name: {"forward": 9, "forward_nojvp": 9, "recompute": 2, "backward": 6},
+    gru.ARCHITECTURE.name: {"forward": 12, "forward_nojvp": 12, "recompute": 3, "backward": 4},
+}
 # Threads per block of the per-point kernels (a multiple of 32; fewer for small N;
 # at most the kernels' __launch_bounds__).
 MAX_THREADS = 256
@@ -80,29 +96,40 @@ def layer_seconds(path, points, width, itemsize, rows, chunk=1):
     )
 
 
-def persist_smem(width, itemsize, vectors):
-    """Shared memory of a persistent kernel's block: W (N^2) and ``vectors`` vectors of N."""
-    return (width * width + vectors * width) * itemsize
+def persist_smem(width, itemsize, vectors, gates=1):
+    """Shared memory of a persistent kernel's block: the stacked W (G N^2 reals) and
+    ``vectors`` vectors of N reals, (G N^2 + v N) s bytes."""
+    return (gates * width * width + vectors * width) * itemsize
 
 
 def persist_limit():
     """Shared memory a persistent block may use here: PERSIST_SMEM_BYTES, or less where
-    the device's opt-in limit is lower (1 KiB left for the reductions' static scratch)."""
+    the device's opt-in limit is lower (static + dynamic <= the opt-in: PERSIST_STATIC_BYTES
+    left for the reductions' static scratch)."""
     from .cuda_backend import shared_memory_optin
 
     optin = shared_memory_optin()
-    return PERSIST_SMEM_BYTES if optin is None else min(PERSIST_SMEM_BYTES, optin - 1024)
+    if optin is None:
+        return PERSIST_SMEM_BYTES
+    return min(PERSIST_SMEM_BYTES, optin - PERSIST_STATIC_BYTES)
 
 
 def persist_fits(config, width):
-    return persist_smem(width, config.dtype.itemsize, 6) <= persist_limit()
+    """Whether the persistent kernels of this architecture fit a block at this width
+    (their largest, the forward kernel with the tangent's vectors)."""
+    vectors = max(PERSIST_KERNEL_VECTORS[config.arch.name].values())
+    return persist_smem(width, config.dtype.itemsize, vectors, config.arch.gates) <= persist_limit()
+
+
+def persist_widest(config):
+    """The widest width whose persistent kernels fit (0: none)."""
+    return max((w for w in range(1, 512) if persist_fits(config, w)), default=0)
 
 
 def recurrent_path(config, width):
-    """'persistent' (Elman, small widths: the whole sequence per launch, W in shared
-    memory) or 'steps' (a GEMM and a fused epilogue per step)."""
-    elman = config.arch.name == rnn.ARCHITECTURE.name
-    if not elman or config.path == "gemm" or not persist_fits(config, width):
+    """'persistent' (small widths: runs of steps per launch, the tied gate matrices in
+    shared memory) or 'steps' (a GEMM and a fused epilogue per step)."""
+    if config.path == "gemm" or not persist_fits(config, width):
         return "steps"
     if config.path == "fused" or width <= PERSIST_CROSSOVER_WIDTH:
         return "persistent"
@@ -199,12 +226,12 @@ def check_unit(config, width, path, free_bytes=None):
             f"engine.path = 'fused' on the cuda backend takes widths up to {widest} "
             f"in {config.precision}; got {width} (use path 'gemm' or 'auto')"
         )
-    fused_rnn = config.path == "fused" and config.arch.name == rnn.ARCHITECTURE.name
+    fused_rnn = config.path == "fused" and config.recurrent
     if path == "steps" and fused_rnn and not persist_fits(config, width):
-        widest = max(w for w in range(1, 512) if persist_fits(config, w))
         raise VxsimError(
-            f"engine.path = 'fused' (the persistent kernel) on the cuda backend takes Elman "
-            f"widths up to {widest} in {config.precision}; got {width} (use 'gemm' or 'auto')"
+            f"engine.path = 'fused' (the persistent kernel) on the cuda backend takes "
+            f"{config.arch.name} widths up to {persist_widest(config)} in {config.precision}; "
+            f"got {width} (use 'gemm' or 'auto')"
         )
     if free_bytes is not None:
         if path == "generic":

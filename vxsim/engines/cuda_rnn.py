@@ -45,8 +45,8 @@ from .. import rng
 from ..models import gates, gru, lstm, rnn
 from . import base, cuda_graphs, cuda_sources, layout, schedule
 from .cuda_backend import FILL_THREADS, fill_grid, i32
-from .cuda_mlp import Pass, runs
-from .cuda_paths import persist_smem, threads_for
+from .cuda_mlp import Pass
+from .cuda_paths import threads_for
 
 
 def vjp_plan(config):
@@ -302,81 +302,6 @@ class ElmanUnit(_Unit):
                      i32(op.record)))  # fmt: skip
 
 
-class PersistentElman(ElmanUnit):
-    """Elman at small widths: whole runs of steps per launch, W kept in shared memory.
-
-    The same schedule and per-point epilogues as ``ElmanUnit``; the products W a and
-    W^T g are done by each point's block from its shared-memory copy of W
-    (``kernels/persist.cu``) instead of a GEMM per step. A launch covers the forward
-    pass (in runs of at most ``PERSIST_STEPS`` steps, whose drives are one GEMM before
-    it), a VJP segment's recomputed steps, or its backward steps.
-    """
-
-    PERSIST_STEPS = 1024  # steps per forward launch: their drives, (steps, N) float64
-
-    def __init__(self, config, width, sample, backend):
-        super().__init__(config, width, sample, backend)
-        xp = self.be.xp
-        self.rec_d = xp.asarray(self.rec.astype(np.int32))
-        cpi = np.full(self.L + 1, -1, dtype=np.int32)
-        cpi[1:] = [op.checkpoint for op in self.fwd_ops]
-        self.cpi_d = xp.asarray(cpi)
-        self.H = None  # no GEMM output: the products are the kernels'
-
-    def drive_rows(self, first, count):
-        """d_t = Z_U x_t / sqrt(N) for t = first .. first + count - 1, (count, N) float64:
-        one GEMM (models.gates.drive)."""
-        xp, N = self.be.xp, self.N
-        X = xp.empty((count, N))
-        self._fill("vx_fill_stream64", X, N, first, count, rng.STREAM_SEQUENCE)
-        X *= np.sqrt(self.config.input_variance)
-        D = xp.empty((count, N))
-        self.be.matmul(X, self.ZU.T, D)
-        D /= np.sqrt(N)
-        return D
-
-    def smem(self, vectors):
-        return persist_smem(self.N, self.dt.itemsize, vectors)
-
-    def forward(self):
-        P, N, A = self.P, self.N, self.A
-        A[:P] = self.x1
-        A[P : 2 * P] = self.x2
-        if self.jvp:
-            A[2 * P :] = self.v0
-        kind = layout.KIND_JVP if self.jvp else layout.KIND_FWD
-        smem = self.smem(6 if self.jvp else 4)
-        for first in range(1, self.L + 1, self.PERSIST_STEPS):
-            count = min(self.PERSIST_STEPS, self.L + 1 - first)
-            self.launch("vx_elman_persist_forward",
-                        (self.W, self.xi, self.drive_rows(first, count), self.su, A, self.pf,
-                         self.pi, self.res, self.cp, self.cp_ls, self.rec_d, self.cpi_d, i32(P),
-                         i32(N), i32(self.R), i32(first), i32(count), i32(kind),
-                         i32(self.has_bias), self.limit), smem=smem)  # fmt: skip
-
-    def backward(self):
-        """``schedule.backward_ops`` after the seed, one launch per run of like operations."""
-        self.seed()
-        P, N = self.P, self.N
-        smem = self.smem(2)
-        for run in runs(schedule.backward_ops(self.L, self.plan, self.rec)):
-            first = run[0]
-            if isinstance(first, schedule.Restart):
-                for op in run:
-                    self.restart(op)
-            elif isinstance(first, schedule.Recompute):
-                self.launch("vx_elman_persist_recompute",
-                            (self.W, self.xi, self.drive_rows(first.layer, len(run)), self.su,
-                             self.A[:P], self.D, self.pf, self.pi, i32(P), i32(N),
-                             i32(first.layer), i32(len(run)), i32(first.start),
-                             i32(self.has_bias)), smem=smem)  # fmt: skip
-            else:
-                self.launch("vx_elman_persist_backward",
-                            (self.W, self.G, self.D, self.pf, self.pi, self.res, self.rec_d,
-                             i32(P), i32(N), i32(self.R), i32(run[-1].layer), i32(first.layer),
-                             i32(first.start)), smem=smem)  # fmt: skip
-
-
 class _GatedUnit(_Unit):
     """A gated RNN's VJP buffers: a segment's states and pre-activations, the cotangent."""
 
@@ -597,11 +522,10 @@ UNITS = {rnn.ARCHITECTURE.name: ElmanUnit, gru.ARCHITECTURE.name: GruUnit,
          lstm.ARCHITECTURE.name: LstmUnit}  # fmt: skip
 
 
-def run_unit(config, width, sample, backend, path="steps"):
-    """One (width, sample) of a recurrent architecture on the fused step kernels, or
-    (Elman, ``path='persistent'``) on the persistent small-width kernels."""
-    unit = PersistentElman if path == "persistent" else UNITS[config.arch.name]
-    return unit(config, width, sample, backend).run()
+def run_unit(config, width, sample, backend):
+    """One (width, sample) of a recurrent architecture on the fused step kernels (the
+    persistent small-width kernels: cuda_persist.run_unit)."""
+    return UNITS[config.arch.name](config, width, sample, backend).run()
 
 
 def device_bytes(config, width):

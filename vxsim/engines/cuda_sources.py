@@ -43,6 +43,8 @@ UNITS = (
     "rnn.cu",
     "residual.cu",
     "persist.cu",
+    "persist_lstm.cu",
+    "persist_gru.cu",
     "probe.cu",
 )
 GENERATED = "vx_generated.cuh"

@@ -1,0 +1,334 @@
+// persist_gru.cu: the persistent small-width GRU kernels (issue 14, "persistent RNN":
+// Diamos et al., ICML 2016; cuDNN's PERSIST_STATIC), vxsim/engines/cuda_persist.py's
+// PersistentGru. One thread block per grid point runs a whole run of steps (the forward
+// pass, a VJP segment's recomputation, its backward steps) in one launch, with the stacked
+// W = [Z_r; Z_z; Z_n] (3n x n) loaded once into shared memory and kept there:
+//
+//   forward:   [a_r; a_z] from [Z_r; Z_z] h,  M = r h,  a_n from Z_n M (after a barrier:
+//              every element of M),  h_t = (1 - z) n_t + z h,  tangent dh
+//   backward:  GAN = phi'(a_n) (1 - z) g, U1 = GAN Z_n, GRZ, g <- z g + r s U1,
+//              g <- g + s (GRZ [Z_r; Z_z])
+//
+// The products that rnn.cu's step kernels get from cuBLAS are done here by each block
+// from its copy of W; the arithmetic around them is the step kernels', in the same order
+// (rnn.cuh's vx_gate_preact, vx_gate_bias, vx_sigmoid, vx_big, vx_rnn_record), so that
+// both paths follow the oracle's roundings alike.
+//
+// Thread i computes only element i of a step's new state from whole old vectors, so the
+// new h goes to a second buffer (h and hn swap each step) and a step ends with a barrier.
+// The forward pass keeps W transposed (wt[j rows + r] = W[r][j]: a warp reads consecutive
+// words), the backward pass as it is. The drives of the launch's steps, (nsteps, 3n)
+// float64, come from one GEMM before it. A segment's states and pre-activations go to
+// device memory (S, PA: the step units' buffers), where the backward kernel reads them.
+// Shared memory (cuda_paths.PERSIST_KERNEL_VECTORS): forward W 3n^2 and h1 h2 dh,
+// hn1 hn2 dhn, M1 M2 Mt, a_z1 a_z2 da_z (12n); recomputation 3n^2 + 3n; backward 3n^2 + 4n.
+#include "common.cuh"
+#include "persist.cuh"
+#include "rnn.cuh"
+
+// Steps layer0 .. layer0 + nsteps - 1 of both trajectories (and the tangent), rnn.cu's
+// vx_gru_gates, the candidate's GEMM and vx_gru_forward a step: A holds a point's state
+// between launches; drives (nsteps, 3n); rec, cpi (depth + 1).
+VX_KERNEL void vx_gru_persist_forward(const real *W, const double *xi, const double *drives,
+                                      const double *su, const double *shift, real *A, double *pf,
+                                      int *pi, double *res, real *cph, const int *rec,
+                                      const int *cpi, int P, int n, int R, int layer0,
+                                      int nsteps, int kind, double limit)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        double acc = pf[VX_F_ACC * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const double u = su[p], sh = shift[p];
+        const bool jvp = kind == VX_KIND_JVP;
+        const int n3 = 3 * n;
+        real *wt = blk.template shared<real>();
+        real *h[3], *hn[3], *m[3], *az[3];  // trajectory 1, 2, tangent
+        h[0] = wt + (long long)n3 * n;
+        for (int k = 0; k < 3; ++k) {
+            h[k] = h[0] + k * n;
+            hn[k] = h[0] + (3 + k) * n;
+            m[k] = h[0] + (6 + k) * n;
+            az[k] = h[0] + (9 + k) * n;
+        }
+        const int ntraj = jvp ? 3 : 2;
+        VX_FOR(i, blk, n)
+        {
+            for (int k = 0; k < ntraj; ++k)
+                h[k][i] = A[((long long)k * P + p) * n + i];
+        }
+        vx_load_tied(blk, W, wt, n3, n, true);
+        for (int li = 0; li < nsteps; ++li) {
+            const int layer = layer0 + li;
+            const double *drive = drives + (long long)li * n3;
+            // the gates: [a_r; a_z] = s [Z_r; Z_z] h + b, M = r h; tangent da = s Z dh,
+            // M_t = r (1-r) da_r h + r dh
+            VX_FOR(i, blk, n)
+            {
+                // (constant indices only: the sums stay in registers)
+                real zr[3] = {0, 0, 0}, zz[3] = {0, 0, 0};
+                const real *x1 = h[0], *x2 = h[1], *xt = h[2];
+                for (int j = 0; j < n; ++j) {
+                    const real *wj = wt + (long long)j * n3 + i;
+                    const real wr = wj[0], wz = wj[n];
+                    zr[0] = vx_fma(wr, x1[j], zr[0]);
+                    zz[0] = vx_fma(wz, x1[j], zz[0]);
+                    zr[1] = vx_fma(wr, x2[j], zr[1]);
+                    zz[1] = vx_fma(wz, x2[j], zz[1]);
+                    if (jvp) {
+                        zr[2] = vx_fma(wr, xt[j], zr[2]);
+                        zz[2] = vx_fma(wz, xt[j], zz[2]);
+                    }
+                }
+                for (int k = 0; k < 2; ++k) {
+                    const real a_r =
+                        vx_gate_preact(zr[k], s, vx_gate_bias(xi, drive, i, sb, u, 0.0));
+                    az[k][i] = vx_gate_preact(zz[k], s,
+                                              vx_gate_bias(xi, drive, (long long)n + i, sb, u, sh));
+                    real r, r_c;
+                    vx_sigmoid(a_r, &r, &r_c);
+                    m[k][i] = r * h[k][i];
+                    if (jvp && k == 0) {
+                        const real da_r = s * zr[2];
+                        az[2][i] = s * zz[2];
+                        const real dr = r * r_c * da_r;
+                        m[2][i] = dr * h[0][i] + r * h[2][i];
+                    }
+                }
+            }
+            blk.sync();  // all of M is written before the candidate's product reads it
+            // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h| beyond the limit, |dh|^2
+            double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+            VX_FOR(i, blk, n)
+            {
+                real zn[3] = {0, 0, 0};
+                const real *m1 = m[0], *m2 = m[1], *mt = m[2];
+                for (int j = 0; j < n; ++j) {
+                    const real wn = wt[(long long)j * n3 + 2LL * n + i];
+                    zn[0] = vx_fma(wn, m1[j], zn[0]);
+                    zn[1] = vx_fma(wn, m2[j], zn[1]);
+                    if (jvp)
+                        zn[2] = vx_fma(wn, mt[j], zn[2]);
+                }
+                real hv[2];
+                for (int k = 0; k < 2; ++k) {
+                    const real a_n = vx_gate_preact(
+                        zn[k], s, vx_gate_bias(xi, drive, 2LL * n + i, sb, u, 0.0));
+                    real z, z_c;
+                    vx_sigmoid(az[k][i], &z, &z_c);
+                    const real cand = vx_phi(code, a_n, param);
+                    const real hp = h[k][i];
+                    hv[k] = z_c * cand + z * hp;
+                    if (jvp && k == 0) {
+                        const real dz = z * z_c * az[2][i];
+                        const real dn = vx_dphi(code, a_n, param) * (s * zn[2]);
+                        const real dhv = z_c * dn + z * h[2][i] + (hp - cand) * dz;
+                        hn[2][i] = dhv;
+                        sums[4] += (double)dhv * (double)dhv;
+                    }
+                    hn[k][i] = hv[k];
+                    sums[3] += vx_big(hv[k], limit);
+                }
+                sums[0] += (double)hv[0] * (double)hv[0];
+                sums[1] += (double)hv[1] * (double)hv[1];
+                sums[2] += (double)hv[0] * (double)hv[1];
+            }
+            blk.reduce(sums);
+            const double nacc = jvp ? acc + log(sums[4]) : 0.0;
+            const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(nacc));
+            if (ok) {
+                const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
+                const int ci = cpi[layer];
+                VX_FOR(i, blk, n)
+                {
+                    if (jvp)
+                        hn[2][i] = hn[2][i] / norm;
+                    if (ci >= 0)
+                        cph[((long long)ci * P + p) * n + i] = hn[0][i];
+                }
+                acc = nacc;
+                if (blk.tid() == 0 && jvp)
+                    pf[VX_F_ACC * P + p] = acc;
+                vx_rnn_record(blk, p, P, n, R, rec[layer], sums[0], sums[1], sums[2], jvp, acc,
+                              res);
+            } else {
+                VX_FOR(i, blk, n)
+                {
+                    for (int k = 0; k < ntraj; ++k)
+                        hn[k][i] = (real)0;
+                }
+                vx_flag_dead(blk, p, P, layer, pi);
+            }
+            blk.sync();  // the whole new state is written before the next step's products
+            for (int k = 0; k < 3; ++k) {
+                real *tmp = h[k];
+                h[k] = hn[k], hn[k] = tmp;
+            }
+            if (!ok)
+                break;
+        }
+        VX_FOR(i, blk, n)
+        {
+            for (int k = 0; k < ntraj; ++k)
+                A[((long long)k * P + p) * n + i] = h[k][i];
+        }
+    }
+}
+
+// Recomputed steps j0 .. j0 + nsteps - 1 of a VJP segment, trajectory 1 (rnn.cu's
+// vx_gru_gates with one trajectory, the candidate's GEMM and vx_gru_recompute a step): from
+// SH[j] (every + 1, P, n) the pre-activations [a_r; a_z; a_n] into PA[j] (every, P, 3n) and
+// h_{j+1} into SH[j + 1].
+VX_KERNEL void vx_gru_persist_recompute(const real *W, const double *xi, const double *drives,
+                                        const double *su, const double *shift, real *SH,
+                                        real *PA, const double *pf, const int *pi, int P, int n,
+                                        int j0, int nsteps)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const double u = su[p], sh = shift[p];
+        const int n3 = 3 * n;
+        real *wt = blk.template shared<real>();
+        real *h = wt + (long long)n3 * n, *hn = h + n, *m = hn + n;
+        VX_FOR(i, blk, n) { h[i] = SH[((long long)j0 * P + p) * n + i]; }
+        vx_load_tied(blk, W, wt, n3, n, true);
+        for (int li = 0; li < nsteps; ++li) {
+            const long long j = j0 + li;
+            const double *drive = drives + (long long)li * n3;
+            real *pa = PA + (j * P + p) * n3;
+            real *h1 = SH + ((j + 1) * P + p) * n;
+            VX_FOR(i, blk, n)
+            {
+                real zr = (real)0, zz = (real)0;
+                for (int jj = 0; jj < n; ++jj) {
+                    const real *wj = wt + (long long)jj * n3 + i;
+                    zr = vx_fma(wj[0], h[jj], zr);
+                    zz = vx_fma(wj[n], h[jj], zz);
+                }
+                const real a_r = vx_gate_preact(zr, s, vx_gate_bias(xi, drive, i, sb, u, 0.0));
+                const real a_z =
+                    vx_gate_preact(zz, s, vx_gate_bias(xi, drive, (long long)n + i, sb, u, sh));
+                real r, r_c;
+                vx_sigmoid(a_r, &r, &r_c);
+                m[i] = r * h[i];
+                pa[i] = a_r;
+                pa[n + i] = a_z;
+            }
+            blk.sync();  // all of M is written before the candidate's product reads it
+            VX_FOR(i, blk, n)
+            {
+                real zn = (real)0;
+                for (int jj = 0; jj < n; ++jj)
+                    zn = vx_fma(wt[(long long)jj * n3 + 2LL * n + i], m[jj], zn);
+                const real a_n =
+                    vx_gate_preact(zn, s, vx_gate_bias(xi, drive, 2LL * n + i, sb, u, 0.0));
+                real z, z_c;
+                vx_sigmoid(pa[n + i], &z, &z_c);
+                pa[2LL * n + i] = a_n;
+                hn[i] = z_c * vx_phi(code, a_n, param) + z * h[i];
+                h1[i] = hn[i];
+            }
+            blk.sync();  // the whole new h is written before the next step's products
+            real *tmp = h;
+            h = hn, hn = tmp;
+        }
+    }
+}
+
+// Backprop steps layer_hi down to layer_lo (step l -> l - 1) of the segment that starts at
+// `start` (rnn.cu's vx_gru_cot_candidate, U1 = GAN Z_n, vx_gru_cot_gates, U2 = GRZ
+// [Z_r; Z_z] and vx_rnn_cot_finish a step): h_{l-1} from SH, the pre-activations from PA;
+// G (P, n) holds a point's cotangent between launches.
+VX_KERNEL void vx_gru_persist_backward(const real *W, real *G, const real *SH, const real *PA,
+                                       double *pf, int *pi, double *res, const int *rec, int P,
+                                       int n, int R, int layer_lo, int layer_hi, int start)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        double gacc = pf[VX_F_GACC * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const int n3 = 3 * n;
+        real *w = blk.template shared<real>();
+        real *g = w + (long long)n3 * n, *gan = g + n, *grz = gan + n;
+        real *Gp = G + (long long)p * n;
+        VX_FOR(i, blk, n) { g[i] = Gp[i]; }
+        vx_load_tied(blk, W, w, n3, n, false);
+        for (int layer = layer_hi; layer >= layer_lo; --layer) {
+            const long long j = layer - 1 - start;
+            const real *h0 = SH + (j * P + p) * n;
+            const real *a = PA + (j * P + p) * n3;
+            VX_FOR(i, blk, n)
+            {
+                real z, z_c;
+                vx_sigmoid(a[n + i], &z, &z_c);
+                gan[i] = vx_dphi(code, a[2LL * n + i], param) * z_c * g[i];
+            }
+            blk.sync();  // all of GAN is written before U1 = GAN Z_n reads it
+            VX_FOR(i, blk, n)
+            {
+                real u1 = (real)0;
+                for (int r = 0; r < n; ++r)
+                    u1 = vx_fma(gan[r], w[(2LL * n + r) * n + i], u1);
+                real r, r_c, z, z_c;
+                vx_sigmoid(a[i], &r, &r_c);
+                vx_sigmoid(a[n + i], &z, &z_c);
+                const real cand = vx_phi(code, a[2LL * n + i], param);
+                const real h = h0[i];
+                const real gv = g[i];
+                const real g_m = s * u1;
+                grz[i] = r * r_c * h * g_m;
+                grz[n + i] = z * z_c * (h - cand) * gv;
+                g[i] = z * gv + r * g_m;
+            }
+            blk.sync();  // all of GRZ is written before U2 = GRZ [Z_r; Z_z] reads it
+            double sums[1] = {0.0};
+            VX_FOR(i, blk, n)
+            {
+                real u2 = (real)0;
+                for (int r = 0; r < 2 * n; ++r)
+                    u2 = vx_fma(grz[r], w[(long long)r * n + i], u2);
+                g[i] = g[i] + s * u2;
+                sums[0] += (double)g[i] * (double)g[i];
+            }
+            blk.reduce(sums);
+            const double acc = gacc + log(sums[0]);
+            if (!vx_isfinite(acc)) {
+                VX_FOR(i, blk, n) { g[i] = (real)0; }
+                if (blk.tid() == 0) {
+                    pi[VX_I_DIVERGED * P + p] = layer - 1;
+                    pi[VX_I_COLLAPSED * P + p] = 1;
+                }
+                blk.sync();
+                break;
+            }
+            const real d = (real)sqrt(sums[0]);
+            VX_FOR(i, blk, n) { g[i] = g[i] / d; }
+            gacc = acc;
+            const int rr = rec[layer - 1];
+            if (blk.tid() == 0) {
+                pf[VX_F_GACC * P + p] = acc;
+                if (rr >= 0)
+                    res[((long long)VX_R_GRAD * P + p) * R + rr] = acc;
+            }
+        }
+        VX_FOR(i, blk, n) { Gp[i] = g[i]; }
+    }
+}

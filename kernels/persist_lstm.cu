@@ -1,0 +1,307 @@
+// persist_lstm.cu: the persistent small-width LSTM kernels (issue 14, "persistent RNN":
+// Diamos et al., ICML 2016; cuDNN's PERSIST_STATIC), vxsim/engines/cuda_persist.py's
+// PersistentLstm. One thread block per grid point runs a whole run of steps (the forward
+// pass, a VJP segment's recomputation, its backward steps) in one launch, with the stacked
+// W = [Z_i; Z_f; Z_g; Z_o] (4n x n) loaded once into shared memory and kept there:
+//
+//   forward:   z = W h (the 4 rows of thread i's element: i, n+i, 2n+i, 3n+i), the gates,
+//              c_t = f c + i g, h_t = o phi(c_t), tangent [dh; dc] (z_t = W dh)
+//   backward:  e = g_c + o phi'(c_t) g_h, g_c <- f e, GA (4n), g_h <- s (GA W)
+//
+// The products that rnn.cu's step kernels get from cuBLAS are done here by each block
+// from its copy of W; the arithmetic around them is the step kernels', in the same order
+// (rnn.cuh's vx_gate_preact, vx_gate_bias, vx_lstm_gates, vx_big, vx_rnn_record), so that
+// both paths follow the oracle's roundings alike.
+//
+// Thread i computes only element i of a step's new state from whole old vectors, so the
+// new h goes to a second buffer (h and hn swap each step) and a step ends with a barrier;
+// the cell state (c, dc) is updated in place. The forward pass keeps W transposed
+// (wt[j rows + r] = W[r][j]: a warp reads consecutive words), the backward pass as it is.
+// The drives of the launch's steps, (nsteps, 4n) float64, come from one GEMM before it.
+// A segment's states and pre-activations go to device memory (S, PA: the step units'
+// buffers), where the backward kernel reads them. Shared memory
+// (cuda_paths.PERSIST_KERNEL_VECTORS): forward W 4n^2 and h1 h2 dh, hn1 hn2 dhn, c1 c2 dc
+// (9n); recomputation 4n^2 + 2n; backward 4n^2 + 6n.
+#include "common.cuh"
+#include "persist.cuh"
+#include "rnn.cuh"
+
+// Steps layer0 .. layer0 + nsteps - 1 of both trajectories (and the tangent), rnn.cu's
+// vx_lstm_forward a step: A (rows of h), C (c of both trajectories) and TC (dc) hold a
+// point's state between launches; drives (nsteps, 4n); rec, cpi (depth + 1).
+VX_KERNEL void vx_lstm_persist_forward(const real *W, const double *xi, const double *drives,
+                                       const double *su, const double *shift, real *A, real *C,
+                                       real *TC, double *pf, int *pi, double *res, real *cph,
+                                       real *cpc, const int *rec, const int *cpi, int P, int n,
+                                       int R, int layer0, int nsteps, int kind, double limit)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        double acc = pf[VX_F_ACC * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const double u = su[p], sh = shift[p];
+        const bool jvp = kind == VX_KIND_JVP;
+        const int n4 = 4 * n;
+        real *wt = blk.template shared<real>();
+        real *h1 = wt + (long long)n4 * n, *h2 = h1 + n, *dh = h2 + n;
+        real *hn1 = dh + n, *hn2 = hn1 + n, *dhn = hn2 + n;
+        real *c1 = dhn + n, *c2 = c1 + n, *dc = c2 + n;
+        real *A1 = A + (long long)p * n, *A2 = A + ((long long)P + p) * n;
+        real *AT = A + (2LL * P + p) * n;
+        real *C1 = C + (long long)p * n, *C2 = C + ((long long)P + p) * n;
+        real *TCp = TC + (long long)p * n;
+        VX_FOR(i, blk, n)
+        {
+            h1[i] = A1[i];
+            h2[i] = A2[i];
+            c1[i] = C1[i];
+            c2[i] = C2[i];
+            if (jvp) {
+                dh[i] = AT[i];
+                dc[i] = TCp[i];
+            }
+        }
+        vx_load_tied(blk, W, wt, n4, n, true);
+        for (int li = 0; li < nsteps; ++li) {
+            const int layer = layer0 + li;
+            const double *drive = drives + (long long)li * n4;
+            // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the limit, |[dh; dc]|^2
+            double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+            VX_FOR(i, blk, n)
+            {
+                // z = W h of this element's four gate rows, both trajectories and the tangent
+                real z[3][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}};
+                for (int j = 0; j < n; ++j) {
+                    const real *wj = wt + (long long)j * n4 + i;
+                    const real x1 = h1[j], x2 = h2[j], xt = jvp ? dh[j] : (real)0;
+                    for (int q = 0; q < 4; ++q) {
+                        const real w = wj[q * n];
+                        z[0][q] = vx_fma(w, x1, z[0][q]);
+                        z[1][q] = vx_fma(w, x2, z[1][q]);
+                        if (jvp)
+                            z[2][q] = vx_fma(w, xt, z[2][q]);
+                    }
+                }
+                real hn[2];
+                for (int k = 0; k < 2; ++k) {
+                    real a[4];
+                    for (int q = 0; q < 4; ++q)
+                        a[q] = vx_gate_preact(z[k][q], s,
+                                              vx_gate_bias(xi, drive, (long long)q * n + i, sb, u,
+                                                           q == 1 ? sh : 0.0));
+                    real *c = k == 0 ? c1 : c2;
+                    const real c_prev = c[i];
+                    const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c_prev, code, param);
+                    hn[k] = g.o * g.phi_c;
+                    if (jvp && k == 0) {
+                        const real di = g.i * g.i_c * (s * z[2][0]);
+                        const real df = g.f * g.f_c * (s * z[2][1]);
+                        const real dg = vx_dphi(code, a[2], param) * (s * z[2][2]);
+                        const real d_o = g.o * g.o_c * (s * z[2][3]);
+                        const real dcn = df * c_prev + g.f * dc[i] + di * g.g + g.i * dg;
+                        const real dhv = d_o * g.phi_c + g.o * vx_dphi(code, g.c, param) * dcn;
+                        dhn[i] = dhv;
+                        dc[i] = dcn;
+                        sums[4] += (double)dhv * (double)dhv + (double)dcn * (double)dcn;
+                    }
+                    (k == 0 ? hn1 : hn2)[i] = hn[k];
+                    c[i] = g.c;
+                    sums[3] += vx_big(hn[k], limit) + vx_big(g.c, limit);
+                }
+                sums[0] += (double)hn[0] * (double)hn[0];
+                sums[1] += (double)hn[1] * (double)hn[1];
+                sums[2] += (double)hn[0] * (double)hn[1];
+            }
+            blk.reduce(sums);
+            const double nacc = jvp ? acc + log(sums[4]) : 0.0;
+            const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(nacc));
+            if (ok) {
+                const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
+                const int ci = cpi[layer];
+                VX_FOR(i, blk, n)
+                {
+                    if (jvp) {
+                        dhn[i] = dhn[i] / norm;
+                        dc[i] = dc[i] / norm;
+                    }
+                    if (ci >= 0) {
+                        cph[((long long)ci * P + p) * n + i] = hn1[i];
+                        cpc[((long long)ci * P + p) * n + i] = c1[i];
+                    }
+                }
+                acc = nacc;
+                if (blk.tid() == 0 && jvp)
+                    pf[VX_F_ACC * P + p] = acc;
+                vx_rnn_record(blk, p, P, n, R, rec[layer], sums[0], sums[1], sums[2], jvp, acc,
+                              res);
+            } else {
+                VX_FOR(i, blk, n)
+                {
+                    hn1[i] = hn2[i] = c1[i] = c2[i] = (real)0;
+                    if (jvp)
+                        dhn[i] = dc[i] = (real)0;
+                }
+                vx_flag_dead(blk, p, P, layer, pi);
+            }
+            blk.sync();  // the whole new state is written before the next step's products
+            real *tmp = h1;
+            h1 = hn1, hn1 = tmp;
+            tmp = h2, h2 = hn2, hn2 = tmp;
+            tmp = dh, dh = dhn, dhn = tmp;
+            if (!ok)
+                break;
+        }
+        VX_FOR(i, blk, n)
+        {
+            A1[i] = h1[i];
+            A2[i] = h2[i];
+            C1[i] = c1[i];
+            C2[i] = c2[i];
+            if (jvp) {
+                AT[i] = dh[i];
+                TCp[i] = dc[i];
+            }
+        }
+    }
+}
+
+// Recomputed steps j0 .. j0 + nsteps - 1 of a VJP segment, trajectory 1 (rnn.cu's
+// vx_lstm_recompute a step): from the states SH[j], SC[j] (every + 1, P, n) the
+// pre-activations PA[j] (every, P, 4n) and the next state SH[j + 1], SC[j + 1].
+VX_KERNEL void vx_lstm_persist_recompute(const real *W, const double *xi, const double *drives,
+                                         const double *su, const double *shift, real *SH,
+                                         real *SC, real *PA, const double *pf, const int *pi,
+                                         int P, int n, int j0, int nsteps)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double sb = pf[VX_F_BAMP * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const double u = su[p], sh = shift[p];
+        const int n4 = 4 * n;
+        real *wt = blk.template shared<real>();
+        real *h = wt + (long long)n4 * n, *hn = h + n;
+        VX_FOR(i, blk, n) { h[i] = SH[((long long)j0 * P + p) * n + i]; }
+        vx_load_tied(blk, W, wt, n4, n, true);
+        for (int li = 0; li < nsteps; ++li) {
+            const long long j = j0 + li;
+            const double *drive = drives + (long long)li * n4;
+            const real *c0 = SC + (j * P + p) * n;
+            real *pa = PA + (j * P + p) * n4;
+            real *h1 = SH + ((j + 1) * P + p) * n, *c1 = SC + ((j + 1) * P + p) * n;
+            VX_FOR(i, blk, n)
+            {
+                real z[4] = {0, 0, 0, 0};
+                for (int jj = 0; jj < n; ++jj) {
+                    const real *wj = wt + (long long)jj * n4 + i;
+                    const real x = h[jj];
+                    for (int q = 0; q < 4; ++q)
+                        z[q] = vx_fma(wj[q * n], x, z[q]);
+                }
+                real a[4];
+                for (int q = 0; q < 4; ++q)
+                    a[q] = vx_gate_preact(z[q], s,
+                                          vx_gate_bias(xi, drive, (long long)q * n + i, sb, u,
+                                                       q == 1 ? sh : 0.0));
+                const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c0[i], code, param);
+                for (int q = 0; q < 4; ++q)
+                    pa[(long long)q * n + i] = a[q];
+                hn[i] = g.o * g.phi_c;
+                h1[i] = hn[i];
+                c1[i] = g.c;
+            }
+            blk.sync();  // the whole new h is written before the next step's products
+            real *tmp = h;
+            h = hn, hn = tmp;
+        }
+    }
+}
+
+// Backprop steps layer_hi down to layer_lo (step l -> l - 1) of the segment that starts at
+// `start` (rnn.cu's vx_lstm_cot_gates, the GEMM U = GA W and vx_rnn_cot_finish a step):
+// c_{l-1} from SC, the pre-activations from PA; G (P, 2n) holds a point's [g_h; g_c]
+// between launches.
+VX_KERNEL void vx_lstm_persist_backward(const real *W, real *G, const real *SC, const real *PA,
+                                        double *pf, int *pi, double *res, const int *rec, int P,
+                                        int n, int R, int layer_lo, int layer_hi, int start)
+{
+    VX_POINTS(blk)
+    {
+        const int p = (int)blk.index();
+        if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
+            continue;
+        const real s = (real)pf[VX_F_SCALE * P + p];
+        const double param = pf[VX_F_PARAM * P + p];
+        double gacc = pf[VX_F_GACC * P + p];
+        const int code = pi[VX_I_CODE * P + p];
+        const int n4 = 4 * n, sn = 2 * n;
+        real *w = blk.template shared<real>();
+        real *ga = w + (long long)n4 * n, *g = ga + n4;
+        real *gh = g, *gc = g + n;
+        real *Gp = G + (long long)p * sn;
+        VX_FOR(i, blk, sn) { g[i] = Gp[i]; }
+        vx_load_tied(blk, W, w, n4, n, false);
+        for (int layer = layer_hi; layer >= layer_lo; --layer) {
+            const long long j = layer - 1 - start;
+            const real *c0 = SC + (j * P + p) * n;
+            const real *a = PA + (j * P + p) * n4;
+            VX_FOR(i, blk, n)
+            {
+                const real c_prev = c0[i];
+                const VxLstm k = vx_lstm_gates(a[i], a[n + i], a[2LL * n + i], a[3LL * n + i],
+                                               c_prev, code, param);
+                const real e = gc[i] + k.o * vx_dphi(code, k.c, param) * gh[i];
+                ga[i] = k.i * k.i_c * k.g * e;
+                ga[n + i] = k.f * k.f_c * c_prev * e;
+                ga[2LL * n + i] = vx_dphi(code, a[2LL * n + i], param) * k.i * e;
+                ga[3LL * n + i] = k.o * k.o_c * k.phi_c * gh[i];
+                gc[i] = k.f * e;
+            }
+            blk.sync();  // all of GA (and g_c) is written before the product reads it
+            double sums[1] = {0.0};
+            VX_FOR(i, blk, sn)
+            {
+                if (i < n) {
+                    real uv = (real)0;
+                    for (int r = 0; r < n4; ++r)
+                        uv = vx_fma(ga[r], w[(long long)r * n + i], uv);
+                    g[i] = s * uv;
+                }
+                sums[0] += (double)g[i] * (double)g[i];
+            }
+            blk.reduce(sums);
+            const double acc = gacc + log(sums[0]);
+            if (!vx_isfinite(acc)) {
+                VX_FOR(i, blk, sn) { g[i] = (real)0; }
+                if (blk.tid() == 0) {
+                    pi[VX_I_DIVERGED * P + p] = layer - 1;
+                    pi[VX_I_COLLAPSED * P + p] = 1;
+                }
+                blk.sync();
+                break;
+            }
+            const real d = (real)sqrt(sums[0]);
+            VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
+            gacc = acc;
+            const int r = rec[layer - 1];
+            if (blk.tid() == 0) {
+                pf[VX_F_GACC * P + p] = acc;
+                if (r >= 0)
+                    res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
+            }
+            blk.sync();  // g renormalised (by other threads than its next readers)
+        }
+        VX_FOR(i, blk, sn) { Gp[i] = g[i]; }
+    }
+}
