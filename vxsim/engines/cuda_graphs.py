@@ -50,7 +50,8 @@ CLOCK_THREADS = 32  # vx_clock_advance: one warp, thread 0 works
 
 
 class Tables(NamedTuple):
-    """What a captured body reads on the device instead of per-step scalars."""
+    """A unit's per-layer tables on the device: what every kernel that takes a layer reads
+    (step, persistent and captured kernels alike), and a captured body's clock."""
 
     clock: object  # (1,) int32: the layer of the body's first step
     rec: object  # (L + 1,) int32: layer -> recorded position, -1 none
@@ -62,18 +63,19 @@ def mode(config):
     return getattr(config, "cuda_graphs", "auto")
 
 
-def tables(xp, ops, depth):
-    """The device tables of a forward pass's ops (``schedule.Forward``), clock at layer 1."""
-    rec = np.full(depth + 1, -1, dtype=np.int32)
-    cpi = np.full(depth + 1, -1, dtype=np.int32)
+def tables(xp, record, ops):
+    """The device tables: ``record`` (layer -> recorded position, ``base.record_index``) and
+    the checkpoint index of each layer of the forward ``ops`` (``schedule.Forward``, layers
+    1..L); the clock at layer 1."""
+    cpi = np.full(len(record), -1, dtype=np.int32)
     for op in ops:
-        rec[op.layer] = op.record
         cpi[op.layer] = op.checkpoint
+    rec = np.asarray(record, dtype=np.int32)
     return Tables(xp.asarray(np.ones(1, dtype=np.int32)), xp.asarray(rec), xp.asarray(cpi))
 
 
 def device_bytes(config):
-    """Device memory of a unit's graph tables and clocks, in bytes (at most)."""
+    """Device memory of a unit's ``Tables`` and its segment clock, in bytes."""
     return 4 * (2 * (config.depth + 1) + 2)
 
 
@@ -111,7 +113,7 @@ def capture(be, body, required=False):
 def run_forward(unit, ops, steps):
     """The forward ``ops`` (layers 1..L in order) in replays of one body of ``steps``.
 
-    ``unit`` provides ``graph_prepare()`` (buffers, ``unit.tables``: before the capture),
+    ``unit`` provides ``tables`` (``Tables``), ``graph_prepare()`` (buffers: before the capture),
     ``graph_before(b)`` (direct launches before replay b: the drives), ``graph_step(k)``
     (step k of the body, captured) and ``step(op)`` (one step with its scalars by value).
     """

@@ -119,7 +119,6 @@ class Unit(Pass):
         self.R = config.layers.size
         self.res = xp.full((layout.N_R, P, self.R), np.nan)
         self.rec = base.record_index(config)
-        self.rec_d = xp.asarray(self.rec.astype(np.int32))
         self.limit = np.float64(base.divergence_limit(dt))
         self.has_bias = int(np.any(grid.sigma_b2 > 0))
         k0, k1 = rng.seed_key(config.seed)
@@ -143,10 +142,7 @@ class Unit(Pass):
             self.xibuf = xp.zeros((1, N))
         every = self.plan.every
         self.fwd_ops = schedule.forward_ops(self.L, self.plan, self.rec)
-        # checkpoint index of each layer (-1: none), read by the fused forward pass
-        cpi = np.full(self.L + 1, -1, dtype=np.int32)
-        cpi[1:] = [op.checkpoint for op in self.fwd_ops]
-        self.cpi_d = xp.asarray(cpi)
+        self.tables = cuda_graphs.tables(xp, self.rec, self.fwd_ops)
         if self.vjp:
             ncp = schedule.checkpoint_count(self.L, every)
             self.cp = xp.zeros((ncp, P, N), dtype=dt)
@@ -218,7 +214,7 @@ class Unit(Pass):
     GRAPH_LAYERS = 64  # layers of the captured body
 
     def graph_prepare(self):
-        self.tables = cuda_graphs.tables(self.be.xp, self.fwd_ops, self.L)
+        """Nothing: the body reads ``tables``, built with the unit."""
 
     def graph_before(self, block):
         """Nothing: a body draws its own Z^l and xi^l."""
@@ -265,8 +261,8 @@ class Unit(Pass):
                     self.res,
                     self.cp,
                     self.cp_ls,
-                    self.rec_d,
-                    self.cpi_d,
+                    self.tables.rec,
+                    self.tables.cpi,
                     i32(self.P),
                     i32(self.N),
                     i32(self.R),
@@ -342,7 +338,7 @@ class Unit(Pass):
         """The backward step to layer clock + j (phi' from D[j])."""
         self.be.launch("vx_backward_clocked", self.P, self.threads,
                        (self.G, self.U, self.D, self.pf, self.pi, self.res, self.seg_clock,
-                        self.rec_d, i32(j), i32(self.P), i32(self.N), i32(self.R),
+                        self.tables.rec, i32(j), i32(self.P), i32(self.N), i32(self.R),
                         i32(j)))  # fmt: skip
 
     def _restart(self, ci):
@@ -408,7 +404,7 @@ class Unit(Pass):
                 "vx_fused_backward",
                 P,
                 self.threads,
-                (self.Zbuf, self.G, self.D, self.pf, self.pi, self.res, self.rec_d, i32(P),
+                (self.Zbuf, self.G, self.D, self.pf, self.pi, self.res, self.tables.rec, i32(P),
                  i32(N), i32(self.R), i32(lo), i32(hi), i32(first.start)),
                 smem=smem,
             )  # fmt: skip

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import VxsimError
 from ..models import gru, lstm, residual, rnn
-from . import base, cuda_sources, layout, schedule
+from . import base, cuda_graphs, cuda_sources, layout, schedule
 
 # The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
 # datasheet-level guesses until scripts/gpu_check.py's "path crossover" section
@@ -210,8 +210,8 @@ def estimate_device_bytes(config, width, path):
         total += schedule.checkpoint_count(config.depth, every) * P * (width * item + 8)
         total += every * P * width * item + 2 * P * width * item  # D, G, U
     total += 4 * P * config.layers.size * 8 + P * (8 * layout.N_F + 4 * layout.N_I)
-    total += 4 * width * item + 8 * (config.depth + 1)  # inputs, output direction, layer indices
-    return int(total)
+    total += 4 * width * item  # inputs, output direction
+    return int(total + cuda_graphs.device_bytes(config))  # the layer tables
 
 
 def check_unit(config, width, path, free_bytes=None):

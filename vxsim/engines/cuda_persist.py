@@ -45,14 +45,6 @@ class _Persistent:
 
     PERSIST_STEPS = 1024  # steps per forward launch: their drives, (steps, G N) float64
 
-    def tables(self):
-        """rec_d (layer -> recorded position) and cpi_d (layer -> checkpoint index, -1)."""
-        xp = self.be.xp
-        self.rec_d = xp.asarray(self.rec.astype(np.int32))
-        cpi = np.full(self.L + 1, -1, dtype=np.int32)
-        cpi[1:] = [op.checkpoint for op in self.fwd_ops]
-        self.cpi_d = xp.asarray(cpi)
-
     def drive_rows(self, first, count):
         """d_t = Z_U x_t / sqrt(N) for t = first .. first + count - 1, (count, G N) float64:
         one GEMM (models.gates.drive)."""
@@ -95,7 +87,6 @@ class PersistentElman(_Persistent, ElmanUnit):
 
     def __init__(self, config, width, sample, backend):
         super().__init__(config, width, sample, backend)
-        self.tables()
         self.H = None  # no GEMM output: the products are the kernels'
 
     def forward(self):
@@ -105,8 +96,8 @@ class PersistentElman(_Persistent, ElmanUnit):
         for first, count in self.forward_runs():
             self.launch("vx_elman_persist_forward",
                         (self.W, self.xi, self.drive_rows(first, count), self.su, A, self.pf,
-                         self.pi, self.res, self.cp, self.cp_ls, self.rec_d, self.cpi_d, i32(P),
-                         i32(N), i32(self.R), i32(first), i32(count), i32(kind),
+                         self.pi, self.res, self.cp, self.cp_ls, self.tables.rec, self.tables.cpi,
+                         i32(P), i32(N), i32(self.R), i32(first), i32(count), i32(kind),
                          i32(self.has_bias), self.limit), smem=smem)  # fmt: skip
 
     def backward(self):
@@ -127,7 +118,7 @@ class PersistentElman(_Persistent, ElmanUnit):
                              i32(self.has_bias)), smem=smem)  # fmt: skip
             else:
                 self.launch("vx_elman_persist_backward",
-                            (self.W, self.G, self.D, self.pf, self.pi, self.res, self.rec_d,
+                            (self.W, self.G, self.D, self.pf, self.pi, self.res, self.tables.rec,
                              i32(P), i32(N), i32(self.R), i32(run[-1].layer), i32(first.layer),
                              i32(first.start)), smem=smem)  # fmt: skip
 
@@ -162,7 +153,6 @@ class PersistentLstm(_PersistentGated, LstmUnit):
 
     def __init__(self, config, width, sample, backend):
         super().__init__(config, width, sample, backend)
-        self.tables()
         self.H = self.GA = self.U = None  # no GEMM operands: the products are the kernels'
 
     def forward(self):
@@ -174,7 +164,7 @@ class PersistentLstm(_PersistentGated, LstmUnit):
             self.launch("vx_lstm_persist_forward",
                         (self.W, self.xi, self.drive_rows(first, count), self.su, self.shift,
                          self.A, self.C, self.TC, self.pf, self.pi, self.res, cph, cpc,
-                         self.rec_d, self.cpi_d, i32(P), i32(N), i32(self.R), i32(first),
+                         self.tables.rec, self.tables.cpi, i32(P), i32(N), i32(self.R), i32(first),
                          i32(count), i32(kind), self.limit), smem=smem)  # fmt: skip
 
     def recompute_launch(self, drives, j0, count):
@@ -186,9 +176,9 @@ class PersistentLstm(_PersistentGated, LstmUnit):
 
     def backward_run(self, layer_hi, layer_lo, start):
         self.launch("vx_lstm_persist_backward",
-                    (self.W, self.G, self.S[1], self.PA, self.pf, self.pi, self.res, self.rec_d,
-                     i32(self.P), i32(self.N), i32(self.R), i32(layer_lo), i32(layer_hi),
-                     i32(start)), smem=self.smem("backward"))  # fmt: skip
+                    (self.W, self.G, self.S[1], self.PA, self.pf, self.pi, self.res,
+                     self.tables.rec, i32(self.P), i32(self.N), i32(self.R), i32(layer_lo),
+                     i32(layer_hi), i32(start)), smem=self.smem("backward"))  # fmt: skip
 
 
 class PersistentGru(_PersistentGated, GruUnit):
@@ -196,7 +186,6 @@ class PersistentGru(_PersistentGated, GruUnit):
 
     def __init__(self, config, width, sample, backend):
         super().__init__(config, width, sample, backend)
-        self.tables()
         # no GEMM operands: the products are the kernels'
         self.H1 = self.M = self.H2 = self.GAN = self.U1 = self.GRZ = self.U2 = None
 
@@ -207,9 +196,9 @@ class PersistentGru(_PersistentGated, GruUnit):
         for first, count in self.forward_runs():
             self.launch("vx_gru_persist_forward",
                         (self.W, self.xi, self.drive_rows(first, count), self.su, self.shift,
-                         self.A, self.pf, self.pi, self.res, self.cp[0], self.rec_d, self.cpi_d,
-                         i32(P), i32(N), i32(self.R), i32(first), i32(count), i32(kind),
-                         self.limit), smem=smem)  # fmt: skip
+                         self.A, self.pf, self.pi, self.res, self.cp[0], self.tables.rec,
+                         self.tables.cpi, i32(P), i32(N), i32(self.R), i32(first), i32(count),
+                         i32(kind), self.limit), smem=smem)  # fmt: skip
 
     def recompute_launch(self, drives, j0, count):
         (SH,) = self.S
@@ -220,9 +209,9 @@ class PersistentGru(_PersistentGated, GruUnit):
 
     def backward_run(self, layer_hi, layer_lo, start):
         self.launch("vx_gru_persist_backward",
-                    (self.W, self.G, self.S[0], self.PA, self.pf, self.pi, self.res, self.rec_d,
-                     i32(self.P), i32(self.N), i32(self.R), i32(layer_lo), i32(layer_hi),
-                     i32(start)), smem=self.smem("backward"))  # fmt: skip
+                    (self.W, self.G, self.S[0], self.PA, self.pf, self.pi, self.res,
+                     self.tables.rec, i32(self.P), i32(self.N), i32(self.R), i32(layer_lo),
+                     i32(layer_hi), i32(start)), smem=self.smem("backward"))  # fmt: skip
 
 
 # The persistent unit of each recurrent architecture, by the model whose step it implements.

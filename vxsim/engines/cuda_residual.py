@@ -100,8 +100,9 @@ class ResidualUnit(Unit):
                 self._fill_clocked(c, j + 1, op.slot, bias=False)
             self.be.matmul(self.G, self.Zbuf[op.slot], self.U)
             self.be.launch("vx_residual_backward_clocked", P, self.threads,
-                           (self.G, self.U, self.D, self.alpha, self.pf, self.pi, self.res, c,
-                            self.rec_d, i32(j), i32(P), i32(N), i32(self.R), i32(j)))  # fmt: skip
+                           (self.G, self.U, self.D, self.alpha, self.pf, self.pi, self.res,
+                            c, self.tables.rec, i32(j), i32(P), i32(N), i32(self.R),
+                            i32(j)))  # fmt: skip
 
     def _restart(self, ci):
         P = self.P
@@ -143,4 +144,4 @@ def device_bytes(config, width):
     P = int(np.prod(config.grid_shape))
     rows = 3 if "jvp" in config.modes else 2
     states = rows * P * width * config.dtype.itemsize + 8 * P
-    return estimate_device_bytes(config, width, "gemm") + states + cuda_graphs.device_bytes(config)
+    return estimate_device_bytes(config, width, "gemm") + states

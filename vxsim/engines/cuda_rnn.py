@@ -109,6 +109,7 @@ class _Unit(Pass):
         self.drives = {}
         self.plan = vjp_plan(config)
         self.fwd_ops = schedule.forward_ops(self.L, self.plan, self.rec)
+        self.tables = cuda_graphs.tables(xp, self.rec, self.fwd_ops)
         self.ncp = schedule.checkpoint_count(self.L, self.plan.every) if self.vjp else 1
         if self.vjp:
             gamma = base.output_direction(config, N, sample)
@@ -162,9 +163,8 @@ class _Unit(Pass):
         cuda_graphs.run_forward(self, self.fwd_ops, gates.DRIVE_BLOCK)
 
     def graph_prepare(self):
-        """The captured body's buffers: its drive block (fixed), the device tables."""
+        """The captured body's buffers: its drive block (fixed)."""
         xp = self.be.xp
-        self.tables = cuda_graphs.tables(xp, self.fwd_ops, self.L)
         self.Xg = xp.empty((gates.DRIVE_BLOCK, self.N))
         self.Dg = xp.empty((gates.DRIVE_BLOCK, self.GATES * self.N))
 
@@ -176,7 +176,6 @@ class _Unit(Pass):
     def segment_prepare(self, start):
         xp = self.be.xp
         self.seg_clock = xp.asarray(np.array([start], dtype=np.int32))
-        self.rec_d = xp.asarray(self.rec.astype(np.int32))
         self.Dseg = xp.empty((self.plan.every, self.GATES * self.N))
 
     def segment_before(self, start):
@@ -271,7 +270,7 @@ class ElmanUnit(_Unit):
             j = op.layer - 1 - start
             self.be.matmul(self.G, self.W, self.U)
             self.launch("vx_backward_clocked",
-                        (self.G, self.U, self.D, self.pf, self.pi, self.res, c, self.rec_d,
+                        (self.G, self.U, self.D, self.pf, self.pi, self.res, c, self.tables.rec,
                          i32(j), i32(P), i32(N), i32(self.R), i32(j)))  # fmt: skip
 
     def seed(self):
@@ -378,7 +377,7 @@ class _GatedUnit(_Unit):
     def finish_clocked(self, U, add, step):
         """vx_rnn_cot_finish of the captured segment's step to layer clock + step."""
         self.launch("vx_rnn_cot_finish_clocked",
-                    (self.G, U, self.pf, self.pi, self.res, self.seg_clock, self.rec_d,
+                    (self.G, U, self.pf, self.pi, self.res, self.seg_clock, self.tables.rec,
                      i32(step), i32(self.P), i32(self.N), i32(self.STATES * self.N), i32(add),
                      i32(self.R)))  # fmt: skip
 
