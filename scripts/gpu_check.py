@@ -89,7 +89,7 @@ _TITLES = {
     "fused": "fused path throughput",
     "crossover": "path crossover (cost model)",
     "architectures": "other architectures",
-    "rnn": "RNN fused steps (oracle, Elman and LSTM wall times)",
+    "rnn": "RNNs (oracle, graph vs steps, persistent crossover, Elman and LSTM wall times)",
     "spectrum": "Jacobian spectrum and weight laws (oracle, orthogonality, cost)",
     "schoenholz": "Schoenholz et al. 2017 tanh phase diagram",
 }
