@@ -281,3 +281,44 @@ VX_FN void vx_grad_init_point(const B &blk, int p, int P, int n, const real *gam
     }
     blk.sync();
 }
+
+// ------------------------------------------------------------------ every point of a layer
+// One thread block per point; states are rows of C-order (rows * P, n) arrays: point p's h1 in
+// row p, h2 in row P + p, its tangent in row 2P + p. An Elman network passes its input drive
+// (drive, su per point: the bias xi bamp + d su), the MLP none (drive = su = 0).
+
+// The forward epilogue of every point. ci >= 0: also checkpoint hh1 into cp[ci] (ncp, P, n)
+// and its log-scale into cp_ls[ci] (ncp, P).
+VX_FN void vx_forward_all(real *H, real *A, const double *xi, const double *drive,
+                          const double *su, double *pf, int *pi, double *res, real *cp,
+                          double *cp_ls, int P, int n, int R, int layer, int kind, int has_bias,
+                          int r, int ci, double limit)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
+        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
+        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
+        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
+                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
+                         R, r, limit, cprow, cpls, drive, su ? su[p] : 0.0);
+    }
+}
+
+// A recomputed layer of a VJP segment (H1 = A1 Z^T) of every point: phi' into D[j] (every, P, n).
+VX_FN void vx_recompute_all(real *H1, real *A1, real *D, const double *xi, const double *drive,
+                            const double *su, double *pf, const int *pi, int P, int n, int j,
+                            int has_bias)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        vx_recompute_point(blk, p, P, n, H1 + p * row, A1 + p * row,
+                           D + ((long long)j * P + p) * row, xi, has_bias, pf, pi, drive,
+                           su ? su[p] : 0.0);
+    }
+}

@@ -97,32 +97,13 @@ VX_KERNEL void vx_fill_stream64_clocked(double *out, long long count, const int 
 
 // u_t = s Z h_{t-1} + (xi sb + d_t su), the MLP's forward epilogue with the drive d_t
 // (renormalisation, tangent, divergence, records, checkpoint: epilogue.cuh).
-VX_FN void vx_elman_forward_all(real *H, real *A, const double *xi, const double *drive,
-                                const double *su, double *pf, int *pi, double *res, real *cp,
-                                    double *cp_ls, int P, int n, int R, int layer, int kind,
-                                    int has_bias, int r, int ci, double limit)
-{
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
-        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
-        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
-        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
-        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
-                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
-                         R, r, limit, cprow, cpls, drive, su[p]);
-    }
-}
-
 VX_KERNEL void vx_elman_forward(real *H, real *A, const double *xi, const double *drive,
                                 const double *su, double *pf, int *pi, double *res, real *cp,
                                 double *cp_ls, int P, int n, int R, int layer, int kind,
                                 int has_bias, int r, int ci, double limit)
 {
-    vx_elman_forward_all(H, A, xi, drive, su, pf, pi, res, cp, cp_ls, P, n, R, layer, kind,
-                         has_bias, r, ci, limit);
+    vx_forward_all(H, A, xi, drive, su, pf, pi, res, cp, cp_ls, P, n, R, layer, kind, has_bias, r,
+                   ci, limit);
 }
 
 // Step `step` of a captured body (a CUDA Graph replayed once per block of steps): the layer
@@ -135,8 +116,8 @@ VX_KERNEL void vx_elman_forward_clocked(real *H, real *A, const double *xi, cons
                                         int has_bias, double limit)
 {
     const int layer = clock[0] + step;
-    vx_elman_forward_all(H, A, xi, drives + (long long)step * n, su, pf, pi, res, cp, cp_ls, P, n,
-                         R, layer, kind, has_bias, rec[layer], cpi[layer], limit);
+    vx_forward_all(H, A, xi, drives + (long long)step * n, su, pf, pi, res, cp, cp_ls, P, n, R,
+                   layer, kind, has_bias, rec[layer], cpi[layer], limit);
 }
 
 // A recomputed Elman step of a VJP segment (H1 = A1 Z^T): phi' into D[j] (every, P, n).
@@ -144,13 +125,7 @@ VX_KERNEL void vx_elman_recompute(real *H1, real *A1, real *D, const double *xi,
                                   const double *drive, const double *su, double *pf,
                                   const int *pi, int P, int n, int j, int has_bias)
 {
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        vx_recompute_point(blk, p, P, n, H1 + p * row, A1 + p * row,
-                           D + ((long long)j * P + p) * row, xi, has_bias, pf, pi, drive, su[p]);
-    }
+    vx_recompute_all(H1, A1, D, xi, drive, su, pf, pi, P, n, j, has_bias);
 }
 
 // ------------------------------------------------------------------ LSTM
