@@ -224,6 +224,36 @@ VX_FN void vx_restart_point(const B &blk, int p, int P, int n, const real *x1, c
     blk.sync();
 }
 
+// The end of a backward step to layer lm1 of a point whose cotangent g (sn entries) has
+// |g|^2 = ss (the block's reduction): acc = gacc + log ss accumulated; not finite: g zeroed,
+// the point's gradient collapsed at lm1; else g renormalised, g / sqrt(ss), acc stored in
+// pf and *gacc and recorded at r (r >= 0). Ends with a barrier; returns false when collapsed.
+template <class B>
+VX_FN bool vx_cot_end(const B &blk, int p, int P, int sn, int R, int lm1, int r, double ss,
+                      double *gacc, real *g, double *pf, int *pi, double *res)
+{
+    const double acc = *gacc + log(ss);
+    if (!vx_isfinite(acc)) {
+        VX_FOR(i, blk, sn) { g[i] = (real)0; }
+        if (blk.tid() == 0) {
+            pi[VX_I_DIVERGED * P + p] = lm1;
+            pi[VX_I_COLLAPSED * P + p] = 1;
+        }
+        blk.sync();
+        return false;
+    }
+    const real d = (real)sqrt(ss);
+    VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
+    *gacc = acc;
+    if (blk.tid() == 0) {
+        pf[VX_F_GACC * P + p] = acc;
+        if (r >= 0)
+            res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
+    }
+    blk.sync();
+    return true;
+}
+
 // One backprop step of a point, g^{l-1} = phi'(hh^{l-1}) * (s Z^T g^l), from
 // u = Z^T g^l: renormalised, log |g|^2 accumulated (recorded at layer l-1).
 // Returns false when the point is dead or its gradient collapsed.
@@ -234,7 +264,7 @@ VX_FN bool vx_backward_point(const B &blk, int p, int P, int n, int lm1, real *g
     if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
         return false;
     const real s = (real)pf[VX_F_SCALE * P + p];
-    const double gacc = pf[VX_F_GACC * P + p];
+    double gacc = pf[VX_F_GACC * P + p];
     double sums[1] = {0.0};
     VX_FOR(i, blk, n)
     {
@@ -243,26 +273,7 @@ VX_FN bool vx_backward_point(const B &blk, int p, int P, int n, int lm1, real *g
         sums[0] += (double)x * (double)x;
     }
     blk.reduce(sums);
-    const double ss = sums[0];
-    const double acc = gacc + log(ss);
-    if (!vx_isfinite(acc)) {
-        VX_FOR(i, blk, n) { g[i] = (real)0; }
-        if (blk.tid() == 0) {
-            pi[VX_I_DIVERGED * P + p] = lm1;
-            pi[VX_I_COLLAPSED * P + p] = 1;
-        }
-        blk.sync();
-        return false;
-    }
-    const real d = (real)sqrt(ss);
-    VX_FOR(i, blk, n) { g[i] = g[i] / d; }
-    if (blk.tid() == 0) {
-        pf[VX_F_GACC * P + p] = acc;
-        if (r >= 0)
-            res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-    }
-    blk.sync();
-    return true;
+    return vx_cot_end(blk, p, P, n, R, lm1, r, sums[0], &gacc, g, pf, pi, res);
 }
 
 // The backprop seed of a point: g = gamma / |gamma| (zero for a dead point),

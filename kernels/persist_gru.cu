@@ -309,25 +309,9 @@ VX_KERNEL void vx_gru_persist_backward(const real *W, real *G, const real *SH, c
                 sums[0] += (double)g[i] * (double)g[i];
             }
             blk.reduce(sums);
-            const double acc = gacc + log(sums[0]);
-            if (!vx_isfinite(acc)) {
-                VX_FOR(i, blk, n) { g[i] = (real)0; }
-                if (blk.tid() == 0) {
-                    pi[VX_I_DIVERGED * P + p] = layer - 1;
-                    pi[VX_I_COLLAPSED * P + p] = 1;
-                }
-                blk.sync();
+            if (!vx_cot_end(blk, p, P, n, R, layer - 1, rec[layer - 1], sums[0], &gacc, g, pf, pi,
+                            res))
                 break;
-            }
-            const real d = (real)sqrt(sums[0]);
-            VX_FOR(i, blk, n) { g[i] = g[i] / d; }
-            gacc = acc;
-            const int rr = rec[layer - 1];
-            if (blk.tid() == 0) {
-                pf[VX_F_GACC * P + p] = acc;
-                if (rr >= 0)
-                    res[((long long)VX_R_GRAD * P + p) * R + rr] = acc;
-            }
         }
         VX_FOR(i, blk, n) { Gp[i] = g[i]; }
     }

@@ -281,26 +281,9 @@ VX_KERNEL void vx_lstm_persist_backward(const real *W, real *G, const real *SC, 
                 sums[0] += (double)g[i] * (double)g[i];
             }
             blk.reduce(sums);
-            const double acc = gacc + log(sums[0]);
-            if (!vx_isfinite(acc)) {
-                VX_FOR(i, blk, sn) { g[i] = (real)0; }
-                if (blk.tid() == 0) {
-                    pi[VX_I_DIVERGED * P + p] = layer - 1;
-                    pi[VX_I_COLLAPSED * P + p] = 1;
-                }
-                blk.sync();
+            if (!vx_cot_end(blk, p, P, sn, R, layer - 1, rec[layer - 1], sums[0], &gacc, g, pf, pi,
+                            res))
                 break;
-            }
-            const real d = (real)sqrt(sums[0]);
-            VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
-            gacc = acc;
-            const int r = rec[layer - 1];
-            if (blk.tid() == 0) {
-                pf[VX_F_GACC * P + p] = acc;
-                if (r >= 0)
-                    res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-            }
-            blk.sync();  // g renormalised (by other threads than its next readers)
         }
         VX_FOR(i, blk, sn) { Gp[i] = g[i]; }
     }

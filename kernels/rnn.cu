@@ -583,7 +583,7 @@ VX_FN void vx_rnn_cot_finish_all(real *G, const real *U, double *pf, int *pi, do
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
         const real s = (real)pf[VX_F_SCALE * P + p];
-        const double gacc = pf[VX_F_GACC * P + p];
+        double gacc = pf[VX_F_GACC * P + p];
         real *g = G + (long long)p * sn;
         const real *u = U + (long long)p * n;
         double sums[1] = {0.0};
@@ -594,24 +594,7 @@ VX_FN void vx_rnn_cot_finish_all(real *G, const real *U, double *pf, int *pi, do
             sums[0] += (double)g[i] * (double)g[i];
         }
         blk.reduce(sums);
-        const double acc = gacc + log(sums[0]);
-        if (!vx_isfinite(acc)) {
-            VX_FOR(i, blk, sn) { g[i] = (real)0; }
-            if (blk.tid() == 0) {
-                pi[VX_I_DIVERGED * P + p] = lm1;
-                pi[VX_I_COLLAPSED * P + p] = 1;
-            }
-            blk.sync();
-            continue;
-        }
-        const real d = (real)sqrt(sums[0]);
-        VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
-        if (blk.tid() == 0) {
-            pf[VX_F_GACC * P + p] = acc;
-            if (r >= 0)
-                res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-        }
-        blk.sync();
+        vx_cot_end(blk, p, P, sn, R, lm1, r, sums[0], &gacc, g, pf, pi, res);
     }
 }
 

@@ -10,6 +10,7 @@
 // gates are the logistic sigmoid, evaluated as models.gates.sigmoid does.
 #pragma once
 #include "common.cuh"
+#include "epilogue.cuh"
 #include "vx_generated.cuh"
 
 // One thread block per grid point, in which `continue` leaves the point (a dead point is
