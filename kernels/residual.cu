@@ -285,7 +285,7 @@ VX_FN void vx_residual_backward_all(real *G, const real *U, const real *D, const
         const long long row = n;
         const real s = (real)pf[VX_F_SCALE * P + p];
         const real a = (real)alpha[p];
-        const double gacc = pf[VX_F_GACC * P + p];
+        double gacc = pf[VX_F_GACC * P + p];
         real *g = G + p * row;
         const real *u = U + p * row, *drow = D + ((long long)j * P + p) * row;
         double sums[1] = {0.0};
@@ -296,24 +296,7 @@ VX_FN void vx_residual_backward_all(real *G, const real *U, const real *D, const
             sums[0] += (double)x * (double)x;
         }
         blk.reduce(sums);
-        const double acc = gacc + log(sums[0]);
-        if (!vx_isfinite(acc)) {
-            VX_FOR(i, blk, n) { g[i] = (real)0; }
-            if (blk.tid() == 0) {
-                pi[VX_I_DIVERGED * P + p] = lm1;
-                pi[VX_I_COLLAPSED * P + p] = 1;
-            }
-            blk.sync();
-            continue;
-        }
-        const real d = (real)sqrt(sums[0]);
-        VX_FOR(i, blk, n) { g[i] = g[i] / d; }
-        if (blk.tid() == 0) {
-            pf[VX_F_GACC * P + p] = acc;
-            if (r >= 0)
-                res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-        }
-        blk.sync();
+        vx_cot_end(blk, p, P, n, R, lm1, r, sums[0], &gacc, g, pf, pi, res);
     }
 }
 
