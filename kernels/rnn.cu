@@ -21,6 +21,7 @@
 #include "epilogue.cuh"
 #include "normal.cuh"
 #include "rnn.cuh"
+#include "lstm.cuh"
 
 // ------------------------------------------------------------------ generation
 
@@ -146,83 +147,36 @@ VX_FN void vx_lstm_forward_all(real *H, real *A, real *C, real *TC, const double
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const double acc0 = pf[VX_F_ACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p], sh = shift[p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
+        double acc = pf[VX_F_ACC * P + p];
         const bool jvp = kind == VX_KIND_JVP;
         const long long n4 = 4LL * n;
+        real *h1 = A + (long long)p * n, *h2 = A + ((long long)P + p) * n;
+        real *c1 = C + (long long)p * n, *c2 = C + ((long long)P + p) * n;
         real *dh = jvp ? A + (2LL * P + p) * n : 0;
         real *dc = jvp ? TC + (long long)p * n : 0;
-        const real *zt = jvp ? H + (2LL * P + p) * n4 : 0;
         // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the limit, |[dh; dc]|^2
         double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
         VX_FOR(i, blk, n)
         {
-            real hn[2];
-            for (int k = 0; k < 2; ++k) {
-                const long long row = (long long)k * P + p;
-                real a[4];
-                vx_lstm_preacts(H + row * n4, n, i, s, xi, drive, sb, u, sh, a);
-                const real c_prev = C[row * n + i];
-                const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c_prev, code, param);
-                hn[k] = g.o * g.phi_c;
-                if (jvp && k == 0) {
-                    const real di = g.i * g.i_c * (s * zt[i]);
-                    const real df = g.f * g.f_c * (s * zt[n + i]);
-                    const real dg = vx_dphi(code, a[2], param) * (s * zt[2LL * n + i]);
-                    const real d_o = g.o * g.o_c * (s * zt[3LL * n + i]);
-                    const real dcn = df * c_prev + g.f * dc[i] + di * g.g + g.i * dg;
-                    const real dhn = d_o * g.phi_c + g.o * vx_dphi(code, g.c, param) * dcn;
-                    dh[i] = dhn;
-                    dc[i] = dcn;
-                    sums[4] += (double)dhn * (double)dhn + (double)dcn * (double)dcn;
-                }
-                A[row * n + i] = hn[k];
-                C[row * n + i] = g.c;
-                sums[3] += vx_big(hn[k], limit) + vx_big(g.c, limit);
+            // element i's products: rows p, P + p, 2P + p (the tangent's) of H, 4n each
+            real z[3][4] = {}, hn[2], c[2] = {c1[i], c2[i]}, dhv = 0, dcv = jvp ? dc[i] : 0;
+            for (int k = 0; k < (jvp ? 3 : 2); ++k)
+                for (int g = 0; g < 4; ++g)
+                    z[k][g] = H[((long long)k * P + p) * n4 + (long long)g * n + i];
+            vx_lstm_element(z, c, hn, &dhv, &dcv, n, i, q, xi, drive, jvp, limit, sums);
+            h1[i] = hn[0];
+            h2[i] = hn[1];
+            c1[i] = c[0];
+            c2[i] = c[1];
+            if (jvp) {
+                dh[i] = dhv;
+                dc[i] = dcv;
             }
-            sums[0] += (double)hn[0] * (double)hn[0];
-            sums[1] += (double)hn[1] * (double)hn[1];
-            sums[2] += (double)hn[0] * (double)hn[1];
         }
         blk.reduce(sums);
-        const double acc = jvp ? acc0 + log(sums[4]) : 0.0;
-        const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(acc));
-        if (!ok) {
-            VX_FOR(i, blk, n)
-            {
-                for (int k = 0; k < 2; ++k) {
-                    A[((long long)k * P + p) * n + i] = (real)0;
-                    C[((long long)k * P + p) * n + i] = (real)0;
-                }
-                if (jvp) {
-                    dh[i] = (real)0;
-                    dc[i] = (real)0;
-                }
-            }
-            vx_flag_dead(blk, p, P, layer, pi);
-            blk.sync();
-            continue;
-        }
-        const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
-        VX_FOR(i, blk, n)
-        {
-            if (jvp) {
-                dh[i] = dh[i] / norm;
-                dc[i] = dc[i] / norm;
-            }
-            if (ci >= 0) {
-                cph[((long long)ci * P + p) * n + i] = A[(long long)p * n + i];
-                cpc[((long long)ci * P + p) * n + i] = C[(long long)p * n + i];
-            }
-        }
-        if (blk.tid() == 0 && jvp)
-            pf[VX_F_ACC * P + p] = acc;
-        vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, acc, res);
-        blk.sync();
+        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, h1, h2, c1, c2, dh, dc,
+                        cph, cpc, pf, pi, res);
     }
 }
 
@@ -261,20 +215,15 @@ VX_KERNEL void vx_lstm_recompute(const real *H1, const real *c0, real *pa, real 
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         const long long n4 = 4LL * n, row = p;
         VX_FOR(i, blk, n)
         {
-            real a[4];
-            vx_lstm_preacts(H1 + row * n4, n, i, s, xi, drive, sb, su[p], shift[p], a);
-            const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c0[row * n + i], code, param);
-            for (int q = 0; q < 4; ++q)
-                pa[row * n4 + (long long)q * n + i] = a[q];
-            h1[row * n + i] = g.o * g.phi_c;
-            c1[row * n + i] = g.c;
+            real z[4];
+            for (int g = 0; g < 4; ++g)
+                z[g] = H1[row * n4 + (long long)g * n + i];
+            h1[row * n + i] = vx_lstm_recompute_element(z, c0[row * n + i], pa + row * n4,
+                                                        c1 + row * n + i, n, i, q, xi, drive);
         }
         blk.sync();
     }
@@ -291,24 +240,13 @@ VX_KERNEL void vx_lstm_cot_gates(real *G, real *GA, const real *c0, const real *
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
         const long long n4 = 4LL * n, row = p;
         real *gh = G + row * 2 * n;
-        real *gc = gh + n;
-        real *ga = GA + row * n4;
-        const real *a = pa + row * n4;
         VX_FOR(i, blk, n)
         {
-            const real c_prev = c0[row * n + i];
-            const VxLstm k = vx_lstm_gates(a[i], a[n + i], a[2LL * n + i], a[3LL * n + i],
-                                           c_prev, code, param);
-            const real e = gc[i] + k.o * vx_dphi(code, k.c, param) * gh[i];
-            ga[i] = k.i * k.i_c * k.g * e;
-            ga[n + i] = k.f * k.f_c * c_prev * e;
-            ga[2LL * n + i] = vx_dphi(code, a[2LL * n + i], param) * k.i * e;
-            ga[3LL * n + i] = k.o * k.o_c * k.phi_c * gh[i];
-            gc[i] = k.f * e;
+            vx_lstm_cot_element(pa + row * n4, c0[row * n + i], gh[i], gh + n + i, GA + row * n4, n,
+                                i, q);
         }
         blk.sync();
     }
