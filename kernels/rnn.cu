@@ -21,6 +21,7 @@
 #include "epilogue.cuh"
 #include "normal.cuh"
 #include "rnn.cuh"
+#include "gru.cuh"
 #include "lstm.cuh"
 
 // ------------------------------------------------------------------ generation
@@ -268,32 +269,22 @@ VX_FN void vx_gru_gates_all(real *H1, const real *A, real *M, const double *xi,
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double u = su[p], sh = shift[p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         const bool jvp = kind == VX_KIND_JVP;
-        const long long n2 = 2LL * n;
+        const long long n2 = 2LL * n, pt = 2LL * P + p;
         VX_FOR(i, blk, n)
         {
             for (int k = 0; k < ntraj; ++k) {
                 const long long row = (long long)k * P + p;
                 real *zx = H1 + row * n2;
-                const real a_r = vx_gate_preact(zx[i], s, vx_gate_bias(xi, drive, i, sb, u, 0.0));
-                const real a_z = vx_gate_preact(zx[n + i], s,
-                                                vx_gate_bias(xi, drive, (long long)n + i, sb, u, sh));
-                zx[i] = a_r;
-                zx[n + i] = a_z;
-                real r, r_c;
-                vx_sigmoid(a_r, &r, &r_c);
-                const real h = A[row * n + i];
-                M[row * n + i] = r * h;
+                const VxGruRz g = vx_gru_rz(zx[i], zx[n + i], n, i, q, xi, drive);
+                zx[i] = g.a_r;
+                zx[n + i] = g.a_z;
+                M[row * n + i] = g.r * A[row * n + i];
                 if (jvp && k == 0) {
-                    real *zt = H1 + (2LL * P + p) * n2;
-                    const real da_r = s * zt[i];
-                    zt[i] = da_r;
-                    zt[n + i] = s * zt[n + i];
-                    const real dr = r * r_c * da_r;
-                    M[(2LL * P + p) * n + i] = dr * h + r * A[(2LL * P + p) * n + i];
+                    real *zt = H1 + pt * n2;
+                    M[pt * n + i] = vx_gru_rz_tangent(g, q.s, zt[i], zt[n + i], A[row * n + i],
+                                                      A[pt * n + i], zt + n + i);
                 }
             }
         }
@@ -332,70 +323,31 @@ VX_FN void vx_gru_forward_all(const real *H1, const real *H2, real *A, const dou
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const double acc0 = pf[VX_F_ACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p];
+        const VxGated q = vx_gated_point(pf, pi, su, 0, P, p);
+        double acc = pf[VX_F_ACC * P + p];
         const bool jvp = kind == VX_KIND_JVP;
+        const int rows = jvp ? 3 : 2;
         const long long n2 = 2LL * n;
-        real *dh = jvp ? A + (2LL * P + p) * n : 0;
         // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h| beyond the limit, |dh|^2
         double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
         VX_FOR(i, blk, n)
         {
-            real hn[2];
-            for (int k = 0; k < 2; ++k) {
+            // element i of rows p, P + p, 2P + p (the tangent's): Z_n M, a_z, h
+            real zn[3] = {}, az[3] = {}, h[3] = {}, hn[3] = {};
+            for (int k = 0; k < rows; ++k) {
                 const long long row = (long long)k * P + p;
-                const real a_n = vx_gate_preact(
-                    H2[row * n + i], s, vx_gate_bias(xi, drive, 2LL * n + i, sb, u, 0.0));
-                real z, z_c;
-                vx_sigmoid(H1[row * n2 + n + i], &z, &z_c);
-                const real cand = vx_phi(code, a_n, param);
-                const real h = A[row * n + i];
-                hn[k] = z_c * cand + z * h;
-                if (jvp && k == 0) {
-                    const real dz = z * z_c * H1[(2LL * P + p) * n2 + n + i];
-                    const real dn = vx_dphi(code, a_n, param) * (s * H2[(2LL * P + p) * n + i]);
-                    const real dhn = z_c * dn + z * dh[i] + (h - cand) * dz;
-                    dh[i] = dhn;
-                    sums[4] += (double)dhn * (double)dhn;
-                }
-                A[row * n + i] = hn[k];
-                sums[3] += vx_big(hn[k], limit);
+                zn[k] = H2[row * n + i];
+                az[k] = H1[row * n2 + n + i];
+                h[k] = A[row * n + i];
             }
-            sums[0] += (double)hn[0] * (double)hn[0];
-            sums[1] += (double)hn[1] * (double)hn[1];
-            sums[2] += (double)hn[0] * (double)hn[1];
+            vx_gru_element(zn, az, h, hn, n, i, q, xi, drive, jvp, limit, sums);
+            for (int k = 0; k < rows; ++k)
+                A[((long long)k * P + p) * n + i] = hn[k];
         }
         blk.reduce(sums);
-        const double acc = jvp ? acc0 + log(sums[4]) : 0.0;
-        const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(acc));
-        if (!ok) {
-            VX_FOR(i, blk, n)
-            {
-                A[(long long)p * n + i] = (real)0;
-                A[((long long)P + p) * n + i] = (real)0;
-                if (jvp)
-                    dh[i] = (real)0;
-            }
-            vx_flag_dead(blk, p, P, layer, pi);
-            blk.sync();
-            continue;
-        }
-        const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
-        VX_FOR(i, blk, n)
-        {
-            if (jvp)
-                dh[i] = dh[i] / norm;
-            if (ci >= 0)
-                cph[((long long)ci * P + p) * n + i] = A[(long long)p * n + i];
-        }
-        if (blk.tid() == 0 && jvp)
-            pf[VX_F_ACC * P + p] = acc;
-        vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, acc, res);
-        blk.sync();
+        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, A + (long long)p * n,
+                        A + ((long long)P + p) * n, 0, 0, jvp ? A + (2LL * P + p) * n : 0, 0, cph,
+                        0, pf, pi, res);
     }
 }
 
@@ -431,22 +383,17 @@ VX_KERNEL void vx_gru_recompute(const real *H1, const real *H2, const real *h0, 
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
+        const VxGated q = vx_gated_point(pf, pi, su, 0, P, p);
         const long long row = p, n2 = 2LL * n, n3 = 3LL * n;
         VX_FOR(i, blk, n)
         {
-            const real a_n = vx_gate_preact(H2[row * n + i], s,
-                                            vx_gate_bias(xi, drive, 2LL * n + i, sb, su[p], 0.0));
             const real a_z = H1[row * n2 + n + i];
-            real z, z_c;
-            vx_sigmoid(a_z, &z, &z_c);
+            const VxGruUpdate u =
+                vx_gru_update(H2[row * n + i], a_z, h0[row * n + i], n, i, q, xi, drive);
             pa[row * n3 + i] = H1[row * n2 + i];
             pa[row * n3 + n + i] = a_z;
-            pa[row * n3 + n2 + i] = a_n;
-            h1[row * n + i] = z_c * vx_phi(code, a_n, param) + z * h0[row * n + i];
+            pa[row * n3 + n2 + i] = u.a_n;
+            h1[row * n + i] = u.h;
         }
         blk.sync();
     }
@@ -461,15 +408,11 @@ VX_KERNEL void vx_gru_cot_candidate(const real *G, real *GAN, const real *pa, co
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const long long row = p, n3 = 3LL * n;
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
+        const long long row = p;
         VX_FOR(i, blk, n)
         {
-            real z, z_c;
-            vx_sigmoid(pa[row * n3 + n + i], &z, &z_c);
-            GAN[row * n + i] = vx_dphi(code, pa[row * n3 + 2LL * n + i], param) * z_c *
-                               G[row * n + i];
+            GAN[row * n + i] = vx_gru_gan(pa + row * 3 * n, G[row * n + i], n, i, q);
         }
         blk.sync();
     }
@@ -486,22 +429,12 @@ VX_KERNEL void vx_gru_cot_gates(real *G, const real *U1, real *GRZ, const real *
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const long long row = p, n2 = 2LL * n, n3 = 3LL * n;
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
+        const long long row = p;
         VX_FOR(i, blk, n)
         {
-            real r, r_c, z, z_c;
-            vx_sigmoid(pa[row * n3 + i], &r, &r_c);
-            vx_sigmoid(pa[row * n3 + n + i], &z, &z_c);
-            const real cand = vx_phi(code, pa[row * n3 + n2 + i], param);
-            const real h = h0[row * n + i];
-            const real g = G[row * n + i];
-            const real g_m = s * U1[row * n + i];
-            GRZ[row * n2 + i] = r * r_c * h * g_m;
-            GRZ[row * n2 + n + i] = z * z_c * (h - cand) * g;
-            G[row * n + i] = z * g + r * g_m;
+            vx_gru_grz(pa + row * 3 * n, h0[row * n + i], q.s * U1[row * n + i], G + row * n + i,
+                       GRZ + row * 2 * n, n, i, q);
         }
         blk.sync();
     }
