@@ -59,29 +59,32 @@ VX_FN VxGruUpdate vx_gru_update(real zn, real a_z, real h, int n, int i, const V
     return u;
 }
 
-// Element i of a forward step's update, trajectories k = 0, 1 from zn[k], az[k] = a_z and
-// h[k] = h_{t-1} into hn[k]; with jvp the tangent from zn[2] = (Z_n M_t)_i, az[2] = da_z
-// and h[2] = dh into hn[2]. sums: |h1|^2, |h2|^2, <h1, h2>, count of |h| beyond the limit,
-// |dh|^2.
-VX_FN void vx_gru_element(const real zn[3], const real az[3], const real h[3], real hn[3], int n,
-                          int i, const VxGated &q, const double *xi, const double *drive,
-                          bool jvp, double limit, double sums[5])
+// Element i of a forward step's update, trajectories k = 0, 1 from zn[k], az[k][i] = a_z and
+// h[k][i] = h_{t-1} into hn[k][i]; with jvp the tangent from zn[2] = (Z_n M_t)_i,
+// az[2][i] = da_z and h[2][i] = dh into hn[2][i]. az, h, hn: the rows where they live (global
+// memory on the step path, shared on the persistent one; hn may be h). sums: |h1|^2, |h2|^2,
+// <h1, h2>, count of |h| beyond the limit, |dh|^2.
+VX_FN void vx_gru_element(const real zn[3], const real *const az[3], real *const h[3],
+                          real *const hn[3], int n, int i, const VxGated &q, const double *xi,
+                          const double *drive, bool jvp, double limit, double sums[5])
 {
-    for (int k = 0; k < 2; ++k) {
-        const VxGruUpdate u = vx_gru_update(zn[k], az[k], h[k], n, i, q, xi, drive);
-        hn[k] = u.h;
-        if (jvp && k == 0) {
-            const real dz = u.z * u.z_c * az[2];
-            const real dn = vx_dphi(q.code, u.a_n, q.param) * (q.s * zn[2]);
-            const real dhn = u.z_c * dn + u.z * h[2] + (h[0] - u.cand) * dz;
-            hn[2] = dhn;
-            sums[4] += (double)dhn * (double)dhn;
-        }
-        sums[3] += vx_big(hn[k], limit);
+    const real h1 = h[0][i], h2 = h[1][i], dh = jvp ? h[2][i] : (real)0;
+    const VxGruUpdate u1 = vx_gru_update(zn[0], az[0][i], h1, n, i, q, xi, drive);
+    const VxGruUpdate u2 = vx_gru_update(zn[1], az[1][i], h2, n, i, q, xi, drive);
+    if (jvp) {
+        const real dz = u1.z * u1.z_c * az[2][i];
+        const real dn = vx_dphi(q.code, u1.a_n, q.param) * (q.s * zn[2]);
+        const real dhn = u1.z_c * dn + u1.z * dh + (h1 - u1.cand) * dz;
+        hn[2][i] = dhn;
+        sums[4] += (double)dhn * (double)dhn;
     }
-    sums[0] += (double)hn[0] * (double)hn[0];
-    sums[1] += (double)hn[1] * (double)hn[1];
-    sums[2] += (double)hn[0] * (double)hn[1];
+    hn[0][i] = u1.h;
+    hn[1][i] = u2.h;
+    sums[3] += vx_big(u1.h, limit);
+    sums[3] += vx_big(u2.h, limit);
+    sums[0] += (double)u1.h * (double)u1.h;
+    sums[1] += (double)u2.h * (double)u2.h;
+    sums[2] += (double)u1.h * (double)u2.h;
 }
 
 // Element i of a backward step's candidate part from the pre-activations a (a row of 3n) and

@@ -44,19 +44,21 @@ VX_FN void vx_lstm_preacts(const real z[4], int n, int i, const VxGated &q, cons
     }
 }
 
-// Element i of a forward step, trajectories k = 0, 1 from their products z[k] and c[k]
-// (c_{t-1} in, c_t out), h_t into hn[k]; with jvp the tangent from z[2] = (Z dh)_i and *dc
-// (in and out) into *dh. sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the
-// limit, |[dh; dc]|^2.
-VX_FN void vx_lstm_element(const real z[3][4], real c[2], real hn[2], real *dh, real *dc, int n,
-                           int i, const VxGated &q, const double *xi, const double *drive,
-                           bool jvp, double limit, double sums[5])
+// Element i of a forward step, trajectories k = 0, 1 from their products z[k] and c[k][i]
+// (c_{t-1} in, c_t out), h_t into h[k][i]; with jvp the tangent from z[2] = (Z dh)_i and
+// c[2][i] = dc (in and out) into h[2][i] = dh. h and c: the rows where the state lives (global
+// memory on the step path, shared on the persistent one). sums: |h1|^2, |h2|^2, <h1, h2>,
+// count of |h|, |c| beyond the limit, |[dh; dc]|^2.
+VX_FN void vx_lstm_element(const real z[3][4], real *const h[3], real *const c[3], int n, int i,
+                           const VxGated &q, const double *xi, const double *drive, bool jvp,
+                           double limit, double sums[5])
 {
     const real s = q.s;
+    real hn[2];
     for (int k = 0; k < 2; ++k) {
         real a[4];
         vx_lstm_preacts(z[k], n, i, q, xi, drive, a);
-        const real c_prev = c[k];
+        const real c_prev = c[k][i];
         const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c_prev, q.code, q.param);
         hn[k] = g.o * g.phi_c;
         if (jvp && k == 0) {
@@ -64,13 +66,14 @@ VX_FN void vx_lstm_element(const real z[3][4], real c[2], real hn[2], real *dh, 
             const real df = g.f * g.f_c * (s * z[2][1]);
             const real dg = vx_dphi(q.code, a[2], q.param) * (s * z[2][2]);
             const real d_o = g.o * g.o_c * (s * z[2][3]);
-            const real dcn = df * c_prev + g.f * *dc + di * g.g + g.i * dg;
+            const real dcn = df * c_prev + g.f * c[2][i] + di * g.g + g.i * dg;
             const real dhn = d_o * g.phi_c + g.o * vx_dphi(q.code, g.c, q.param) * dcn;
-            *dh = dhn;
-            *dc = dcn;
+            h[2][i] = dhn;
+            c[2][i] = dcn;
             sums[4] += (double)dhn * (double)dhn + (double)dcn * (double)dcn;
         }
-        c[k] = g.c;
+        h[k][i] = hn[k];
+        c[k][i] = g.c;
         sums[3] += vx_big(hn[k], limit) + vx_big(g.c, limit);
     }
     sums[0] += (double)hn[0] * (double)hn[0];

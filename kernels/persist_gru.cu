@@ -106,12 +106,7 @@ VX_KERNEL void vx_gru_persist_forward(const real *W, const double *xi, const dou
                     if (jvp)
                         zn[2] = vx_fma(wn, mt[j], zn[2]);
                 }
-                const real azv[3] = {az[0][i], az[1][i], jvp ? az[2][i] : (real)0};
-                const real hv[3] = {h[0][i], h[1][i], jvp ? h[2][i] : (real)0};
-                real hnv[3] = {};
-                vx_gru_element(zn, azv, hv, hnv, n, i, q, xi, drive, jvp, limit, sums);
-                for (int k = 0; k < ntraj; ++k)
-                    hn[k][i] = hnv[k];
+                vx_gru_element(zn, az, h, hn, n, i, q, xi, drive, jvp, limit, sums);
             }
             blk.reduce(sums);
             const bool ok = vx_rnn_step_end(blk, p, P, n, R, layer, rec[layer], cpi[layer], jvp,

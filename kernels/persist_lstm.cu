@@ -68,6 +68,7 @@ VX_KERNEL void vx_lstm_persist_forward(const real *W, const double *xi, const do
         for (int li = 0; li < nsteps; ++li) {
             const int layer = layer0 + li;
             const double *drive = drives + (long long)li * n4;
+            real *const hr[3] = {hn1, hn2, dhn}, *const cr[3] = {c1, c2, dc};  // the new state
             // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the limit, |[dh; dc]|^2
             double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
             VX_FOR(i, blk, n)
@@ -85,16 +86,7 @@ VX_KERNEL void vx_lstm_persist_forward(const real *W, const double *xi, const do
                             z[2][g] = vx_fma(w, xt, z[2][g]);
                     }
                 }
-                real hn[2], c[2] = {c1[i], c2[i]}, dhv = 0, dcv = jvp ? dc[i] : 0;
-                vx_lstm_element(z, c, hn, &dhv, &dcv, n, i, q, xi, drive, jvp, limit, sums);
-                hn1[i] = hn[0];
-                hn2[i] = hn[1];
-                c1[i] = c[0];
-                c2[i] = c[1];
-                if (jvp) {
-                    dhn[i] = dhv;
-                    dc[i] = dcv;
-                }
+                vx_lstm_element(z, hr, cr, n, i, q, xi, drive, jvp, limit, sums);
             }
             blk.reduce(sums);
             const bool ok = vx_rnn_step_end(blk, p, P, n, R, layer, rec[layer], cpi[layer], jvp,

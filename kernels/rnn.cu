@@ -152,32 +152,25 @@ VX_FN void vx_lstm_forward_all(real *H, real *A, real *C, real *TC, const double
         double acc = pf[VX_F_ACC * P + p];
         const bool jvp = kind == VX_KIND_JVP;
         const long long n4 = 4LL * n;
-        real *h1 = A + (long long)p * n, *h2 = A + ((long long)P + p) * n;
-        real *c1 = C + (long long)p * n, *c2 = C + ((long long)P + p) * n;
-        real *dh = jvp ? A + (2LL * P + p) * n : 0;
-        real *dc = jvp ? TC + (long long)p * n : 0;
+        // rows p, P + p of A and C (trajectories 1, 2), the tangent's 2P + p of A and p of TC
+        real *const h[3] = {A + (long long)p * n, A + ((long long)P + p) * n,
+                            jvp ? A + (2LL * P + p) * n : 0};
+        real *const c[3] = {C + (long long)p * n, C + ((long long)P + p) * n,
+                            jvp ? TC + (long long)p * n : 0};
         // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the limit, |[dh; dc]|^2
         double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
         VX_FOR(i, blk, n)
         {
-            // element i's products: rows p, P + p, 2P + p (the tangent's) of H, 4n each
-            real z[3][4] = {}, hn[2], c[2] = {c1[i], c2[i]}, dhv = 0, dcv = jvp ? dc[i] : 0;
+            // element i's products: rows p, P + p, 2P + p of H, 4n each
+            real z[3][4] = {};
             for (int k = 0; k < (jvp ? 3 : 2); ++k)
                 for (int g = 0; g < 4; ++g)
                     z[k][g] = H[((long long)k * P + p) * n4 + (long long)g * n + i];
-            vx_lstm_element(z, c, hn, &dhv, &dcv, n, i, q, xi, drive, jvp, limit, sums);
-            h1[i] = hn[0];
-            h2[i] = hn[1];
-            c1[i] = c[0];
-            c2[i] = c[1];
-            if (jvp) {
-                dh[i] = dhv;
-                dc[i] = dcv;
-            }
+            vx_lstm_element(z, h, c, n, i, q, xi, drive, jvp, limit, sums);
         }
         blk.reduce(sums);
-        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, h1, h2, c1, c2, dh, dc,
-                        cph, cpc, pf, pi, res);
+        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, h[0], h[1], c[0], c[1],
+                        h[2], c[2], cph, cpc, pf, pi, res);
     }
 }
 
@@ -326,28 +319,23 @@ VX_FN void vx_gru_forward_all(const real *H1, const real *H2, real *A, const dou
         const VxGated q = vx_gated_point(pf, pi, su, 0, P, p);
         double acc = pf[VX_F_ACC * P + p];
         const bool jvp = kind == VX_KIND_JVP;
-        const int rows = jvp ? 3 : 2;
         const long long n2 = 2LL * n;
+        // rows p, P + p, 2P + p (the tangent's) of H1 (a_z: from column n on) and A
+        const real *const az[3] = {H1 + (long long)p * n2 + n, H1 + ((long long)P + p) * n2 + n,
+                                   jvp ? H1 + (2LL * P + p) * n2 + n : 0};
+        real *const h[3] = {A + (long long)p * n, A + ((long long)P + p) * n,
+                            jvp ? A + (2LL * P + p) * n : 0};
         // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h| beyond the limit, |dh|^2
         double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
         VX_FOR(i, blk, n)
         {
-            // element i of rows p, P + p, 2P + p (the tangent's): Z_n M, a_z, h
-            real zn[3] = {}, az[3] = {}, h[3] = {}, hn[3] = {};
-            for (int k = 0; k < rows; ++k) {
-                const long long row = (long long)k * P + p;
-                zn[k] = H2[row * n + i];
-                az[k] = H1[row * n2 + n + i];
-                h[k] = A[row * n + i];
-            }
-            vx_gru_element(zn, az, h, hn, n, i, q, xi, drive, jvp, limit, sums);
-            for (int k = 0; k < rows; ++k)
-                A[((long long)k * P + p) * n + i] = hn[k];
+            const real zn[3] = {H2[(long long)p * n + i], H2[((long long)P + p) * n + i],
+                                jvp ? H2[(2LL * P + p) * n + i] : (real)0};
+            vx_gru_element(zn, az, h, h, n, i, q, xi, drive, jvp, limit, sums);
         }
         blk.reduce(sums);
-        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, A + (long long)p * n,
-                        A + ((long long)P + p) * n, 0, 0, jvp ? A + (2LL * P + p) * n : 0, 0, cph,
-                        0, pf, pi, res);
+        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, h[0], h[1], 0, 0, h[2], 0,
+                        cph, 0, pf, pi, res);
     }
 }
 
