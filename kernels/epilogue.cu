@@ -83,7 +83,7 @@ VX_KERNEL void vx_grad_init(const real *gamma, real *G, double *pf, int *pi, dou
     VX_BLOCKS(blk)
     {
         const int p = (int)blk.index();
-        vx_grad_init_point(blk, p, P, n, gamma, G + (long long)p * n, pf, pi, res, R, r);
+        vx_grad_init_point(blk, p, P, n, n, gamma, G + (long long)p * n, pf, pi, res, R, r);
     }
 }
 

@@ -319,14 +319,15 @@ VX_FN bool vx_backward_point(const B &blk, int p, int P, int n, int lm1, real *g
     return vx_cot_end(blk, p, P, n, R, lm1, r, sums[0], &gacc, g, pf, pi, res);
 }
 
-// The backprop seed of a point: g = gamma / |gamma| (zero for a dead point),
-// and log |g^L|^2 = 0 recorded at the last layer (NaN for a dead point).
+// The backprop seed of a point: g = [gamma; 0] (sn >= n entries; gamma the unit output
+// direction, zero for a dead point), and log |g^L|^2 = 0 recorded at the last layer (NaN for
+// a dead point).
 template <class B>
-VX_FN void vx_grad_init_point(const B &blk, int p, int P, int n, const real *gamma, real *g,
-                              double *pf, int *pi, double *res, int R, int r)
+VX_FN void vx_grad_init_point(const B &blk, int p, int P, int n, int sn, const real *gamma,
+                              real *g, double *pf, int *pi, double *res, int R, int r)
 {
     const bool dead = pi[VX_I_DEAD * P + p] != 0;
-    VX_FOR(i, blk, n) { g[i] = dead ? (real)0 : gamma[i]; }
+    VX_FOR(i, blk, sn) { g[i] = dead || i >= n ? (real)0 : gamma[i]; }
     if (blk.tid() == 0) {
         pf[VX_F_GACC * P + p] = 0.0;
         pi[VX_I_COLLAPSED * P + p] = 0;

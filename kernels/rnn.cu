@@ -498,18 +498,9 @@ VX_KERNEL void vx_rnn_restart_clocked(real *sh, real *sc, const real *cph, const
 VX_KERNEL void vx_rnn_grad_init(const real *gamma, real *G, double *pf, int *pi, double *res,
                                 int P, int n, int sn, int R, int r)
 {
-    VX_POINTS(blk)
+    VX_BLOCKS(blk)
     {
         const int p = (int)blk.index();
-        const bool dead = pi[VX_I_DEAD * P + p] != 0;
-        real *g = G + (long long)p * sn;
-        VX_FOR(i, blk, sn) { g[i] = dead || i >= n ? (real)0 : gamma[i]; }
-        if (blk.tid() == 0) {
-            pf[VX_F_GACC * P + p] = 0.0;
-            pi[VX_I_COLLAPSED * P + p] = 0;
-            if (r >= 0)
-                res[((long long)VX_R_GRAD * P + p) * R + r] = dead ? vx_nan() : 0.0;
-        }
-        blk.sync();
+        vx_grad_init_point(blk, p, P, n, sn, gamma, G + (long long)p * sn, pf, pi, res, R, r);
     }
 }
