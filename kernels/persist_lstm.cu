@@ -10,8 +10,8 @@
 //
 // The products that rnn.cu's step kernels get from cuBLAS are done here by each block
 // from its copy of W; the arithmetic around them is the step kernels', in the same order
-// (rnn.cuh's vx_gate_preact, vx_gate_bias, vx_lstm_gates, vx_big, vx_rnn_record), so that
-// both paths follow the oracle's roundings alike.
+// (lstm.cuh's elements, rnn.cuh's vx_rnn_step_end, epilogue.cuh's vx_cot_end), so that both
+// paths follow the oracle's roundings alike.
 //
 // Thread i computes only element i of a step's new state from whole old vectors, so the
 // new h goes to a second buffer (h and hn swap each step) and a step ends with a barrier;
