@@ -26,32 +26,6 @@
 
 // ------------------------------------------------------------------ generation
 
-// count normals of (layer0 + li, stream) for li < nlayers into out (nlayers, count):
-// element e of a layer is normal 4 b + m of Philox block b = e / 4, lane m = e % 4,
-// counter (b, layer, sample, stream): rng.normals, bit for bit.
-template <class T>
-VX_FN void vx_fill_stream_body(T *out, long long count, int layer0, int nlayers, u32 stream,
-                               u32 sample, u32 k0, u32 k1)
-{
-    VX_BLOCKS(blk)
-    {
-        const long long per_layer = (count + 3) / 4;
-        const long long total = per_layer * nlayers;
-        VX_GRID_FOR(g, blk, total)
-        {
-            const long long li = g / per_layer;
-            const long long b = g - li * per_layer;
-            double z[4];
-            vx_normals4((u32)b, (u32)(layer0 + li), sample, stream, k0, k1, z);
-            for (int m = 0; m < 4; ++m) {
-                const long long e = 4 * b + m;
-                if (e < count)
-                    out[li * count + e] = (T)z[m];
-            }
-        }
-    }
-}
-
 // The tied gate matrices Z_g (rng.STREAM_GATE + g, layer 0), rounded to real.
 VX_KERNEL void vx_fill_stream(real *out, long long count, int layer0, int nlayers, u32 stream,
                               u32 sample, u32 k0, u32 k1)
