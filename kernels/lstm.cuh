@@ -48,37 +48,41 @@ VX_FN void vx_lstm_preacts(const real z[4], int n, int i, const VxGated &q, cons
 // (c_{t-1} in, c_t out), h_t into h[k][i]; with jvp the tangent from z[2] = (Z dh)_i and
 // c[2][i] = dc (in and out) into h[2][i] = dh. h and c: the rows where the state lives (global
 // memory on the step path, shared on the persistent one). sums: |h1|^2, |h2|^2, <h1, h2>,
-// count of |h|, |c| beyond the limit, |[dh; dc]|^2.
+// count of |h|, |c| beyond the limit, |[dh; dc]|^2. (The trajectories written out, not
+// looped over: on the GPU everything then stays in registers, no stack frame.)
 VX_FN void vx_lstm_element(const real z[3][4], real *const h[3], real *const c[3], int n, int i,
                            const VxGated &q, const double *xi, const double *drive, bool jvp,
                            double limit, double sums[5])
 {
     const real s = q.s;
-    real hn[2];
-    for (int k = 0; k < 2; ++k) {
-        real a[4];
-        vx_lstm_preacts(z[k], n, i, q, xi, drive, a);
-        const real c_prev = c[k][i];
-        const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c_prev, q.code, q.param);
-        hn[k] = g.o * g.phi_c;
-        if (jvp && k == 0) {
-            const real di = g.i * g.i_c * (s * z[2][0]);
-            const real df = g.f * g.f_c * (s * z[2][1]);
-            const real dg = vx_dphi(q.code, a[2], q.param) * (s * z[2][2]);
-            const real d_o = g.o * g.o_c * (s * z[2][3]);
-            const real dcn = df * c_prev + g.f * c[2][i] + di * g.g + g.i * dg;
-            const real dhn = d_o * g.phi_c + g.o * vx_dphi(q.code, g.c, q.param) * dcn;
-            h[2][i] = dhn;
-            c[2][i] = dcn;
-            sums[4] += (double)dhn * (double)dhn + (double)dcn * (double)dcn;
-        }
-        h[k][i] = hn[k];
-        c[k][i] = g.c;
-        sums[3] += vx_big(hn[k], limit) + vx_big(g.c, limit);
+    const real c1 = c[0][i], c2 = c[1][i];
+    real a[4];
+    vx_lstm_preacts(z[0], n, i, q, xi, drive, a);
+    const VxLstm g1 = vx_lstm_gates(a[0], a[1], a[2], a[3], c1, q.code, q.param);
+    const real h1 = g1.o * g1.phi_c;
+    if (jvp) {
+        const real di = g1.i * g1.i_c * (s * z[2][0]);
+        const real df = g1.f * g1.f_c * (s * z[2][1]);
+        const real dg = vx_dphi(q.code, a[2], q.param) * (s * z[2][2]);
+        const real d_o = g1.o * g1.o_c * (s * z[2][3]);
+        const real dcn = df * c1 + g1.f * c[2][i] + di * g1.g + g1.i * dg;
+        const real dhn = d_o * g1.phi_c + g1.o * vx_dphi(q.code, g1.c, q.param) * dcn;
+        h[2][i] = dhn;
+        c[2][i] = dcn;
+        sums[4] += (double)dhn * (double)dhn + (double)dcn * (double)dcn;
     }
-    sums[0] += (double)hn[0] * (double)hn[0];
-    sums[1] += (double)hn[1] * (double)hn[1];
-    sums[2] += (double)hn[0] * (double)hn[1];
+    vx_lstm_preacts(z[1], n, i, q, xi, drive, a);
+    const VxLstm g2 = vx_lstm_gates(a[0], a[1], a[2], a[3], c2, q.code, q.param);
+    const real h2 = g2.o * g2.phi_c;
+    h[0][i] = h1;
+    c[0][i] = g1.c;
+    h[1][i] = h2;
+    c[1][i] = g2.c;
+    sums[3] += vx_big(h1, limit) + vx_big(g1.c, limit);
+    sums[3] += vx_big(h2, limit) + vx_big(g2.c, limit);
+    sums[0] += (double)h1 * (double)h1;
+    sums[1] += (double)h2 * (double)h2;
+    sums[2] += (double)h1 * (double)h2;
 }
 
 // Element i of a recomputed step (trajectory 1) from its products z and c_{t-1}: the

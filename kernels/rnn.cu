@@ -135,11 +135,16 @@ VX_FN void vx_lstm_forward_all(real *H, real *A, real *C, real *TC, const double
         double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
         VX_FOR(i, blk, n)
         {
-            // element i's products: rows p, P + p, 2P + p of H, 4n each
+            // element i's products: rows p, P + p, 2P + p of H, 4n each (constant indices
+            // only: z stays in registers)
             real z[3][4] = {};
-            for (int k = 0; k < (jvp ? 3 : 2); ++k)
-                for (int g = 0; g < 4; ++g)
-                    z[k][g] = H[((long long)k * P + p) * n4 + (long long)g * n + i];
+            for (int g = 0; g < 4; ++g) {
+                const long long e = (long long)g * n + i;
+                z[0][g] = H[(long long)p * n4 + e];
+                z[1][g] = H[((long long)P + p) * n4 + e];
+                if (jvp)
+                    z[2][g] = H[(2LL * P + p) * n4 + e];
+            }
             vx_lstm_element(z, h, c, n, i, q, xi, drive, jvp, limit, sums);
         }
         blk.reduce(sums);
