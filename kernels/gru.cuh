@@ -70,7 +70,6 @@ VX_FN void vx_gru_element(const real zn[3], const real *const az[3], real *const
 {
     const real h1 = h[0][i], h2 = h[1][i], dh = jvp ? h[2][i] : (real)0;
     const VxGruUpdate u1 = vx_gru_update(zn[0], az[0][i], h1, n, i, q, xi, drive);
-    const VxGruUpdate u2 = vx_gru_update(zn[1], az[1][i], h2, n, i, q, xi, drive);
     if (jvp) {
         const real dz = u1.z * u1.z_c * az[2][i];
         const real dn = vx_dphi(q.code, u1.a_n, q.param) * (q.s * zn[2]);
@@ -79,6 +78,7 @@ VX_FN void vx_gru_element(const real zn[3], const real *const az[3], real *const
         sums[4] += (double)dhn * (double)dhn;
     }
     hn[0][i] = u1.h;
+    const VxGruUpdate u2 = vx_gru_update(zn[1], az[1][i], h2, n, i, q, xi, drive);
     hn[1][i] = u2.h;
     sums[3] += vx_big(u1.h, limit);
     sums[3] += vx_big(u2.h, limit);
