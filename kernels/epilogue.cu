@@ -8,24 +8,13 @@
 #include "common.cuh"
 #include "epilogue.cuh"
 
-// Forward epilogue of every point of a layer. ci >= 0: also checkpoint hh1
-// into cp[ci] (ncp, P, n) and its log-scale into cp_ls[ci] (ncp, P).
+// Forward epilogue of every point of a layer (epilogue.cuh's vx_forward_all without a drive).
 VX_KERNEL void vx_forward(real *H, real *A, const double *xi, double *pf, int *pi, double *res,
                           real *cp, double *cp_ls, int P, int n, int R, int layer, int kind,
                           int has_bias, int r, int ci, double limit)
 {
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
-        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
-        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
-        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
-        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
-                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
-                         R, r, limit, cprow, cpls);
-    }
+    vx_forward_all(H, A, xi, 0, 0, pf, pi, res, cp, cp_ls, P, n, R, layer, kind, has_bias, r, ci,
+                   limit);
 }
 
 // Layer `step` of a captured body (a CUDA Graph replayed once per block of layers,
@@ -37,36 +26,19 @@ VX_KERNEL void vx_forward_clocked(real *H, real *A, const double *xi, double *pf
                                   int kind, int has_bias, double limit)
 {
     const int layer = clock[0] + step;
-    const int r = rec[layer], ci = cpi[layer];
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
-        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
-        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
-        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
-        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
-                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
-                         R, r, limit, cprow, cpls);
-    }
+    vx_forward_all(H, A, xi, 0, 0, pf, pi, res, cp, cp_ls, P, n, R, layer, kind, has_bias,
+                   rec[layer], cpi[layer], limit);
 }
 
-// A recomputed layer of a VJP segment (H1 = A1 Z^T), phi' into D[j] (every, P, n).
+// A recomputed layer of a VJP segment (epilogue.cuh's vx_recompute_all without a drive).
 VX_KERNEL void vx_recompute(real *H1, real *A1, real *D, const double *xi, double *pf,
                             const int *pi, int P, int n, int j, int has_bias)
 {
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        vx_recompute_point(blk, p, P, n, H1 + p * row, A1 + p * row,
-                           D + ((long long)j * P + p) * row, xi, has_bias, pf, pi);
-    }
+    vx_recompute_all(H1, A1, D, xi, 0, 0, pf, pi, P, n, j, has_bias);
 }
 
 // Start of a recomputed segment from checkpoint ci (ci < 0: from the input x1).
-VX_KERNEL void vx_restart(const real *x1, const real *cp, const double *cp_ls, real *A1, real *D,
+VX_FN void vx_restart_all(const real *x1, const real *cp, const double *cp_ls, real *A1, real *D,
                           double *pf, const int *pi, int P, int n, int ci)
 {
     VX_BLOCKS(blk)
@@ -79,8 +51,14 @@ VX_KERNEL void vx_restart(const real *x1, const real *cp, const double *cp_ls, r
     }
 }
 
+VX_KERNEL void vx_restart(const real *x1, const real *cp, const double *cp_ls, real *A1, real *D,
+                          double *pf, const int *pi, int P, int n, int ci)
+{
+    vx_restart_all(x1, cp, cp_ls, A1, D, pf, pi, P, n, ci);
+}
+
 // Backprop steps layer -> layer - 1 of every point after U = G Z (U[p] = Z^T g_p).
-VX_KERNEL void vx_backward(real *G, const real *U, const real *D, double *pf, int *pi,
+VX_FN void vx_backward_all(real *G, const real *U, const real *D, double *pf, int *pi,
                            double *res, int P, int n, int R, int j, int lm1, int r)
 {
     VX_BLOCKS(blk)
@@ -92,6 +70,12 @@ VX_KERNEL void vx_backward(real *G, const real *U, const real *D, double *pf, in
     }
 }
 
+VX_KERNEL void vx_backward(real *G, const real *U, const real *D, double *pf, int *pi,
+                           double *res, int P, int n, int R, int j, int lm1, int r)
+{
+    vx_backward_all(G, U, D, pf, pi, res, P, n, R, j, lm1, r);
+}
+
 // The backprop seed of every point (gamma: the unit output direction, n).
 VX_KERNEL void vx_grad_init(const real *gamma, real *G, double *pf, int *pi, double *res, int P,
                             int n, int R, int r)
@@ -99,7 +83,7 @@ VX_KERNEL void vx_grad_init(const real *gamma, real *G, double *pf, int *pi, dou
     VX_BLOCKS(blk)
     {
         const int p = (int)blk.index();
-        vx_grad_init_point(blk, p, P, n, gamma, G + (long long)p * n, pf, pi, res, R, r);
+        vx_grad_init_point(blk, p, P, n, n, gamma, G + (long long)p * n, pf, pi, res, R, r);
     }
 }
 
@@ -111,15 +95,7 @@ VX_KERNEL void vx_restart_clocked(const real *x1, const real *cp, const double *
                                   real *D, double *pf, const int *pi, const int *clock, int every,
                                   int P, int n)
 {
-    const int ci = clock[0] / every - 1;
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        const real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
-        const double ls = ci >= 0 ? cp_ls[(long long)ci * P + p] : 0.0;
-        vx_restart_point(blk, p, P, n, x1, cprow, ls, A1 + p * row, D + p * row, pf, pi);
-    }
+    vx_restart_all(x1, cp, cp_ls, A1, D, pf, pi, P, n, clock[0] / every - 1);
 }
 
 VX_KERNEL void vx_backward_clocked(real *G, const real *U, const real *D, double *pf, int *pi,
@@ -127,12 +103,5 @@ VX_KERNEL void vx_backward_clocked(real *G, const real *U, const real *D, double
                                    int n, int R, int j)
 {
     const int lm1 = clock[0] + step;
-    const int r = rec[lm1];
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        vx_backward_point(blk, p, P, n, lm1, G + p * row, U + p * row,
-                          D + ((long long)j * P + p) * row, pf, pi, res, R, r);
-    }
+    vx_backward_all(G, U, D, pf, pi, res, P, n, R, j, lm1, rec[lm1]);
 }

@@ -44,6 +44,94 @@ VX_FN bool vx_h_ok(double ss, double big, bool homog)
     return vx_isfinite(ss) && (homog ? ss > 0.0 : big == 0.0);
 }
 
+// A layer's float64 sums of the two inputs' pre-activations x1, x2: |h1|^2, |h2|^2, <h1, h2>
+// and the count of |h| > limit (sums[4], |t|^2, is the tangent's).
+VX_FN void vx_pair_sums(real x1, real x2, double limit, double sums[5])
+{
+    sums[0] += (double)x1 * (double)x1;
+    sums[1] += (double)x2 * (double)x2;
+    sums[2] += (double)x1 * (double)x2;
+    sums[3] += (double)(fabs((double)x1) > limit) + (double)(fabs((double)x2) > limit);
+}
+
+// The renormalisation of a homogeneous phi (DESIGN.md 2.3c): hh = h / d, ls' = ls + log d with
+// d = rms = sqrt(ss / n); otherwise d = 1, ls' = ls.
+VX_FN real vx_rescale(double ss, int n, double ls, bool homog, double *nls)
+{
+    if (!homog) {
+        *nls = ls;
+        return (real)1;
+    }
+    const double rms = sqrt(ss / n);
+    *nls = ls + log(rms);
+    return (real)rms;
+}
+
+// What a layer's block-reduced sums (vx_pair_sums', |t|^2) make of a point: ok (vx_h_ok for
+// both inputs, and with JVP a finite acc = acc0 + log |t|^2), the divisors d1, d2 and new
+// log-scales nls1, nls2 (vx_rescale), the tangent's dt = |t| (1 without JVP).
+struct VxLayer {
+    double ss1, ss2, dot, acc, nls1, nls2;
+    real d1, d2, dt;
+    bool ok;
+};
+
+VX_FN VxLayer vx_layer_end(const double *sums, int n, double ls1, double ls2, double acc0,
+                           bool homog, bool jvp)
+{
+    VxLayer c;
+    c.ss1 = sums[0];
+    c.ss2 = sums[1];
+    c.dot = sums[2];
+    c.ok = vx_h_ok(c.ss1, sums[3], homog) && vx_h_ok(c.ss2, sums[3], homog);
+    c.acc = jvp ? acc0 + log(sums[4]) : 0.0;
+    if (jvp)
+        c.ok = c.ok && vx_isfinite(c.acc);
+    c.d1 = vx_rescale(c.ss1, n, ls1, homog && c.ok, &c.nls1);
+    c.d2 = vx_rescale(c.ss2, n, ls2, homog && c.ok, &c.nls2);
+    c.dt = jvp && c.ok ? (real)sqrt(sums[4]) : (real)1;
+    return c;
+}
+
+// A point diverged at `layer`: flagged and its log-scales reset (thread 0), then a barrier.
+template <class B>
+VX_FN void vx_flag_diverged(const B &blk, int p, int P, int layer, double *pf, int *pi)
+{
+    if (blk.tid() == 0) {
+        pi[VX_I_DIVERGED * P + p] = layer;
+        pi[VX_I_DEAD * P + p] = 1;
+        pf[VX_F_LS1 * P + p] = 0.0;
+        pf[VX_F_LS2 * P + p] = 0.0;
+    }
+    blk.sync();
+}
+
+// A layer's scalars stored by thread 0: the log-scales, acc (JVP), the checkpoint's log-scale
+// (cp_ls != 0) and, r >= 0, the records log q = 2 ls1 + log(|h1|^2 / n / d1^2),
+// c = <h1, h2> / sqrt(|h1|^2 |h2|^2), log |t|^2 accumulated (JVP). Then a barrier.
+template <class B>
+VX_FN void vx_layer_store(const B &blk, int p, int P, int n, int R, int r, bool jvp,
+                          const VxLayer &c, double *cp_ls, double *pf, double *res)
+{
+    if (blk.tid() == 0) {
+        pf[VX_F_LS1 * P + p] = c.nls1;
+        pf[VX_F_LS2 * P + p] = c.nls2;
+        if (jvp)
+            pf[VX_F_ACC * P + p] = c.acc;
+        if (cp_ls)
+            *cp_ls = c.nls1;
+        if (r >= 0) {
+            const double f1 = (double)c.d1;
+            res[((long long)VX_R_LOGQ * P + p) * R + r] =
+                2.0 * c.nls1 + log(c.ss1 / n / (f1 * f1));
+            res[((long long)VX_R_CORR * P + p) * R + r] = c.dot / sqrt(c.ss1 * c.ss2);
+            if (jvp)
+                res[((long long)VX_R_TAN * P + p) * R + r] = c.acc;
+        }
+    }
+    blk.sync();
+}
+
 // Forward epilogue of one point after H = A Z^T (rows h1, h2 and, with
 // kind == JVP, t hold Z times this layer's inputs). Writes the next inputs
 // a1, a2 (and at); with cprow != 0 also the checkpoint row hh1 and *cp_ls.
@@ -77,10 +165,7 @@ VX_FN bool vx_forward_point(const B &blk, int p, int P, int n, int layer, int ki
         const real x2 = vx_preact(h2[i], s, b, bs2, has_bias);
         h1[i] = x1;
         h2[i] = x2;
-        sums[0] += (double)x1 * (double)x1;
-        sums[1] += (double)x2 * (double)x2;
-        sums[2] += (double)x1 * (double)x2;
-        sums[3] += (double)(fabs((double)x1) > limit) + (double)(fabs((double)x2) > limit);
+        vx_pair_sums(x1, x2, limit, sums);
         if (jvp) {
             const real tv = t[i] * s;
             t[i] = tv;
@@ -88,12 +173,8 @@ VX_FN bool vx_forward_point(const B &blk, int p, int P, int n, int layer, int ki
         }
     }
     blk.reduce(sums);
-    const double ss1 = sums[0], ss2 = sums[1], dot = sums[2], big = sums[3], sst = sums[4];
-    bool ok = vx_h_ok(ss1, big, homog) && vx_h_ok(ss2, big, homog);
-    const double acc = jvp ? acc0 + log(sst) : 0.0;
-    if (jvp)
-        ok = ok && vx_isfinite(acc);
-    if (!ok) {
+    const VxLayer c = vx_layer_end(sums, n, ls1, ls2, acc0, homog, jvp);
+    if (!c.ok) {
         VX_FOR(i, blk, n)
         {
             a1[i] = (real)0;
@@ -101,52 +182,20 @@ VX_FN bool vx_forward_point(const B &blk, int p, int P, int n, int layer, int ki
             if (jvp)
                 at[i] = (real)0;
         }
-        if (blk.tid() == 0) {
-            pi[VX_I_DIVERGED * P + p] = layer;
-            pi[VX_I_DEAD * P + p] = 1;
-            pf[VX_F_LS1 * P + p] = 0.0;
-            pf[VX_F_LS2 * P + p] = 0.0;
-        }
-        blk.sync();
+        vx_flag_diverged(blk, p, P, layer, pf, pi);
         return false;
     }
-    real d1 = (real)1, d2 = (real)1;
-    double nls1 = ls1, nls2 = ls2;
-    if (homog) {
-        const double rms1 = sqrt(ss1 / n);
-        const double rms2 = sqrt(ss2 / n);
-        d1 = (real)rms1;
-        d2 = (real)rms2;
-        nls1 = ls1 + log(rms1);
-        nls2 = ls2 + log(rms2);
-    }
-    const real dt = jvp ? (real)sqrt(sst) : (real)1;
     VX_FOR(i, blk, n)
     {
-        const real x1 = h1[i] / d1;
+        const real x1 = h1[i] / c.d1;
         if (cprow)
             cprow[i] = x1;
         a1[i] = vx_phi(code, x1, param);
-        a2[i] = vx_phi(code, h2[i] / d2, param);
+        a2[i] = vx_phi(code, h2[i] / c.d2, param);
         if (jvp)
-            at[i] = vx_dphi(code, x1, param) * (t[i] / dt);
+            at[i] = vx_dphi(code, x1, param) * (t[i] / c.dt);
     }
-    if (blk.tid() == 0) {
-        pf[VX_F_LS1 * P + p] = nls1;
-        pf[VX_F_LS2 * P + p] = nls2;
-        if (jvp)
-            pf[VX_F_ACC * P + p] = acc;
-        if (cprow)
-            *cp_ls = nls1;
-        if (r >= 0) {
-            const double f1 = (double)d1;
-            res[((long long)VX_R_LOGQ * P + p) * R + r] = 2.0 * nls1 + log(ss1 / n / (f1 * f1));
-            res[((long long)VX_R_CORR * P + p) * R + r] = dot / sqrt(ss1 * ss2);
-            if (jvp)
-                res[((long long)VX_R_TAN * P + p) * R + r] = acc;
-        }
-    }
-    blk.sync();
+    vx_layer_store(blk, p, P, n, R, r, jvp, c, cp_ls, pf, res);
     return true;
 }
 
@@ -175,14 +224,8 @@ VX_FN void vx_recompute_point(const B &blk, int p, int P, int n, real *h1, real 
         sums[0] += (double)x * (double)x;
     }
     blk.reduce(sums);
-    const double ss = sums[0];
-    real d1 = (real)1;
-    double nlsr = lsr;
-    if (homog && ss > 0.0) {
-        const double rms = sqrt(ss / n);
-        d1 = (real)rms;
-        nlsr = lsr + log(rms);
-    }
+    double nlsr;
+    const real d1 = vx_rescale(sums[0], n, lsr, homog && sums[0] > 0.0, &nlsr);
     VX_FOR(i, blk, n)
     {
         const real x = h1[i] / d1;
@@ -224,6 +267,36 @@ VX_FN void vx_restart_point(const B &blk, int p, int P, int n, const real *x1, c
     blk.sync();
 }
 
+// The end of a backward step to layer lm1 of a point whose cotangent g (sn entries) has
+// |g|^2 = ss (the block's reduction): acc = gacc + log ss accumulated; not finite: g zeroed,
+// the point's gradient collapsed at lm1; else g renormalised, g / sqrt(ss), acc stored in
+// pf and *gacc and recorded at r (r >= 0). Ends with a barrier; returns false when collapsed.
+template <class B>
+VX_FN bool vx_cot_end(const B &blk, int p, int P, int sn, int R, int lm1, int r, double ss,
+                      double *gacc, real *g, double *pf, int *pi, double *res)
+{
+    const double acc = *gacc + log(ss);
+    if (!vx_isfinite(acc)) {
+        VX_FOR(i, blk, sn) { g[i] = (real)0; }
+        if (blk.tid() == 0) {
+            pi[VX_I_DIVERGED * P + p] = lm1;
+            pi[VX_I_COLLAPSED * P + p] = 1;
+        }
+        blk.sync();
+        return false;
+    }
+    const real d = (real)sqrt(ss);
+    VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
+    *gacc = acc;
+    if (blk.tid() == 0) {
+        pf[VX_F_GACC * P + p] = acc;
+        if (r >= 0)
+            res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
+    }
+    blk.sync();
+    return true;
+}
+
 // One backprop step of a point, g^{l-1} = phi'(hh^{l-1}) * (s Z^T g^l), from
 // u = Z^T g^l: renormalised, log |g|^2 accumulated (recorded at layer l-1).
 // Returns false when the point is dead or its gradient collapsed.
@@ -234,7 +307,7 @@ VX_FN bool vx_backward_point(const B &blk, int p, int P, int n, int lm1, real *g
     if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
         return false;
     const real s = (real)pf[VX_F_SCALE * P + p];
-    const double gacc = pf[VX_F_GACC * P + p];
+    double gacc = pf[VX_F_GACC * P + p];
     double sums[1] = {0.0};
     VX_FOR(i, blk, n)
     {
@@ -243,36 +316,18 @@ VX_FN bool vx_backward_point(const B &blk, int p, int P, int n, int lm1, real *g
         sums[0] += (double)x * (double)x;
     }
     blk.reduce(sums);
-    const double ss = sums[0];
-    const double acc = gacc + log(ss);
-    if (!vx_isfinite(acc)) {
-        VX_FOR(i, blk, n) { g[i] = (real)0; }
-        if (blk.tid() == 0) {
-            pi[VX_I_DIVERGED * P + p] = lm1;
-            pi[VX_I_COLLAPSED * P + p] = 1;
-        }
-        blk.sync();
-        return false;
-    }
-    const real d = (real)sqrt(ss);
-    VX_FOR(i, blk, n) { g[i] = g[i] / d; }
-    if (blk.tid() == 0) {
-        pf[VX_F_GACC * P + p] = acc;
-        if (r >= 0)
-            res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-    }
-    blk.sync();
-    return true;
+    return vx_cot_end(blk, p, P, n, R, lm1, r, sums[0], &gacc, g, pf, pi, res);
 }
 
-// The backprop seed of a point: g = gamma / |gamma| (zero for a dead point),
-// and log |g^L|^2 = 0 recorded at the last layer (NaN for a dead point).
+// The backprop seed of a point: g = [gamma; 0] (sn >= n entries; gamma the unit output
+// direction, zero for a dead point), and log |g^L|^2 = 0 recorded at the last layer (NaN for
+// a dead point).
 template <class B>
-VX_FN void vx_grad_init_point(const B &blk, int p, int P, int n, const real *gamma, real *g,
-                              double *pf, int *pi, double *res, int R, int r)
+VX_FN void vx_grad_init_point(const B &blk, int p, int P, int n, int sn, const real *gamma,
+                              real *g, double *pf, int *pi, double *res, int R, int r)
 {
     const bool dead = pi[VX_I_DEAD * P + p] != 0;
-    VX_FOR(i, blk, n) { g[i] = dead ? (real)0 : gamma[i]; }
+    VX_FOR(i, blk, sn) { g[i] = dead || i >= n ? (real)0 : gamma[i]; }
     if (blk.tid() == 0) {
         pf[VX_F_GACC * P + p] = 0.0;
         pi[VX_I_COLLAPSED * P + p] = 0;
@@ -280,4 +335,45 @@ VX_FN void vx_grad_init_point(const B &blk, int p, int P, int n, const real *gam
             res[((long long)VX_R_GRAD * P + p) * R + r] = dead ? vx_nan() : 0.0;
     }
     blk.sync();
+}
+
+// ------------------------------------------------------------------ every point of a layer
+// One thread block per point; states are rows of C-order (rows * P, n) arrays: point p's h1 in
+// row p, h2 in row P + p, its tangent in row 2P + p. An Elman network passes its input drive
+// (drive, su per point: the bias xi bamp + d su), the MLP none (drive = su = 0).
+
+// The forward epilogue of every point. ci >= 0: also checkpoint hh1 into cp[ci] (ncp, P, n)
+// and its log-scale into cp_ls[ci] (ncp, P).
+VX_FN void vx_forward_all(real *H, real *A, const double *xi, const double *drive,
+                          const double *su, double *pf, int *pi, double *res, real *cp,
+                          double *cp_ls, int P, int n, int R, int layer, int kind, int has_bias,
+                          int r, int ci, double limit)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
+        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
+        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
+        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
+        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
+                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
+                         R, r, limit, cprow, cpls, drive, su ? su[p] : 0.0);
+    }
+}
+
+// A recomputed layer of a VJP segment (H1 = A1 Z^T) of every point: phi' into D[j] (every, P, n).
+VX_FN void vx_recompute_all(real *H1, real *A1, real *D, const double *xi, const double *drive,
+                            const double *su, double *pf, const int *pi, int P, int n, int j,
+                            int has_bias)
+{
+    VX_BLOCKS(blk)
+    {
+        const int p = (int)blk.index();
+        const long long row = n;
+        vx_recompute_point(blk, p, P, n, H1 + p * row, A1 + p * row,
+                           D + ((long long)j * P + p) * row, xi, has_bias, pf, pi, drive,
+                           su ? su[p] : 0.0);
+    }
 }

@@ -18,6 +18,7 @@
 // (recompute, backward).
 #include "common.cuh"
 #include "epilogue.cuh"
+#include "persist.cuh"
 
 template <class B>
 VX_FN void vx_fused_forward_block(const B &blk, const real *ZT, const double *xis, real *A,
@@ -48,27 +49,7 @@ VX_FN void vx_fused_forward_block(const B &blk, const real *ZT, const double *xi
     for (int li = 0; li < nlayers && alive; ++li) {
         const int layer = layer0 + li;
         const real *Zl = ZT + (long long)li * n * n;
-        VX_FOR(i, blk, n)
-        {
-            real s1 = (real)0, s2 = (real)0, s3 = (real)0;
-            if (jvp) {
-                for (int j = 0; j < n; ++j) {
-                    const real z = Zl[(long long)j * n + i];
-                    s1 = vx_fma(z, a1[j], s1);
-                    s2 = vx_fma(z, a2[j], s2);
-                    s3 = vx_fma(z, at[j], s3);
-                }
-                t[i] = s3;
-            } else {
-                for (int j = 0; j < n; ++j) {
-                    const real z = Zl[(long long)j * n + i];
-                    s1 = vx_fma(z, a1[j], s1);
-                    s2 = vx_fma(z, a2[j], s2);
-                }
-            }
-            h1[i] = s1;
-            h2[i] = s2;
-        }
+        vx_block_matvec(blk, Zl, n, a1, h1, a2, h2, at, t);
         // (no barrier needed here: the epilogue's first pass touches only this
         // thread's elements of h1, h2, t, and a1, a2, at are rewritten only
         // after its reduction, a barrier every thread has passed)
@@ -120,13 +101,7 @@ VX_FN void vx_fused_recompute_block(const B &blk, const real *ZT, const double *
     for (int li = 0; li < nlayers; ++li) {
         const int layer = layer0 + li;
         const real *Zl = ZT + (long long)li * n * n;
-        VX_FOR(i, blk, n)
-        {
-            real s1 = (real)0;
-            for (int j = 0; j < n; ++j)
-                s1 = vx_fma(Zl[(long long)j * n + i], a1[j], s1);
-            h1[i] = s1;
-        }
+        vx_block_matvec(blk, Zl, n, a1, h1);
         const double *xi = has_bias ? xis + (long long)li * n : xis;
         real *drow = D + ((long long)(layer - start) * P + p) * row;
         vx_recompute_point(blk, p, P, n, h1, a1, drow, xi, has_bias, pf, pi);
@@ -163,13 +138,7 @@ VX_FN void vx_fused_backward_block(const B &blk, const real *Z, real *G, const r
     blk.sync();
     for (int layer = layer_hi; layer >= layer_lo; --layer) {
         const real *Zl = Z + (long long)(layer - layer_lo) * n * n;
-        VX_FOR(j, blk, n)
-        {
-            real s = (real)0;
-            for (int i = 0; i < n; ++i)
-                s = vx_fma(Zl[(long long)i * n + j], g[i], s);
-            u[j] = s;
-        }
+        vx_block_matvec(blk, Zl, n, g, u);  // u = Z^T g
         blk.sync();  // every thread has read all of g before it is overwritten
         const real *drow = D + ((long long)(layer - 1 - start) * P + p) * row;
         if (!vx_backward_point(blk, p, P, n, layer - 1, g, u, drow, pf, pi, res, R,

@@ -91,3 +91,36 @@ VX_FN void vx_normals4(u32 block, u32 layer, u32 sample, u32 stream, u32 k0, u32
     vx_box_muller(w.w0, w.w1, &z[0], &z[1]);
     vx_box_muller(w.w2, w.w3, &z[2], &z[3]);
 }
+
+// count normals of (layer0 + li, stream) for li < nlayers into out (nlayers, count), rounded
+// to T: element e of a layer is normal 4 b + m of Philox block b = e / 4, lane m = e % 4,
+// counter (b, layer, sample, stream): rng.normals, bit for bit. tn > 0: a layer is a tn x tn
+// matrix, stored transposed (element (i, j) at [j][i]).
+template <class T>
+VX_FN void vx_fill_stream_body(T *out, long long count, int layer0, int nlayers, u32 stream,
+                               u32 sample, u32 k0, u32 k1, int tn = 0)
+{
+    VX_BLOCKS(blk)
+    {
+        const long long per_layer = (count + 3) / 4;
+        const long long total = per_layer * nlayers;
+        VX_GRID_FOR(g, blk, total)
+        {
+            const long long li = g / per_layer;
+            const long long b = g - li * per_layer;
+            double z[4];
+            vx_normals4((u32)b, (u32)(layer0 + li), sample, stream, k0, k1, z);
+            for (int m = 0; m < 4; ++m) {
+                const long long e = 4 * b + m;
+                if (e < count) {
+                    long long at = e;
+                    if (tn > 0) {
+                        const long long i = e / tn;
+                        at = (e - i * tn) * tn + i;
+                    }
+                    out[li * count + at] = (T)z[m];
+                }
+            }
+        }
+    }
+}

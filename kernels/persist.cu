@@ -54,21 +54,7 @@ VX_KERNEL void vx_elman_persist_forward(const real *W, const double *xi, const d
         for (int li = 0; li < nsteps && alive; ++li) {
             const int layer = layer0 + li;
             // h = W a: thread i, row i; a is read whole, h only at this thread's i
-            VX_FOR(i, blk, n)
-            {
-                real s1 = (real)0, s2 = (real)0, s3 = (real)0;
-                for (int j = 0; j < n; ++j) {
-                    const real w = wt[(long long)j * n + i];
-                    s1 = vx_fma(w, a1[j], s1);
-                    s2 = vx_fma(w, a2[j], s2);
-                    if (jvp)
-                        s3 = vx_fma(w, at[j], s3);
-                }
-                h1[i] = s1;
-                h2[i] = s2;
-                if (jvp)
-                    t[i] = s3;
-            }
+            vx_block_matvec(blk, wt, n, a1, h1, a2, h2, at, t);
             // (the epilogue rewrites a1, a2, at only after its reduction's barrier)
             const int ci = cpi[layer];
             real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
@@ -106,13 +92,7 @@ VX_KERNEL void vx_elman_persist_recompute(const real *W, const double *xi, const
         VX_FOR(i, blk, n) { a1[i] = A1p[i]; }
         vx_load_tied(blk, W, wt, n, n, true);
         for (int li = 0; li < nsteps; ++li) {
-            VX_FOR(i, blk, n)
-            {
-                real s1 = (real)0;
-                for (int j = 0; j < n; ++j)
-                    s1 = vx_fma(wt[(long long)j * n + i], a1[j], s1);
-                h1[i] = s1;
-            }
+            vx_block_matvec(blk, wt, n, a1, h1);
             real *drow = D + ((long long)(layer0 + li - start) * P + p) * row;
             vx_recompute_point(blk, p, P, n, h1, a1, drow, xi, has_bias, pf, pi,
                                drives + (long long)li * n, su[p]);
@@ -139,14 +119,7 @@ VX_KERNEL void vx_elman_persist_backward(const real *W, real *G, const real *D, 
         VX_FOR(i, blk, n) { g[i] = Gp[i]; }
         vx_load_tied(blk, W, w, n, n, false);
         for (int layer = layer_hi; layer >= layer_lo; --layer) {
-            // u = W^T g: thread j, column j; g is read whole
-            VX_FOR(j, blk, n)
-            {
-                real s = (real)0;
-                for (int i = 0; i < n; ++i)
-                    s = vx_fma(w[(long long)i * n + j], g[i], s);
-                u[j] = s;
-            }
+            vx_block_matvec(blk, w, n, g, u);  // u = W^T g: thread j, column j; g read whole
             blk.sync();  // all of g is read (u = W^T g) before any thread overwrites it
             const real *drow = D + ((long long)(layer - 1 - start) * P + p) * row;
             if (!vx_backward_point(blk, p, P, n, layer - 1, g, u, drow, pf, pi, res, R,

@@ -11,8 +11,8 @@
 //
 // The products that rnn.cu's step kernels get from cuBLAS are done here by each block
 // from its copy of W; the arithmetic around them is the step kernels', in the same order
-// (rnn.cuh's vx_gate_preact, vx_gate_bias, vx_sigmoid, vx_big, vx_rnn_record), so that
-// both paths follow the oracle's roundings alike.
+// (gru.cuh's elements, rnn.cuh's vx_rnn_step_end, epilogue.cuh's vx_cot_end), so that both
+// paths follow the oracle's roundings alike.
 //
 // Thread i computes only element i of a step's new state from whole old vectors, so the
 // new h goes to a second buffer (h and hn swap each step) and a step ends with a barrier.
@@ -24,6 +24,7 @@
 // hn1 hn2 dhn, M1 M2 Mt, a_z1 a_z2 da_z (12n); recomputation 3n^2 + 3n; backward 3n^2 + 4n.
 #include "common.cuh"
 #include "persist.cuh"
+#include "gru.cuh"
 #include "rnn.cuh"
 
 // Steps layer0 .. layer0 + nsteps - 1 of both trajectories (and the tangent), rnn.cu's
@@ -40,12 +41,8 @@ VX_KERNEL void vx_gru_persist_forward(const real *W, const double *xi, const dou
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         double acc = pf[VX_F_ACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p], sh = shift[p];
         const bool jvp = kind == VX_KIND_JVP;
         const int n3 = 3 * n;
         real *wt = blk.template shared<real>();
@@ -87,19 +84,12 @@ VX_KERNEL void vx_gru_persist_forward(const real *W, const double *xi, const dou
                     }
                 }
                 for (int k = 0; k < 2; ++k) {
-                    const real a_r =
-                        vx_gate_preact(zr[k], s, vx_gate_bias(xi, drive, i, sb, u, 0.0));
-                    az[k][i] = vx_gate_preact(zz[k], s,
-                                              vx_gate_bias(xi, drive, (long long)n + i, sb, u, sh));
-                    real r, r_c;
-                    vx_sigmoid(a_r, &r, &r_c);
-                    m[k][i] = r * h[k][i];
-                    if (jvp && k == 0) {
-                        const real da_r = s * zr[2];
-                        az[2][i] = s * zz[2];
-                        const real dr = r * r_c * da_r;
-                        m[2][i] = dr * h[0][i] + r * h[2][i];
-                    }
+                    const VxGruRz g = vx_gru_rz(zr[k], zz[k], n, i, q, xi, drive);
+                    az[k][i] = g.a_z;
+                    m[k][i] = g.r * h[k][i];
+                    if (jvp && k == 0)
+                        m[2][i] = vx_gru_rz_tangent(g, q.s, zr[2], zz[2], h[0][i], h[2][i],
+                                                    az[2] + i);
                 }
             }
             blk.sync();  // all of M is written before the candidate's product reads it
@@ -116,56 +106,14 @@ VX_KERNEL void vx_gru_persist_forward(const real *W, const double *xi, const dou
                     if (jvp)
                         zn[2] = vx_fma(wn, mt[j], zn[2]);
                 }
-                real hv[2];
-                for (int k = 0; k < 2; ++k) {
-                    const real a_n = vx_gate_preact(
-                        zn[k], s, vx_gate_bias(xi, drive, 2LL * n + i, sb, u, 0.0));
-                    real z, z_c;
-                    vx_sigmoid(az[k][i], &z, &z_c);
-                    const real cand = vx_phi(code, a_n, param);
-                    const real hp = h[k][i];
-                    hv[k] = z_c * cand + z * hp;
-                    if (jvp && k == 0) {
-                        const real dz = z * z_c * az[2][i];
-                        const real dn = vx_dphi(code, a_n, param) * (s * zn[2]);
-                        const real dhv = z_c * dn + z * h[2][i] + (hp - cand) * dz;
-                        hn[2][i] = dhv;
-                        sums[4] += (double)dhv * (double)dhv;
-                    }
-                    hn[k][i] = hv[k];
-                    sums[3] += vx_big(hv[k], limit);
-                }
-                sums[0] += (double)hv[0] * (double)hv[0];
-                sums[1] += (double)hv[1] * (double)hv[1];
-                sums[2] += (double)hv[0] * (double)hv[1];
+                vx_gru_element(zn, az, h, hn, n, i, q, xi, drive, jvp, limit, sums);
             }
             blk.reduce(sums);
-            const double nacc = jvp ? acc + log(sums[4]) : 0.0;
-            const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(nacc));
-            if (ok) {
-                const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
-                const int ci = cpi[layer];
-                VX_FOR(i, blk, n)
-                {
-                    if (jvp)
-                        hn[2][i] = hn[2][i] / norm;
-                    if (ci >= 0)
-                        cph[((long long)ci * P + p) * n + i] = hn[0][i];
-                }
-                acc = nacc;
-                if (blk.tid() == 0 && jvp)
-                    pf[VX_F_ACC * P + p] = acc;
-                vx_rnn_record(blk, p, P, n, R, rec[layer], sums[0], sums[1], sums[2], jvp, acc,
-                              res);
-            } else {
-                VX_FOR(i, blk, n)
-                {
-                    for (int k = 0; k < ntraj; ++k)
-                        hn[k][i] = (real)0;
-                }
-                vx_flag_dead(blk, p, P, layer, pi);
-            }
-            blk.sync();  // the whole new state is written before the next step's products
+            const bool ok = vx_rnn_step_end(blk, p, P, n, R, layer, rec[layer], cpi[layer], jvp,
+                                            sums, &acc, hn[0], hn[1], 0, 0, hn[2], 0, cph, 0, pf,
+                                            pi, res);
+            // (vx_rnn_step_end's barrier: the whole new state is written before the next
+            // step's products)
             for (int k = 0; k < 3; ++k) {
                 real *tmp = h[k];
                 h[k] = hn[k], hn[k] = tmp;
@@ -195,11 +143,7 @@ VX_KERNEL void vx_gru_persist_recompute(const real *W, const double *xi, const d
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p], sh = shift[p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         const int n3 = 3 * n;
         real *wt = blk.template shared<real>();
         real *h = wt + (long long)n3 * n, *hn = h + n, *m = hn + n;
@@ -218,14 +162,10 @@ VX_KERNEL void vx_gru_persist_recompute(const real *W, const double *xi, const d
                     zr = vx_fma(wj[0], h[jj], zr);
                     zz = vx_fma(wj[n], h[jj], zz);
                 }
-                const real a_r = vx_gate_preact(zr, s, vx_gate_bias(xi, drive, i, sb, u, 0.0));
-                const real a_z =
-                    vx_gate_preact(zz, s, vx_gate_bias(xi, drive, (long long)n + i, sb, u, sh));
-                real r, r_c;
-                vx_sigmoid(a_r, &r, &r_c);
-                m[i] = r * h[i];
-                pa[i] = a_r;
-                pa[n + i] = a_z;
+                const VxGruRz g = vx_gru_rz(zr, zz, n, i, q, xi, drive);
+                m[i] = g.r * h[i];
+                pa[i] = g.a_r;
+                pa[n + i] = g.a_z;
             }
             blk.sync();  // all of M is written before the candidate's product reads it
             VX_FOR(i, blk, n)
@@ -233,12 +173,9 @@ VX_KERNEL void vx_gru_persist_recompute(const real *W, const double *xi, const d
                 real zn = (real)0;
                 for (int jj = 0; jj < n; ++jj)
                     zn = vx_fma(wt[(long long)jj * n3 + 2LL * n + i], m[jj], zn);
-                const real a_n =
-                    vx_gate_preact(zn, s, vx_gate_bias(xi, drive, 2LL * n + i, sb, u, 0.0));
-                real z, z_c;
-                vx_sigmoid(pa[n + i], &z, &z_c);
-                pa[2LL * n + i] = a_n;
-                hn[i] = z_c * vx_phi(code, a_n, param) + z * h[i];
+                const VxGruUpdate u = vx_gru_update(zn, pa[n + i], h[i], n, i, q, xi, drive);
+                pa[2LL * n + i] = u.a_n;
+                hn[i] = u.h;
                 h1[i] = hn[i];
             }
             blk.sync();  // the whole new h is written before the next step's products
@@ -261,10 +198,8 @@ VX_KERNEL void vx_gru_persist_backward(const real *W, real *G, const real *SH, c
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
         double gacc = pf[VX_F_GACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
         const int n3 = 3 * n;
         real *w = blk.template shared<real>();
         real *g = w + (long long)n3 * n, *gan = g + n, *grz = gan + n;
@@ -275,28 +210,14 @@ VX_KERNEL void vx_gru_persist_backward(const real *W, real *G, const real *SH, c
             const long long j = layer - 1 - start;
             const real *h0 = SH + (j * P + p) * n;
             const real *a = PA + (j * P + p) * n3;
-            VX_FOR(i, blk, n)
-            {
-                real z, z_c;
-                vx_sigmoid(a[n + i], &z, &z_c);
-                gan[i] = vx_dphi(code, a[2LL * n + i], param) * z_c * g[i];
-            }
+            VX_FOR(i, blk, n) { gan[i] = vx_gru_gan(a, g[i], n, i, q); }
             blk.sync();  // all of GAN is written before U1 = GAN Z_n reads it
             VX_FOR(i, blk, n)
             {
                 real u1 = (real)0;
                 for (int r = 0; r < n; ++r)
                     u1 = vx_fma(gan[r], w[(2LL * n + r) * n + i], u1);
-                real r, r_c, z, z_c;
-                vx_sigmoid(a[i], &r, &r_c);
-                vx_sigmoid(a[n + i], &z, &z_c);
-                const real cand = vx_phi(code, a[2LL * n + i], param);
-                const real h = h0[i];
-                const real gv = g[i];
-                const real g_m = s * u1;
-                grz[i] = r * r_c * h * g_m;
-                grz[n + i] = z * z_c * (h - cand) * gv;
-                g[i] = z * gv + r * g_m;
+                vx_gru_grz(a, h0[i], q.s * u1, g + i, grz, n, i, q);
             }
             blk.sync();  // all of GRZ is written before U2 = GRZ [Z_r; Z_z] reads it
             double sums[1] = {0.0};
@@ -305,29 +226,13 @@ VX_KERNEL void vx_gru_persist_backward(const real *W, real *G, const real *SH, c
                 real u2 = (real)0;
                 for (int r = 0; r < 2 * n; ++r)
                     u2 = vx_fma(grz[r], w[(long long)r * n + i], u2);
-                g[i] = g[i] + s * u2;
+                g[i] = g[i] + q.s * u2;
                 sums[0] += (double)g[i] * (double)g[i];
             }
             blk.reduce(sums);
-            const double acc = gacc + log(sums[0]);
-            if (!vx_isfinite(acc)) {
-                VX_FOR(i, blk, n) { g[i] = (real)0; }
-                if (blk.tid() == 0) {
-                    pi[VX_I_DIVERGED * P + p] = layer - 1;
-                    pi[VX_I_COLLAPSED * P + p] = 1;
-                }
-                blk.sync();
+            if (!vx_cot_end(blk, p, P, n, R, layer - 1, rec[layer - 1], sums[0], &gacc, g, pf, pi,
+                            res))
                 break;
-            }
-            const real d = (real)sqrt(sums[0]);
-            VX_FOR(i, blk, n) { g[i] = g[i] / d; }
-            gacc = acc;
-            const int rr = rec[layer - 1];
-            if (blk.tid() == 0) {
-                pf[VX_F_GACC * P + p] = acc;
-                if (rr >= 0)
-                    res[((long long)VX_R_GRAD * P + p) * R + rr] = acc;
-            }
         }
         VX_FOR(i, blk, n) { Gp[i] = g[i]; }
     }

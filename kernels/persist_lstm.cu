@@ -10,8 +10,8 @@
 //
 // The products that rnn.cu's step kernels get from cuBLAS are done here by each block
 // from its copy of W; the arithmetic around them is the step kernels', in the same order
-// (rnn.cuh's vx_gate_preact, vx_gate_bias, vx_lstm_gates, vx_big, vx_rnn_record), so that
-// both paths follow the oracle's roundings alike.
+// (lstm.cuh's elements, rnn.cuh's vx_rnn_step_end, epilogue.cuh's vx_cot_end), so that both
+// paths follow the oracle's roundings alike.
 //
 // Thread i computes only element i of a step's new state from whole old vectors, so the
 // new h goes to a second buffer (h and hn swap each step) and a step ends with a barrier;
@@ -24,6 +24,7 @@
 // (9n); recomputation 4n^2 + 2n; backward 4n^2 + 6n.
 #include "common.cuh"
 #include "persist.cuh"
+#include "lstm.cuh"
 #include "rnn.cuh"
 
 // Steps layer0 .. layer0 + nsteps - 1 of both trajectories (and the tangent), rnn.cu's
@@ -40,12 +41,8 @@ VX_KERNEL void vx_lstm_persist_forward(const real *W, const double *xi, const do
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         double acc = pf[VX_F_ACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p], sh = shift[p];
         const bool jvp = kind == VX_KIND_JVP;
         const int n4 = 4 * n;
         real *wt = blk.template shared<real>();
@@ -71,6 +68,7 @@ VX_KERNEL void vx_lstm_persist_forward(const real *W, const double *xi, const do
         for (int li = 0; li < nsteps; ++li) {
             const int layer = layer0 + li;
             const double *drive = drives + (long long)li * n4;
+            real *const hr[3] = {hn1, hn2, dhn}, *const cr[3] = {c1, c2, dc};  // the new state
             // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the limit, |[dh; dc]|^2
             double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
             VX_FOR(i, blk, n)
@@ -80,76 +78,22 @@ VX_KERNEL void vx_lstm_persist_forward(const real *W, const double *xi, const do
                 for (int j = 0; j < n; ++j) {
                     const real *wj = wt + (long long)j * n4 + i;
                     const real x1 = h1[j], x2 = h2[j], xt = jvp ? dh[j] : (real)0;
-                    for (int q = 0; q < 4; ++q) {
-                        const real w = wj[q * n];
-                        z[0][q] = vx_fma(w, x1, z[0][q]);
-                        z[1][q] = vx_fma(w, x2, z[1][q]);
+                    for (int g = 0; g < 4; ++g) {
+                        const real w = wj[g * n];
+                        z[0][g] = vx_fma(w, x1, z[0][g]);
+                        z[1][g] = vx_fma(w, x2, z[1][g]);
                         if (jvp)
-                            z[2][q] = vx_fma(w, xt, z[2][q]);
+                            z[2][g] = vx_fma(w, xt, z[2][g]);
                     }
                 }
-                real hn[2];
-                for (int k = 0; k < 2; ++k) {
-                    real a[4];
-                    for (int q = 0; q < 4; ++q)
-                        a[q] = vx_gate_preact(z[k][q], s,
-                                              vx_gate_bias(xi, drive, (long long)q * n + i, sb, u,
-                                                           q == 1 ? sh : 0.0));
-                    real *c = k == 0 ? c1 : c2;
-                    const real c_prev = c[i];
-                    const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c_prev, code, param);
-                    hn[k] = g.o * g.phi_c;
-                    if (jvp && k == 0) {
-                        const real di = g.i * g.i_c * (s * z[2][0]);
-                        const real df = g.f * g.f_c * (s * z[2][1]);
-                        const real dg = vx_dphi(code, a[2], param) * (s * z[2][2]);
-                        const real d_o = g.o * g.o_c * (s * z[2][3]);
-                        const real dcn = df * c_prev + g.f * dc[i] + di * g.g + g.i * dg;
-                        const real dhv = d_o * g.phi_c + g.o * vx_dphi(code, g.c, param) * dcn;
-                        dhn[i] = dhv;
-                        dc[i] = dcn;
-                        sums[4] += (double)dhv * (double)dhv + (double)dcn * (double)dcn;
-                    }
-                    (k == 0 ? hn1 : hn2)[i] = hn[k];
-                    c[i] = g.c;
-                    sums[3] += vx_big(hn[k], limit) + vx_big(g.c, limit);
-                }
-                sums[0] += (double)hn[0] * (double)hn[0];
-                sums[1] += (double)hn[1] * (double)hn[1];
-                sums[2] += (double)hn[0] * (double)hn[1];
+                vx_lstm_element(z, hr, cr, n, i, q, xi, drive, jvp, limit, sums);
             }
             blk.reduce(sums);
-            const double nacc = jvp ? acc + log(sums[4]) : 0.0;
-            const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(nacc));
-            if (ok) {
-                const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
-                const int ci = cpi[layer];
-                VX_FOR(i, blk, n)
-                {
-                    if (jvp) {
-                        dhn[i] = dhn[i] / norm;
-                        dc[i] = dc[i] / norm;
-                    }
-                    if (ci >= 0) {
-                        cph[((long long)ci * P + p) * n + i] = hn1[i];
-                        cpc[((long long)ci * P + p) * n + i] = c1[i];
-                    }
-                }
-                acc = nacc;
-                if (blk.tid() == 0 && jvp)
-                    pf[VX_F_ACC * P + p] = acc;
-                vx_rnn_record(blk, p, P, n, R, rec[layer], sums[0], sums[1], sums[2], jvp, acc,
-                              res);
-            } else {
-                VX_FOR(i, blk, n)
-                {
-                    hn1[i] = hn2[i] = c1[i] = c2[i] = (real)0;
-                    if (jvp)
-                        dhn[i] = dc[i] = (real)0;
-                }
-                vx_flag_dead(blk, p, P, layer, pi);
-            }
-            blk.sync();  // the whole new state is written before the next step's products
+            const bool ok = vx_rnn_step_end(blk, p, P, n, R, layer, rec[layer], cpi[layer], jvp,
+                                            sums, &acc, hn1, hn2, c1, c2, dhn, dc, cph, cpc, pf,
+                                            pi, res);
+            // (vx_rnn_step_end's barrier: the whole new state is written before the next
+            // step's products)
             real *tmp = h1;
             h1 = hn1, hn1 = tmp;
             tmp = h2, h2 = hn2, hn2 = tmp;
@@ -184,11 +128,7 @@ VX_KERNEL void vx_lstm_persist_recompute(const real *W, const double *xi, const 
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p], sh = shift[p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         const int n4 = 4 * n;
         real *wt = blk.template shared<real>();
         real *h = wt + (long long)n4 * n, *hn = h + n;
@@ -206,20 +146,11 @@ VX_KERNEL void vx_lstm_persist_recompute(const real *W, const double *xi, const 
                 for (int jj = 0; jj < n; ++jj) {
                     const real *wj = wt + (long long)jj * n4 + i;
                     const real x = h[jj];
-                    for (int q = 0; q < 4; ++q)
-                        z[q] = vx_fma(wj[q * n], x, z[q]);
+                    for (int g = 0; g < 4; ++g)
+                        z[g] = vx_fma(wj[g * n], x, z[g]);
                 }
-                real a[4];
-                for (int q = 0; q < 4; ++q)
-                    a[q] = vx_gate_preact(z[q], s,
-                                          vx_gate_bias(xi, drive, (long long)q * n + i, sb, u,
-                                                       q == 1 ? sh : 0.0));
-                const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c0[i], code, param);
-                for (int q = 0; q < 4; ++q)
-                    pa[(long long)q * n + i] = a[q];
-                hn[i] = g.o * g.phi_c;
+                hn[i] = vx_lstm_recompute_element(z, c0[i], pa, c1 + i, n, i, q, xi, drive);
                 h1[i] = hn[i];
-                c1[i] = g.c;
             }
             blk.sync();  // the whole new h is written before the next step's products
             real *tmp = h;
@@ -241,10 +172,8 @@ VX_KERNEL void vx_lstm_persist_backward(const real *W, real *G, const real *SC, 
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
         double gacc = pf[VX_F_GACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
         const int n4 = 4 * n, sn = 2 * n;
         real *w = blk.template shared<real>();
         real *ga = w + (long long)n4 * n, *g = ga + n4;
@@ -256,18 +185,7 @@ VX_KERNEL void vx_lstm_persist_backward(const real *W, real *G, const real *SC, 
             const long long j = layer - 1 - start;
             const real *c0 = SC + (j * P + p) * n;
             const real *a = PA + (j * P + p) * n4;
-            VX_FOR(i, blk, n)
-            {
-                const real c_prev = c0[i];
-                const VxLstm k = vx_lstm_gates(a[i], a[n + i], a[2LL * n + i], a[3LL * n + i],
-                                               c_prev, code, param);
-                const real e = gc[i] + k.o * vx_dphi(code, k.c, param) * gh[i];
-                ga[i] = k.i * k.i_c * k.g * e;
-                ga[n + i] = k.f * k.f_c * c_prev * e;
-                ga[2LL * n + i] = vx_dphi(code, a[2LL * n + i], param) * k.i * e;
-                ga[3LL * n + i] = k.o * k.o_c * k.phi_c * gh[i];
-                gc[i] = k.f * e;
-            }
+            VX_FOR(i, blk, n) { vx_lstm_cot_element(a, c0[i], gh[i], gc + i, ga, n, i, q); }
             blk.sync();  // all of GA (and g_c) is written before the product reads it
             double sums[1] = {0.0};
             VX_FOR(i, blk, sn)
@@ -276,31 +194,14 @@ VX_KERNEL void vx_lstm_persist_backward(const real *W, real *G, const real *SC, 
                     real uv = (real)0;
                     for (int r = 0; r < n4; ++r)
                         uv = vx_fma(ga[r], w[(long long)r * n + i], uv);
-                    g[i] = s * uv;
+                    g[i] = q.s * uv;
                 }
                 sums[0] += (double)g[i] * (double)g[i];
             }
             blk.reduce(sums);
-            const double acc = gacc + log(sums[0]);
-            if (!vx_isfinite(acc)) {
-                VX_FOR(i, blk, sn) { g[i] = (real)0; }
-                if (blk.tid() == 0) {
-                    pi[VX_I_DIVERGED * P + p] = layer - 1;
-                    pi[VX_I_COLLAPSED * P + p] = 1;
-                }
-                blk.sync();
+            if (!vx_cot_end(blk, p, P, sn, R, layer - 1, rec[layer - 1], sums[0], &gacc, g, pf, pi,
+                            res))
                 break;
-            }
-            const real d = (real)sqrt(sums[0]);
-            VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
-            gacc = acc;
-            const int r = rec[layer - 1];
-            if (blk.tid() == 0) {
-                pf[VX_F_GACC * P + p] = acc;
-                if (r >= 0)
-                    res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-            }
-            blk.sync();  // g renormalised (by other threads than its next readers)
         }
         VX_FOR(i, blk, sn) { Gp[i] = g[i]; }
     }

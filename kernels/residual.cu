@@ -80,10 +80,7 @@ VX_FN void vx_residual_forward_point(const B &blk, int p, int P, int n, int laye
         const real x2 = vx_residual_preact(s2[i], alpha, h2[i], s, b, bs2, has_bias);
         s1[i] = x1;
         s2[i] = x2;
-        sums[0] += (double)x1 * (double)x1;
-        sums[1] += (double)x2 * (double)x2;
-        sums[2] += (double)x1 * (double)x2;
-        sums[3] += (double)(fabs((double)x1) > limit) + (double)(fabs((double)x2) > limit);
+        vx_pair_sums(x1, x2, limit, sums);
         if (jvp) {
             const real tv = tt[i] + as * ht[i];
             tt[i] = tv;
@@ -91,34 +88,14 @@ VX_FN void vx_residual_forward_point(const B &blk, int p, int P, int n, int laye
         }
     }
     blk.reduce(sums);
-    const double ss1 = sums[0], ss2 = sums[1], dot = sums[2], big = sums[3], sst = sums[4];
-    bool ok = vx_h_ok(ss1, big, homog) && vx_h_ok(ss2, big, homog);
-    const double acc = jvp ? acc0 + log(sst) : 0.0;
-    if (jvp)
-        ok = ok && vx_isfinite(acc);
-    if (!ok) {
-        if (blk.tid() == 0) {
-            pi[VX_I_DIVERGED * P + p] = layer;
-            pi[VX_I_DEAD * P + p] = 1;
-            pf[VX_F_LS1 * P + p] = 0.0;
-            pf[VX_F_LS2 * P + p] = 0.0;
-        }
-        blk.sync();
+    const VxLayer c = vx_layer_end(sums, n, ls1, ls2, acc0, homog, jvp);
+    if (!c.ok) {
+        vx_flag_diverged(blk, p, P, layer, pf, pi);
         return;  // never read again: the point is skipped from now on, its checkpoints 0
     }
-    real d1 = (real)1, d2 = (real)1;
-    double nls1 = ls1, nls2 = ls2;
-    if (homog) {
-        const double rms1 = sqrt(ss1 / n), rms2 = sqrt(ss2 / n);
-        d1 = (real)rms1;
-        d2 = (real)rms2;
-        nls1 = ls1 + log(rms1);
-        nls2 = ls2 + log(rms2);
-    }
-    const real dt = jvp ? (real)sqrt(sst) : (real)1;
     VX_FOR(i, blk, n)
     {
-        const real x1 = s1[i] / d1, x2 = s2[i] / d2;
+        const real x1 = s1[i] / c.d1, x2 = s2[i] / c.d2;
         s1[i] = x1;
         s2[i] = x2;
         if (cprow)
@@ -126,27 +103,12 @@ VX_FN void vx_residual_forward_point(const B &blk, int p, int P, int n, int laye
         a1[i] = vx_phi(code, x1, param);
         a2[i] = vx_phi(code, x2, param);
         if (jvp) {
-            const real tv = tt[i] / dt;
+            const real tv = tt[i] / c.dt;
             tt[i] = tv;
             at[i] = vx_dphi(code, x1, param) * tv;
         }
     }
-    if (blk.tid() == 0) {
-        pf[VX_F_LS1 * P + p] = nls1;
-        pf[VX_F_LS2 * P + p] = nls2;
-        if (jvp)
-            pf[VX_F_ACC * P + p] = acc;
-        if (cprow)
-            *cp_ls = nls1;
-        if (r >= 0) {
-            const double f1 = (double)d1;
-            res[((long long)VX_R_LOGQ * P + p) * R + r] = 2.0 * nls1 + log(ss1 / n / (f1 * f1));
-            res[((long long)VX_R_CORR * P + p) * R + r] = dot / sqrt(ss1 * ss2);
-            if (jvp)
-                res[((long long)VX_R_TAN * P + p) * R + r] = acc;
-        }
-    }
-    blk.sync();
+    vx_layer_store(blk, p, P, n, R, r, jvp, c, cp_ls, pf, res);
 }
 
 // Forward epilogue of every point of a layer (alpha: (P,) float64, rounded to real).
@@ -251,13 +213,8 @@ VX_KERNEL void vx_residual_recompute(const real *H1, real *S1, real *A1, real *D
             sums[0] += (double)x * (double)x;
         }
         blk.reduce(sums);
-        real d1 = (real)1;
-        double nlsr = lsr;
-        if (homog && sums[0] > 0.0) {
-            const double rms = sqrt(sums[0] / n);
-            d1 = (real)rms;
-            nlsr = lsr + log(rms);
-        }
+        double nlsr;
+        const real d1 = vx_rescale(sums[0], n, lsr, homog && sums[0] > 0.0, &nlsr);
         VX_FOR(i, blk, n)
         {
             const real x = s1[i] / d1;
@@ -285,7 +242,7 @@ VX_FN void vx_residual_backward_all(real *G, const real *U, const real *D, const
         const long long row = n;
         const real s = (real)pf[VX_F_SCALE * P + p];
         const real a = (real)alpha[p];
-        const double gacc = pf[VX_F_GACC * P + p];
+        double gacc = pf[VX_F_GACC * P + p];
         real *g = G + p * row;
         const real *u = U + p * row, *drow = D + ((long long)j * P + p) * row;
         double sums[1] = {0.0};
@@ -296,24 +253,7 @@ VX_FN void vx_residual_backward_all(real *G, const real *U, const real *D, const
             sums[0] += (double)x * (double)x;
         }
         blk.reduce(sums);
-        const double acc = gacc + log(sums[0]);
-        if (!vx_isfinite(acc)) {
-            VX_FOR(i, blk, n) { g[i] = (real)0; }
-            if (blk.tid() == 0) {
-                pi[VX_I_DIVERGED * P + p] = lm1;
-                pi[VX_I_COLLAPSED * P + p] = 1;
-            }
-            blk.sync();
-            continue;
-        }
-        const real d = (real)sqrt(sums[0]);
-        VX_FOR(i, blk, n) { g[i] = g[i] / d; }
-        if (blk.tid() == 0) {
-            pf[VX_F_GACC * P + p] = acc;
-            if (r >= 0)
-                res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-        }
-        blk.sync();
+        vx_cot_end(blk, p, P, n, R, lm1, r, sums[0], &gacc, g, pf, pi, res);
     }
 }
 

@@ -21,34 +21,10 @@
 #include "epilogue.cuh"
 #include "normal.cuh"
 #include "rnn.cuh"
+#include "gru.cuh"
+#include "lstm.cuh"
 
 // ------------------------------------------------------------------ generation
-
-// count normals of (layer0 + li, stream) for li < nlayers into out (nlayers, count):
-// element e of a layer is normal 4 b + m of Philox block b = e / 4, lane m = e % 4,
-// counter (b, layer, sample, stream): rng.normals, bit for bit.
-template <class T>
-VX_FN void vx_fill_stream_body(T *out, long long count, int layer0, int nlayers, u32 stream,
-                               u32 sample, u32 k0, u32 k1)
-{
-    VX_BLOCKS(blk)
-    {
-        const long long per_layer = (count + 3) / 4;
-        const long long total = per_layer * nlayers;
-        VX_GRID_FOR(g, blk, total)
-        {
-            const long long li = g / per_layer;
-            const long long b = g - li * per_layer;
-            double z[4];
-            vx_normals4((u32)b, (u32)(layer0 + li), sample, stream, k0, k1, z);
-            for (int m = 0; m < 4; ++m) {
-                const long long e = 4 * b + m;
-                if (e < count)
-                    out[li * count + e] = (T)z[m];
-            }
-        }
-    }
-}
 
 // The tied gate matrices Z_g (rng.STREAM_GATE + g, layer 0), rounded to real.
 VX_KERNEL void vx_fill_stream(real *out, long long count, int layer0, int nlayers, u32 stream,
@@ -97,32 +73,13 @@ VX_KERNEL void vx_fill_stream64_clocked(double *out, long long count, const int 
 
 // u_t = s Z h_{t-1} + (xi sb + d_t su), the MLP's forward epilogue with the drive d_t
 // (renormalisation, tangent, divergence, records, checkpoint: epilogue.cuh).
-VX_FN void vx_elman_forward_all(real *H, real *A, const double *xi, const double *drive,
-                                const double *su, double *pf, int *pi, double *res, real *cp,
-                                    double *cp_ls, int P, int n, int R, int layer, int kind,
-                                    int has_bias, int r, int ci, double limit)
-{
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        real *t = kind == VX_KIND_JVP ? H + (2LL * P + p) * row : 0;
-        real *at = kind == VX_KIND_JVP ? A + (2LL * P + p) * row : 0;
-        real *cprow = ci >= 0 ? cp + ((long long)ci * P + p) * row : 0;
-        double *cpls = ci >= 0 ? cp_ls + (long long)ci * P + p : 0;
-        vx_forward_point(blk, p, P, n, layer, kind, H + p * row, H + ((long long)P + p) * row, t,
-                         A + p * row, A + ((long long)P + p) * row, at, xi, has_bias, pf, pi, res,
-                         R, r, limit, cprow, cpls, drive, su[p]);
-    }
-}
-
 VX_KERNEL void vx_elman_forward(real *H, real *A, const double *xi, const double *drive,
                                 const double *su, double *pf, int *pi, double *res, real *cp,
                                 double *cp_ls, int P, int n, int R, int layer, int kind,
                                 int has_bias, int r, int ci, double limit)
 {
-    vx_elman_forward_all(H, A, xi, drive, su, pf, pi, res, cp, cp_ls, P, n, R, layer, kind,
-                         has_bias, r, ci, limit);
+    vx_forward_all(H, A, xi, drive, su, pf, pi, res, cp, cp_ls, P, n, R, layer, kind, has_bias, r,
+                   ci, limit);
 }
 
 // Step `step` of a captured body (a CUDA Graph replayed once per block of steps): the layer
@@ -135,8 +92,8 @@ VX_KERNEL void vx_elman_forward_clocked(real *H, real *A, const double *xi, cons
                                         int has_bias, double limit)
 {
     const int layer = clock[0] + step;
-    vx_elman_forward_all(H, A, xi, drives + (long long)step * n, su, pf, pi, res, cp, cp_ls, P, n,
-                         R, layer, kind, has_bias, rec[layer], cpi[layer], limit);
+    vx_forward_all(H, A, xi, drives + (long long)step * n, su, pf, pi, res, cp, cp_ls, P, n, R,
+                   layer, kind, has_bias, rec[layer], cpi[layer], limit);
 }
 
 // A recomputed Elman step of a VJP segment (H1 = A1 Z^T): phi' into D[j] (every, P, n).
@@ -144,13 +101,7 @@ VX_KERNEL void vx_elman_recompute(real *H1, real *A1, real *D, const double *xi,
                                   const double *drive, const double *su, double *pf,
                                   const int *pi, int P, int n, int j, int has_bias)
 {
-    VX_BLOCKS(blk)
-    {
-        const int p = (int)blk.index();
-        const long long row = n;
-        vx_recompute_point(blk, p, P, n, H1 + p * row, A1 + p * row,
-                           D + ((long long)j * P + p) * row, xi, has_bias, pf, pi, drive, su[p]);
-    }
+    vx_recompute_all(H1, A1, D, xi, drive, su, pf, pi, P, n, j, has_bias);
 }
 
 // ------------------------------------------------------------------ LSTM
@@ -171,83 +122,34 @@ VX_FN void vx_lstm_forward_all(real *H, real *A, real *C, real *TC, const double
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const double acc0 = pf[VX_F_ACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p], sh = shift[p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
+        double acc = pf[VX_F_ACC * P + p];
         const bool jvp = kind == VX_KIND_JVP;
         const long long n4 = 4LL * n;
-        real *dh = jvp ? A + (2LL * P + p) * n : 0;
-        real *dc = jvp ? TC + (long long)p * n : 0;
-        const real *zt = jvp ? H + (2LL * P + p) * n4 : 0;
+        // rows p, P + p of A and C (trajectories 1, 2), the tangent's 2P + p of A and p of TC
+        real *const h[3] = {A + (long long)p * n, A + ((long long)P + p) * n,
+                            jvp ? A + (2LL * P + p) * n : 0};
+        real *const c[3] = {C + (long long)p * n, C + ((long long)P + p) * n,
+                            jvp ? TC + (long long)p * n : 0};
         // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h|, |c| beyond the limit, |[dh; dc]|^2
         double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
         VX_FOR(i, blk, n)
         {
-            real hn[2];
-            for (int k = 0; k < 2; ++k) {
-                const long long row = (long long)k * P + p;
-                real a[4];
-                vx_lstm_preacts(H + row * n4, n, i, s, xi, drive, sb, u, sh, a);
-                const real c_prev = C[row * n + i];
-                const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c_prev, code, param);
-                hn[k] = g.o * g.phi_c;
-                if (jvp && k == 0) {
-                    const real di = g.i * g.i_c * (s * zt[i]);
-                    const real df = g.f * g.f_c * (s * zt[n + i]);
-                    const real dg = vx_dphi(code, a[2], param) * (s * zt[2LL * n + i]);
-                    const real d_o = g.o * g.o_c * (s * zt[3LL * n + i]);
-                    const real dcn = df * c_prev + g.f * dc[i] + di * g.g + g.i * dg;
-                    const real dhn = d_o * g.phi_c + g.o * vx_dphi(code, g.c, param) * dcn;
-                    dh[i] = dhn;
-                    dc[i] = dcn;
-                    sums[4] += (double)dhn * (double)dhn + (double)dcn * (double)dcn;
-                }
-                A[row * n + i] = hn[k];
-                C[row * n + i] = g.c;
-                sums[3] += vx_big(hn[k], limit) + vx_big(g.c, limit);
+            // element i's products: rows p, P + p, 2P + p of H, 4n each (constant indices
+            // only: z stays in registers)
+            real z[3][4] = {};
+            for (int g = 0; g < 4; ++g) {
+                const long long e = (long long)g * n + i;
+                z[0][g] = H[(long long)p * n4 + e];
+                z[1][g] = H[((long long)P + p) * n4 + e];
+                if (jvp)
+                    z[2][g] = H[(2LL * P + p) * n4 + e];
             }
-            sums[0] += (double)hn[0] * (double)hn[0];
-            sums[1] += (double)hn[1] * (double)hn[1];
-            sums[2] += (double)hn[0] * (double)hn[1];
+            vx_lstm_element(z, h, c, n, i, q, xi, drive, jvp, limit, sums);
         }
         blk.reduce(sums);
-        const double acc = jvp ? acc0 + log(sums[4]) : 0.0;
-        const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(acc));
-        if (!ok) {
-            VX_FOR(i, blk, n)
-            {
-                for (int k = 0; k < 2; ++k) {
-                    A[((long long)k * P + p) * n + i] = (real)0;
-                    C[((long long)k * P + p) * n + i] = (real)0;
-                }
-                if (jvp) {
-                    dh[i] = (real)0;
-                    dc[i] = (real)0;
-                }
-            }
-            vx_flag_dead(blk, p, P, layer, pi);
-            blk.sync();
-            continue;
-        }
-        const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
-        VX_FOR(i, blk, n)
-        {
-            if (jvp) {
-                dh[i] = dh[i] / norm;
-                dc[i] = dc[i] / norm;
-            }
-            if (ci >= 0) {
-                cph[((long long)ci * P + p) * n + i] = A[(long long)p * n + i];
-                cpc[((long long)ci * P + p) * n + i] = C[(long long)p * n + i];
-            }
-        }
-        if (blk.tid() == 0 && jvp)
-            pf[VX_F_ACC * P + p] = acc;
-        vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, acc, res);
-        blk.sync();
+        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, h[0], h[1], c[0], c[1],
+                        h[2], c[2], cph, cpc, pf, pi, res);
     }
 }
 
@@ -286,20 +188,15 @@ VX_KERNEL void vx_lstm_recompute(const real *H1, const real *c0, real *pa, real 
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         const long long n4 = 4LL * n, row = p;
         VX_FOR(i, blk, n)
         {
-            real a[4];
-            vx_lstm_preacts(H1 + row * n4, n, i, s, xi, drive, sb, su[p], shift[p], a);
-            const VxLstm g = vx_lstm_gates(a[0], a[1], a[2], a[3], c0[row * n + i], code, param);
-            for (int q = 0; q < 4; ++q)
-                pa[row * n4 + (long long)q * n + i] = a[q];
-            h1[row * n + i] = g.o * g.phi_c;
-            c1[row * n + i] = g.c;
+            real z[4];
+            for (int g = 0; g < 4; ++g)
+                z[g] = H1[row * n4 + (long long)g * n + i];
+            h1[row * n + i] = vx_lstm_recompute_element(z, c0[row * n + i], pa + row * n4,
+                                                        c1 + row * n + i, n, i, q, xi, drive);
         }
         blk.sync();
     }
@@ -316,24 +213,13 @@ VX_KERNEL void vx_lstm_cot_gates(real *G, real *GA, const real *c0, const real *
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
         const long long n4 = 4LL * n, row = p;
         real *gh = G + row * 2 * n;
-        real *gc = gh + n;
-        real *ga = GA + row * n4;
-        const real *a = pa + row * n4;
         VX_FOR(i, blk, n)
         {
-            const real c_prev = c0[row * n + i];
-            const VxLstm k = vx_lstm_gates(a[i], a[n + i], a[2LL * n + i], a[3LL * n + i],
-                                           c_prev, code, param);
-            const real e = gc[i] + k.o * vx_dphi(code, k.c, param) * gh[i];
-            ga[i] = k.i * k.i_c * k.g * e;
-            ga[n + i] = k.f * k.f_c * c_prev * e;
-            ga[2LL * n + i] = vx_dphi(code, a[2LL * n + i], param) * k.i * e;
-            ga[3LL * n + i] = k.o * k.o_c * k.phi_c * gh[i];
-            gc[i] = k.f * e;
+            vx_lstm_cot_element(pa + row * n4, c0[row * n + i], gh[i], gh + n + i, GA + row * n4, n,
+                                i, q);
         }
         blk.sync();
     }
@@ -355,32 +241,22 @@ VX_FN void vx_gru_gates_all(real *H1, const real *A, real *M, const double *xi,
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double u = su[p], sh = shift[p];
+        const VxGated q = vx_gated_point(pf, pi, su, shift, P, p);
         const bool jvp = kind == VX_KIND_JVP;
-        const long long n2 = 2LL * n;
+        const long long n2 = 2LL * n, pt = 2LL * P + p;
         VX_FOR(i, blk, n)
         {
             for (int k = 0; k < ntraj; ++k) {
                 const long long row = (long long)k * P + p;
                 real *zx = H1 + row * n2;
-                const real a_r = vx_gate_preact(zx[i], s, vx_gate_bias(xi, drive, i, sb, u, 0.0));
-                const real a_z = vx_gate_preact(zx[n + i], s,
-                                                vx_gate_bias(xi, drive, (long long)n + i, sb, u, sh));
-                zx[i] = a_r;
-                zx[n + i] = a_z;
-                real r, r_c;
-                vx_sigmoid(a_r, &r, &r_c);
-                const real h = A[row * n + i];
-                M[row * n + i] = r * h;
+                const VxGruRz g = vx_gru_rz(zx[i], zx[n + i], n, i, q, xi, drive);
+                zx[i] = g.a_r;
+                zx[n + i] = g.a_z;
+                M[row * n + i] = g.r * A[row * n + i];
                 if (jvp && k == 0) {
-                    real *zt = H1 + (2LL * P + p) * n2;
-                    const real da_r = s * zt[i];
-                    zt[i] = da_r;
-                    zt[n + i] = s * zt[n + i];
-                    const real dr = r * r_c * da_r;
-                    M[(2LL * P + p) * n + i] = dr * h + r * A[(2LL * P + p) * n + i];
+                    real *zt = H1 + pt * n2;
+                    M[pt * n + i] = vx_gru_rz_tangent(g, q.s, zt[i], zt[n + i], A[row * n + i],
+                                                      A[pt * n + i], zt + n + i);
                 }
             }
         }
@@ -419,70 +295,26 @@ VX_FN void vx_gru_forward_all(const real *H1, const real *H2, real *A, const dou
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const double acc0 = pf[VX_F_ACC * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const double u = su[p];
+        const VxGated q = vx_gated_point(pf, pi, su, 0, P, p);
+        double acc = pf[VX_F_ACC * P + p];
         const bool jvp = kind == VX_KIND_JVP;
         const long long n2 = 2LL * n;
-        real *dh = jvp ? A + (2LL * P + p) * n : 0;
+        // rows p, P + p, 2P + p (the tangent's) of H1 (a_z: from column n on) and A
+        const real *const az[3] = {H1 + (long long)p * n2 + n, H1 + ((long long)P + p) * n2 + n,
+                                   jvp ? H1 + (2LL * P + p) * n2 + n : 0};
+        real *const h[3] = {A + (long long)p * n, A + ((long long)P + p) * n,
+                            jvp ? A + (2LL * P + p) * n : 0};
         // sums: |h1|^2, |h2|^2, <h1, h2>, count of |h| beyond the limit, |dh|^2
         double sums[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
         VX_FOR(i, blk, n)
         {
-            real hn[2];
-            for (int k = 0; k < 2; ++k) {
-                const long long row = (long long)k * P + p;
-                const real a_n = vx_gate_preact(
-                    H2[row * n + i], s, vx_gate_bias(xi, drive, 2LL * n + i, sb, u, 0.0));
-                real z, z_c;
-                vx_sigmoid(H1[row * n2 + n + i], &z, &z_c);
-                const real cand = vx_phi(code, a_n, param);
-                const real h = A[row * n + i];
-                hn[k] = z_c * cand + z * h;
-                if (jvp && k == 0) {
-                    const real dz = z * z_c * H1[(2LL * P + p) * n2 + n + i];
-                    const real dn = vx_dphi(code, a_n, param) * (s * H2[(2LL * P + p) * n + i]);
-                    const real dhn = z_c * dn + z * dh[i] + (h - cand) * dz;
-                    dh[i] = dhn;
-                    sums[4] += (double)dhn * (double)dhn;
-                }
-                A[row * n + i] = hn[k];
-                sums[3] += vx_big(hn[k], limit);
-            }
-            sums[0] += (double)hn[0] * (double)hn[0];
-            sums[1] += (double)hn[1] * (double)hn[1];
-            sums[2] += (double)hn[0] * (double)hn[1];
+            const real zn[3] = {H2[(long long)p * n + i], H2[((long long)P + p) * n + i],
+                                jvp ? H2[(2LL * P + p) * n + i] : (real)0};
+            vx_gru_element(zn, az, h, h, n, i, q, xi, drive, jvp, limit, sums);
         }
         blk.reduce(sums);
-        const double acc = jvp ? acc0 + log(sums[4]) : 0.0;
-        const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(acc));
-        if (!ok) {
-            VX_FOR(i, blk, n)
-            {
-                A[(long long)p * n + i] = (real)0;
-                A[((long long)P + p) * n + i] = (real)0;
-                if (jvp)
-                    dh[i] = (real)0;
-            }
-            vx_flag_dead(blk, p, P, layer, pi);
-            blk.sync();
-            continue;
-        }
-        const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
-        VX_FOR(i, blk, n)
-        {
-            if (jvp)
-                dh[i] = dh[i] / norm;
-            if (ci >= 0)
-                cph[((long long)ci * P + p) * n + i] = A[(long long)p * n + i];
-        }
-        if (blk.tid() == 0 && jvp)
-            pf[VX_F_ACC * P + p] = acc;
-        vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, acc, res);
-        blk.sync();
+        vx_rnn_step_end(blk, p, P, n, R, layer, r, ci, jvp, sums, &acc, h[0], h[1], 0, 0, h[2], 0,
+                        cph, 0, pf, pi, res);
     }
 }
 
@@ -518,22 +350,17 @@ VX_KERNEL void vx_gru_recompute(const real *H1, const real *H2, const real *h0, 
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double sb = pf[VX_F_BAMP * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
+        const VxGated q = vx_gated_point(pf, pi, su, 0, P, p);
         const long long row = p, n2 = 2LL * n, n3 = 3LL * n;
         VX_FOR(i, blk, n)
         {
-            const real a_n = vx_gate_preact(H2[row * n + i], s,
-                                            vx_gate_bias(xi, drive, 2LL * n + i, sb, su[p], 0.0));
             const real a_z = H1[row * n2 + n + i];
-            real z, z_c;
-            vx_sigmoid(a_z, &z, &z_c);
+            const VxGruUpdate u =
+                vx_gru_update(H2[row * n + i], a_z, h0[row * n + i], n, i, q, xi, drive);
             pa[row * n3 + i] = H1[row * n2 + i];
             pa[row * n3 + n + i] = a_z;
-            pa[row * n3 + n2 + i] = a_n;
-            h1[row * n + i] = z_c * vx_phi(code, a_n, param) + z * h0[row * n + i];
+            pa[row * n3 + n2 + i] = u.a_n;
+            h1[row * n + i] = u.h;
         }
         blk.sync();
     }
@@ -548,15 +375,11 @@ VX_KERNEL void vx_gru_cot_candidate(const real *G, real *GAN, const real *pa, co
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const long long row = p, n3 = 3LL * n;
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
+        const long long row = p;
         VX_FOR(i, blk, n)
         {
-            real z, z_c;
-            vx_sigmoid(pa[row * n3 + n + i], &z, &z_c);
-            GAN[row * n + i] = vx_dphi(code, pa[row * n3 + 2LL * n + i], param) * z_c *
-                               G[row * n + i];
+            GAN[row * n + i] = vx_gru_gan(pa + row * 3 * n, G[row * n + i], n, i, q);
         }
         blk.sync();
     }
@@ -573,22 +396,12 @@ VX_KERNEL void vx_gru_cot_gates(real *G, const real *U1, real *GRZ, const real *
         const int p = (int)blk.index();
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
-        const real s = (real)pf[VX_F_SCALE * P + p];
-        const double param = pf[VX_F_PARAM * P + p];
-        const int code = pi[VX_I_CODE * P + p];
-        const long long row = p, n2 = 2LL * n, n3 = 3LL * n;
+        const VxGated q = vx_gated_point(pf, pi, 0, 0, P, p);
+        const long long row = p;
         VX_FOR(i, blk, n)
         {
-            real r, r_c, z, z_c;
-            vx_sigmoid(pa[row * n3 + i], &r, &r_c);
-            vx_sigmoid(pa[row * n3 + n + i], &z, &z_c);
-            const real cand = vx_phi(code, pa[row * n3 + n2 + i], param);
-            const real h = h0[row * n + i];
-            const real g = G[row * n + i];
-            const real g_m = s * U1[row * n + i];
-            GRZ[row * n2 + i] = r * r_c * h * g_m;
-            GRZ[row * n2 + n + i] = z * z_c * (h - cand) * g;
-            G[row * n + i] = z * g + r * g_m;
+            vx_gru_grz(pa + row * 3 * n, h0[row * n + i], q.s * U1[row * n + i], G + row * n + i,
+                       GRZ + row * 2 * n, n, i, q);
         }
         blk.sync();
     }
@@ -608,7 +421,7 @@ VX_FN void vx_rnn_cot_finish_all(real *G, const real *U, double *pf, int *pi, do
         if (pi[VX_I_DEAD * P + p] || pi[VX_I_COLLAPSED * P + p])
             continue;
         const real s = (real)pf[VX_F_SCALE * P + p];
-        const double gacc = pf[VX_F_GACC * P + p];
+        double gacc = pf[VX_F_GACC * P + p];
         real *g = G + (long long)p * sn;
         const real *u = U + (long long)p * n;
         double sums[1] = {0.0};
@@ -619,24 +432,7 @@ VX_FN void vx_rnn_cot_finish_all(real *G, const real *U, double *pf, int *pi, do
             sums[0] += (double)g[i] * (double)g[i];
         }
         blk.reduce(sums);
-        const double acc = gacc + log(sums[0]);
-        if (!vx_isfinite(acc)) {
-            VX_FOR(i, blk, sn) { g[i] = (real)0; }
-            if (blk.tid() == 0) {
-                pi[VX_I_DIVERGED * P + p] = lm1;
-                pi[VX_I_COLLAPSED * P + p] = 1;
-            }
-            blk.sync();
-            continue;
-        }
-        const real d = (real)sqrt(sums[0]);
-        VX_FOR(i, blk, sn) { g[i] = g[i] / d; }
-        if (blk.tid() == 0) {
-            pf[VX_F_GACC * P + p] = acc;
-            if (r >= 0)
-                res[((long long)VX_R_GRAD * P + p) * R + r] = acc;
-        }
-        blk.sync();
+        vx_cot_end(blk, p, P, sn, R, lm1, r, sums[0], &gacc, g, pf, pi, res);
     }
 }
 
@@ -681,18 +477,9 @@ VX_KERNEL void vx_rnn_restart_clocked(real *sh, real *sc, const real *cph, const
 VX_KERNEL void vx_rnn_grad_init(const real *gamma, real *G, double *pf, int *pi, double *res,
                                 int P, int n, int sn, int R, int r)
 {
-    VX_POINTS(blk)
+    VX_BLOCKS(blk)
     {
         const int p = (int)blk.index();
-        const bool dead = pi[VX_I_DEAD * P + p] != 0;
-        real *g = G + (long long)p * sn;
-        VX_FOR(i, blk, sn) { g[i] = dead || i >= n ? (real)0 : gamma[i]; }
-        if (blk.tid() == 0) {
-            pf[VX_F_GACC * P + p] = 0.0;
-            pi[VX_I_COLLAPSED * P + p] = 0;
-            if (r >= 0)
-                res[((long long)VX_R_GRAD * P + p) * R + r] = dead ? vx_nan() : 0.0;
-        }
-        blk.sync();
+        vx_grad_init_point(blk, p, P, n, sn, gamma, G + (long long)p * sn, pf, pi, res, R, r);
     }
 }

@@ -1,4 +1,5 @@
-// rnn.cuh: what the recurrent networks' step kernels share (models/gates.py).
+// rnn.cuh: what the recurrent networks' step kernels (rnn.cu) and persistent kernels
+// (persist*.cu) share (models/gates.py); the LSTM's and GRU's elements are in lstm.cuh, gru.cuh.
 //
 // A gated RNN's gate pre-activations, per element i of gate q (stacked rows
 // q n .. q n + n - 1 of the GEMM's output zx = Z h), are
@@ -10,6 +11,7 @@
 // gates are the logistic sigmoid, evaluated as models.gates.sigmoid does.
 #pragma once
 #include "common.cuh"
+#include "epilogue.cuh"
 #include "vx_generated.cuh"
 
 // One thread block per grid point, in which `continue` leaves the point (a dead point is
@@ -65,32 +67,75 @@ VX_FN void vx_rnn_record(const B &blk, int p, int P, int n, int R, int r, double
         res[((long long)VX_R_TAN * P + p) * R + r] = acc;
 }
 
-// The gates of one element from its four pre-activations (a: rows I, F, G, O) and c_{t-1}:
-//   i, f, o = sigma(a_i, a_f, a_o),  g = phi(a_g),  c_t = f c + i g,  phi(c_t).
-struct VxLstm {
-    real i, i_c, f, f_c, g, o, o_c, c, phi_c;
+// A gated point's scalars: s = sqrt(sw2/N), sb, its activation (code, param), su and the
+// gate shift (update_bias, forget_bias; 0 where not given).
+struct VxGated {
+    real s;
+    double sb, param, su, shift;
+    int code;
 };
 
-VX_FN VxLstm vx_lstm_gates(real a_i, real a_f, real a_g, real a_o, real c_prev, int code,
-                           double param)
+VX_FN VxGated vx_gated_point(const double *pf, const int *pi, const double *su,
+                             const double *shift, int P, int p)
 {
-    VxLstm k;
-    vx_sigmoid(a_i, &k.i, &k.i_c);
-    vx_sigmoid(a_f, &k.f, &k.f_c);
-    vx_sigmoid(a_o, &k.o, &k.o_c);
-    k.g = vx_phi(code, a_g, param);
-    k.c = k.f * c_prev + k.i * k.g;
-    k.phi_c = vx_phi(code, k.c, param);
-    return k;
+    VxGated q;
+    q.s = (real)pf[VX_F_SCALE * P + p];
+    q.sb = pf[VX_F_BAMP * P + p];
+    q.param = pf[VX_F_PARAM * P + p];
+    q.su = su ? su[p] : 0.0;
+    q.shift = shift ? shift[p] : 0.0;
+    q.code = pi[VX_I_CODE * P + p];
+    return q;
 }
 
-// The four pre-activations of element i from the GEMM row zx (4n): a_q = s zx_q + real(b_q),
-// forget_bias added to gate F's bias.
-VX_FN void vx_lstm_preacts(const real *zx, int n, int i, real s, const double *xi,
-                           const double *drive, double sb, double su, double shift, real a[4])
+// The end of a gated step of point p, after the block's reduction of sums (|h1|^2, |h2|^2,
+// <h1, h2>, count of |h|, |c| beyond the limit, |tangent|^2): acc' = *acc + log |t|^2
+// (JVP); a count or a non-finite acc' flags the point at `layer` and zeroes its new state
+// (rows h1, h2, c1, c2, dh, dc; the c rows absent (0) for the GRU, the tangent's without
+// JVP). Else the tangent (dh, dc) is divided by |t|, trajectory 1's (h, c) checkpointed at
+// ci >= 0 into (cph, cpc) (ncp, P, n), acc' stored in *acc and pf, the step recorded at r.
+// Ends with a barrier; returns false when the point diverged.
+template <class B>
+VX_FN bool vx_rnn_step_end(const B &blk, int p, int P, int n, int R, int layer, int r, int ci,
+                           bool jvp, const double *sums, double *acc, real *h1, real *h2,
+                           real *c1, real *c2, real *dh, real *dc, real *cph, real *cpc,
+                           double *pf, int *pi, double *res)
 {
-    for (int q = 0; q < 4; ++q) {
-        const long long k = (long long)q * n + i;
-        a[q] = vx_gate_preact(zx[k], s, vx_gate_bias(xi, drive, k, sb, su, q == 1 ? shift : 0.0));
+    const double nacc = jvp ? *acc + log(sums[4]) : 0.0;
+    const bool ok = sums[3] == 0.0 && (!jvp || vx_isfinite(nacc));
+    if (!ok) {
+        VX_FOR(i, blk, n)
+        {
+            h1[i] = h2[i] = (real)0;
+            if (c1)
+                c1[i] = c2[i] = (real)0;
+            if (jvp)
+                dh[i] = (real)0;
+            if (jvp && dc)
+                dc[i] = (real)0;
+        }
+        vx_flag_dead(blk, p, P, layer, pi);
+        blk.sync();
+        return false;
     }
+    const real norm = jvp ? (real)sqrt(sums[4]) : (real)1;
+    real *cp_h = ci >= 0 ? cph + ((long long)ci * P + p) * n : 0;
+    real *cp_c = ci >= 0 && c1 ? cpc + ((long long)ci * P + p) * n : 0;
+    VX_FOR(i, blk, n)
+    {
+        if (jvp)
+            dh[i] = dh[i] / norm;
+        if (jvp && dc)
+            dc[i] = dc[i] / norm;
+        if (cp_h)
+            cp_h[i] = h1[i];
+        if (cp_c)
+            cp_c[i] = c1[i];
+    }
+    *acc = nacc;
+    if (blk.tid() == 0 && jvp)
+        pf[VX_F_ACC * P + p] = nacc;
+    vx_rnn_record(blk, p, P, n, R, r, sums[0], sums[1], sums[2], jvp, nacc, res);
+    blk.sync();
+    return true;
 }
