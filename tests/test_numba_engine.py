@@ -75,7 +75,8 @@ def _fma_chain_exact(x, m):
 def test_fused_products_are_fma_chains_whatever_the_blocking():
     """numba_matvec.rows_times: Y[r, i] is the fma chain over k in order (float64, against
     exact rationals, bit for bit: width 19 has two vector strips and a scalar tail),
-    and a float32 row's bits do not depend on which rows share its block of four."""
+    and a float32 row's bits do not depend on which rows share its block (of six, four
+    or two rows, padded or not)."""
     from vxsim.engines import numba_matvec
 
     gen = np.random.default_rng(7)
@@ -96,6 +97,10 @@ def test_fused_products_are_fma_chains_whatever_the_blocking():
     for rows in ([8, 2, 5], [0], [7, 6, 4, 3, 1]):  # other blocks, other padding
         numba_matvec.rows_times(X, M, Y2, np.array(rows), len(rows))
     np.testing.assert_array_equal(Y1, Y2)
+    Y3 = np.zeros_like(Y1)
+    for rows in ([1, 7], [0, 2, 3, 4, 5, 6, 8]):  # a pair; six and one padded to two
+        numba_matvec.rows_times(X, M, Y3, np.array(rows), len(rows))
+    np.testing.assert_array_equal(Y1, Y3)
     # float32 rounding of 40 products summed in order: |error| < 40 eps sum |x m|
     bound = 40 * np.finfo(np.float32).eps * (np.abs(X) @ np.abs(M))
     assert np.all(np.abs(Y1 - X.astype(np.float64) @ M.astype(np.float64)) <= bound)

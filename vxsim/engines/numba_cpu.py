@@ -17,7 +17,7 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
   each thread takes its share of the grid points through every layer,
   generating each Z itself into a small buffer (the same Z for all: common
   random numbers) and doing the products itself, blocks of points at a time
-  (``numba_matvec``: register-blocked FMA chains, Z read once per four state
+  (``numba_matvec``: register-blocked FMA chains, Z read once per six state
   rows; each output's bits independent of the blocking and the threads).
   ``engine.path = "auto"`` picks it for ``width <= FUSED_MAX_WIDTH`` (the
   crossover measured by ``scripts/bench_cpu.py``); ``"gemm"`` or ``"fused"``

@@ -20,7 +20,7 @@ Fused path: one ``run`` for a whole pass (steps first..last-1). Each lane takes
 its points through every step, generating each Z itself into its own slots
 ``Zs[lane]`` (all lanes generate the same Z, as the counter dictates: common
 random numbers) and doing the products itself, a block of points at a time
-(``numba_matvec.rows_times``: Z read once per four rows, not once per row). No
+(``numba_matvec.rows_times``: Z read once per six rows, not once per row). No
 synchronisation between layers, which at small widths costs more than the
 arithmetic.
 """
