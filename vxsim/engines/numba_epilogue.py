@@ -167,12 +167,8 @@ _PHI_ACT0 = _REGISTRY["linear"].kernel_phi
 _DPHI_ACT0 = _REGISTRY["linear"].kernel_dphi
 
 
-@njit(**_OPT)
-def _act_rows_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
-    """Next GEMM input from this layer's rows: x = h / d (the renormalised hh),
-    a1 = phi(x1), a2 = phi(x2), at = phi'(x1) * t / dt, or for KIND_REC a1 and
-    dd = phi'(x1); the KEEP kinds also write dd. No fast-math here: a
-    recomputed segment must reproduce the forward pass bit for bit."""
+@njit(inline="always", **_OPT)
+def _act_loops_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
     n = h1.size
     if kind == KIND_REC or kind == KIND_FWD_KEEP:
         for i in range(n):
@@ -198,6 +194,23 @@ def _act_rows_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
             a1[i] = _PHI_ACT0(h1[i] / d1, a)
     for i in range(n):
         a2[i] = _PHI_ACT0(h2[i] / d2, a)
+
+
+@njit(**_OPT)
+def _act_rows_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
+    """Next GEMM input from this layer's rows: x = h / d (the renormalised hh),
+    a1 = phi(x1), a2 = phi(x2), at = phi'(x1) * t / dt, or for KIND_REC a1 and
+    dd = phi'(x1); the KEEP kinds also write dd. No fast-math here: a
+    recomputed segment must reproduce the forward pass bit for bit.
+
+    Where d1 = d2 = 1 (always, unless phi is homogeneous) the loops are compiled
+    with the constant 1, so that LLVM drops those divisions (x / 1 = x exactly):
+    measured 6-12% of the pass for tanh in float32 (2026-12-04, one thread)."""
+    one = h1.dtype.type(1.0)
+    if d1 == one and d2 == one:
+        _act_loops_ACT0(kind, h1, h2, t, one, one, dt, a1, a2, at, dd, a)
+    else:
+        _act_loops_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a)
 
 
 # END ACTIVATION
