@@ -42,6 +42,19 @@ def test_weights_bit_identical_to_oracle(precision):
             np.testing.assert_array_equal(xi, base.bias(cfg, width, sample, layer))
 
 
+def test_unit_inputs_bit_identical_to_oracle():
+    """The unit's inputs and output direction, drawn by the kernels' stream_normals, are
+    base.inputs / base.output_direction's (rng.normals) bit for bit; counts around a
+    chunk of 4 CHUNK normals and not multiples of 4."""
+    cfg = make_config("monte_carlo.seed=1099511627781", mode="vjp")
+    for width in (1, 7, 64, 4 * numba_normals.CHUNK + 3):
+        unit = numba_cpu._Unit(cfg, width, 3, path="fused")
+        for got, want in zip((unit.x1, unit.x2, unit.v0), base.inputs(cfg, width, 3), strict=True):
+            np.testing.assert_array_equal(got, want)
+        gamma = base.output_direction(cfg, width, 3, unit._normals)
+        np.testing.assert_array_equal(gamma, base.output_direction(cfg, width, 3))
+
+
 def test_box_muller_edge_words_bit_identical():
     """The vectorisable Box-Muller of the kernels against rng's, on the words
     where the exponent folding and the quadrant selection change."""
