@@ -176,35 +176,12 @@ def _h_ok(ss, big, homogeneous):
 # BEGIN ACTIVATION linear
 _PHI_ACT0 = _REGISTRY["linear"].kernel_phi
 _DPHI_ACT0 = _REGISTRY["linear"].kernel_dphi
-
-
-@njit(inline="always", **_OPT)
-def _act_loops_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
-    n = h1.size
-    if kind == KIND_REC or kind == KIND_FWD_KEEP:
-        for i in range(n):
-            x = h1[i] / d1
-            a1[i] = _PHI_ACT0(x, a)
-            dd[i] = _DPHI_ACT0(x, a)
-        if kind == KIND_REC:
-            return
-    elif kind == KIND_JVP_KEEP:
-        for i in range(n):
-            x = h1[i] / d1
-            a1[i] = _PHI_ACT0(x, a)
-            g = _DPHI_ACT0(x, a)
-            dd[i] = g
-            at[i] = g * (t[i] / dt)
-    elif kind == KIND_JVP:
-        for i in range(n):
-            x = h1[i] / d1
-            a1[i] = _PHI_ACT0(x, a)
-            at[i] = _DPHI_ACT0(x, a) * (t[i] / dt)
-    else:
-        for i in range(n):
-            a1[i] = _PHI_ACT0(h1[i] / d1, a)
-    for i in range(n):
-        a2[i] = _PHI_ACT0(h2[i] / d2, a)
+# Whether the rows are renormalised (d1, d2 != 1): only where phi is homogeneous
+# (pi[I_HOMOG] is the registry's flag; d1 = d2 = 1 always otherwise). A constant, so
+# that for every other phi LLVM compiles x = h without the division by 1 (the same
+# bits): measured 6-12% of tanh's pass in float32 (2026-12-04, one thread), at no
+# extra compile time (compiling the loops a second time with d = 1 cost ~15 s).
+_RENORM_ACT0 = _REGISTRY["linear"].homogeneous
 
 
 @njit(**_OPT)
@@ -212,16 +189,32 @@ def _act_rows_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a):
     """Next GEMM input from this layer's rows: x = h / d (the renormalised hh),
     a1 = phi(x1), a2 = phi(x2), at = phi'(x1) * t / dt, or for KIND_REC a1 and
     dd = phi'(x1); the KEEP kinds also write dd. No fast-math here: a
-    recomputed segment must reproduce the forward pass bit for bit.
-
-    Where d1 = d2 = 1 (always, unless phi is homogeneous) the loops are compiled
-    with the constant 1, so that LLVM drops those divisions (x / 1 = x exactly):
-    measured 6-12% of the pass for tanh in float32 (2026-12-04, one thread)."""
-    one = h1.dtype.type(1.0)
-    if d1 == one and d2 == one:
-        _act_loops_ACT0(kind, h1, h2, t, one, one, dt, a1, a2, at, dd, a)
+    recomputed segment must reproduce the forward pass bit for bit."""
+    n = h1.size
+    if kind == KIND_REC or kind == KIND_FWD_KEEP:
+        for i in range(n):
+            x = h1[i] / d1 if _RENORM_ACT0 else h1[i]
+            a1[i] = _PHI_ACT0(x, a)
+            dd[i] = _DPHI_ACT0(x, a)
+        if kind == KIND_REC:
+            return
+    elif kind == KIND_JVP_KEEP:
+        for i in range(n):
+            x = h1[i] / d1 if _RENORM_ACT0 else h1[i]
+            a1[i] = _PHI_ACT0(x, a)
+            g = _DPHI_ACT0(x, a)
+            dd[i] = g
+            at[i] = g * (t[i] / dt)
+    elif kind == KIND_JVP:
+        for i in range(n):
+            x = h1[i] / d1 if _RENORM_ACT0 else h1[i]
+            a1[i] = _PHI_ACT0(x, a)
+            at[i] = _DPHI_ACT0(x, a) * (t[i] / dt)
     else:
-        _act_loops_ACT0(kind, h1, h2, t, d1, d2, dt, a1, a2, at, dd, a)
+        for i in range(n):
+            a1[i] = _PHI_ACT0(h1[i] / d1 if _RENORM_ACT0 else h1[i], a)
+    for i in range(n):
+        a2[i] = _PHI_ACT0(h2[i] / d2 if _RENORM_ACT0 else h2[i], a)
 
 
 # END ACTIVATION
