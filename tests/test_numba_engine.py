@@ -42,6 +42,19 @@ def test_weights_bit_identical_to_oracle(precision):
             np.testing.assert_array_equal(xi, base.bias(cfg, width, sample, layer))
 
 
+def test_unit_inputs_bit_identical_to_oracle():
+    """The unit's inputs and output direction, drawn by the kernels' stream_normals, are
+    base.inputs / base.output_direction's (rng.normals) bit for bit; counts around a
+    chunk of 4 CHUNK normals and not multiples of 4."""
+    cfg = make_config("monte_carlo.seed=1099511627781", mode="vjp")
+    for width in (1, 7, 64, 4 * numba_normals.CHUNK + 3):
+        unit = numba_cpu._Unit(cfg, width, 3, path="fused")
+        for got, want in zip((unit.x1, unit.x2, unit.v0), base.inputs(cfg, width, 3), strict=True):
+            np.testing.assert_array_equal(got, want)
+        gamma = base.output_direction(cfg, width, 3, unit._normals)
+        np.testing.assert_array_equal(gamma, base.output_direction(cfg, width, 3))
+
+
 def test_box_muller_edge_words_bit_identical():
     """The vectorisable Box-Muller of the kernels against rng's, on the words
     where the exponent folding and the quadrant selection change."""
@@ -75,7 +88,8 @@ def _fma_chain_exact(x, m):
 def test_fused_products_are_fma_chains_whatever_the_blocking():
     """numba_matvec.rows_times: Y[r, i] is the fma chain over k in order (float64, against
     exact rationals, bit for bit: width 19 has two vector strips and a scalar tail),
-    and a float32 row's bits do not depend on which rows share its block of four."""
+    and a float32 row's bits do not depend on which rows share its block (of six, four
+    or two rows, padded or not)."""
     from vxsim.engines import numba_matvec
 
     gen = np.random.default_rng(7)
@@ -96,6 +110,10 @@ def test_fused_products_are_fma_chains_whatever_the_blocking():
     for rows in ([8, 2, 5], [0], [7, 6, 4, 3, 1]):  # other blocks, other padding
         numba_matvec.rows_times(X, M, Y2, np.array(rows), len(rows))
     np.testing.assert_array_equal(Y1, Y2)
+    Y3 = np.zeros_like(Y1)
+    for rows in ([1, 7], [0, 2, 3, 4, 5, 6, 8]):  # a pair; six and one padded to two
+        numba_matvec.rows_times(X, M, Y3, np.array(rows), len(rows))
+    np.testing.assert_array_equal(Y1, Y3)
     # float32 rounding of 40 products summed in order: |error| < 40 eps sum |x m|
     bound = 40 * np.finfo(np.float32).eps * (np.abs(X) @ np.abs(M))
     assert np.all(np.abs(Y1 - X.astype(np.float64) @ M.astype(np.float64)) <= bound)

@@ -20,7 +20,7 @@ Fused path: one ``run`` for a whole pass (steps first..last-1). Each lane takes
 its points through every step, generating each Z itself into its own slots
 ``Zs[lane]`` (all lanes generate the same Z, as the counter dictates: common
 random numbers) and doing the products itself, a block of points at a time
-(``numba_matvec.rows_times``: Z read once per four rows, not once per row). No
+(``numba_matvec.rows_times``: Z read once per six rows, not once per row). No
 synchronisation between layers, which at small widths costs more than the
 arithmetic.
 """
@@ -38,7 +38,7 @@ from vxsim.engines.numba_epilogue import (
     _restart_share,
 )
 from vxsim.engines.numba_matvec import rows_times, transpose_into
-from vxsim.engines.numba_normals import fill_layer, fill_share
+from vxsim.engines.numba_normals import CHUNK, _fill_chunk, fill_layer, fill_share
 from vxsim.engines.numba_types import OP_BACKWARD, OP_FORWARD, OP_RECOMPUTE, OP_RESTART
 from vxsim.engines.numba_types import OPT_NOREF as _OPT
 from vxsim.engines.numba_types import PAR as _PAR
@@ -144,3 +144,14 @@ def run(b, steps, first, last, fused):
                             b.wbuf[lane], b.obuf[lane], Zt, rows, pts)  # fmt: skip
         else:
             _gemm_lane(lane, lanes, b, steps[first], b.wbuf[lane], b.obuf[lane])
+
+
+@njit(**_OPT)
+def stream_normals(out, layer, sample, stream, k0, k1, wbuf, obuf):
+    """out[i] = normal i of the stream (layer, sample, stream) under the key (k0, k1), as
+    rng.normals draws it, on the calling thread: a unit's inputs and output direction
+    (a few widths of normals; rng.normals spends ~0.3 ms on each, a parallel call
+    more on waking the thread pool)."""
+    count = out.size
+    for c in range(((count + 3) // 4 + CHUNK - 1) // CHUNK):
+        _fill_chunk(out, c, count, layer, sample, stream, k0, k1, wbuf, obuf)

@@ -12,13 +12,14 @@ import numpy as np
 from .. import rng
 
 
-def inputs(config, width, sample):
+def inputs(config, width, sample, normals=rng.normals):
     """The two inputs x1, x2 and the input tangent v0, shared by all grid points.
 
     x1 and x2 have mean squared entry q0 and correlation exactly c0; v0 has
-    mean squared entry 1. All three come from the counter-based stream.
+    mean squared entry 1. All three come from the counter-based stream
+    (``normals``: rng.normals, or an engine's bit-identical generator of it).
     """
-    z = [rng.normals(config.seed, sample, k, rng.STREAM_INPUT, width) for k in range(3)]
+    z = [normals(config.seed, sample, k, rng.STREAM_INPUT, width) for k in range(3)]
     u1 = z[0] / np.linalg.norm(z[0])
     e2 = z[1] - (z[1] @ u1) * u1
     e2 = e2 / np.linalg.norm(e2) if width > 1 else e2 * 0.0
@@ -29,9 +30,10 @@ def inputs(config, width, sample):
     return x1, x2, v0
 
 
-def output_direction(config, width, sample):
-    """dE/dh^L: the direction backprop starts from (E = <gamma, h^L>), unit mean square."""
-    gamma = rng.normals(config.seed, sample, 0, rng.STREAM_OUTPUT_GRAD, width)
+def output_direction(config, width, sample, normals=rng.normals):
+    """dE/dh^L: the direction backprop starts from (E = <gamma, h^L>), unit mean square
+    (``normals`` as for ``inputs``)."""
+    gamma = normals(config.seed, sample, 0, rng.STREAM_OUTPUT_GRAD, width)
     return gamma * np.sqrt(width) / np.linalg.norm(gamma)
 
 
