@@ -74,14 +74,22 @@ HOST = dict(
     schoenholz=["network.width=[24]", "network.depth=20", "monte_carlo.samples=2",
                 "grid.sigma_w2={start=1,stop=4,num=6}", "grid.sigma_b2={start=0,stop=0.3,num=3}"],
 )  # fmt: skip
-FULL["crossover"] = dict(widths=(64, 128, 256), grid=(8, 20, 40), depth=50)
-HOST["crossover"] = dict(widths=(16, 32), grid=(2, 4), depth=5)
+FULL["crossover"] = dict(
+    widths=(32, 64, 128, 256, 512, 1024),
+    grid=(4, 8, 16, 32, 64),
+    widths64=(128, 512),
+    grid64=(8, 32),
+    depths=(128, 1152),
+)
+HOST["crossover"] = dict(widths=(16, 32), grid=(2, 4), widths64=(16,), grid64=(2,), depths=(3, 5))
 FULL["spectrum"] = dict(oracle=(32, 24), widths=(128, 256, 512), points=4, depth=64)
 HOST["spectrum"] = dict(oracle=(8, 6), widths=(8,), points=2, depth=4)
 FULL["graph"] = dict(width=256, depth=1_000, points=(40, 5, 5))
 HOST["graph"] = dict(width=16, depth=70, points=(2, 2, 2))
-FULL["persist"] = dict(widths=(32, 64, 96, 112, 128, 192, 224), grid=40, depth=500)
-HOST["persist"] = dict(widths=(8, 16), grid=2, depth=6)
+FULL["persist"] = dict(
+    widths=(32, 64, 96, 112, 128, 160, 192, 224), grid=(40, 132, 500), depths=(200, 1224)
+)
+HOST["persist"] = dict(widths=(8, 16), grid=(2,), depths=(4, 6))
 SKIP_ON_HOST = {"test_tf32_growth_rates_match_float32"}
 _TITLES = {
     "tests": "GPU tests (tests/test_cuda_gpu.py)",
@@ -407,40 +415,77 @@ def fused_section(sizes, clock):
     t_fused = next(t for m, p, t in rows if (m, p) == ("jvp", "fused"))
     t_gemm = next(t for m, p, t in rows if (m, p) == ("jvp", "gemm"))
     say(f"fused/gemm speedup at width {W}, jvp: {t_gemm / t_fused:.2f}")
+    n = sizes["fused_w2"] * sizes["fused_b2"]  # the same points, by activation and law
+    for acts, w2 in (('["tanh"]', 4.0), ('["relu"]', 4.0), ('["relu"]', 1.9), ('["tanh"]', 1.0)):
+        grid = (f"grid.sigma_w2={{start=0.5, stop={w2}, num={n // 4}}}",
+                "grid.sigma_b2={start=0.0, stop=0.3, num=4}")  # fmt: skip
+        for path in ("fused", "gemm"):
+            run = lambda d, a=acts, g=grid, p=path: cuda_gpu.run_unit(  # noqa: E731
+                _config(f"network.width=[{W}]", f"network.activation={a}", *g, f"network.depth={d}",
+                        'measure.mode="jvp"', f'engine.path="{p}"'), W, 0)  # fmt: skip
+            t = per_layer(clock, run, (128, 1152))
+            say(f"{path:5s} width {W}, {n} points, {acts} sigma_w2 0.5-{w2}, jvp: "
+                f"{1e3 * t:.4f} ms per layer at steady state")  # fmt: skip
+
+
+def per_layer(clock, run, depths, repeat=3):
+    """Seconds per layer at steady state: the difference of two depths' wall times (the
+    best of ``repeat`` each) over the difference of the depths, so that a unit's fixed
+    costs, the CUDA Graph capture among them, cancel. ``run(depth)`` runs one unit."""
+    d1, d2 = depths
+    run(d1)  # warm: CuPy's kernels for this shape, cuBLAS, the memory pool
+    t1, t2 = (min(clock.time(lambda d=d: run(d)) for _ in range(repeat)) for d in depths)
+    return (t2 - t1) / (d2 - d1)
+
+
+def save_rows(name, header, rows):
+    """Measured rows as CSV under $VXSIM_GPU_CHECK_OUT (when set), to fit the cost model."""
+    folder = os.environ.get("VXSIM_GPU_CHECK_OUT")
+    if folder:
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(",".join(header) + "\n")
+            f.writelines(",".join(str(x) for x in row) + "\n" for row in rows)
 
 
 def crossover_section(sizes, clock):
-    """Per-layer time of both MLP paths over widths and grid sizes, beside the cost model."""
+    """Per-layer time of both MLP paths (steady state: two depths' difference) over
+    widths, grid sizes and precisions, beside the cost model's estimates."""
     from vxsim.engines import cuda_gpu, cuda_paths
 
     spec = sizes["crossover"]
-    D = spec["depth"]
     agree = total = 0
-    say(" width  points   fused ms/layer (model)   gemm ms/layer (model)   faster  auto")
-    for W in spec["widths"]:
-        for n in spec["grid"]:
-            grid = (f"grid.sigma_w2={{start=0.5, stop=4.0, num={n}}}",
-                    f"grid.sigma_b2={{start=0.0, stop=0.3, num={n}}}")  # fmt: skip
-            base = (f"network.width=[{W}]", 'network.activation=["tanh"]', 'measure.mode="jvp"',
-                    "measure.record={log = 8}", *grid)  # fmt: skip
-            times, model = {}, {}
-            for path in ("fused", "gemm"):
-                cfg = _config(*base, f"network.depth={D}", f'engine.path="{path}"')
-                cuda_gpu.run_unit(_config(*base, "network.depth=2", f'engine.path="{path}"'), W, 0)
-                times[path] = clock.time(lambda c=cfg, w=W: cuda_gpu.run_unit(c, w, 0)) / D
-                P = math.prod(cfg.grid_shape)
-                chunk = cuda_paths.fused_chunk(cfg, W)
-                model[path] = cuda_paths.layer_seconds(path, P, W, cfg.dtype.itemsize, 3, chunk)
-            auto = cuda_paths.choose_path(_config(*base, f"network.depth={D}"), W)
-            faster = min(times, key=times.get)
-            agree += auto == faster
-            total += 1
-            say(f"{W:6d} {P:7d}   {1e3 * times['fused']:9.4f} ({1e3 * model['fused']:8.4f})"
-                f"    {1e3 * times['gemm']:9.4f} ({1e3 * model['gemm']:8.4f})    "
-                f"{faster:6s} {auto}")  # fmt: skip
+    rows = []
+    say(" width  points precision  fused ms/layer (model)   gemm ms/layer (model)   faster  auto")
+    cases = [("float32", W, n) for W in spec["widths"] for n in spec["grid"]]
+    cases += [("float64", W, n) for W in spec["widths64"] for n in spec["grid64"]]
+    for precision, W, n in cases:
+        base = (f"network.width=[{W}]", 'network.activation=["tanh"]', 'measure.mode="jvp"',
+                "measure.record={log = 8}", f'measure.precision="{precision}"',
+                f"grid.sigma_w2={{start=0.5, stop=4.0, num={n}}}",
+                f"grid.sigma_b2={{start=0.0, stop=0.3, num={n}}}")  # fmt: skip
+        cfg = _config(*base, f"network.depth={spec['depths'][-1]}")
+        if not cuda_paths.fused_fits(cfg, W):
+            continue
+        times, model = {}, {}
+        for path in ("fused", "gemm"):
+            run = lambda d, p=path, b=base, w=W: cuda_gpu.run_unit(  # noqa: E731
+                _config(*b, f"network.depth={d}", f'engine.path="{p}"'), w, 0
+            )
+            times[path] = per_layer(clock, run, spec["depths"])
+            P = math.prod(cfg.grid_shape)
+            model[path] = cuda_paths.layer_seconds(path, P, W, cfg.dtype.itemsize, 3)
+        auto = cuda_paths.choose_path(cfg, W)
+        faster = min(times, key=times.get)
+        agree += auto == faster
+        total += 1
+        rows.append((precision, W, P, times["fused"], times["gemm"]))
+        say(f"{W:6d} {P:7d} {precision:9s}  {1e3 * times['fused']:9.4f} "
+            f"({1e3 * model['fused']:8.4f})    {1e3 * times['gemm']:9.4f} "
+            f"({1e3 * model['gemm']:8.4f})    {faster:6s} {auto}")  # fmt: skip
+    save_rows("crossover.csv", ("precision", "width", "points", "fused_s", "gemm_s"), rows)
     say(
-        f"auto picked the faster path in {agree} of {total} cases (float32, jvp; the model's "
-        "rates: vxsim/engines/cuda_paths.py)"
+        f"auto picked the faster path in {agree} of {total} cases (jvp; per layer at steady "
+        f"state, depths {spec['depths']}; the model's rates: vxsim/engines/cuda_paths.py)"
     )
 
 
@@ -539,42 +584,47 @@ def graph_vs_steps(sizes, clock):
 
 
 def persistent_crossover(sizes, clock, make, arch):
-    """Elman, GRU or LSTM tanh float32 jvp+vjp per step: the persistent kernels (the tied
-    gate matrices in shared memory) and the step kernels (GEMMs and an epilogue per
-    step), over the widths where the persistent kernels fit, their numbers the same (20
-    steps); the crossover width is the first where the steps are faster
-    (cuda_paths.PERSIST_CROSSOVER_WIDTH declares it)."""
+    """Elman, GRU or LSTM tanh float32 jvp+vjp per step at steady state (two depths'
+    difference): the persistent kernels (the tied gate matrices in shared memory) and
+    the step kernels (GEMMs and an epilogue per step, replayed as CUDA Graphs), over
+    the widths where the persistent kernels fit and two grid sizes, their numbers the
+    same (20 steps); ``cuda_paths.recurrent_path`` is what "auto" picks."""
     from oracle_cases import TOL, assert_same
 
     from vxsim.engines import cuda_gpu, cuda_paths
 
     spec = sizes["persist"]
-    L, n = spec["depth"], spec["grid"]
-    crossover = None
-    say(f"{arch:5s} width  points   persistent ms/step   steps ms/step")
+    say(f"{arch:5s} width  points   persistent ms/step   steps ms/step   faster      auto")
     arch_cfg = make(f'network.architecture="{arch}"', 'measure.precision="float32"')
     fits = [W for W in spec["widths"] if cuda_paths.persist_fits(arch_cfg, W)]
+    agree = total = 0
+    rows = []
     for W in fits:
-        base = [f'network.architecture="{arch}"', f"network.width=[{W}]",
-                'network.activation=["tanh"]', f"grid.sigma_w2={{start=0.5,stop=3,num={n}}}",
-                'measure.mode="both"', 'measure.precision="float32"']  # fmt: skip
-        times = {}
-        for path in ("persistent", "steps"):
-            cuda_gpu.run_unit(make(*base, "network.depth=3"), W, 0, path=path)  # warm
-            cfg = make(*base, f"network.depth={L}")
-            times[path] = clock.time(lambda c=cfg, w=W, p=path: cuda_gpu.run_unit(c, w, 0, p)) / L
+        for n in spec["grid"]:
+            base = [f'network.architecture="{arch}"', f"network.width=[{W}]",
+                    'network.activation=["tanh"]', f"grid.sigma_w2={{start=0.5,stop=3,num={n}}}",
+                    'measure.mode="both"', 'measure.precision="float32"']  # fmt: skip
+            times = {}
+            for path in ("persistent", "steps"):
+                run = lambda d, p=path, b=base, w=W: cuda_gpu.run_unit(  # noqa: E731
+                    make(*b, f"network.depth={d}"), w, 0, path=p
+                )
+                times[path] = per_layer(clock, run, spec["depths"])
+            cfg = make(*base, f"network.depth={spec['depths'][-1]}")
+            P = math.prod(cfg.grid_shape)
+            faster = min(times, key=times.get)
+            auto = cuda_paths.recurrent_path(cfg, W)
+            agree += auto == faster
+            total += 1
+            rows.append((arch, W, P, times["persistent"], times["steps"]))
+            say(f"{arch:5s} {W:5d} {P:7d}   {1e3 * times['persistent']:14.4f}   "
+                f"{1e3 * times['steps']:12.4f}   {faster:10s}  {auto}")  # fmt: skip
         same = [make(*base[:3], "grid.sigma_w2=[0.5, 2.0]", *base[4:], "network.depth=20")]
         same = [cuda_gpu.run_unit(same[0], W, 0, path=p) for p in ("persistent", "steps")]
         assert_same(*same, TOL["float32"], (arch, W))  # sigma_w2 <= 2: oracle_cases.TOL
-        P = math.prod(cfg.grid_shape)
-        if crossover is None and times["steps"] < times["persistent"]:
-            crossover = W
-        say(f"{arch:5s} {W:5d} {P:7d}   {1e3 * times['persistent']:14.4f}   "
-            f"{1e3 * times['steps']:12.4f}")  # fmt: skip
-    found = f"width {crossover}" if crossover else f"above {fits[-1]}"
-    say(f"{arch}: persistent vs graph-path crossover: {found} (declared "
-        f"{cuda_paths.PERSIST_CROSSOVER_WIDTH}; the steps path replays its captured CUDA "
-        f"Graph, engine.cuda_graphs=auto)")  # fmt: skip
+    save_rows(f"persist_{arch}.csv", ("arch", "width", "points", "persistent_s", "steps_s"), rows)
+    say(f"{arch}: auto picked the faster path in {agree} of {total} cases "
+        f"(cuda_paths.recurrent_path; the steps path replays its captured CUDA Graph)")  # fmt: skip
 
 
 def spectrum_section(sizes, clock):
@@ -588,19 +638,26 @@ def spectrum_section(sizes, clock):
 
     sz = sizes["spectrum"]
     W, L = sz["oracle"]
+    far = []
     for arch in ("mlp", "rnn"):
+        layers = [1, L // 2, L]
         cfg = _config(
             f'network.architecture="{arch}"', f"network.width=[{W}]", f"network.depth={L}",
             'network.activation=["tanh"]', 'network.init=["gaussian", "orthogonal"]',
             "grid.sigma_w2=[0.9, 1.5]", "grid.sigma_b2=[0.01]",
-            f"measure.spectrum={{layers=[1, {L // 2}, {L}]}}",
+            f"measure.spectrum={{layers={layers}}}",
         )  # fmt: skip
         got = engines.run(cuda_gpu, cfg, W, 0)["log_singular_value"]
         want = engines.run(numpy_ref, cfg, W, 0)["log_singular_value"]
-        err = float(np.nanmax(np.abs(got - want)))
-        say(f"{arch}: max |log s (device) - log s (numpy)| = {err:.2e} (cuSOLVER vs LAPACK)")
-        if not err < 1e-8:
-            raise AssertionError(f"{arch}: the device's spectrum is {err:.2e} from the oracle")
+        err = np.abs(got - want)
+        ratio = float(np.max(err / spectrum.rounding_bound(want, layers, cfg.spectrum_qr_every)))
+        say(f"{arch}: max |log s (device) - log s (numpy)| = {np.max(err):.2e}, at most "
+            f"{ratio:.3f} of spectrum.rounding_bound (cuSOLVER vs LAPACK; log s from "
+            f"{np.min(want):.0f} to {np.max(want):.1f})")  # fmt: skip
+        if not ratio <= 1:
+            far.append(arch)
+    if far:
+        raise AssertionError(f"{far}: the device's spectrum is beyond rounding from the oracle")
     cfg = _config(f"network.width=[{W}]", 'network.init=["orthogonal"]')
     unit = spectrum.generic.Unit(cfg, W, 0, cuda_gpu.spectrum_arrays(cfg))
     Z = unit.arrays.to_host(unit.matrix(1, dtype=np.float64))
@@ -617,7 +674,8 @@ def spectrum_section(sizes, clock):
         ]  # fmt: skip
         plain = _config(*base)
         spec = _config(*base, f"measure.spectrum={{layers=[{sz['depth']}]}}")
-        engines.run(cuda_gpu, _config(*base[:1], "network.depth=2", *base[2:]), N, 0)  # warm
+        for warm in (plain, spec):  # CuPy's kernels, cuSOLVER, the graded SVD's Numba compile
+            engines.run(cuda_gpu, warm, N, 0)
         t_jvp = clock.time(lambda c=plain, n=N: engines.run(cuda_gpu, c, n, 0))
         t_spec = clock.time(lambda c=spec, n=N: engines.run(cuda_gpu, c, n, 0))
         say(

@@ -13,6 +13,15 @@ from vxsim import config as config_mod
 from vxsim.engines import base
 
 
+def measured(name):
+    """Rows (dicts of strings) of a measured table in tests/measured/ (``#`` lines: its
+    provenance)."""
+    import csv
+
+    with open(os.path.join(os.path.dirname(__file__), "measured", name)) as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
 def small_config(**keys):
     """A Config from the default with --set style overrides given as keyword pairs.
 

@@ -174,6 +174,32 @@ def test_mlp_against_the_explicit_product(qr_every):
         a = np.tanh(h)
 
 
+@pytest.mark.parametrize("architecture", ["mlp", "rnn"])
+def test_rounding_bound_covers_another_qr_schedule(architecture):
+    """spectrum.rounding_bound, the tolerance between two engines' spectra (the GPU's
+    cuSOLVER against LAPACK), holds between two equally valid computations: QR every
+    layer against every 4 (the default), tanh at width 32, 24 layers, both phases,
+    where the smallest log s lie up to ~130 below the largest. It is also no looser
+    than 1,000 times what is seen (so it would catch an error that exceeds rounding)."""
+    layers, k, N = (1, 5, 12, 24), 4, 32
+    run = {
+        qr: engines.run(
+            engines.get("numpy"),
+            spectrum_config(
+                architecture, width=N, depth=24, layers=layers, qr_every=qr,
+                network__activation=["tanh"], network__init=["gaussian", "orthogonal"],
+                sigma_w2=[0.5, 1.5, 3.0], sigma_b2=[0.01],
+            ),
+            N, 0,
+        )["log_singular_value"]
+        for qr in (1, k)
+    }  # fmt: skip
+    bound = spectrum.rounding_bound(run[1], layers, k)
+    err = np.abs(run[k] - run[1])
+    assert np.all(np.isfinite(err)) and np.all(err <= bound), np.max(err / bound)
+    assert np.max(err / bound) > 1e-3
+
+
 # ---------------------------------------------------------------- the graded SVD
 
 

@@ -138,6 +138,15 @@ def shared_memory_optin():
     return int(cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
 
 
+def multiprocessor_count():
+    """Multiprocessors of this device (132 on an H200, 108 on an A100), or None where no
+    device is usable (the host build)."""
+    if not available():
+        return None
+    cupy = _import_cupy()
+    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+
+
 # ---------------------------------------------------------------- launch geometry
 
 

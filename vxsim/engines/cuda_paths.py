@@ -17,6 +17,7 @@ on device arrays, which ``check_unit`` sizes as the CPU engines do.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,14 +25,21 @@ from ..errors import VxsimError
 from ..models import gru, lstm, residual, rnn
 from . import base, cuda_graphs, cuda_sources, layout, schedule
 
-# The cost model of engine.path = "auto" (``layer_seconds``): H200-class rates,
-# datasheet-level guesses until scripts/gpu_check.py's "path crossover" section
-# has measured both paths on a (P, N) grid; replace them with its fitted figures.
-LAUNCH_SECONDS = 8e-6  # one kernel launch issued from Python through CuPy
-FUSED_READ_BYTES_PER_S = 8e12  # the fused blocks reading a layer's Z (an L2-resident chunk)
-CORE_FLOPS = {4: 50e12, 8: 25e12}  # the fused products on the CUDA cores, by itemsize
-GEMM_FLOPS = {4: 40e12, 8: 45e12}  # cuBLAS SGEMM / DGEMM sustained
-HBM_BYTES_PER_S = 4e12  # streaming device memory (fill, epilogue)
+# The cost model of engine.path = "auto" (``layer_seconds``), fitted to the per-layer
+# times at steady state that scripts/gpu_check.py's "path crossover" section measured
+# on an NVIDIA H200 (2026-12-04, CuPy 14.2, CUDA 13.0; tanh, JVP; widths 32-1024,
+# 16-4096 points, float32 and float64: 34 cases, rms error 10 %; it picks the faster
+# path in 33, the other within 6 %; docs/gpu.md has the tables).
+SMS = 132  # multiprocessors of an H200; the device's own count where one is present
+SM_THREADS, SM_REGISTERS, SM_BLOCKS = 2048, 65536, 32  # per multiprocessor (sm_80, sm_90)
+SM_SHARED_BYTES = 228 * 1024  # shared memory per multiprocessor (sm_90; 164 KiB on sm_80)
+KERNEL_REGISTERS = 128  # a per-point thread's registers (ptxas: 122, fused float32 forward)
+FUSED_BLOCK_SECONDS = 5.0e-6  # a fused block's fixed time per layer
+FUSED_ENTRY_SECONDS = {4: 1.42e-10, 8: 2.05e-10}  # ... and per entry of Z^l it streams
+GEMM_LAYER_SECONDS = 14.3e-6  # a GEMM-path layer's fixed time: 3 kernels, one CUDA Graph
+GEMM_FLOPS = {4: 48.7e12, 8: 60e12}  # cuBLAS SGEMM (fitted), DGEMM (datasheet; too few fits)
+EPILOGUE_ENTRIES_PER_S = 7.7e10  # the GEMM path's epilogue, entries of the P r N state
+FILL_ENTRIES_PER_S = 6.1e10  # its Philox fill and the other N^2 terms, entries of Z^l
 # Weights of one fused chunk of layers (generated together) take at most this.
 FUSED_ZBUF_BYTES = 64 * 2**20
 # The fused kernels keep 6 vectors of N reals in shared memory; CUDA grants
@@ -41,15 +49,33 @@ FUSED_SMEM_BYTES = 46 * 1024
 # keep the tied stacked gate matrix (G N x N: G = 1 Elman, 4 LSTM, 3 GRU) and a few
 # vectors of N reals in shared memory: an H100/H200 block may opt in to 227 KiB (static
 # scratch included: PERSIST_STATIC_BYTES), so the widest that fit are, in float32 /
-# float64: Elman 236 / 166, GRU 136 / 95, LSTM 118 / 83. Up to PERSIST_CROSSOVER_WIDTH
-# engine.path = "auto" takes them (one width for the three architectures, a declared
-# guess until scripts/gpu_check.py's "persistent vs graph-path crossover" lines have
-# measured it on a GPU); engine.path = "fused" forces them, "gemm" the step kernels.
+# float64: Elman 236 / 166, GRU 136 / 95, LSTM 118 / 83. engine.path = "fused" forces
+# them, "gemm" the step kernels, and "auto" takes the faster by ``step_seconds``.
 PERSIST_SMEM_BYTES = 224 * 1024
 # A block's static shared memory beside it: Block::reduce's scratch, (32 + 1) x VX_MAX_RED
 # doubles = 1,320 bytes (ptxas reports 1,328 for the persistent kernels), rounded up.
 PERSIST_STATIC_BYTES = 2048
-PERSIST_CROSSOVER_WIDTH = 128
+
+
+class StepRates(NamedTuple):
+    """A recurrent net's cost per step (JVP + VJP) on the two CUDA paths (``step_seconds``)."""
+
+    persist_wave: float  # persistent kernels: a wave's fixed time per step
+    steps_fixed: float  # step kernels: the fixed time per step (GEMMs, epilogues, graph)
+    steps_product: float  # ... per entry of the G P N^2 gate products
+    steps_gate: float  # ... per entry of the G P N gate rows
+
+
+# Fitted to gpu_check's "persistent vs steps" lines (H200, 2026-12-04; tanh, JVP+VJP,
+# float32; every width where the persistent kernels fit, 80, 264 and 1,000 points:
+# 51 cases, rms error 12 %; it picks the faster path in 50, the other within 1 %).
+STEP_RATES = {
+    rnn.ARCHITECTURE.name: StepRates(9.5e-6, 29.2e-6, 3.2e-13, 9.2e-11),
+    gru.ARCHITECTURE.name: StepRates(11.8e-6, 56.0e-6, 1.6e-13, 4.4e-11),
+    lstm.ARCHITECTURE.name: StepRates(13.5e-6, 35.1e-6, 4.9e-14, 7.7e-11),
+}
+PERSIST_ENTRY_SECONDS = 1.02e-10  # per entry of a block's G N^2 gate matrix, per wave
+PERSIST_ROW_SECONDS = 1.56e-8  # per entry of the G P N gate rows, per multiprocessor
 # Vectors of N reals in shared memory beside W, per architecture and kernel (the
 # forward kernel with the JVP's tangent is the largest: what decides the fit).
 PERSIST_KERNEL_VECTORS = {
@@ -68,31 +94,52 @@ def threads_for(width):
     return min(MAX_THREADS, 32 * max(1, math.ceil(width / 32)))
 
 
-def layer_seconds(path, points, width, itemsize, rows, chunk=1):
+def resident_blocks(width, smem_bytes=0):
+    """Blocks of a per-point kernel that one multiprocessor runs at once: its threads
+    (``threads_for``), KERNEL_REGISTERS registers each and ``smem_bytes`` of shared
+    memory (with the 1 KiB the runtime reserves per block) against the SM's limits."""
+    t = threads_for(width)
+    fit = [SM_BLOCKS, SM_THREADS // t, SM_REGISTERS // (KERNEL_REGISTERS * t)]
+    if smem_bytes:
+        fit.append(SM_SHARED_BYTES // (smem_bytes + 1024))
+    return max(1, min(fit))
+
+
+def waves(points, width, smem_bytes=0):
+    """Rounds of one block per grid point over the device: ceil(P / (SMs x resident))."""
+    return math.ceil(points / (multiprocessors() * resident_blocks(width, smem_bytes)))
+
+
+def multiprocessors():
+    from .cuda_backend import multiprocessor_count
+
+    return multiprocessor_count() or SMS
+
+
+def layer_seconds(path, points, width, itemsize, rows):
     """Estimated time of one forward layer of a unit on a path (the cost model).
 
     With P points, N the width, s the itemsize, r the rows per point (2, or 3
-    with the JVP's tangent) and k the layers per fused launch:
+    with the JVP's tangent):
 
-        fused:  t = P N^2 s / B_fused + 2 r P N^2 / F_cores + N^2 s / B_hbm + 2 t_launch / k
-        gemm:   t = 3 t_launch + 2 r P N^2 / F_gemm + (N^2 s + 3 r P N s) / B_hbm
+        fused:  t = waves(P, N) (t_block + N^2 t_entry(s))
+        gemm:   t = t_layer + 2 r P N^2 / F_gemm(s) + r P N / R_epilogue + N^2 / R_fill
 
-    The fused path's P blocks each read the whole N x N matrix (P N^2 s bytes a
-    layer, against N^2 s for cuBLAS); the GEMM path pays three launches a layer
-    (fill, GEMM, epilogue) and the state's round trips through device memory.
+    A fused block streams all of Z^l (N^2 entries) for its point: the blocks that
+    run at once share the device, so the time goes in waves of SMs x resident
+    blocks (``waves``), each as long as one block's layer. The GEMM path is
+    cuBLAS, the epilogue over the state and the fill of Z^l, with a fixed time per
+    layer of three launches replayed from a CUDA Graph. (The fused path's launch per
+    chunk of >= 16 layers is below the fit's resolution.)
     """
-    P, N, s, r = float(points), float(width), float(itemsize), float(rows)
+    P, N, s, r = float(points), float(width), int(itemsize), float(rows)
     if path == "fused":
-        return (
-            P * N * N * s / FUSED_READ_BYTES_PER_S
-            + 2 * r * P * N * N / CORE_FLOPS[itemsize]
-            + N * N * s / HBM_BYTES_PER_S
-            + 2 * LAUNCH_SECONDS / chunk
-        )
+        return waves(points, width) * (FUSED_BLOCK_SECONDS + N * N * FUSED_ENTRY_SECONDS[s])
     return (
-        3 * LAUNCH_SECONDS
-        + 2 * r * P * N * N / GEMM_FLOPS[itemsize]
-        + (N * N * s + 3 * r * P * N * s) / HBM_BYTES_PER_S
+        GEMM_LAYER_SECONDS
+        + 2 * r * P * N * N / GEMM_FLOPS[s]
+        + r * P * N / EPILOGUE_ENTRIES_PER_S
+        + N * N / FILL_ENTRIES_PER_S
     )
 
 
@@ -126,14 +173,39 @@ def persist_widest(config):
     return max((w for w in range(1, 512) if persist_fits(config, w)), default=0)
 
 
+def step_seconds(path, arch, points, width, itemsize):
+    """Estimated time of one JVP + VJP step of a recurrent unit on a path (the cost model).
+
+    With P points, N the width, G the architecture's gate matrices, M the
+    multiprocessors and a, b, c, d its ``STEP_RATES``:
+
+        persistent:  t = waves(P, N, smem) (a + G N^2 t_entry) + G P N t_row / M
+        steps:       t = b + c G P N^2 + d G P N
+
+    The persistent blocks hold W in shared memory, so few fit a multiprocessor at
+    once (``resident_blocks``): the time goes in waves of one block per point, and
+    the blocks resident together share their multiprocessor's issue slots.
+    """
+    rates, P, N, G = STEP_RATES[arch.name], points, width, arch.gates
+    if path == "persistent":
+        vectors = max(PERSIST_KERNEL_VECTORS[arch.name].values())
+        smem = persist_smem(N, itemsize, vectors, G) + PERSIST_STATIC_BYTES
+        wave = rates.persist_wave + G * N * N * PERSIST_ENTRY_SECONDS
+        return waves(P, N, smem) * wave + G * P * N * PERSIST_ROW_SECONDS / multiprocessors()
+    return rates.steps_fixed + G * P * N * (N * rates.steps_product + rates.steps_gate)
+
+
 def recurrent_path(config, width):
-    """'persistent' (small widths: runs of steps per launch, the tied gate matrices in
-    shared memory) or 'steps' (a GEMM and a fused epilogue per step)."""
+    """'persistent' (runs of steps per launch, the tied gate matrices in shared memory)
+    or 'steps' (GEMMs and a fused epilogue per step): the faster by ``step_seconds``
+    where the persistent kernels fit."""
     if config.path == "gemm" or not persist_fits(config, width):
         return "steps"
-    if config.path == "fused" or width <= PERSIST_CROSSOVER_WIDTH:
+    if config.path == "fused":
         return "persistent"
-    return "steps"
+    args = (config.arch, int(np.prod(config.grid_shape)), width, config.dtype.itemsize)
+    persistent = step_seconds("persistent", *args)
+    return "persistent" if persistent <= step_seconds("steps", *args) else "steps"
 
 
 def choose_path(config, width):
@@ -151,7 +223,7 @@ def choose_path(config, width):
     points = int(np.prod(config.grid_shape))
     item = config.dtype.itemsize
     rows = 3 if "jvp" in config.modes else 2
-    fused = layer_seconds("fused", points, width, item, rows, fused_chunk(config, width))
+    fused = layer_seconds("fused", points, width, item, rows)
     return "fused" if fused <= layer_seconds("gemm", points, width, item, rows) else "gemm"
 
 
