@@ -89,7 +89,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # must be set before NumPy is imported: vxsim/__init__.py sets it by default.
 
 # Widths up to this run on the fused path when engine.path = "auto": the
-# crossover measured by scripts/bench_cpu.py on 2 cores (AMD EPYC Zen 4,
+# crossover measured by scripts/bench_cpu.py on 2 cores (AMD EPYC Zen 3, AVX2,
 # OpenBLAS 0.3.31, 342 grid points). With the row-block products
 # (numba_matvec) the fused path is faster up to 160 in both modes in two runs
 # on 2026-12-04 (ms per layer gemm/fused, load 2.2: jvp 1.049/0.715, vjp

@@ -97,7 +97,7 @@ class Recurrence(NamedTuple):
 
 
 # fused_max_width: the crossover measured by scripts/bench_architectures.py --paths
-# (2 cores, AMD EPYC Zen 4, OpenBLAS 0.3.31, 32 points, float32, 60 steps, load 1.6,
+# (2 cores, AMD EPYC Zen 3, OpenBLAS 0.3.31, 32 points, float32, 60 steps, load 1.6,
 # 2026-12-04): the fused path is faster in both modes up to width 256 for Elman and GRU
 # (at 256: Elman 0.56 vs 0.71 ms JVP, 0.64 vs 0.97 VJP; GRU 1.07 vs 1.42, 1.82 vs 2.37)
 # and up to 128 for the LSTM (0.76 vs 0.95, 1.01 vs 1.29; at 192 the GEMMs win, 1.25 vs
