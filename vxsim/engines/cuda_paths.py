@@ -111,6 +111,7 @@ def waves(points, width, smem_bytes=0):
 
 
 def multiprocessors():
+    """The device's multiprocessors, or SMS (an H200's) where no device is usable."""
     from .cuda_backend import multiprocessor_count
 
     return multiprocessor_count() or SMS
