@@ -16,17 +16,25 @@ Prints, each section on its own, timed, and a FAIL with its reason if it breaks
    GEMM, fused epilogue) and its ratio to a plain cupy.matmul of the same
    shapes timed in the same run; float32 and TF32; per-layer time of each part;
 4. the fused path at width 128 and depth 10,000: network-layers per second,
-   GFLOP/s, and the GEMM path on the same work for comparison;
-4b. the path crossover: per-layer time of both paths on a grid of widths and
-   grid sizes P, beside the cost model's estimates (cuda_paths.layer_seconds),
-   and which path engine.path = "auto" picks against which was faster;
+   GFLOP/s, and the GEMM path on the same work for comparison; then both paths'
+   per-layer time at steady state by activation and phase;
+4b. the path crossover: per-layer time of both paths at steady state (two
+   depths' difference) on a grid of widths, grid sizes P and precisions, beside
+   the cost model's estimates (cuda_paths.layer_seconds), and which path
+   engine.path = "auto" picks against which was faster; the rows also go to
+   $VXSIM_GPU_CHECK_OUT/crossover.csv when that folder is set (the model's fit:
+   tests/measured/);
 5. the residual (its fused epilogue, engines.cuda_residual), Elman, GRU and LSTM
    networks (their fused step kernels, engines.cuda_rnn): seconds per work unit and
    network-steps per second;
 5b. the RNNs' fused steps (issue 14): agreement with the NumPy oracle for each
    of Elman, GRU, LSTM and the residual net's epilogue on the device (both
-   precisions, jvp+vjp), then the wall time of Elman tanh, width 256, 1,000
-   grid points, 10,000 steps, JVP+VJP (target on an H200: under 10 s) and of
+   precisions, jvp+vjp), the graph path against the uncaptured steps, the
+   persistent kernels against the step kernels per step at steady state over
+   widths and grid sizes (rows to $VXSIM_GPU_CHECK_OUT/persist_*.csv), with
+   what "auto" picks (cuda_paths.step_seconds), then the wall time of Elman
+   tanh, width 256, 1,000 grid points, 10,000 steps, JVP+VJP (target on an
+   H200: under 10 s) and of
    LSTM, width 1024, 1,000 points, 1,000 steps (target under 10 s);
 6. the wall time of the Schoenholz et al. (2017) tanh phase diagram
    (data/schoenholz2017_tanh.toml as written: width 1000, depth 1000, 40 x 40
@@ -585,7 +593,7 @@ def persistent_crossover(sizes, clock, make, arch):
     """Elman, GRU or LSTM tanh float32 jvp+vjp per step at steady state (two depths'
     difference): the persistent kernels (the tied gate matrices in shared memory) and
     the step kernels (GEMMs and an epilogue per step, replayed as CUDA Graphs), over
-    the widths where the persistent kernels fit and two grid sizes, their numbers the
+    the widths where the persistent kernels fit and several grid sizes, their numbers the
     same (20 steps); ``cuda_paths.recurrent_path`` is what "auto" picks."""
     from oracle_cases import TOL, assert_same
 
