@@ -106,3 +106,31 @@ def test_the_engines_report_their_steps():
         # forward 12; backward: 3 restarts, 3 x 3 recomputations, 11 backward steps
         assert total == 12 + 3 + 9 + 11 and done[-1] == total
         assert done == sorted(done) and all(t == total for _, t in seen)
+
+
+def test_the_spectrum_pass_reports_its_layers_as_a_phase():
+    """A unit with measure.spectrum: the regular pass's steps under the unit's label, then
+    the spectrum pass's layers counted anew under "<unit>, spectrum", up to its last
+    spectrum layer (a log line at every step with every = 0)."""
+    from conftest import small_config
+
+    from vxsim import engines
+
+    cfg = small_config(
+        network__width=8, network__depth=9, measure__mode="jvp",
+        measure__spectrum={"layers": [3, 7]}, engine__backend="numpy",
+    )  # fmt: skip
+    out = io.StringIO()
+    rep = progress.Reporter("log", stream=out, every=0.0)
+    with progress.listening(rep):
+        progress.starting("width 8, sample 0")
+        engines.run(engines.get("numpy"), cfg, 8, 0)
+    lines = out.getvalue().splitlines()
+    regular = [x for x in lines if x.startswith("vxsim: width 8, sample 0: ")]
+    spectral = [x for x in lines if x.startswith("vxsim: width 8, sample 0, spectrum: ")]
+    assert regular and regular[-1].startswith("vxsim: width 8, sample 0: 9/9 steps")
+    assert [x.split(": ")[2].split(" ")[0] for x in spectral] == [f"{k}/7" for k in range(1, 8)]
+    assert lines.index(regular[-1]) < lines.index(spectral[0])
+    rep.units(1, 1)  # the next unit starts under its own label again
+    rep.unit("width 8, sample 1")
+    assert rep.label == "width 8, sample 1"

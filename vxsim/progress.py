@@ -15,7 +15,9 @@ layer, or a chunk of them). It shows them as
 * ``quiet``: nothing.
 
 Engines call ``step(done, total)`` without knowing who listens: it costs one
-attribute lookup when nobody does (Dask workers, the Python API by default).
+attribute lookup when nobody does (Dask workers, the Python API by default). A
+unit's second pass (the Jacobian spectrum) calls ``phase(name)`` first: its
+steps then count anew under "<unit>, <name>".
 """
 
 import contextlib
@@ -39,6 +41,13 @@ def starting(label):
     """The unit about to be computed in this process (the label of its steps)."""
     if _current is not None:
         _current.unit(label)
+
+
+def phase(name):
+    """The current unit goes on with another pass (the Jacobian spectrum, say): its
+    steps count anew from here, shown as "<unit>, <name>"."""
+    if _current is not None and hasattr(_current, "phase"):
+        _current.phase(name)
 
 
 def notice(text):
@@ -71,7 +80,7 @@ class Reporter:
         self._unit_bar = self._step_bar = None
         self._last = None  # clock time of the last throttled line
         self._unit_start = None
-        self.label = ""
+        self.label = self._unit_label = ""
 
     # -- the sweep's side
 
@@ -97,7 +106,15 @@ class Reporter:
 
     def unit(self, label):
         """The unit about to be computed here (shown beside its steps)."""
-        self.label = label
+        self.label = self._unit_label = label
+
+    def phase(self, name):
+        """Another pass of the current unit: its steps count anew, as "<unit>, <name>"."""
+        self.label = f"{self._unit_label}, {name}" if self._unit_label else name
+        self._unit_start = None
+        if self._step_bar is not None:
+            self._step_bar.close()
+            self._step_bar = None
 
     def notice(self, text):
         if self.kind in ("bar", "log"):

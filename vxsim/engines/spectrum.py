@@ -53,6 +53,7 @@ layer on, and its columns are zeroed so that nothing spreads to other points.
 
 import numpy as np
 
+from .. import progress
 from . import base, gemm, generic
 
 # Per-unit constants of a model that do not depend on the grid point (tied RNN
@@ -201,6 +202,7 @@ def run(config, width, sample, arrays=None, svd=None):
     U = np.tile(np.eye(D), (P, 1, 1))
     dead = xp.zeros(P, dtype=bool)
     every = cfg.spectrum_qr_every
+    progress.phase("spectrum")
     with unit.arrays.gemm_precision(False), gemm.one_blas_thread():  # reproducible bits
         for layer in range(1, layers[-1] + 1):
             W = model.weights(unit, layer)
@@ -214,14 +216,14 @@ def run(config, width, sample, arrays=None, svd=None):
             dead |= generic._diverged(unit, model, state) | bad_block
             generic._kill(unit, model, state, dead)
             generic._zero(T, xp.repeat(dead, D))
-            if layer % every and layer not in where:
-                continue
-            Q, R = xp.linalg.qr(blocks(T, P, D))
-            T = unblocks(Q)
-            b, U = accumulate(b, U, np.asarray(unit.arrays.to_host(R), dtype=np.float64))
+            if layer % every == 0 or layer in where:
+                Q, R = xp.linalg.qr(blocks(T, P, D))
+                T = unblocks(Q)
+                b, U = accumulate(b, U, np.asarray(unit.arrays.to_host(R), dtype=np.float64))
             if layer in where:
                 host_dead = np.asarray(unit.arrays.to_host(dead))
                 logs = svd(b, U)
                 logs[host_dead] = np.nan
                 out[:, where[layer], :D] = logs
+            progress.step(layer, layers[-1])
     return base.shape_results(cfg, {"s": out})["s"]
