@@ -16,19 +16,11 @@ import os
 import time
 
 import numpy as np
+from bench_cpu import best  # the best of ``repeat`` wall times (scripts/ is on the path)
 
 from vxsim import config as config_mod
 from vxsim import engines
 from vxsim.engines import spectrum
-
-
-def best(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main():

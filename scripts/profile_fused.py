@@ -34,18 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_cpu import POINTS, make_config  # noqa: E402
+from bench_cpu import POINTS, best, make_config  # noqa: E402
 
 from vxsim.engines import numba_cpu  # noqa: E402
-
-
-def _best(fn, repeat):
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def _timers(k):
@@ -116,7 +107,7 @@ def profile(width, repeat):
     out = {"live": live.size}
     reps = max(1, int(2e7 / (3 * P * N * N)))
     products(b.A, Zt, b.H, rows, rows.size, 1)
-    t = _best(lambda: products(b.A, Zt, b.H, rows, rows.size, reps), repeat)
+    t = best(lambda: products(b.A, Zt, b.H, rows, rows.size, reps), repeat)
     out["products"] = t / reps / live.size
     H0, pf0 = b.H.copy(), b.pf.copy()
     pi0 = b.pi.copy()
@@ -125,8 +116,8 @@ def profile(width, repeat):
     epilogues(*args, 1)
     b.pi[:] = pi0
     copies(b.H, H0, b.pf, pf0, 1)
-    tc = _best(lambda: copies(b.H, H0, b.pf, pf0, ereps), repeat)
-    te = _best(lambda: epilogues(*args, ereps), repeat)
+    tc = best(lambda: copies(b.H, H0, b.pf, pf0, ereps), repeat)
+    te = best(lambda: epilogues(*args, ereps), repeat)
     dead = int(np.sum(b.pi[2] != pi0[2]))
     b.pi[:] = pi0
     out["epilogue"] = (te - tc) / ereps / live.size
@@ -136,11 +127,11 @@ def profile(width, repeat):
     for act in ("tanh", "relu"):
         code = names.index(act)
         n = activations(b.H, b.A, b.pf, b.pi, code, 1)
-        ta = _best(lambda c=code: activations(b.H, b.A, b.pf, b.pi, c, ereps), repeat)
+        ta = best(lambda c=code: activations(b.H, b.A, b.pf, b.pi, c, ereps), repeat)
         out[f"act_{act}"] = ta / (n * ereps)
     greps = max(1, int(2e6 / (N * N)))
     generation(Z, Zt, xi, b.keys, b.wbuf[0], b.obuf[0], 1)
-    tg = _best(lambda: generation(Z, Zt, xi, b.keys, b.wbuf[0], b.obuf[0], greps), repeat)
+    tg = best(lambda: generation(Z, Zt, xi, b.keys, b.wbuf[0], b.obuf[0], greps), repeat)
     out["gen_per_layer_us"] = tg / greps * 1e6
     out["generation"] = tg / greps / (P / lanes)
     numba.set_num_threads(1)
@@ -148,7 +139,7 @@ def profile(width, repeat):
         depth = max(10, int(4e8 / (3 * P * N * N)))
         cfgw = make_config(width, depth, "jvp", path="fused")
         numba_cpu.run_unit(make_config(width, 3, "jvp", path="fused"), width, 0)
-        tw = _best(lambda: numba_cpu.run_unit(cfgw, width, 0), repeat)
+        tw = best(lambda: numba_cpu.run_unit(cfgw, width, 0), repeat)
         out["whole_1thread"] = tw / depth / P
     finally:
         numba.set_num_threads(lanes)
