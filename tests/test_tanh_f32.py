@@ -108,8 +108,9 @@ def test_at_most_one_ulp_where_tanh_is_neither_x_nor_one():
     total = hist.sum()
     assert total == _bits(ONE) - _bits(SMALL) > 1.2e8
     assert hist[2] == 0 and hist[3] == 0, hist  # never 2 ulps or more
-    # and nearly always the correctly rounded value (~1 float in 10^6 is an ulp off)
-    assert hist[1] < 1e-5 * total, hist
+    # and mostly the correctly rounded value: 2.3 % of these floats are an ulp off
+    # (measured 2026-12-04: the rounding of the float32 polynomials and of 1 - 2/(1+E))
+    assert hist[1] < 0.03 * total, hist
 
 
 def test_exactly_x_below_two_to_minus_twelve():
@@ -170,4 +171,4 @@ def test_kernel_loop_vectorises_without_calls():
     sig = [s for s in _apply.signatures if str(s[0].dtype) == "float32"][0]
     ir = _apply.inspect_llvm(sig)
     assert "@tanhf" not in ir and "@tanh(" not in ir
-    assert "x double>" in ir
+    assert "x float>" in ir and "x double>" not in ir  # float32 lanes throughout

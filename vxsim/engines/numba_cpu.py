@@ -90,12 +90,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Widths up to this run on the fused path when engine.path = "auto": the
 # crossover measured by scripts/bench_cpu.py on 2 cores (AMD EPYC Zen 3, AVX2,
-# OpenBLAS 0.3.31, 342 grid points). With the row-block products
-# (numba_matvec) the fused path is faster up to 160 in both modes in two runs
-# on 2026-12-04 (ms per layer gemm/fused, load 2.2: jvp 1.049/0.715, vjp
-# 1.122/0.725 at 160; jvp 1.011/1.003, vjp 1.220/0.960 at 192, within the noise;
-# at 256 the GEMM path is faster in JVP, 1.406/1.804).
-FUSED_MAX_WIDTH = 160
+# OpenBLAS 0.3.31, 342 grid points). Three runs on 2026-12-04 put it at 192, 256
+# and 256 (ms per layer gemm/fused at 192: jvp 1.162/0.739, vjp 1.167/0.913 at
+# 15:25; at 256 a tie, jvp 1.393/1.380, vjp 1.716/1.574): 192 is the largest width
+# at which the fused path won clearly in all three. The choice decides which bits
+# a width gets, so ``numerics()`` names it and files are never resumed or merged
+# across a change of it.
+FUSED_MAX_WIDTH = 192
+
+# The revision of the kernels' own arithmetic (files record it in ``numerics``):
+# raise it with any change that alters a bit of a result (scripts/bitcheck.py
+# tells), so that resume and merge never mix two. 2: the float32 tanh in float32
+# lanes (activations.tanh_f32), 2026-12-04.
+ARITHMETIC = 2
 
 # VJP keeps every layer's phi'(h1) (and every Z^l) instead of recomputing
 # segments from checkpoints when that fits in this many bytes; None: the
@@ -120,8 +127,19 @@ _modules = {}
 
 
 def numerics():
-    """What decides the bits: the BLAS kernel (the fused kernels are IEEE-exact loops)."""
-    return gemm.signature()
+    """What decides the bits: the BLAS kernel (the fused kernels are IEEE-exact loops),
+    the kernels' own arithmetic (``ARITHMETIC``) and which widths ``engine.path =
+    "auto"`` sends to the fused kernels (``path_widths``)."""
+    return f"{gemm.signature()}; kernel arithmetic {ARITHMETIC}; {path_widths()}"
+
+
+def path_widths():
+    """The widths up to which ``auto`` takes each architecture's fused path, as a line:
+    a change of them changes which bits a width gets."""
+    from .numba_rnn import RECURRENCES
+
+    most = {"mlp": FUSED_MAX_WIDTH} | {k: r.fused_max_width for k, r in RECURRENCES.items()}
+    return "fused path up to width " + ", ".join(f"{k} {v}" for k, v in sorted(most.items()))
 
 
 def available():
@@ -290,12 +308,9 @@ def _lanes():
 
 def _scratch(lanes):
     """Per-lane scratch of the normal generator."""
-    from .numba_normals import CHUNK
+    from .numba_normals import scratch
 
-    return (
-        np.zeros((lanes, 4, CHUNK), dtype=np.uint64),
-        np.zeros((lanes, 4, CHUNK), dtype=np.float64),
-    )
+    return scratch(lanes)
 
 
 def weights(config, width, sample, layer, dtype=None):

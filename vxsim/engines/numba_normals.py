@@ -10,13 +10,16 @@ for bit against ``rng.normals``. Kernels that produce random numbers never use
 fast-math flags.
 
 How it is made fast (measured on the 2-core AMD EPYC, AVX2): a chunk of
-``CHUNK`` Philox blocks goes through three structure-of-arrays passes, Philox
-(integer lanes), the radius r = sqrt(-2 log u) and the turn (r cos theta,
-r sin theta). Each Box-Muller pass carries four independent vector chains
-(the division, sqrt and polynomial chains are long: one chain per iteration
-runs at half the speed), and the constants are read once per chunk through
-``_opaque`` (Numba's large code model otherwise reloads each through an
-absolute address inside the loop).
+``CHUNK`` Philox blocks goes through six structure-of-arrays passes (Philox;
+per radius row the log's reduction with its division, then its polynomial;
+per turn row the sin/cos polynomials with the radius's sqrt; the octant and the
+stores: see ``_fill_chunk``). Each pass is a short dependency chain, so the core
+overlaps many iterations; the earlier three passes (Philox, radius, turn), each
+one long chain with four interleaved copies, were latency-bound and 15-20 %
+slower with the same bits (2026-12-04, one thread: 270 against 314 M
+normals/s). The constants are read once per chunk through ``_opaque`` (Numba's
+large code model otherwise reloads each through an absolute address inside the
+loop).
 
 The Numba engine's kernels draw the MLP's weights with ``fill_share`` (a lane's
 share of Z^l, GEMM path) and ``fill_layer`` (all of it, by one lane, fused path);
@@ -38,6 +41,7 @@ from vxsim import rng
 from vxsim.engines.numba_types import OPT as _OPT
 
 CHUNK = 256  # Philox blocks (4 normals each) per task of the normal generator
+SCRATCH_ROWS = 8  # float64 rows of _fill_chunk's per-thread scratch
 _U0 = np.uint64(0)
 _MASK32 = rng.MASK32
 _MANT = np.uint64(0x000FFFFFFFFFFFFF)
@@ -168,13 +172,13 @@ def _word_f64(k, K):
 
 
 @njit(inline="always", **_OPT)
-def _radius(ka, K):
-    """r = sqrt(-2 log u) for u = (ka + 1/2) 2^-32: rng.log_uniform and rng.box_muller's
-    r, the same arithmetic.
+def _log_head(ka, K):
+    """The reduction of rng.log_uniform for u = (ka + 1/2) 2^-32: (d, f, s), the same
+    arithmetic.
 
     x = ka + 1/2 = m 2^e with m in [1, 2) and e read off the bits (exactly what
     ldexp(x, -e) gives, e = bit_length(ka) - 1), the same fold to [1/sqrt2, sqrt2]
-    (a select) and the same fdlibm polynomial in the same order.
+    (a select); d = e - 32 (+1 where folded), f = m - 1, s = f / (2 + f).
     """
     bits = _f64_bits(_word_f64(ka & K.mask32, K) + 0.5)
     d = _word_f64((bits >> _S52) & K.exp_mask, K) - (1023.0 + 32.0)
@@ -183,22 +187,26 @@ def _radius(ka, K):
     m = m * 0.5 if big else m
     d = d + 1.0 if big else d
     f = m - 1.0
-    s = f / (2.0 + f)
+    return d, f, f / (2.0 + f)
+
+
+@njit(inline="always", **_OPT)
+def _minus_two_log(d, f, s, K):
+    """-2 log u from ``_log_head``'s (d, f, s): rng.log_uniform's fdlibm polynomial,
+    in the same order, times -2 (what rng.box_muller takes the sqrt of)."""
     hfsq = (0.5 * f) * f
     z = s * s
     w = z * z
     t1 = w * (K.lg2 + w * (K.lg4 + w * K.lg6))
     t2 = z * (K.lg1 + w * (K.lg3 + w * (K.lg5 + w * K.lg7)))
     log_u = d * K.ln2_hi - ((hfsq - (s * (hfsq + (t2 + t1)) + d * K.ln2_lo)) - f)
-    return np.sqrt(-2.0 * log_u)
+    return -2.0 * log_u
 
 
 @njit(inline="always", **_OPT)
-def _turn(r, kb, K):
-    """(r cos theta, r sin theta) for theta = 2 pi (kb + 1/2) 2^-32: rng.sin_cos_turn's
-    octant reduction and fdlibm kernels, the same arithmetic. rng's selects are
-    arithmetic (a number times 1 plus another times 0, signs +-1), exact, so the
-    selects here give the same bits."""
+def _sin_cos_reduced(kb, K):
+    """(sin y, cos y) of the angle y in (0, pi/4) that rng.sin_cos_turn reduces the
+    word kb to (an exact octant reduction), by fdlibm's kernels: the same arithmetic."""
     o = (kb >> _S29) & _SEVEN
     j = (kb & K.low29) ^ (K.low29 if (o & _ONE) != 0 else _U0)
     y = (_word_f64(j, K) + 0.5) * K.quarter_pi_2_m29
@@ -210,6 +218,15 @@ def _turn(r, kb, K):
     hz = 0.5 * z
     h = 1.0 - hz
     c = h + (((1.0 - h) - hz) + z * rc)
+    return s, c
+
+
+@njit(inline="always", **_OPT)
+def _octant(r, s, c, kb):
+    """(r cos theta, r sin theta) from the reduced (s, c) = (sin y, cos y): kb's octant
+    swaps them and sets the signs, as rng.sin_cos_turn's arithmetic selects do (exact:
+    a number times 1 plus another times 0, signs +-1, so true selects give the same bits)."""
+    o = (kb >> _S29) & _SEVEN
     swap = ((o + _ONE) & _TWO) != 0
     sin_t = c if swap else s
     cos_t = s if swap else c
@@ -222,7 +239,9 @@ def _turn(r, kb, K):
 def _box_muller(ka, kb):
     """rng.box_muller, same arithmetic: (r cos theta, r sin theta) from two 32-bit words."""
     K = _constants()
-    return _turn(_radius(ka, K), kb, K)
+    d, f, s = _log_head(ka, K)
+    sy, cy = _sin_cos_reduced(kb, K)
+    return _octant(np.sqrt(_minus_two_log(d, f, s, K)), sy, cy, kb)
 
 
 @njit(**_OPT)
@@ -231,70 +250,75 @@ def _fill_chunk(out, chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
     first ``count`` of ``out``; cast to its dtype, round to nearest).
 
     Structure-of-arrays passes over the chunk's Philox blocks (rounded up to a
-    multiple of 8; the extra words are finite garbage, never stored) so that
-    Philox and Box-Muller vectorise: Philox words into ``wbuf`` (4, CHUNK) uint64,
-    radii into rows 0 and 2 of ``obuf`` (4, CHUNK) float64 (the calling thread's
-    scratch), then the turns, stored straight into ``out`` for a whole chunk
-    (LLVM interleaves the four lanes), through ``obuf`` for the last, partial one.
-    Each Box-Muller pass works on four independent streams of vectors (lanes 0
-    and 2, first and second half), as the division, sqrt and polynomial chains
-    are long.
+    multiple of 8; the extra words are finite garbage, never stored), each a short
+    chain that LLVM vectorises and the core overlaps across iterations (one pass
+    per stage with a long chain ran at ~0.85 of this speed, latency-bound):
+
+    1. Philox words into ``wbuf`` (4, CHUNK) uint64;
+    2. per radius row a = 0, 2: d, f, s of its words into ``obuf`` rows 4 + a,
+       5 + a, a (the division), then -2 log u into row a (the polynomial);
+    3. per turn row b = 1, 3: sin y, cos y into rows 3 + b, 4 + b (the
+       polynomials), and r = sqrt(row b - 1) in place (the sqrt shares the
+       divider with nothing in this pass);
+    4. the octant's swap and signs times r, stored straight into ``out`` for a
+       whole chunk (LLVM interleaves the four lanes), through ``obuf`` rows 0-3
+       for the last, partial one.
+
+    ``obuf``: the calling thread's (SCRATCH_ROWS, CHUNK) float64 scratch.
     """
     K = _constants()
     b0 = chunk * CHUNK
     nb = min(CHUNK, (count + 3) // 4 - b0)
-    half = (nb + 7) // 8 * 4
-    for i in range(2 * half):
+    n8 = (nb + 7) // 8 * 8
+    for i in range(n8):
         w0, w1, w2, w3 = _philox(np.uint64(b0 + i), layer, sample, stream, k0, k1)
         wbuf[0, i] = w0
         wbuf[1, i] = w1
         wbuf[2, i] = w2
         wbuf[3, i] = w3
-    for i in range(half):
-        obuf[0, i] = _radius(wbuf[0, i], K)
-        obuf[2, i] = _radius(wbuf[2, i], K)
-        obuf[0, i + half] = _radius(wbuf[0, i + half], K)
-        obuf[2, i + half] = _radius(wbuf[2, i + half], K)
+    for a in (0, 2):
+        for i in range(n8):
+            d, f, s = _log_head(wbuf[a, i], K)
+            obuf[4 + a, i] = d
+            obuf[5 + a, i] = f
+            obuf[a, i] = s
+        for i in range(n8):
+            obuf[a, i] = _minus_two_log(obuf[4 + a, i], obuf[5 + a, i], obuf[a, i], K)
+    for b in (1, 3):
+        for i in range(n8):
+            sy, cy = _sin_cos_reduced(wbuf[b, i], K)
+            obuf[3 + b, i] = sy
+            obuf[4 + b, i] = cy
+            obuf[b - 1, i] = np.sqrt(obuf[b - 1, i])
     base = 4 * b0
     if nb == CHUNK and base + 4 * CHUNK <= count:
-        _turns_into(out[base : base + 4 * CHUNK], wbuf, obuf, K)
+        dst = out[base : base + 4 * CHUNK]
+        for i in range(CHUNK):
+            z0, z1 = _octant(obuf[0, i], obuf[4, i], obuf[5, i], wbuf[1, i])
+            z2, z3 = _octant(obuf[2, i], obuf[6, i], obuf[7, i], wbuf[3, i])
+            dst[4 * i] = z0
+            dst[4 * i + 1] = z1
+            dst[4 * i + 2] = z2
+            dst[4 * i + 3] = z3
         return
-    for i in range(half):
-        z0, z1 = _turn(obuf[0, i], wbuf[1, i], K)
-        z2, z3 = _turn(obuf[2, i], wbuf[3, i], K)
-        z4, z5 = _turn(obuf[0, i + half], wbuf[1, i + half], K)
-        z6, z7 = _turn(obuf[2, i + half], wbuf[3, i + half], K)
+    for i in range(n8):
+        z0, z1 = _octant(obuf[0, i], obuf[4, i], obuf[5, i], wbuf[1, i])
+        z2, z3 = _octant(obuf[2, i], obuf[6, i], obuf[7, i], wbuf[3, i])
         obuf[0, i] = z0
         obuf[1, i] = z1
         obuf[2, i] = z2
         obuf[3, i] = z3
-        obuf[0, i + half] = z4
-        obuf[1, i + half] = z5
-        obuf[2, i + half] = z6
-        obuf[3, i + half] = z7
     for k in range(count - base):
         out[base + k] = obuf[k % 4, k // 4]
 
 
-@njit(inline="always", **_OPT)
-def _turns_into(dst, wbuf, obuf, K):
-    """A whole chunk's turns, interleaved into ``dst`` (4 CHUNK): normal 4 i + m of the
-    chunk is lane m of its block i."""
-    half = CHUNK // 2
-    for i in range(half):
-        z0, z1 = _turn(obuf[0, i], wbuf[1, i], K)
-        z2, z3 = _turn(obuf[2, i], wbuf[3, i], K)
-        z4, z5 = _turn(obuf[0, i + half], wbuf[1, i + half], K)
-        z6, z7 = _turn(obuf[2, i + half], wbuf[3, i + half], K)
-        dst[4 * i] = z0
-        dst[4 * i + 1] = z1
-        dst[4 * i + 2] = z2
-        dst[4 * i + 3] = z3
-        j = 4 * (i + half)
-        dst[j] = z4
-        dst[j + 1] = z5
-        dst[j + 2] = z6
-        dst[j + 3] = z7
+def scratch(lanes):
+    """Per-lane scratch of ``_fill_chunk``: words (lanes, 4, CHUNK) uint64 and values
+    (lanes, SCRATCH_ROWS, CHUNK) float64."""
+    return (
+        np.zeros((lanes, 4, CHUNK), dtype=np.uint64),
+        np.zeros((lanes, SCRATCH_ROWS, CHUNK), dtype=np.float64),
+    )
 
 
 @njit(**_OPT)
@@ -338,7 +362,7 @@ def _fill(out, layer, sample, stream, k0, k1, threads):
     lanes = max(1, min(chunks, threads))
     for lane in prange(lanes):
         words = np.empty((4, CHUNK), dtype=np.uint64)
-        values = np.empty((4, CHUNK))
+        values = np.empty((SCRATCH_ROWS, CHUNK))
         for c in range(lane * chunks // lanes, (lane + 1) * chunks // lanes):
             _fill_chunk(out, c, count, layer, sample, stream, k0, k1, words, values)
 

@@ -80,7 +80,7 @@ class RnnBuffers(NamedTuple):
     xis: np.ndarray  # (2, N) float64 residual: xi^l in row l % 2
     keys: np.ndarray  # (sample, k0, k1) uint64, the generator's key
     wbuf: np.ndarray  # (lanes, 4, CHUNK) uint64 generator scratch
-    obuf: np.ndarray  # (lanes, 4, CHUNK) float64 generator scratch
+    obuf: np.ndarray  # (lanes, SCRATCH_ROWS, CHUNK) float64 generator scratch
 
 
 # The kernels' architecture codes (numba_rnn_kernels.ARCH_*), by the model they implement.

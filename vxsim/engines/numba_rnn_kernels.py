@@ -61,7 +61,7 @@ from vxsim.engines.layout import (
     R_LOGQ,
     R_TAN,
 )
-from vxsim.engines.numba_normals import CHUNK, _fill_chunk, fill_share
+from vxsim.engines.numba_normals import CHUNK, SCRATCH_ROWS, _fill_chunk, fill_share
 from vxsim.engines.numba_types import OPT as _OPT
 from vxsim.engines.numba_types import PAR as _PAR
 from vxsim.engines.numba_types import RED as _RED
@@ -991,7 +991,7 @@ def fill_steps(X, first, sample, stream, k0, k1, lanes):
     chunks = ((n + 3) // 4 + CHUNK - 1) // CHUNK
     for lu in prange(lanes):
         words = np.empty((4, CHUNK), dtype=np.uint64)
-        values = np.empty((4, CHUNK))
+        values = np.empty((SCRATCH_ROWS, CHUNK))
         for j in range(lu, B, lanes):
             for c in range(chunks):
                 _fill_chunk(X[j], c, n, np.uint64(first + j), sample, stream, k0, k1, words,

@@ -45,7 +45,7 @@ class Buffers(NamedTuple):
     pi: np.ndarray  # (N_I, P) int64 per-point table
     res: np.ndarray  # (4, P, R) records
     wbuf: np.ndarray  # (lanes, 4, CHUNK) uint64 generator scratch (its length: the lanes)
-    obuf: np.ndarray  # (lanes, 4, CHUNK) float64 generator scratch
+    obuf: np.ndarray  # (lanes, SCRATCH_ROWS, CHUNK) float64 generator scratch
     keys: np.ndarray  # (sample, k0, k1) uint64
     limit: float  # divergence limit of |h|
 
