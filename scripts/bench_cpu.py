@@ -8,8 +8,9 @@ gradient backward in VJP), per mode:
 * ms per layer (one sample, all grid points), the path ``auto`` chose;
 * effective GFLOP/s, counting 2 N^2 C per layer (C = 1,026 columns; VJP's
   recomputation is not counted), and its ratio to float32 matmul of the same
-  shape (C, N) @ (N, N) timed in the same run, the faster of NumPy's and the
-  engine's row-split one (``vxsim.engines.gemm``): the practical limit;
+  shape (C, N) @ (N, N) timed in the same run, in alternation with the engine
+  (``side_by_side``), the faster of NumPy's and the engine's row-split one
+  (``vxsim.engines.gemm``): the practical limit;
 * the normal generator's rate (``numba_normals``, all threads, 4 M normals per call,
   float64 and float32 stores) beside NumPy's ``standard_normal`` (one thread) in the
   same run;
@@ -153,9 +154,10 @@ def crossover(widths, depth, repeat):
     return rows, max(fused_wins, default=0)
 
 
-def time_matmul(width, columns, repeat):
-    """Seconds of the faster of NumPy's matmul (OpenBLAS's threads) and the
-    engine's row-split GEMM (gemm.matmul, one BLAS thread) for (C, N) @ (N, N)."""
+def matmul_round(width, columns):
+    """A function that times one round of float32 (C, N) @ (N, N) and returns seconds
+    per GEMM: the faster of NumPy's matmul (OpenBLAS's threads) and the engine's
+    row-split GEMM (gemm.matmul, one BLAS thread), each run enough times for ~1 s."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((columns, width), dtype=np.float32)
     Z = rng.standard_normal((width, width), dtype=np.float32)
@@ -173,7 +175,31 @@ def time_matmul(width, columns, repeat):
             for _ in range(n):
                 gemm.matmul(A, Z.T, H, lanes)
 
-    return min(best(run, repeat), best(run_split, repeat)) / n
+    return lambda: min(best(run, 1), best(run_split, 1)) / n
+
+
+def time_matmul(width, columns, repeat):
+    """Seconds of float32 (C, N) @ (N, N): the best of ``repeat`` rounds (matmul_round)."""
+    one_round = matmul_round(width, columns)
+    return min(one_round() for _ in range(repeat))
+
+
+def side_by_side(width, modes, depth, repeat):
+    """Seconds per layer of the matmul reference (per GEMM of COLUMNS rows) and of
+    vxsim in each mode (path auto), timed in alternation: one of each per round,
+    ``repeat`` rounds, the best of each. This machine's speed drifts by 10-30 %
+    over minutes; alternating makes each ratio compare times taken moments apart."""
+    one_round = matmul_round(width, COLUMNS)
+    cfgs = {mode: make_config(width, depth, mode) for mode in modes}
+    for mode in modes:
+        numba_cpu.run_unit(make_config(width, 3, mode), width, 0)  # JIT and first touch
+    out = dict.fromkeys(["matmul", *modes], float("inf"))
+    for _ in range(repeat):
+        out["matmul"] = min(out["matmul"], one_round())
+        for mode in modes:
+            seconds = best(lambda c=cfgs[mode]: numba_cpu.run_unit(c, width, 0), 1)
+            out[mode] = min(out[mode], seconds / depth)
+    return out
 
 
 def time_numpy_engine(width, mode, depth):
@@ -344,11 +370,11 @@ def table(args):
     print(head)
     results = []
     for width in widths:
-        mm = time_matmul(width, COLUMNS, repeat)
-        mm_gflops = 2.0 * width * width * COLUMNS / mm / 1e9
+        depth = depth_for(width, args.quick)
+        times = side_by_side(width, modes, depth, repeat)
+        mm_gflops = 2.0 * width * width * COLUMNS / times["matmul"] / 1e9
         for mode in modes:
-            depth = depth_for(width, args.quick)
-            per, path = time_vxsim(width, mode, depth, repeat)
+            per, path = times[mode], numba_cpu.choose_path(make_config(width, 3, mode), width)
             gflops = 2.0 * width * width * COLUMNS / per / 1e9
             np_depth = 2 if width >= 1024 else 4
             ref = time_numpy_engine(width, mode, np_depth)
