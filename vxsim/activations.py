@@ -116,18 +116,34 @@ def register(name, phi, dphi, d2phi, c, kernel_phi=None, kernel_dphi=None, **kw)
 _TANH_SPLIT = np.float32(0.625)
 _TANH_CLAMP = np.float32(10.0)
 _TANH_ONE = np.float32(9.011)  # from here on tanh rounds to 1 (26 ln(2) / 2 = 9.0109...)
-_TP0, _TP1, _TP2, _TP3, _TP4, _TP5, _TP6 = (
+# Coefficients, lowest degree first: P (small branch) and p (e^r).
+_TANH_P = tuple(
     np.float32(v)
     for v in (-0.33333334, 0.13333325, -0.053966433, 0.021850154, -0.008751771,
               0.0032292202, -0.0008034716)
 )  # fmt: skip
-_EP2, _EP3, _EP4, _EP5, _EP6 = (
-    np.float32(v) for v in (0.4999999, 0.16666421, 0.04166836, 0.008374771, 0.0013829421)
-)
+_EXP_P = tuple(
+    np.float32(v)
+    for v in (1.0, 1.0, 0.4999999, 0.16666421, 0.04166836, 0.008374771, 0.0013829421)
+)  # fmt: skip
 _LN2_HI = np.float32(0.69314575)  # 0x3F317200
 _LN2_LO = np.float32(1.4286068e-06)
 _LOG2E = np.float32(1.442695)
-_F0, _F1, _F2 = np.float32(0.0), np.float32(1.0), np.float32(2.0)
+_F1, _F2 = np.float32(1.0), np.float32(2.0)
+
+
+@register_jitable(inline="always")
+def _horner7(x, c):
+    """c[0] + x (c[1] + x (... + x c[6])) for a 7-tuple c, in c's precision (written
+    out: a loop over the tuple is not unrolled, and the kernels' loops then do not
+    vectorise as well)."""
+    p = c[6]
+    p = p * x + c[5]
+    p = p * x + c[4]
+    p = p * x + c[3]
+    p = p * x + c[2]
+    p = p * x + c[1]
+    return p * x + c[0]
 
 
 @register_jitable(inline="always")
@@ -135,25 +151,12 @@ def _tanh_f32(x):
     a = abs(x)
     c = a if a < _TANH_CLAMP else _TANH_CLAMP  # NaN and inf -> 10 (NaN restored below)
     z = c * c
-    p = _TP6
-    p = p * z + _TP5
-    p = p * z + _TP4
-    p = p * z + _TP3
-    p = p * z + _TP2
-    p = p * z + _TP1
-    p = p * z + _TP0
+    p = _horner7(z, _TANH_P)
     small = c + c * (z * p)
     y = c + c
     k = np.rint(y * _LOG2E)
     r = (y - k * _LN2_HI) - k * _LN2_LO
-    e = _EP6
-    e = e * r + _EP5
-    e = e * r + _EP4
-    e = e * r + _EP3
-    e = e * r + _EP2
-    e = e * r + _F1
-    e = e * r + _F1
-    e = e * pow2_f32(k)
+    e = _horner7(r, _EXP_P) * pow2_f32(k)
     big = _F1 - _F2 / (_F1 + e)
     t = small if c < _TANH_SPLIT else big
     t = _F1 if c >= _TANH_ONE else t
