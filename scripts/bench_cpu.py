@@ -157,7 +157,7 @@ def crossover(widths, depth, repeat):
 def matmul_round(width, columns):
     """A function that times one round of float32 (C, N) @ (N, N) and returns seconds
     per GEMM: the faster of NumPy's matmul (OpenBLAS's threads) and the engine's
-    row-split GEMM (gemm.matmul, one BLAS thread), each run enough times for ~1 s."""
+    row-split GEMM (gemm.matmul, one BLAS thread), each repeated for about 2 GFLOP."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((columns, width), dtype=np.float32)
     Z = rng.standard_normal((width, width), dtype=np.float32)
