@@ -136,9 +136,11 @@ def numerics():
 def path_widths():
     """The widths up to which ``auto`` takes each architecture's fused path, as a line:
     a change of them changes which bits a width gets."""
+    from ..models import mlp
     from .numba_rnn import RECURRENCES
 
-    most = {"mlp": FUSED_MAX_WIDTH} | {k: r.fused_max_width for k, r in RECURRENCES.items()}
+    most = {mlp.ARCHITECTURE.name: FUSED_MAX_WIDTH}
+    most |= {name: r.fused_max_width for name, r in RECURRENCES.items()}
     return "fused path up to width " + ", ".join(f"{k} {v}" for k, v in sorted(most.items()))
 
 
