@@ -90,10 +90,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Widths up to this run on the fused path when engine.path = "auto": the
 # crossover measured by scripts/bench_cpu.py on 2 cores (AMD EPYC Zen 3, AVX2,
-# OpenBLAS 0.3.31, 342 grid points). Four runs on 2026-12-04 put it at 192, 256,
-# 256 and 192 (ms per layer gemm/fused at 192: jvp 1.162/0.739, vjp 1.167/0.913 at
-# 15:25; at 256 a tie, jvp 1.393/1.380, vjp 1.716/1.574): 192 is the largest width
-# at which the fused path won clearly in all four. The choice decides which bits
+# OpenBLAS 0.3.31, 342 grid points). Five runs on 2026-12-04 put it at 192, 256,
+# 256, 256 and 192 (ms per layer gemm/fused at 192: jvp 1.162/0.739, vjp 1.167/0.913
+# at 15:25; at 256 a tie, jvp 1.393/1.380, vjp 1.716/1.574): 192 is the largest
+# width at which the fused path won clearly in all five. The choice decides which bits
 # a width gets, so ``numerics()`` names it and files are never resumed or merged
 # across a change of it.
 FUSED_MAX_WIDTH = 192
