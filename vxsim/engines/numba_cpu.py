@@ -309,13 +309,6 @@ def _lanes():
     return int(numba.get_num_threads())
 
 
-def _scratch(lanes):
-    """Per-lane scratch of the normal generator."""
-    from .numba_normals import scratch
-
-    return scratch(lanes)
-
-
 def weights(config, width, sample, layer, dtype=None):
     """Z^{s,l} and xi^{s,l} as the engine's kernel generates them (compare with
     base.weights and base.bias)."""
@@ -448,7 +441,9 @@ class _Unit:
         self.lanes = _lanes()
         if self.path == "fused":
             self.lanes = _lanes_for("fused", P)
-        self.wbuf, self.obuf = _scratch(self.lanes)
+        from .numba_normals import scratch
+
+        self.wbuf, self.obuf = scratch(self.lanes)  # the generator's per-lane scratch
         self.x1, self.x2, self.v0 = base.inputs(config, N, sample, self._normals)
         rows = 3 if self.jvp else 2
         self.A = np.zeros((rows * P, N), dtype=dt)

@@ -269,7 +269,7 @@ class _Unit:
         gw = {ELMAN: 1, GRU: 2, LSTM: 4, RESIDUAL: 1}[kind]
         is_residual = kind == RESIDUAL
         lanes = int(self.lanes)
-        wbuf, obuf = numba_cpu._scratch(lanes)
+        wbuf, obuf = numba_normals.scratch(lanes)
         k0, k1 = rng.seed_key(config.seed)
         self.b = RnnBuffers(
             A=np.zeros((3 * P, N), dtype=dt),
