@@ -9,9 +9,10 @@ each timed alone in a loop on one thread (the best of several runs):
   products; the copy's own time is subtracted), and inside it ``act_rows``
   alone (the activation pass: phi, phi' into the next GEMM input), per
   activation;
-* ``generation``: ``fill_layer`` (Z and xi) plus ``transpose_into``, per
-  lane and layer, divided by the points of one lane (every lane draws the
-  whole Z: common random numbers);
+* ``generation``: one lane's share of Z^l and xi^l (``fill_share``: the lanes
+  draw them together, each 1/lanes) plus its ``transpose_into`` (every lane
+  transposes the whole Z^l), per lane and layer, divided by the points of one
+  lane;
 * ``whole``: a fused JVP unit on one thread, per point and layer (what the
   pieces should add up to).
 
@@ -42,7 +43,7 @@ from vxsim.engines import numba_cpu  # noqa: E402
 def _timers(k):
     """Timing loops around the generated module's kernels."""
     rows_times, forward_point = k.rows_times, k._forward_point
-    act_rows, fill_layer, transpose_into = k._act_rows, k.fill_layer, k.transpose_into
+    act_rows, fill_share, transpose_into = k._act_rows, k.fill_share, k.transpose_into
     kind_jvp = k.KIND_JVP
 
     @njit
@@ -82,9 +83,9 @@ def _timers(k):
         return n
 
     @njit
-    def generation(Z, Zt, xi, keys, w, o, reps):
+    def generation(Z, Zt, xi, keys, w, o, lanes, reps):
         for r in range(reps):
-            fill_layer(Z, xi, 1 + r % 7, True, keys, w, o)
+            fill_share(Z, xi, 1 + r % 7, True, keys, w, o, 0, lanes)
             transpose_into(Zt, Z)
 
     return products, copies, epilogues, activations, generation
@@ -99,9 +100,8 @@ def profile(width, repeat):
     products, copies, epilogues, activations, generation = _timers(k)
     P, N = unit.P, unit.N
     lanes = numba_cpu._lanes()
-    Z = unit.Zs[0, 0].copy()
+    Z, xi = numba_cpu.weights(cfg, width, 0, 6)
     Zt = np.ascontiguousarray(Z.T)
-    xi = unit.xis[0].copy()
     live = np.flatnonzero(unit.pi[2] == 0)
     rows = np.concatenate([np.stack([live, P + live, 2 * P + live], 1).ravel()]).astype(np.int64)
     out = {"live": live.size}
@@ -130,8 +130,8 @@ def profile(width, repeat):
         ta = best(lambda c=code: activations(b.H, b.A, b.pf, b.pi, c, ereps), repeat)
         out[f"act_{act}"] = ta / (n * ereps)
     greps = max(1, int(2e6 / (N * N)))
-    generation(Z, Zt, xi, b.keys, b.wbuf[0], b.obuf[0], 1)
-    tg = best(lambda: generation(Z, Zt, xi, b.keys, b.wbuf[0], b.obuf[0], greps), repeat)
+    generation(Z, Zt, xi, b.keys, b.wbuf[0], b.obuf[0], lanes, 1)
+    tg = best(lambda: generation(Z, Zt, xi, b.keys, b.wbuf[0], b.obuf[0], lanes, greps), repeat)
     out["gen_per_layer_us"] = tg / greps * 1e6
     out["generation"] = tg / greps / (P / lanes)
     numba.set_num_threads(1)

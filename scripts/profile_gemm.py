@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_cpu import COLUMNS, POINTS, best, make_config, time_matmul  # noqa: E402
 
 from vxsim import rng  # noqa: E402
-from vxsim.engines import gemm, numba_cpu, numba_normals  # noqa: E402
+from vxsim.engines import gemm, numba_cpu, numba_normals, workspace  # noqa: E402
 
 
 class _TimedUnit(numba_cpu._Unit):
@@ -61,9 +61,10 @@ class _TimedUnit(numba_cpu._Unit):
 
 
 def unit_seconds(width, mode, depth):
-    """(whole, gemm, call) seconds of one unit on the GEMM path."""
-    with gemm.one_blas_thread():
-        unit = _TimedUnit(make_config(width, depth, mode, path="gemm"), width, 0)
+    """(whole, gemm, call) seconds of one unit on the GEMM path (in a borrowed workspace,
+    as ``numba_cpu.run_unit`` runs it)."""
+    with gemm.one_blas_thread(), workspace.borrowed() as ws:
+        unit = _TimedUnit(make_config(width, depth, mode, path="gemm"), width, 0, ws=ws)
         t = time.perf_counter()
         unit.forward()
         if unit.vjp:

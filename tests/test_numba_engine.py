@@ -16,7 +16,15 @@ from conftest import small_config
 from oracle_cases import ACTS, CASES, TOL, assert_same, case_config, make_config
 
 from vxsim import config, engines, rng
-from vxsim.engines import base, numba_cpu, numba_normals, numpy_ref, schedule
+from vxsim.engines import (
+    base,
+    numba_cpu,
+    numba_normals,
+    numba_types,
+    numpy_ref,
+    schedule,
+    workspace,
+)
 
 pytestmark = pytest.mark.skipif(not numba_cpu.available(), reason="numba not installed")
 
@@ -131,6 +139,27 @@ def test_matches_oracle(precision, mode, path, width, depth, record, checkpoint,
     assert_same(got, want, TOL[precision])
 
 
+@pytest.mark.parametrize("precision,mode,path,width,depth,record,checkpoint,sample", CASES)
+def test_a_reused_workspace_changes_no_bit(
+    precision, mode, path, width, depth, record, checkpoint, sample
+):
+    """Consecutive units reuse one workspace (engines.workspace), uninitialised: a unit
+    whose buffers are larger than it needs and hold NaN everywhere (poisoned after a
+    wider unit) gives the same bits as the same unit run first, in new memory."""
+    cfg = case_config(precision, mode, path, width, depth, record, checkpoint, sample)
+    wider = case_config(precision, mode, path, 2 * width, depth, record, checkpoint, sample)
+    workspace.release()
+    first = numba_cpu.run_unit(cfg, width, sample)
+    numba_cpu.run_unit(wider, 2 * width, sample)
+    (ws,) = workspace.idle()
+    ws.poison()
+    again = numba_cpu.run_unit(cfg, width, sample)
+    assert workspace.idle() == [ws]  # the same workspace, lent again
+    assert set(again) == set(first)
+    for key, value in first.items():
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
+
+
 @pytest.mark.parametrize("path", ["gemm", "fused"])
 def test_tiny_networks_match_oracle(path):
     """Edge shapes: width 1 (N^2 < one Philox block), depth 1 (no backward step),
@@ -166,7 +195,14 @@ def test_vjp_keeping_every_layer_matches_checkpointed_vjp(path, precision, monke
     ):
         monkeypatch.setattr(numba_cpu, "STORE_BYTES", budget)
         unit = numba_cpu._Unit(cfg, width, sample, path=path)
-        plans[label] = (unit.every, unit.full, unit.zstore, unit.D.shape[0], unit.Zs.shape[1])
+        ring = numba_cpu.ring_slots(width, cfg.dtype) if path == "fused" else 0  # shared draws
+        plans[label] = (
+            unit.every,
+            unit.full,
+            unit.zstore,
+            unit.D.shape[0],
+            unit.Zs.shape[1] - ring,
+        )
         got[label] = numba_cpu.run_unit(cfg, width, sample, path=path)
         assert_same(got[label], want, TOL[precision])
     k = cfg.checkpoint_every
@@ -178,6 +214,40 @@ def test_vjp_keeping_every_layer_matches_checkpointed_vjp(path, precision, monke
     for key, value in got["all"].items():
         np.testing.assert_array_equal(got["phi'"][key], value, err_msg=key)
     assert_same(got["checkpoints"], got["all"], TOL[precision])
+
+
+@pytest.mark.parametrize("ring", [2, 3, 32])
+def test_shared_draws_leave_each_step_its_own_layers_weights(ring):
+    """The fused path's runs (numba_cpu._shared_draws), replayed on a model of the slots:
+    before each run its PREFETCH rows draw, then every step of it must find Z^layer
+    (and xi^layer) in its slot; whatever the plan (every layer kept with or without
+    its Z^l, checkpointed with or without), depth and number of ring slots."""
+    for depth in (1, 2, 7, 20):
+        for every, keep_all, keep_weights in ((depth, 1, 1), (depth, 1, 0), (3, 0, 1), (4, 0, 0)):
+            plan = schedule.Plan(every, bool(keep_all), bool(keep_weights), False)
+            record = np.zeros(depth + 1, dtype=np.int64)
+            passes = [
+                numba_cpu._steps(schedule.forward_ops(depth, plan, record), 1, 2, True),
+                numba_cpu._steps(schedule.backward_ops(depth, plan, record), 0, 0, True),
+            ]
+            slots = plan.every if plan.keep_weights else 1
+            holds, draws_seen = {}, 0
+            for runs, steps in numba_cpu._shared_passes(passes, slots, ring):
+                for draws, first, last in runs:
+                    assert len(draws) <= ring
+                    for row in draws:
+                        assert (
+                            row["op"] == numba_types.OP_PREFETCH
+                            and row["nxt_xi"] == row["nxt_slot"]
+                        )
+                        assert 0 <= row["nxt_slot"] < slots + ring
+                        holds[row["nxt_slot"]] = row["nxt"]
+                    draws_seen += len(draws)
+                    for s in steps[first:last]:
+                        if s["op"] != numba_types.OP_RESTART:
+                            assert s["draw"] == 0 and holds[s["slot"]] == s["layer"], (plan, s)
+            # one draw per layer forward, one per layer recomputed or redrawn backward
+            assert draws_seen == sum(int(s["draw"]) for steps in passes for s in steps)
 
 
 def test_vjp_plan_within_budget_and_checkpointed_at_depth_10000():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from oracle_cases import ARCH_AXES, TOL, assert_same, make_config
 
-from vxsim.engines import numba_cpu, numba_rnn, numpy_ref, schedule
+from vxsim.engines import numba_cpu, numba_rnn, numpy_ref, schedule, workspace
 
 RNNS = ("rnn", "gru", "lstm")
 ARCHS = ("residual", *RNNS)
@@ -59,6 +59,32 @@ def test_matches_oracle(arch, path, precision, mode, width, depth, record, check
     got = numba_cpu.run_unit(cfg, width, sample)
     want = numpy_ref.run_unit(cfg, width, sample)
     assert_same(got, want, _tolerance(precision, want), f"{arch} {path} {precision} {mode}")
+
+
+@pytest.mark.parametrize("arch,path", ARCH_PATHS)
+@pytest.mark.parametrize(
+    "precision,mode,checkpoint", [("float32", "both", 0), ("float64", "vjp", 5)]
+)
+def test_a_reused_workspace_changes_no_bit(arch, path, precision, mode, checkpoint):
+    """Consecutive units reuse one workspace, uninitialised (engines.workspace): a unit
+    after a wider one, its buffers larger than it needs and holding NaN everywhere, gives
+    the same bits as the same unit run first, in new memory."""
+
+    def config(width):
+        return rnn_config(
+            arch, f"engine.checkpoint={checkpoint}", f'engine.path="{path}"',
+            width=width, depth=30, precision=precision, mode=mode, acts=ACTS2,
+        )  # fmt: skip
+
+    workspace.release()
+    first = numba_cpu.run_unit(config(12), 12, 1)
+    numba_cpu.run_unit(config(24), 24, 1)
+    (ws,) = workspace.idle()
+    ws.poison()
+    again = numba_cpu.run_unit(config(12), 12, 1)
+    assert set(again) == set(first)
+    for key, value in first.items():
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
 
 
 def _tolerance(precision, want):

@@ -16,7 +16,7 @@ from . import engines, executors, interrupt
 from . import progress as progress_mod
 from .analysis import growth, report
 from .config import Config, load
-from .engines import base
+from .engines import base, workspace
 from .errors import VxsimError
 from .shards import parse_shard, shard_units, work_units
 from .store import hdf5, shardfile, space
@@ -162,7 +162,10 @@ def run_sweep(
         with executors.start(executor, scheduler) as compute:
             with interrupt.critical():
                 config, engine = prepare(config, output, backend, resume, overwrite, shard)
-            _run_units(config, engine, output, compute, progress, shard)
+            try:
+                _run_units(config, engine, output, compute, progress, shard)
+            finally:
+                workspace.release()  # the buffers the engine kept between units
         with interrupt.critical():
             if shard is not None:
                 shardfile.seal(output, config)

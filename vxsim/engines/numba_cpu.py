@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import activations, numba_optional, progress, rng
-from . import base, gemm, layout, schedule
+from . import base, gemm, layout, schedule, workspace
 from .numba_types import (
     OP_BACKWARD,
     OP_FORWARD,
@@ -103,6 +103,15 @@ FUSED_MAX_WIDTH = 192
 # tells), so that resume and merge never mix two. 2: the float32 tanh in float32
 # lanes (activations.tanh_f32), 2026-12-04.
 ARITHMETIC = 2
+
+# The fused path's draws of one run of steps (``_shared_draws``) go to at most this
+# many bytes of ring slots (2 to RING_MAX of them). Each run costs two parallel calls,
+# ~0.1 ms each here (waking passive OpenMP threads), so runs are long; their Z^l stay
+# in L3. Measured on a 16-core Xeon (2026-12-04, widths 64-192, 342 points): 1 MiB
+# (at most 32 slots) was 1-6 % slower than 4 MiB (256) on 2 threads and 6-21 % on
+# 16; 16 MiB (1024) was within noise of 4 MiB.
+RING_BYTES = 4 * 2**20
+RING_MAX = 256
 
 # VJP keeps every layer's phi'(h1) (and every Z^l) instead of recomputing
 # segments from checkpoints when that fits in this many bytes; None: the
@@ -326,27 +335,23 @@ def _with_precision(config, dtype):
     return dataclasses.replace(config, precision=np.dtype(dtype).name, raw=raw)
 
 
-def store_budget():
-    """Bytes VJP may spend on keeping every layer (see STORE_BYTES)."""
-    return schedule.store_budget(base.mem_available(), STORE_BYTES_MAX, STORE_BYTES)
+def store_budget(reusable=0):
+    """Bytes VJP may spend on keeping every layer (see STORE_BYTES); ``reusable``: bytes
+    the unit's workspace already holds (counted as available: the unit writes over them)."""
+    available = base.mem_available()
+    if available is not None:
+        available += reusable
+    return schedule.store_budget(available, STORE_BYTES_MAX, STORE_BYTES)
 
 
-def vjp_plan(config, width, points, path):
+def vjp_plan(config, width, points, path, reusable=0):
     """The unit's schedule.Plan: phi'(h1) of every layer (P N values each) kept by the
     forward pass when they fit in ``store_budget()`` (``every`` = L, nothing recomputed),
-    every Z^l too (one copy per lane on the fused path) when they also fit; else
-    checkpoints every ``checkpoint_every`` layers."""
+    every Z^l too when they also fit; else checkpoints every ``checkpoint_every`` layers."""
     item = config.dtype.itemsize
-    layer = schedule.LayerBytes(
-        state=points * width * item, weights=_lanes_for(path, points) * width * width * item
-    )
-    budget = store_budget() if config.checkpoint == 0 else 0
+    layer = schedule.LayerBytes(state=points * width * item, weights=width * width * item)
+    budget = store_budget(reusable) if config.checkpoint == 0 else 0
     return schedule.vjp_plan(config, layer, budget)
-
-
-def _lanes_for(path, points):
-    """Weight buffers a unit holds: one per lane on the fused path, one on the GEMM path."""
-    return max(1, min(_lanes(), points)) if path == "fused" else 1
 
 
 def choose_path(config, width):
@@ -387,8 +392,77 @@ def _steps(ops, kind, keep_kind, has_bias):
             nxt = steps[i + 2] if i + 2 < len(ops) else None
         if nxt is not None and nxt["draw"]:
             steps[i]["nxt"], steps[i]["nxt_slot"] = nxt["layer"], nxt["slot"]
-            steps[i]["nxt_bias"] = nxt["bias"]
+            steps[i]["nxt_bias"], steps[i]["nxt_xi"] = nxt["bias"], nxt["layer"] % 2
     return steps
+
+
+def _prefetch_rows(draws):
+    """PREFETCH rows drawing Z^layer (and xi^layer where ``bias``) into ``slot`` for each
+    (layer, bias, slot) of ``draws`` (xi into ``xis[slot]``)."""
+    rows = np.zeros(len(draws), dtype=STEP)
+    for row, (layer, bias, slot) in zip(rows, draws, strict=True):
+        row["op"], row["nxt"], row["nxt_bias"] = OP_PREFETCH, layer, bias
+        row["nxt_slot"] = row["nxt_xi"] = slot
+    return rows
+
+
+def _kept_draws(steps):
+    """Indices of the drawing steps whose Z^l a later step reads without drawing it (a
+    kept Z^l, schedule.Plan.keep_weights, or Z^L after the forward pass)."""
+    kept, last = set(), {}
+    for i, s in enumerate(steps):
+        if s["op"] == OP_RESTART:
+            continue
+        if s["draw"]:
+            last[s["slot"]] = i
+        else:
+            kept.add(last[s["slot"]])
+    return kept
+
+
+def _shared_draws(steps, kept, slots, ring):
+    """The fused path's pass in runs, each run's Z^l (and xi^l) drawn by every lane
+    together before it: [(prefetch rows, first, last)] and the steps, which then read
+    their slot and draw nothing.
+
+    A ``kept`` draw (``_kept_draws``: indices into ``steps``) keeps the schedule's slot
+    (< ``slots``); every other one takes the next of ``ring`` slots after those. A run
+    draws at most ``ring`` Z^l (RING_BYTES: they are still in cache when used) and
+    ends before a draw into a kept slot it has already used, so no draw overwrites
+    what a step of its run reads.
+    """
+    steps = steps.copy()
+    runs, draws, used, first = [], [], set(), 0
+    for i, s in enumerate(steps):
+        if s["op"] == OP_RESTART:
+            continue
+        if s["draw"]:
+            slot = int(s["slot"]) if i in kept else slots + sum(d[2] >= slots for d in draws)
+            if slot in used or len(draws) == ring:
+                runs.append((_prefetch_rows(draws), first, i))
+                draws, used, first = [], set(), i
+                slot = slot if i in kept else slots
+            draws.append((int(s["layer"]), int(s["bias"]), slot))
+            s["slot"], s["draw"] = slot, 0
+        used.add(int(s["slot"]))
+    runs.append((_prefetch_rows(draws), first, len(steps)))
+    return runs, steps
+
+
+def _shared_passes(passes, slots, ring):
+    """Each pass through ``_shared_draws``, its kept draws found over all passes together
+    (the backward pass may read the forward pass's last Z^l)."""
+    kept = _kept_draws(np.concatenate(passes))
+    out, at = [], 0
+    for steps in passes:
+        out.append(_shared_draws(steps, {i - at for i in kept if i >= at}, slots, ring))
+        at += len(steps)
+    return out
+
+
+def ring_slots(width, dtype):
+    """How many ring slots the fused path's draws take (RING_BYTES of them, 2 to RING_MAX)."""
+    return int(np.clip(RING_BYTES // (width * width * np.dtype(dtype).itemsize), 2, RING_MAX))
 
 
 # ---------------------------------------------------------------- one work unit
@@ -409,9 +483,11 @@ def _array_kinds(values):
 
 
 class _Unit:
-    """One (width, sample): every array the kernels use, allocated once."""
+    """One (width, sample): every array the kernels use, allocated once; the large ones
+    (states, weights, the VJP's tape) in ``ws``, a ``workspace.Workspace`` (default: a
+    new one), uninitialised: each is written before it is read."""
 
-    def __init__(self, config, width, sample, path=None):
+    def __init__(self, config, width, sample, path=None, ws=None):
         self.config, self.width, self.sample = config, width, sample
         self.path = path or choose_path(config, width)
         grid = base.grid(config)
@@ -439,32 +515,38 @@ class _Unit:
             self.res[plane] = np.nan
         self.has_bias = bool(np.any(grid.sigma_b2 > 0))
         self.lanes = _lanes()
-        if self.path == "fused":
-            self.lanes = _lanes_for("fused", P)
+        if self.path == "fused":  # every lane takes points
+            self.lanes = max(1, min(self.lanes, P))
         from .numba_normals import scratch
 
         self.wbuf, self.obuf = scratch(self.lanes)  # the generator's per-lane scratch
         self.x1, self.x2, self.v0 = base.inputs(config, N, sample, self._normals)
+        ws = workspace.Workspace() if ws is None else ws
+        reusable = ws.nbytes  # what the previous unit left, before this one takes any
         rows = 3 if self.jvp else 2
-        self.A = np.zeros((rows * P, N), dtype=dt)
-        self.H = np.zeros((rows * P, N), dtype=dt)
-        # Weights: one buffer per lane on the fused path, one shared on the GEMM path;
-        # bias noise: per lane, or double-buffered (this layer's and the next's).
-        self.plan = vjp_plan(config, N, P, self.path) if self.vjp else schedule.NO_VJP
-        self.backward_ops = schedule.backward_ops(L, self.plan, self.rec) if self.vjp else []
-        self.steps_done, self.steps_total = 0, L + len(self.backward_ops)
+        self.A = ws.empty("A", (rows * P, N), dt)
+        self.H = ws.empty("H", (rows * P, N), dt)
+        self.plan = vjp_plan(config, N, P, self.path, reusable) if self.vjp else schedule.NO_VJP
         self.every, self.full, self.zstore = self.plan[:3]
-        copies = self.lanes if self.path == "fused" else 1
+        self.passes = self._lower()
+        self.steps_done = 0
+        self.steps_total = sum(len(steps) for steps in self.passes)
+        # Weights and bias noise: the schedule's slots; on the fused path also the ring
+        # slots of its shared draws, a noise row per slot; on the GEMM path the noise
+        # double-buffered (this layer's and the next's).
         slots = self.every if self.zstore else 1
-        self.Zs = np.zeros((copies, slots, N, N), dtype=dt)
-        self.xis = np.zeros((max(2, self.lanes), N))
+        ring = ring_slots(N, dt) if self.path == "fused" else 0
+        self.Zs = ws.empty("Zs", (1, slots + ring, N, N), dt)
+        self.xis = np.zeros((slots + ring if ring else 2, N))
+        if ring:
+            self.passes = _shared_passes(self.passes, slots, ring)
         if self.vjp:
             ncp = schedule.checkpoint_count(L, self.every)
-            self.cp = np.empty((ncp, P, N), dtype=dt)
+            self.cp = ws.empty("cp", (ncp, P, N), dt)
             self.cp_ls = np.zeros((ncp, P))
-            self.G = np.empty((P, N), dtype=dt)
-            self.U = np.zeros((P, N), dtype=dt)
-            self.D = np.zeros((self.every, P, N), dtype=dt)
+            self.G = ws.empty("G", (P, N), dt)
+            self.U = ws.empty("U", (P, N), dt)
+            self.D = ws.empty("D", (self.every, P, N), dt)
         else:
             self.cp = np.empty((1, 1, 1), dtype=dt)
             self.cp_ls = np.zeros((1, 1))
@@ -503,24 +585,40 @@ class _Unit:
                 self._run = _entries[key] = self.k.run.compile(tuple(numba.typeof(a) for a in args))
         self._run(self.buffers, steps, first, last, fused)
 
+    def _lower(self):
+        """The forward and the backward pass's STEP rows (see ``_steps``)."""
+        k = self.k
+        kind = k.KIND_JVP if self.jvp else k.KIND_FWD
+        keep = k.KIND_JVP_KEEP if self.jvp else k.KIND_FWD_KEEP
+        forward = schedule.forward_ops(self.L, self.plan, self.rec)
+        forward = _steps(forward, kind, keep, self.has_bias)
+        backward = schedule.backward_ops(self.L, self.plan, self.rec) if self.vjp else []
+        return [forward, _steps(backward, 0, 0, self.has_bias)]
+
     def _prefetch(self, nxt, nxt_bias, slot):
-        """Z^nxt into slot ``slot`` (and xi^nxt), before the first step of a GEMM pass."""
+        """Z^nxt into slot ``slot`` (and xi^nxt into ``xis[nxt % 2]``), before the first
+        step of a GEMM pass."""
         row = np.zeros(1, dtype=STEP)
         row[0]["op"], row[0]["nxt"], row[0]["nxt_bias"], row[0]["nxt_slot"] = (
             OP_PREFETCH, nxt, nxt_bias, slot
         )  # fmt: skip
+        row[0]["nxt_xi"] = nxt % 2
         self._call(row, np.int64(0), np.int64(1), False)
 
     def _matmul(self, a, b, out):
         gemm.matmul(a, b, out, self.lanes)
 
     def _pass(self, steps):
-        """Lower a pass's steps: one fused call, or per step its GEMM and epilogue call."""
-        n = np.int64(len(steps))
+        """Run a pass: per run of steps (fused path: ``_shared_draws``) a call drawing its
+        Z^l and one taking the points through it, or per step its GEMM and epilogue call."""
         if self.path == "fused":
-            if n:
-                self._call(steps, np.int64(0), n, True)
-            self._progress(int(n))
+            runs, steps = steps
+            for draws, first, last in runs:
+                if len(draws):
+                    self._call(draws, np.int64(0), np.int64(len(draws)), False)
+                if last > first:
+                    self._call(steps, np.int64(first), np.int64(last), True)
+                self._progress(last - first)
             return
         drawn = steps[steps["op"] != OP_RESTART][:1]  # the first op with a GEMM
         if drawn.size and drawn[0]["draw"]:
@@ -548,16 +646,13 @@ class _Unit:
     # -- forward
 
     def forward(self):
-        k, P, dt = self.k, self.P, self.dt
+        P, dt = self.P, self.dt
         A = self.A
         A[:P] = self.x1dt
         A[P : 2 * P] = self.x2.astype(dt)
         if self.jvp:
             A[2 * P :] = (self.v0 / np.linalg.norm(self.v0)).astype(dt)
-        kind = k.KIND_JVP if self.jvp else k.KIND_FWD
-        keep = k.KIND_JVP_KEEP if self.jvp else k.KIND_FWD_KEEP
-        ops = schedule.forward_ops(self.L, self.plan, self.rec)
-        self._pass(_steps(ops, kind, keep, self.has_bias))
+        self._pass(self.passes[0])
 
     # -- backward
 
@@ -571,8 +666,7 @@ class _Unit:
         r = self.rec[L]
         if r >= 0:
             self.res[layout.R_GRAD, :, r] = np.where(dead, np.nan, 0.0)
-        ops = self.backward_ops
-        self._pass(_steps(ops, 0, 0, self.has_bias))
+        self._pass(self.passes[1])
 
     def results(self):
         return base.shape_results(self.config, layout.results(self.config, self.res, self.pi))
@@ -611,8 +705,9 @@ def run_unit(config, width, sample, path=None):
         from . import numba_rnn
 
         return numba_rnn.run_unit(config, width, sample, path)
-    unit = _Unit(config, width, sample, path=path)
-    unit.forward()
-    if unit.vjp:
-        unit.backward()
-    return unit.results()
+    with workspace.borrowed() as ws:
+        unit = _Unit(config, width, sample, path=path, ws=ws)
+        unit.forward()
+        if unit.vjp:
+            unit.backward()
+        return unit.results()

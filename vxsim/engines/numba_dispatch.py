@@ -16,13 +16,15 @@ the points' epilogues *and* generating the Z (and bias noise, double-buffered in
 ``xis[layer % 2]``) of the next GEMM, so the thread pool wakes once per layer
 and the generator runs on every core while BLAS sleeps.
 
-Fused path: one ``run`` for a whole pass (steps first..last-1). Each lane takes
-its points through every step, generating each Z itself into its own slots
-``Zs[lane]`` (all lanes generate the same Z, as the counter dictates: common
-random numbers) and doing the products itself, a block of points at a time
+Fused path: the pass in runs of steps (``numba_cpu._shared_draws``): first one
+``run`` of PREFETCH rows, every lane drawing its share of each Z^l (and xi^l)
+the run needs into shared slots, then one ``run`` taking each lane's points
+through all the run's steps, the products a block of points at a time
 (``numba_matvec.rows_times``: Z read once per six rows, not once per row). No
-synchronisation between layers, which at small widths costs more than the
-arithmetic.
+synchronisation between the layers of a run, which at small widths costs more
+than the arithmetic; two per run. (Until 2026-12-04 each lane drew every Z^l
+itself, lanes times the generator's work: on 2 lanes 12-20 % of a layer at
+widths 64-192, and on 16 lanes more than the products.)
 """
 
 import numpy as np
@@ -38,7 +40,7 @@ from vxsim.engines.numba_epilogue import (
     _restart_share,
 )
 from vxsim.engines.numba_matvec import rows_times, transpose_into
-from vxsim.engines.numba_normals import CHUNK, _fill_chunk, fill_layer, fill_share
+from vxsim.engines.numba_normals import CHUNK, _fill_chunk, fill_share
 from vxsim.engines.numba_types import OP_BACKWARD, OP_FORWARD, OP_RECOMPUTE, OP_RESTART
 from vxsim.engines.numba_types import OPT_NOREF as _OPT
 from vxsim.engines.numba_types import PAR as _PAR
@@ -49,9 +51,9 @@ GROUP = 8
 
 
 @njit(**_OPT)
-def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o, Zt, rows, pts):
-    """Steps first..last-1 for the points of one lane, drawing Z^l into its own ``Zs``
-    (slots, N, N) and xi^l into ``xi`` where a step says so.
+def _fused_lane(p0, lanes, b, steps, first, last, Zt, rows, pts):
+    """Steps first..last-1 for the points of one lane, each step's Z^l and xi^l read from
+    its slot (``b.Zs[0, slot]``, ``b.xis[slot]``), drawn there before by every lane.
 
     Each step's products go through ``numba_matvec.rows_times`` in blocks of up to
     GROUP live points (forward: the rows of A times Z^T, transposed once per step
@@ -66,9 +68,8 @@ def _fused_lane(p0, lanes, b, steps, first, last, Zs, xi, w, o, Zt, rows, pts):
         if op == OP_RESTART:
             _restart_share(p0, lanes, s.ci, b.x1, b.A, b.cp, b.cp_ls, b.pf, pi, b.D)
             continue
-        Z = Zs[s.slot]
-        if s.draw:
-            fill_layer(Z, xi, s.layer, s.bias != 0, b.keys, w, o)
+        Z = b.Zs[0, s.slot]
+        xi = b.xis[s.slot]
         if op == OP_FORWARD or op == OP_RECOMPUTE:
             transpose_into(Zt, Z)
         H, A = b.H, b.A
@@ -123,13 +124,15 @@ def _gemm_lane(p0, lanes, b, s, w, o):
     elif op == OP_BACKWARD:
         for p in range(p0, P, lanes):
             _backward_point(p, s.layer - 1, b.G, b.U, b.D[s.j, p], b.pf, b.pi, b.res, s.r)
-    fill_share(b.Zs[0, s.nxt_slot], b.xis, s.nxt, s.nxt_bias != 0, b.keys, w, o, p0, lanes)
+    xi_nxt = b.xis[s.nxt_xi]
+    fill_share(b.Zs[0, s.nxt_slot], xi_nxt, s.nxt, s.nxt_bias != 0, b.keys, w, o, p0, lanes)
 
 
 @njit(**_PAR)
 def run(b, steps, first, last, fused):
     """Steps first..last-1 of ``steps`` on every lane: all of them per lane (``fused``),
-    or the one step ``first`` after its GEMM (see above). ``b``: numba_types.Buffers."""
+    else each in turn (a GEMM pass's one step after its GEMM, or PREFETCH rows: see
+    above). ``b``: numba_types.Buffers."""
     lanes = b.wbuf.shape[0]
     P = b.pi.shape[1]
     for lu in prange(lanes):
@@ -140,10 +143,10 @@ def run(b, steps, first, last, fused):
                 Zt = np.empty((n, n), dtype=b.Zs.dtype)
                 rows = np.empty(3 * GROUP, dtype=np.int64)
                 pts = np.empty(GROUP, dtype=np.int64)
-                _fused_lane(lane, lanes, b, steps, first, last, b.Zs[lane], b.xis[lane],
-                            b.wbuf[lane], b.obuf[lane], Zt, rows, pts)  # fmt: skip
+                _fused_lane(lane, lanes, b, steps, first, last, Zt, rows, pts)
         else:
-            _gemm_lane(lane, lanes, b, steps[first], b.wbuf[lane], b.obuf[lane])
+            for i in range(first, last):
+                _gemm_lane(lane, lanes, b, steps[i], b.wbuf[lane], b.obuf[lane])
 
 
 @njit(**_OPT)

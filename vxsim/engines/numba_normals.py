@@ -22,9 +22,9 @@ large code model otherwise reloads each through an absolute address inside the
 loop).
 
 The Numba engine's kernels draw the MLP's weights with ``fill_share`` (a lane's
-share of Z^l, GEMM path) and ``fill_layer`` (all of it, by one lane, fused path);
-``normal_matrix`` is the plain parallel fill that the other architectures
-(engines.generic) use for their matrices.
+share of Z^l; every lane draws its share, on both paths); ``normal_matrix`` is
+the plain parallel fill that the other architectures (engines.generic) use for
+their matrices.
 """
 
 from typing import NamedTuple
@@ -322,8 +322,9 @@ def scratch(lanes):
 
 
 @njit(**_OPT)
-def fill_share(Z, xis, nxt, nxt_bias, keys, wbuf, obuf, lane, lanes):
-    """Lane ``lane``'s share of Z^{nxt} (and xi^{nxt} into xis[nxt % 2]); nothing if nxt == 0."""
+def fill_share(Z, xi, nxt, nxt_bias, keys, wbuf, obuf, lane, lanes):
+    """Lane ``lane``'s share (of ``lanes``) of Z^{nxt}, and of xi^{nxt} into ``xi`` where
+    ``nxt_bias``; nothing if nxt == 0."""
     if nxt <= 0:
         return
     n = Z.shape[0]
@@ -333,24 +334,8 @@ def fill_share(Z, xis, nxt, nxt_bias, keys, wbuf, obuf, lane, lanes):
     for c in range(lane * nch // lanes, (lane + 1) * nch // lanes):
         _fill_chunk(zflat, c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
     if nxt_bias:
-        xi = xis[nxt % 2]
         nch = ((n + 3) // 4 + CHUNK - 1) // CHUNK
         for c in range(lane * nch // lanes, (lane + 1) * nch // lanes):
-            _fill_chunk(xi, c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
-
-
-@njit(**_OPT)
-def fill_layer(Z, xi, layer, bias, keys, wbuf, obuf):
-    """Z^{layer} (and xi^{layer}) by one lane alone."""
-    n = Z.shape[0]
-    zflat = Z.reshape(n * n)
-    lay = np.uint64(layer)
-    nch = ((n * n + 3) // 4 + CHUNK - 1) // CHUNK
-    for c in range(nch):
-        _fill_chunk(zflat, c, n * n, lay, keys[0], _STREAM_WEIGHT, keys[1], keys[2], wbuf, obuf)
-    if bias:
-        nch = ((n + 3) // 4 + CHUNK - 1) // CHUNK
-        for c in range(nch):
             _fill_chunk(xi, c, n, lay, keys[0], _STREAM_BIAS, keys[1], keys[2], wbuf, obuf)
 
 

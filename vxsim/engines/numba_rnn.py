@@ -51,7 +51,7 @@ import numpy as np
 from .. import progress, rng
 from ..models import gates as gates_mod
 from ..models import gru, lstm, residual, rnn
-from . import base, gemm, generic, layout, numba_cpu, numba_normals, schedule
+from . import base, gemm, generic, layout, numba_cpu, numba_normals, schedule, workspace
 
 
 class RnnBuffers(NamedTuple):
@@ -208,7 +208,9 @@ def _rows(v):
 class _Unit:
     """One (width, sample) of a recurrent net: buffers, tied matrices, the lowered schedule."""
 
-    def __init__(self, config, width, sample, path=None):
+    def __init__(self, config, width, sample, path=None, ws=None):
+        """``ws``: the ``workspace.Workspace`` that holds the states, the kept steps and
+        the residual net's Z^l, uninitialised (default: a new one)."""
         self.config, self.N, self.sample = config, width, sample
         self.rec_ = RECURRENCES[config.arch.name]
         G, kind = self.rec_.gates, self.rec_.kind
@@ -271,23 +273,28 @@ class _Unit:
         lanes = int(self.lanes)
         wbuf, obuf = numba_normals.scratch(lanes)
         k0, k1 = rng.seed_key(config.seed)
+        ws = workspace.Workspace() if ws is None else ws
+
+        def w(name, shape):
+            return ws.empty(name, shape, dt)
+
         self.b = RnnBuffers(
-            A=np.zeros((3 * P, N), dtype=dt),
-            H=np.zeros((3 * P, G * N if kind != GRU else 2 * N), dtype=dt),
-            A2=np.zeros((3 * P, N), dtype=dt) if kind == GRU else one,
-            H2=np.zeros((3 * P, N), dtype=dt) if kind == GRU else one,
-            X=np.zeros((3 * P, N), dtype=dt) if kind in (LSTM, RESIDUAL) else one,
-            Q=np.zeros((3 * P, k.Q_BLOCKS * N), dtype=dt),
-            G=np.zeros((P, cells * N), dtype=dt) if self.vjp else one,
-            GN=np.zeros((P, N), dtype=dt) if self.vjp and kind == GRU else one,
-            GB=np.zeros((P, gw * N), dtype=dt) if self.vjp and kind != ELMAN else one,
-            U=np.zeros((P, N), dtype=dt) if self.vjp else one,
-            U2=np.zeros((P, N), dtype=dt) if self.vjp and kind == GRU else one,
-            S=np.zeros((slots, P, cells * N), dtype=dt) if self.vjp else np.zeros((1, 1, 1), dt),
+            A=w("A", (3 * P, N)),
+            H=w("H", (3 * P, G * N if kind != GRU else 2 * N)),
+            A2=w("A2", (3 * P, N)) if kind == GRU else one,
+            H2=w("H2", (3 * P, N)) if kind == GRU else one,
+            X=w("X", (3 * P, N)) if kind in (LSTM, RESIDUAL) else one,
+            Q=w("Q", (3 * P, k.Q_BLOCKS * N)),
+            G=w("G", (P, cells * N)) if self.vjp else one,
+            GN=w("GN", (P, N)) if self.vjp and kind == GRU else one,
+            GB=w("GB", (P, gw * N)) if self.vjp and kind != ELMAN else one,
+            U=w("U", (P, N)) if self.vjp else one,
+            U2=w("U2", (P, N)) if self.vjp and kind == GRU else one,
+            S=w("S", (slots, P, cells * N)) if self.vjp else np.zeros((1, 1, 1), dt),
             S_ls=np.zeros((slots, P)) if self.vjp else np.zeros((1, 1)),
-            QS=np.zeros((qslots, P, blocks * N) if qslots else (1, 1, 1), dtype=dt),
+            QS=w("QS", (qslots, P, blocks * N) if qslots else (1, 1, 1)),
             xi=xi, pf=pf, pi=pi, res=res, limit=base.divergence_limit(dt),
-            Zs=np.zeros((self._zslots(), N, N) if is_residual else (1, 1, 1), dtype=dt),
+            Zs=w("Zs", (self._zslots(), N, N) if is_residual else (1, 1, 1)),
             xis=np.zeros((2, N)), keys=np.array([sample, k0, k1], dtype=np.uint64),
             wbuf=wbuf, obuf=obuf,
         )  # fmt: skip
@@ -473,8 +480,11 @@ class _Unit:
             b.A[2 * P :] = _rows(t[: self.N])
             if self.kind == LSTM:
                 b.X[2 * P :] = _rows(t[self.N :])
+        if self.kind == LSTM:
+            b.X[: 2 * P] = 0  # c^0 (the buffers are uninitialised: engines.workspace)
         if self.vjp:
-            b.S[0, :, : self.N] = b.A[:P]  # the input (LSTM: c = 0)
+            b.S[0, :, : self.N] = b.A[:P]  # the input
+            b.S[0, :, self.N :] = 0  # LSTM: c^0 (other nets keep one cell: no columns)
 
     # -- the passes
 
@@ -696,8 +706,9 @@ def run_unit(config, width, sample, path=None):
     """One (width, sample) of a residual or recurrent net on the fused kernels (inside
     numba_cpu.run_unit, so under gemm.deterministic); ``path`` forces 'gemm' or 'fused'."""
     cls = _ResidualUnit if RECURRENCES[config.arch.name].kind == RESIDUAL else _Unit
-    unit = cls(config, width, sample, path)
-    unit.forward()
-    if unit.vjp:
-        unit.backward()
-    return unit.results()
+    with workspace.borrowed() as ws:
+        unit = cls(config, width, sample, path, ws)
+        unit.forward()
+        if unit.vjp:
+            unit.backward()
+        return unit.results()

@@ -978,7 +978,15 @@ def run(op, b, drv, t, r, rows, jvp, slot, keep, qslot, lanes, nxt, nxt_slot):
             _point(op, p, b, drv, t, r, rows, jvp, slot, keep, qslot)
         lane = np.int64(lu)
         fill_share(
-            b.Zs[nxt_slot], b.xis, nxt, True, b.keys, b.wbuf[lane], b.obuf[lane], lane, lanes
+            b.Zs[nxt_slot],
+            b.xis[nxt % 2],
+            nxt,
+            True,
+            b.keys,
+            b.wbuf[lane],
+            b.obuf[lane],
+            lane,
+            lanes,
         )
 
 

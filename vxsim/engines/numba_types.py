@@ -37,7 +37,7 @@ class Buffers(NamedTuple):
     U: np.ndarray  # (P, N) Z^T g
     D: np.ndarray  # (every, P, N) phi'(h1) of a segment (or of every layer)
     Zs: np.ndarray  # (lanes or 1, slots, N, N) weight slots
-    xis: np.ndarray  # (>= 2, N) bias noise: per lane, or this layer's and the next's
+    xis: np.ndarray  # (slots, N) bias noise: fused path per slot, GEMM path per layer % 2
     x1: np.ndarray  # (N,) the first input, in the run's dtype
     cp: np.ndarray  # (checkpoints, P, N) hh1 at the checkpoints
     cp_ls: np.ndarray  # (checkpoints, P) its log-scale
@@ -51,16 +51,17 @@ class Buffers(NamedTuple):
 
 
 # Operations (``op`` of a step).
-OP_PREFETCH = 0  # nothing but the prefetch (GEMM path)
+OP_PREFETCH = 0  # nothing but the prefetch (a GEMM pass's first Z; the fused path's draws)
 OP_FORWARD = 1  # forward epilogues of ``layer`` after H = A @ Z.T
 OP_RECOMPUTE = 2  # h1 epilogues of a recomputed ``layer`` (phi' into D[j])
 OP_RESTART = 3  # segment start from checkpoint ``ci`` (ci < 0: from the input x1)
 OP_BACKWARD = 4  # backprop steps ``layer`` -> ``layer - 1`` after U = G @ Z
 
-# One lowered schedule operation. The fused path draws Z^layer into its lane's
-# ``slot`` itself where ``draw`` (with the bias noise where ``bias``); the GEMM path's
-# BLAS call reads Z from ``slot`` and the step then generates what the next one
-# needs (``nxt`` > 0: Z^nxt into ``nxt_slot``, and xi^nxt where ``nxt_bias``).
+# One lowered schedule operation. The GEMM path's BLAS call reads Z from ``slot`` and
+# the step then generates what the next one needs (``nxt`` > 0: Z^nxt into
+# ``nxt_slot``, and xi^nxt into ``xis[nxt_xi]`` where ``nxt_bias``). The fused path's
+# steps read Z^layer and xi^layer from ``slot``, drawn before by PREFETCH rows (all
+# lanes together, ``numba_cpu._shared_draws``); its ``draw`` is then 0.
 STEP = np.dtype(
     [
         (name, np.int64)
@@ -77,6 +78,7 @@ STEP = np.dtype(
             "nxt",
             "nxt_bias",
             "nxt_slot",
+            "nxt_xi",  # the row of ``xis`` that xi^nxt goes to
         )
     ]
 )
