@@ -250,6 +250,24 @@ def test_shared_draws_leave_each_step_its_own_layers_weights(ring):
             assert draws_seen == sum(int(s["draw"]) for steps in passes for s in steps)
 
 
+def test_the_fused_path_keeps_one_copy_of_each_z_whatever_the_lanes(monkeypatch):
+    """The lanes share the fused path's Z^l (numba_cpu._shared_draws): on 16 lanes a
+    VJP keeps every Z^l within the same budget as on one (it used to need a copy per
+    lane, 16x the memory) and the unit holds one weight buffer."""
+    width, depth = 64, 100
+    cfg = make_config(width=width, depth=depth, mode="vjp")
+    points, item = base.grid(cfg).points, cfg.dtype.itemsize
+    monkeypatch.setattr(numba_cpu, "STORE_BYTES", depth * (points + width) * width * item)
+    for lanes in (1, 16):
+        monkeypatch.setattr(numba_cpu, "_lanes", lambda n=lanes: n)
+        assert numba_cpu.vjp_plan(cfg, width, points, "fused") == schedule.Plan(
+            depth, True, True, False
+        )
+        unit = numba_cpu._Unit(cfg, width, 0, path="fused")
+        assert unit.lanes == lanes and unit.zstore
+        assert unit.Zs.shape == (1, depth + numba_cpu.ring_slots(width, cfg.dtype), width, width)
+
+
 def test_vjp_plan_within_budget_and_checkpointed_at_depth_10000():
     """What a unit keeps never exceeds the budget; at depth 10,000, width 1024
     and the benchmark's 342 grid points (14 GiB of phi'), VJP checkpoints even

@@ -43,6 +43,7 @@ the model's own host code (``models.gates`` on an ``engines.generic.Unit`` with 
 parallel generator), bit-identical to the oracle's draws.
 """
 
+import functools
 import threading
 from typing import NamedTuple
 
@@ -223,8 +224,11 @@ class _Unit:
         self.P, self.dt, self.L = P, dt, config.depth
         self.jvp, self.vjp = "jvp" in config.modes, "vjp" in config.modes
         self.lanes = np.int64(numba_cpu._lanes())
+        ws = workspace.Workspace() if ws is None else ws
+        # the store budget counts what the previous unit left in the workspace as free
+        budget = functools.partial(numba_cpu.store_budget, ws.nbytes)
         # the model's host code draws the tied matrices and the biases (bit-identical)
-        arrays = generic.HostArrays(numba_normals.normal_matrix, numba_cpu.store_budget)
+        arrays = generic.HostArrays(numba_normals.normal_matrix, budget)
         self.gu = generic.Unit(config, width, sample, arrays)
         if kind != RESIDUAL:
             self.Z = gates_mod.tied_weights(self.gu, G)  # (G N, N), run precision
@@ -273,7 +277,6 @@ class _Unit:
         lanes = int(self.lanes)
         wbuf, obuf = numba_normals.scratch(lanes)
         k0, k1 = rng.seed_key(config.seed)
-        ws = workspace.Workspace() if ws is None else ws
 
         def w(name, shape):
             return ws.empty(name, shape, dt)
