@@ -23,8 +23,7 @@ through all the run's steps, the products a block of points at a time
 (``numba_matvec.rows_times``: Z read once per six rows, not once per row). No
 synchronisation between the layers of a run, which at small widths costs more
 than the arithmetic; two per run. (Until 2026-12-04 each lane drew every Z^l
-itself, lanes times the generator's work: on 2 lanes 12-20 % of a layer at
-widths 64-192, and on 16 lanes more than the products.)
+itself: lanes times the generator's work, and a copy of each kept Z^l per lane.)
 """
 
 import numpy as np

@@ -977,17 +977,8 @@ def run(op, b, drv, t, r, rows, jvp, slot, keep, qslot, lanes, nxt, nxt_slot):
                 continue
             _point(op, p, b, drv, t, r, rows, jvp, slot, keep, qslot)
         lane = np.int64(lu)
-        fill_share(
-            b.Zs[nxt_slot],
-            b.xis[nxt % 2],
-            nxt,
-            True,
-            b.keys,
-            b.wbuf[lane],
-            b.obuf[lane],
-            lane,
-            lanes,
-        )
+        xi = b.xis[nxt % 2]
+        fill_share(b.Zs[nxt_slot], xi, nxt, True, b.keys, b.wbuf[lane], b.obuf[lane], lane, lanes)
 
 
 @njit(**_PAR)

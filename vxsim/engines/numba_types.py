@@ -36,7 +36,7 @@ class Buffers(NamedTuple):
     G: np.ndarray  # (P, N) gradients g
     U: np.ndarray  # (P, N) Z^T g
     D: np.ndarray  # (every, P, N) phi'(h1) of a segment (or of every layer)
-    Zs: np.ndarray  # (lanes or 1, slots, N, N) weight slots
+    Zs: np.ndarray  # (1, slots, N, N) weight slots: the schedule's, then the fused path's ring
     xis: np.ndarray  # (slots, N) bias noise: fused path per slot, GEMM path per layer % 2
     x1: np.ndarray  # (N,) the first input, in the run's dtype
     cp: np.ndarray  # (checkpoints, P, N) hh1 at the checkpoints
