@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import threading
 import time
 
 import h5py
@@ -267,6 +268,35 @@ def test_a_killed_writer_leaves_marks_that_resume_clears(tmp_path, slow_referenc
     p = spawn_cli("sweep", "-o", out, "--resume", *SLOW_KEYS)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     _assert_same_file(slow_reference, out)
+
+
+def test_a_reader_waits_out_a_file_caught_mid_close_and_not_one_truncated_for_good(tmp_path):
+    """While its writer closes it, a file's superblock can already name an end the file
+    has not reached yet ("truncated file"): open_reader tries again until it has, and
+    raises the error for a file that stays truncated."""
+    path = tmp_path / "closing.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(1000.0)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-48])
+    with pytest.raises(OSError, match="truncated file"):
+        h5py.File(path, "r")
+
+    def finish_close():
+        time.sleep(0.2)
+        with open(path, "ab") as fh:
+            fh.write(whole[-48:])
+
+    writer = threading.Thread(target=finish_close)
+    writer.start()
+    with open_reader(str(path), wait=60.0) as f:
+        np.testing.assert_array_equal(f["x"][()], np.arange(1000.0))
+    writer.join()
+    path.write_bytes(whole[:-48])
+    start = time.monotonic()
+    with pytest.raises(OSError, match="truncated file"):
+        open_reader(str(path), wait=0.3)
+    assert time.monotonic() - start >= 0.3
 
 
 def test_lookup3_known_answers():

@@ -10,6 +10,7 @@ like ``h5clear -s``), recomputing the superblock's lookup3 checksum.
 
 import os
 import struct
+import time
 
 import h5py
 
@@ -19,13 +20,29 @@ from .locks import reason
 RUNNING_LIBVER = "latest"  # the file format of a running file: SWMR needs superblock v3
 
 
-def open_reader(path):
+def open_reader(path, wait=2.0):
     """Open a results file read-only, also while its sweep writes it (or after a kill).
 
     A file whose writer has it open (or was killed with it open) is marked so
     in its superblock, and HDF5 opens it only as an SWMR reader; a closed file
     opens plainly. Neither takes a lock, so the writer is never disturbed.
+
+    A reader that comes while the writer closes the file can find the superblock
+    already final (unmarked) but the file not yet extended to the end it names
+    (HDF5: "truncated file"); it tries again for up to ``wait`` seconds, then
+    raises that error (a file truncated for good, e.g. by a full disk).
     """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _open_reader_once(path)
+        except OSError as err:
+            if "truncated file" not in str(err) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+def _open_reader_once(path):
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as err:
