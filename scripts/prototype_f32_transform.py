@@ -8,6 +8,8 @@ polynomials, the radius's sqrt and the products in float32, with float32
 coefficients of fdlibm's logf, sinf and cosf shapes (approximate: a speed
 prototype, not a specified transform). It prints the largest difference from the
 generator's normals and the rates of both, side by side, on 1 and 2 threads.
+Its Philox and store passes are copies of ``numba_normals._fill_chunk``'s, on
+purpose: only the passes between them differ, so the rates compare those.
 Measured 2026-12-04 (docs/performance.md, fifth round): 1.24-1.29x.
 
     PYTHONPATH=. python scripts/prototype_f32_transform.py
