@@ -8,8 +8,9 @@ polynomials, the radius's sqrt and the products in float32, with float32
 coefficients of fdlibm's logf, sinf and cosf shapes (approximate: a speed
 prototype, not a specified transform). It prints the largest difference from the
 generator's normals and the rates of both, side by side, on 1 and 2 threads.
-Its Philox and store passes are copies of ``numba_normals._fill_chunk``'s, on
-purpose: only the passes between them differ, so the rates compare those.
+Its Philox and store passes are ``numba_normals._fill_chunk``'s own
+(``philox_words``, ``octant_store``): only the passes between them differ, so the
+rates compare those.
 Measured 2026-12-04 (docs/performance.md, fifth round): 1.24-1.29x.
 
     PYTHONPATH=. python scripts/prototype_f32_transform.py
@@ -34,9 +35,9 @@ from vxsim.engines.numba_normals import (  # noqa: E402
     _U0,
     CHUNK,
     _constants,
-    _octant,
-    _philox,
     _word_f64,
+    octant_store,
+    philox_words,
 )
 
 # float32 coefficients: log(1+f) series in s^2 (e_logf.c's shape), sin and cos on
@@ -57,26 +58,19 @@ OPT = dict(cache=False, error_model="numpy", nogil=True)
 
 
 @njit(**OPT)
-def fill_chunk32(out, chunk, count, layer, sample, stream, k0, k1, wbuf, o32, LG, SC):
+def fill_chunk32(out, chunk, layer, sample, stream, k0, k1, wbuf, o32, LG, SC):
     K = _constants()
     lg1, lg2, lg3, lg4 = LG[0], LG[1], LG[2], LG[3]
     s1, s2, s3, c1, c2, c3 = SC[0], SC[1], SC[2], SC[3], SC[4], SC[5]
     ln2 = np.float32(0.6931471805599453)
-    b0 = chunk * CHUNK
-    nb = min(CHUNK, (count + 3) // 4 - b0)
-    n8 = (nb + 7) // 8 * 8
-    for i in range(n8):
-        w0, w1, w2, w3 = _philox(np.uint64(b0 + i), layer, sample, stream, k0, k1)
-        wbuf[0, i] = w0
-        wbuf[1, i] = w1
-        wbuf[2, i] = w2
-        wbuf[3, i] = w3
+    b0 = chunk * CHUNK  # whole chunks only (main draws a multiple of 4 CHUNK)
+    philox_words(wbuf, b0, CHUNK, layer, sample, stream, k0, k1)
     for a in (0, 2):
-        for i in range(n8):
+        for i in range(CHUNK):
             d, f, s = nn._log_head(wbuf[a, i], K)  # float64 exact reduction (its division too)
             o32[4 + a, i] = np.float32(d)
             o32[5 + a, i] = np.float32(f)
-        for i in range(n8):
+        for i in range(CHUNK):
             d = o32[4 + a, i]
             f = o32[5 + a, i]
             s = f / (np.float32(2.0) + f)
@@ -87,7 +81,7 @@ def fill_chunk32(out, chunk, count, layer, sample, stream, k0, k1, wbuf, o32, LG
             log_u = d * ln2 - ((hfsq - s * (hfsq + r)) - f)
             o32[a, i] = np.sqrt(np.float32(-2.0) * log_u)
     for b in (1, 3):
-        for i in range(n8):
+        for i in range(CHUNK):
             kb = wbuf[b, i]
             o = (kb >> _S29) & _SEVEN
             j = (kb & K.low29) ^ (K.low29 if (o & _ONE) != 0 else _U0)
@@ -98,14 +92,7 @@ def fill_chunk32(out, chunk, count, layer, sample, stream, k0, k1, wbuf, o32, LG
             o32[3 + b, i] = sy
             o32[4 + b, i] = cy
     base = 4 * b0
-    dst = out[base : base + 4 * CHUNK]
-    for i in range(CHUNK):
-        z0, z1 = _octant(o32[0, i], o32[4, i], o32[5, i], wbuf[1, i])
-        z2, z3 = _octant(o32[2, i], o32[6, i], o32[7, i], wbuf[3, i])
-        dst[4 * i] = z0
-        dst[4 * i + 1] = z1
-        dst[4 * i + 2] = z2
-        dst[4 * i + 3] = z3
+    octant_store(out[base : base + 4 * CHUNK], o32, wbuf)
 
 
 @njit(parallel=True, cache=False)
@@ -117,7 +104,7 @@ def fill32(out, layer, sample, stream, k0, k1, threads, LG, SC):
         words = np.empty((4, CHUNK), dtype=np.uint64)
         o32 = np.empty((8, CHUNK), dtype=np.float32)
         for c in range(lane * chunks // lanes, (lane + 1) * chunks // lanes):
-            fill_chunk32(out, c, count, layer, sample, stream, k0, k1, words, o32, LG, SC)
+            fill_chunk32(out, c, layer, sample, stream, k0, k1, words, o32, LG, SC)
 
 
 def main():

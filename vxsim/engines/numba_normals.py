@@ -244,6 +244,32 @@ def _box_muller(ka, kb):
     return _octant(np.sqrt(_minus_two_log(d, f, s, K)), sy, cy, kb)
 
 
+@njit(inline="always", **_OPT)
+def philox_words(wbuf, b0, n, layer, sample, stream, k0, k1):
+    """Pass 1 of ``_fill_chunk``: the words of Philox blocks b0 .. b0 + n - 1 of the
+    stream into ``wbuf[0:4, :n]``."""
+    for i in range(n):
+        w0, w1, w2, w3 = _philox(np.uint64(b0 + i), layer, sample, stream, k0, k1)
+        wbuf[0, i] = w0
+        wbuf[1, i] = w1
+        wbuf[2, i] = w2
+        wbuf[3, i] = w3
+
+
+@njit(inline="always", **_OPT)
+def octant_store(dst, rows, wbuf):
+    """Pass 4 of ``_fill_chunk`` for a whole chunk: the normals 4 i .. 4 i + 3 of block i
+    into ``dst`` (4 CHUNK long), from r in ``rows[0]``, ``rows[2]``, (sin y, cos y) in
+    rows 4-5 and 6-7, and the octants of the words ``wbuf[1]``, ``wbuf[3]``."""
+    for i in range(CHUNK):
+        z0, z1 = _octant(rows[0, i], rows[4, i], rows[5, i], wbuf[1, i])
+        z2, z3 = _octant(rows[2, i], rows[6, i], rows[7, i], wbuf[3, i])
+        dst[4 * i] = z0
+        dst[4 * i + 1] = z1
+        dst[4 * i + 2] = z2
+        dst[4 * i + 3] = z3
+
+
 @njit(**_OPT)
 def _fill_chunk(out, chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
     """Normals ``4 chunk CHUNK ...`` of a stream into ``out[4 chunk CHUNK ...]`` (the
@@ -270,12 +296,7 @@ def _fill_chunk(out, chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
     b0 = chunk * CHUNK
     nb = min(CHUNK, (count + 3) // 4 - b0)
     n8 = (nb + 7) // 8 * 8
-    for i in range(n8):
-        w0, w1, w2, w3 = _philox(np.uint64(b0 + i), layer, sample, stream, k0, k1)
-        wbuf[0, i] = w0
-        wbuf[1, i] = w1
-        wbuf[2, i] = w2
-        wbuf[3, i] = w3
+    philox_words(wbuf, b0, n8, layer, sample, stream, k0, k1)
     for a in (0, 2):
         for i in range(n8):
             d, f, s = _log_head(wbuf[a, i], K)
@@ -292,14 +313,7 @@ def _fill_chunk(out, chunk, count, layer, sample, stream, k0, k1, wbuf, obuf):
             obuf[b - 1, i] = np.sqrt(obuf[b - 1, i])
     base = 4 * b0
     if nb == CHUNK and base + 4 * CHUNK <= count:
-        dst = out[base : base + 4 * CHUNK]
-        for i in range(CHUNK):
-            z0, z1 = _octant(obuf[0, i], obuf[4, i], obuf[5, i], wbuf[1, i])
-            z2, z3 = _octant(obuf[2, i], obuf[6, i], obuf[7, i], wbuf[3, i])
-            dst[4 * i] = z0
-            dst[4 * i + 1] = z1
-            dst[4 * i + 2] = z2
-            dst[4 * i + 3] = z3
+        octant_store(out[base : base + 4 * CHUNK], obuf, wbuf)
         return
     for i in range(n8):
         z0, z1 = _octant(obuf[0, i], obuf[4, i], obuf[5, i], wbuf[1, i])
