@@ -400,9 +400,10 @@ def _prefetch_rows(draws):
     """PREFETCH rows drawing Z^layer (and xi^layer where ``bias``) into ``slot`` for each
     (layer, bias, slot) of ``draws`` (xi into ``xis[slot]``)."""
     rows = np.zeros(len(draws), dtype=STEP)
-    for row, (layer, bias, slot) in zip(rows, draws, strict=True):
-        row["op"], row["nxt"], row["nxt_bias"] = OP_PREFETCH, layer, bias
-        row["nxt_slot"] = row["nxt_xi"] = slot
+    rows["op"] = OP_PREFETCH
+    if draws:
+        rows["nxt"], rows["nxt_bias"], rows["nxt_slot"] = np.array(draws, dtype=np.int64).T
+        rows["nxt_xi"] = rows["nxt_slot"]
     return rows
 
 
@@ -410,13 +411,14 @@ def _kept_draws(steps):
     """Indices of the drawing steps whose Z^l a later step reads without drawing it (a
     kept Z^l, schedule.Plan.keep_weights, or Z^L after the forward pass)."""
     kept, last = set(), {}
-    for i, s in enumerate(steps):
-        if s["op"] == OP_RESTART:
+    rows = zip(steps["op"].tolist(), steps["draw"].tolist(), steps["slot"].tolist(), strict=True)
+    for i, (op, draw, slot) in enumerate(rows):
+        if op == OP_RESTART:
             continue
-        if s["draw"]:
-            last[s["slot"]] = i
+        if draw:
+            last[slot] = i
         else:
-            kept.add(last[s["slot"]])
+            kept.add(last[slot])
     return kept
 
 
@@ -429,23 +431,28 @@ def _shared_draws(steps, kept, slots, ring):
     (< ``slots``); every other one takes the next of ``ring`` slots after those. A run
     draws at most ``ring`` Z^l (RING_BYTES: they are still in cache when used) and
     ends before a draw into a kept slot it has already used, so no draw overwrites
-    what a step of its run reads.
+    what a step of its run reads. (Plain lists: a unit of 1,000 layers is lowered in
+    a few ms, where field access on the STEP records took ~50.)
     """
-    steps = steps.copy()
-    runs, draws, used, first = [], [], set(), 0
-    for i, s in enumerate(steps):
-        if s["op"] == OP_RESTART:
+    op, layer, bias = (steps[name].tolist() for name in ("op", "layer", "bias"))
+    slot, draw = steps["slot"].tolist(), steps["draw"].tolist()
+    runs, draws, used, first, in_ring = [], [], set(), 0, 0
+    for i in range(len(op)):
+        if op[i] == OP_RESTART:
             continue
-        if s["draw"]:
-            slot = int(s["slot"]) if i in kept else slots + sum(d[2] >= slots for d in draws)
-            if slot in used or len(draws) == ring:
+        if draw[i]:
+            target = slot[i] if i in kept else slots + in_ring
+            if target in used or len(draws) == ring:
                 runs.append((_prefetch_rows(draws), first, i))
-                draws, used, first = [], set(), i
-                slot = slot if i in kept else slots
-            draws.append((int(s["layer"]), int(s["bias"]), slot))
-            s["slot"], s["draw"] = slot, 0
-        used.add(int(s["slot"]))
-    runs.append((_prefetch_rows(draws), first, len(steps)))
+                draws, used, first, in_ring = [], set(), i, 0
+                target = slot[i] if i in kept else slots
+            in_ring += i not in kept
+            draws.append((layer[i], bias[i], target))
+            slot[i], draw[i] = target, 0
+        used.add(slot[i])
+    runs.append((_prefetch_rows(draws), first, len(op)))
+    steps = steps.copy()
+    steps["slot"], steps["draw"] = slot, draw
     return runs, steps
 
 
