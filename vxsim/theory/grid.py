@@ -209,12 +209,9 @@ def _chaotic(fa, sw, sb, q, q_next, e_phi2, e_dphi2):
     for stage, nt in enumerate(N_MEHLER):
         A, B = _hermite_coefficients(fa, r[rest], nt)
         a2, b2 = A * A, B * B
-
-        def series(sub, c, a2=a2, b2=b2):
-            return _power_series(a2[sub], c), _power_series(b2[sub], c)
-
         if stage == 0:
-            # c = 0: c_map(0) <= 0 gives c* = 0 (odd activations at sigma_b2 = 0)
+            # c = 0: c_map(0) <= 0 gives c* = 0 (odd activations at sigma_b2 = 0, where
+            # quadrature gives E[phi] = 0 or ~1e-18, as its summation order falls)
             g0 = a_map * a2[:, 0] + b_map
             chi_c[:] = sw * b2[:, 0]
             h_pos[:] = g0
@@ -222,6 +219,10 @@ def _chaotic(fa, sw, sb, q, q_next, e_phi2, e_dphi2):
             rest, a2, b2 = rest[keep], a2[keep], b2[keep]
             if rest.size == 0:
                 break
+
+        def series(sub, c, a2=a2, b2=b2):  # the points still open (rest)
+            return _power_series(a2[sub], c), _power_series(b2[sub], c)
+
         k = rest
         # every term of the series is >= 0: for 0 <= c <= 1 the truncation error is
         # at most c^(nt + 1) times its value at c = 1, known from the 1-d integrals
