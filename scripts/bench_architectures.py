@@ -114,9 +114,9 @@ def gemm_shapes(arch, mode, points, width, kept=(True, True)):
 
 
 def time_gemms(arch, width, mode, repeat, steps=20, kept=(True, True)):
-    """Seconds per step of the GEMMs alone (gemm.matmul, BLAS on one thread, rows split
-    over the engine's lanes as in a unit): the limit of vxsim's time."""
-    from vxsim.engines import gemm
+    """Seconds per step of the GEMMs alone (numba_gemm.matmul, BLAS on one thread, rows
+    split over the engine's lanes as in a unit): the limit of vxsim's time."""
+    from vxsim.engines import gemm, numba_gemm
 
     lanes = numba_cpu._lanes()
     ops = []
@@ -128,7 +128,7 @@ def time_gemms(arch, width, mode, repeat, steps=20, kept=(True, True)):
     def run():
         for _ in range(steps):
             for a, b, out in ops:
-                gemm.matmul(a, b, out, lanes)
+                numba_gemm.matmul(a, b, out, lanes)
 
     with gemm.one_blas_thread():
         run()

@@ -9,8 +9,8 @@ gradient backward in VJP), per mode:
 * effective GFLOP/s, counting 2 N^2 C per layer (C = 1,026 columns; VJP's
   recomputation is not counted), and its ratio to float32 matmul of the same
   shape (C, N) @ (N, N) timed in the same run, in alternation with the engine
-  (``side_by_side``), the faster of NumPy's and the engine's row-split one
-  (``vxsim.engines.gemm``): the practical limit;
+  (``side_by_side``), the fastest of NumPy's and the engine's row-split ones
+  (``vxsim.engines.gemm``, ``numba_gemm``): the practical limit;
 * the normal generator's rate (``numba_normals``, all threads, 4 M normals per call,
   float64 and float32 stores) beside NumPy's ``standard_normal`` (one thread) in the
   same run;
@@ -62,7 +62,7 @@ from docs_block import recorded  # noqa: E402
 
 from vxsim import config as config_mod  # noqa: E402
 from vxsim import rng as vx_rng  # noqa: E402
-from vxsim.engines import gemm, numba_cpu, numba_normals, numpy_ref  # noqa: E402
+from vxsim.engines import gemm, numba_cpu, numba_gemm, numba_normals, numpy_ref  # noqa: E402
 
 WIDTHS = (32, 64, 128, 256, 512, 1024, 2048)
 GRID = [
@@ -156,8 +156,9 @@ def crossover(widths, depth, repeat):
 
 def matmul_round(width, columns):
     """A function that times one round of float32 (C, N) @ (N, N) and returns seconds
-    per GEMM: the faster of NumPy's matmul (OpenBLAS's threads) and the engine's
-    row-split GEMM (gemm.matmul, one BLAS thread), each repeated for about 2 GFLOP."""
+    per GEMM: the fastest of NumPy's matmul (OpenBLAS's threads) and the engine's
+    row-split GEMMs (one BLAS thread; blocks on Python's threads, gemm.matmul, and on
+    Numba's, numba_gemm.matmul), each repeated for about 2 GFLOP."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((columns, width), dtype=np.float32)
     Z = rng.standard_normal((width, width), dtype=np.float32)
@@ -170,12 +171,13 @@ def matmul_round(width, columns):
         for _ in range(n):
             np.matmul(A, Z.T, out=H)
 
-    def run_split():
+    def run_split(matmul):
         with gemm.one_blas_thread():
             for _ in range(n):
-                gemm.matmul(A, Z.T, H, lanes)
+                matmul(A, Z.T, H, lanes)
 
-    return lambda: min(best(run, 1), best(run_split, 1)) / n
+    splits = [lambda m=m: run_split(m) for m in (gemm.matmul, numba_gemm.matmul)]
+    return lambda: min(best(f, 1) for f in (run, *splits)) / n
 
 
 def time_matmul(width, columns, repeat):

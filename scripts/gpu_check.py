@@ -38,7 +38,10 @@ Prints, each section on its own, timed, and a FAIL with its reason if it breaks
    LSTM, width 1024, 1,000 points, 1,000 steps (target under 10 s);
 6. the wall time of the Schoenholz et al. (2017) tanh phase diagram
    (data/schoenholz2017_tanh.toml as written: width 1000, depth 1000, 40 x 40
-   grid, 8 samples, JVP and VJP) and its boundary beside the theory's.
+   grid, 8 samples, JVP and VJP) and its boundary beside the theory's;
+7. the machine's CPU cores (no device needed): the numba engine's row-split GEMM
+   on Numba's threads against Python's (scripts/bench_gemm_split.py), since this
+   machine's many cores are the only many-core CPU sessions get.
 
 ``--host`` runs the same script on the CPU (the kernels built with g++, tiny
 sizes, no CuPy): a check of this script itself, not of a GPU. ``--only
@@ -108,6 +111,7 @@ _TITLES = {
     "rnn": "RNNs (oracle, graph vs steps, persistent crossover, Elman and LSTM wall times)",
     "spectrum": "Jacobian spectrum and weight laws (oracle, orthogonality, cost)",
     "schoenholz": "Schoenholz et al. 2017 tanh phase diagram",
+    "cpu": "the CPU cores: the numba engine's GEMM split (bench_gemm_split.py)",
 }
 SECTIONS = tuple(_TITLES)
 
@@ -720,6 +724,21 @@ def schoenholz_section(sizes):
             say(f"  ... ({len(lines) - 20} more lines)")
 
 
+def cpu_section(host):
+    """bench_gemm_split.py on every core, in its own process (Numba's thread count is
+    fixed when its threads start)."""
+    args = ["--widths", "256"] if host else ["--widths", "256,512,1024", "--repeat", "3"]
+    threads = sorted({2, os.cpu_count() or 2})
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_gemm_split.py"), *args,
+           "--threads", ",".join(map(str, threads))]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS=str(max(threads)))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    for line in (proc.stdout + proc.stderr).strip().splitlines():
+        say("  " + line)
+    if proc.returncode:
+        raise RuntimeError(f"bench_gemm_split.py exited with {proc.returncode}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", action="store_true", help="CPU dry run of this script")
@@ -750,11 +769,13 @@ def main():
         ("rnn", 40, lambda: rnn_section(sizes, clock)),
         ("spectrum", 30, lambda: spectrum_section(sizes, clock)),
         ("schoenholz", 40, lambda: schoenholz_section(sizes)),
+        ("cpu", 15, lambda: cpu_section(args.host)),
     ]
     for key, need, run in plan:
         if key not in only:
             continue
-        with section(_TITLES[key], args.budget, need, requires=ready) as go:
+        requires = None if key == "cpu" else ready
+        with section(_TITLES[key], args.budget, need, requires=requires) as go:
             if go:
                 run()
     return summary(args)

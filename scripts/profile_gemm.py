@@ -6,15 +6,15 @@ in ms per layer (each the best of ``--repeat`` units, timed side by side in
 one run):
 
 * ``layer``: a whole unit on the GEMM path, divided by its depth;
-* ``gemm``: the engine's own GEMMs inside that unit (``gemm.matmul``: rows
-  split over the lanes, one BLAS thread each; VJP: a forward GEMM of 2P rows
+* ``gemm``: the engine's own GEMMs inside that unit (``numba_gemm.matmul``:
+  rows split over the lanes, one BLAS thread each; VJP: a forward GEMM of 2P rows
   and a backward one of P rows);
 * ``epi+draw``: the parallel call after each GEMM (every point's epilogue, then
   each lane's share of the next Z^l); ``draw``: the generator alone drawing
   one Z^l (N^2 normals into float32, all threads) and ``epi`` the difference;
 * ``host``: the rest (Python between the calls);
 * ``matmul``: the benchmark's reference (``bench_cpu.time_matmul``: float32
-  (C, N) @ (N, N), the faster of NumPy's threads and the split);
+  (C, N) @ (N, N), the fastest of NumPy's threads and the two splits);
 * ``ratio``: matmul / layer, as bench_cpu prints it; ``if free``: the ratio if
   the epilogue and the draw cost nothing (the engine's GEMMs and host time
   alone), an upper bound for this engine on this machine.

@@ -804,7 +804,7 @@ def test_gpu_check_script_dry_run(tmp_path):
     assert "Traceback" not in out + proc.stderr
     for title in ("versions", "device", "GPU tests", "GEMM path throughput",
                   "fused path throughput", "path crossover", "other architectures",
-                  "Schoenholz"):  # fmt: skip
+                  "Schoenholz", "the CPU cores"):  # fmt: skip
         assert re.search(rf"^PASS +[\d.]+ s  {title}", out, re.M), (title, out)
     assert re.search(r"^python  3\.\d+\.\d+  numpy \S+  numba \S+", out, re.M), out
     assert re.search(r"auto picked the faster path in \d+ of \d+ cases", out), out
@@ -815,3 +815,4 @@ def test_gpu_check_script_dry_run(tmp_path):
     for arch in ("rnn", "gru", "lstm"):
         assert re.search(rf"{arch}: auto picked the faster path in \d+ of \d+ cases", out), out
     assert re.search(r"schoenholz2017_tanh: .* wall time [\d.]+ s", out)
+    assert re.search(r"^ +2 +256 +A @ Z\.T( +[\d.]+){5}  True$", out, re.M), out  # bench_gemm_split

@@ -128,3 +128,14 @@ def test_the_signature_does_not_depend_on_what_else_is_loaded():
         for first in ("", "import scipy.linalg; ", "import scipy.special, scipy.optimize; ")
     }
     assert len(seen) == 1 and "no BLAS" not in seen.pop()
+
+
+def test_blas_threads_sets_and_restores_the_count_after_one_blas_thread():
+    """The benchmarks' multithreaded reference: after one_blas_thread() has run (its
+    limits are set on another thread), blas_threads(n) still sets n and restores."""
+    with gemm.one_blas_thread():
+        pass
+    before = blas_threads()
+    with gemm.blas_threads(1):
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before

@@ -34,7 +34,7 @@ THREAD_VARIABLES = (
 )
 
 # Width 64 runs the fused kernels, 300 the GEMM path (rows split at verified
-# cuts); the LSTM and the Elman RNN run engines.numba_rnn's stacked-gate GEMMs
+# cuts, on Numba's threads where numba_gemm takes them); the LSTM and the Elman RNN run engines.numba_rnn's stacked-gate GEMMs
 # (rows split the same way) and fused step kernels.
 SWEEPS = {
     "mlp": [
@@ -117,6 +117,9 @@ VARIANTS = {
     "OPENBLAS_NUM_THREADS=1": {"OPENBLAS_NUM_THREADS": "1"},
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
     "NUMBA_NUM_THREADS=1": {"NUMBA_NUM_THREADS": "1"},
+    # More lanes than this machine's cores may have: GEMM rows in 3 blocks on Numba's
+    # threads (numba_gemm), the fused kernels' points over 3 lanes.
+    "NUMBA_NUM_THREADS=3": {"NUMBA_NUM_THREADS": "3"},
     "all three 1": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
 }
 

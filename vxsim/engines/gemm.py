@@ -58,8 +58,8 @@ _controller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vxsim-blas-l
 _inspected = (None, -1)  # (threadpoolctl.ThreadpoolController, len(sys.modules) then)
 
 
-def _limit():
-    """BLAS limited to one thread. Inspecting the loaded libraries (what
+def _limit(count=1):
+    """BLAS limited to ``count`` threads. Inspecting the loaded libraries (what
     ``threadpool_limits`` does every time) costs ~1-3 ms, a fixed cost of every unit
     that small widths feel; the inspection is reused until a module has been
     imported since (the only way a new BLAS gets loaded). Runs on ``_controller``."""
@@ -68,7 +68,7 @@ def _limit():
     if controller is None or modules != len(sys.modules):
         controller = threadpoolctl.ThreadpoolController()
         _inspected = (controller, len(sys.modules))
-    return controller.limit(limits=1, user_api="blas")
+    return controller.limit(limits=count, user_api="blas")
 
 
 @contextlib.contextmanager
@@ -89,6 +89,18 @@ def one_blas_thread():
             if _users == 0:
                 _controller.submit(_limits.restore_original_limits).result()
                 _limits = None
+
+
+@contextlib.contextmanager
+def blas_threads(count):
+    """BLAS on ``count`` threads inside the block, set and restored on ``_controller``
+    (a plain ``threadpool_limits`` in another thread has no effect once
+    ``one_blas_thread`` has run): the multithreaded reference of the benchmarks."""
+    limits = _controller.submit(_limit, count).result()
+    try:
+        yield
+    finally:
+        _controller.submit(limits.restore_original_limits).result()
 
 
 def deterministic(run_unit):
@@ -116,12 +128,18 @@ def signature():
     already does not change the answer; else every BLAS loaded.
     """
     blas = [lib for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
-    numpys = [lib for lib in blas if _in_numpy(lib.get("filepath") or "")]
+    numpys = numpy_blas()
     keys = ("internal_api", "version", "architecture")
     names = sorted(
         {" ".join(str(lib.get(k) or "") for k in keys).strip() for lib in numpys or blas}
     )
     return "; ".join(names) or "numpy's own loops (no BLAS found)"
+
+
+def numpy_blas():
+    """threadpoolctl's records of the BLAS libraries in NumPy's own folders (its wheel's)."""
+    blas = [lib for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+    return [lib for lib in blas if _in_numpy(lib.get("filepath") or "")]
 
 
 def _in_numpy(path):
@@ -168,9 +186,10 @@ def _split(a, b, out, cuts):
 
 
 @functools.cache
-def _verified(key, lanes):
+def verified_cuts(key, lanes, split=_split):
     """The row cuts for operands like ``key`` (shapes, dtypes, orders) on ``lanes``
-    threads that reproduce one GEMM bit for bit, or (0, rows): no split."""
+    threads whose blocks, each multiplied by ``split(a, b, out, cuts)``, reproduce one
+    ``np.matmul`` bit for bit, or (0, rows): no split."""
     (rows, k), (_, n), dtype, a_order, b_order = key
     rng = np.random.default_rng(12345)
     a = np.asarray(rng.standard_normal((rows, k)), dtype=dtype, order=a_order)
@@ -181,7 +200,7 @@ def _verified(key, lanes):
             cuts = row_blocks(rows, lanes, align)
             if len(cuts) <= 2:
                 break
-            got = _split(a, b, np.empty_like(want), cuts)
+            got = split(a, b, np.empty_like(want), cuts)
             if np.array_equal(got, want, equal_nan=True):
                 return tuple(cuts)
     return (0, rows)
@@ -191,12 +210,16 @@ def _order(x):
     return "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
 
 
-def cuts(a, b, lanes):
+def key(a, b):
+    """What the verification of ``a @ b``'s cuts depends on: shapes, dtype, orders."""
+    return (a.shape, b.shape, np.dtype(a.dtype).str, _order(a), _order(b))
+
+
+def cuts(a, b, lanes, split=_split):
     """Verified row cuts for ``a @ b`` on ``lanes`` threads (see the module docstring)."""
-    if lanes < 2 or a.shape[0] < 2 * MIN_ROWS:
-        return (0, a.shape[0])
-    key = (a.shape, b.shape, np.dtype(a.dtype).str, _order(a), _order(b))
-    return _verified(key, lanes)
+    if lanes < 2 or a.shape[0] < 2 * MIN_ROWS or np.may_share_memory(a, b):
+        return (0, a.shape[0])  # (np.matmul computes a @ a.T with syrk, not by blocks)
+    return verified_cuts(key(a, b), lanes, split)
 
 
 def matmul(a, b, out, lanes):

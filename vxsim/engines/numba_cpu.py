@@ -5,13 +5,14 @@ Same numbers as the NumPy oracle (``numpy_ref``), same result arrays, faster:
 * **GEMM path** (large widths). Per layer: one BLAS GEMM ``H = A @ Z.T``
   over every batched column (h1, h2 and tangents of every grid point; states
   are rows of C-order (columns, N) arrays, so nothing is copied; its rows
-  are split over threads of our own with OpenBLAS on one thread, which
-  stays fast on a busy machine: see ``gemm``), then one parallel Numba call
-  that does everything else in one pass per point (scale, bias, norms,
-  divergence, renormalisation, recording, phi and phi' written into the next
-  GEMM input) and, on the same threads, generates the next layer's Z^{s,l}
-  (Philox, bit-identical to ``base.weights``) into the reused (N, N) buffer.
-  Nothing is allocated per layer.
+  are split over Numba's threads, one single-threaded OpenBLAS call per
+  block, which stays fast on a busy machine: see ``gemm`` and
+  ``numba_gemm``), then one parallel Numba call that does everything else
+  in one pass per point (scale, bias, norms, divergence, renormalisation,
+  recording, phi and phi' written into the next GEMM input) and, on the
+  same threads, generates the next layer's Z^{s,l} (Philox, bit-identical
+  to ``base.weights``) into the reused (N, N) buffer. Nothing is allocated
+  per layer.
 * **Fused path** (small widths, where a BLAS call and a thread-pool wake-up
   per layer cost more than the arithmetic): one Numba call runs all layers;
   each thread takes its share of the grid points through every layer,
@@ -61,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import activations, numba_optional, progress, rng
-from . import base, gemm, layout, schedule, workspace
+from . import base, gemm, layout, numba_gemm, schedule, workspace
 from .numba_types import (
     OP_BACKWARD,
     OP_FORWARD,
@@ -613,7 +614,7 @@ class _Unit:
         self._call(row, np.int64(0), np.int64(1), False)
 
     def _matmul(self, a, b, out):
-        gemm.matmul(a, b, out, self.lanes)
+        numba_gemm.matmul(a, b, out, self.lanes)
 
     def _pass(self, steps):
         """Run a pass: per run of steps (fused path: ``_shared_draws``) a call drawing its

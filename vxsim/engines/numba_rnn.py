@@ -37,8 +37,9 @@ per pass (in pieces of FUSED_OPS ops, for progress), each lane taking its points
 through every step with matrix-vector products against the tied Z (kept hot in
 cache) and the same per-point epilogues; no synchronisation between steps.
 
-GEMMs go through ``gemm.matmul`` (the unit runs under ``gemm.deterministic``), so
-the numbers do not depend on the thread count. Tied matrices and biases come from
+GEMMs go through ``numba_gemm.matmul`` (the unit runs under ``gemm.deterministic``:
+single-threaded BLAS calls on verified row blocks), so the numbers do not depend on
+the thread count. Tied matrices and biases come from
 the model's own host code (``models.gates`` on an ``engines.generic.Unit`` with the
 parallel generator), bit-identical to the oracle's draws.
 """
@@ -52,7 +53,7 @@ import numpy as np
 from .. import progress, rng
 from ..models import gates as gates_mod
 from ..models import gru, lstm, residual, rnn
-from . import base, gemm, generic, layout, numba_cpu, numba_normals, schedule, workspace
+from . import base, generic, layout, numba_cpu, numba_gemm, numba_normals, schedule, workspace
 
 
 class RnnBuffers(NamedTuple):
@@ -425,7 +426,7 @@ class _Unit:
             progress.step(self.steps_done, self.steps_total)
 
     def _mm(self, a, b, out):
-        gemm.matmul(a, b, out, int(self.lanes))
+        numba_gemm.matmul(a, b, out, int(self.lanes))
 
     def _run(self, op, drv, t, r=-1, rows=2, jvp=False, slot=-1, keep=-1, qslot=-1, nxt=0,
              nxt_slot=0):  # fmt: skip
