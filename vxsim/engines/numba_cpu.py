@@ -368,33 +368,31 @@ def choose_path(config, width):
 def _steps(ops, kind, keep_kind, has_bias):
     """schedule ops -> STEP rows: each op's D index, epilogue kind, draws, and (GEMM
     path) the prefetch of what the next op needs, if it draws (a Restart draws nothing
-    and passes nothing on; the next op after the last: nothing)."""
-    steps = np.zeros(len(ops), dtype=STEP)
-    for i, op in enumerate(ops):
-        s = steps[i]
+    and passes nothing on; the next op after the last: nothing). Built on plain lists
+    (field access on structured rows costs ~5 us each: ~10 ms a 1,000-layer unit)."""
+    rows = []  # STEP's fields up to "draw" and "bias"; the nxt fields are added below
+    for op in ops:
         if isinstance(op, schedule.Restart):
-            s["op"], s["ci"] = OP_RESTART, op.checkpoint
-            continue
-        s["layer"], s["slot"] = op.layer, op.slot
-        if isinstance(op, schedule.Forward):
-            s["op"], s["kind"], s["j"] = OP_FORWARD, keep_kind if op.keep else kind, op.layer
-            s["r"], s["ci"], s["draw"], s["bias"] = op.record, op.checkpoint, 1, has_bias
+            rows.append((OP_RESTART, 0, 0, 0, 0, op.checkpoint, 0, 0, 0))
+        elif isinstance(op, schedule.Forward):
+            k = keep_kind if op.keep else kind
+            rows.append((OP_FORWARD, op.layer, k, op.layer, op.record, op.checkpoint, op.slot,
+                         1, has_bias))  # fmt: skip
         elif isinstance(op, schedule.Recompute):
-            s["op"], s["j"], s["r"], s["ci"] = OP_RECOMPUTE, op.layer - op.start, -1, -1
-            s["draw"], s["bias"] = 1, has_bias
+            rows.append((OP_RECOMPUTE, op.layer, 0, op.layer - op.start, -1, -1, op.slot,
+                         1, has_bias))  # fmt: skip
         else:
-            s["op"], s["j"], s["r"], s["ci"] = OP_BACKWARD, op.layer - 1 - op.start, op.record, -1
-            s["draw"] = op.draw
-    for i in range(len(ops)):
-        if steps[i]["op"] == OP_RESTART or i + 1 == len(ops):
+            rows.append((OP_BACKWARD, op.layer, 0, op.layer - 1 - op.start, op.record, -1,
+                         op.slot, int(op.draw), 0))  # fmt: skip
+    nxt = [(0, 0, 0, 0)] * len(rows)
+    for i in range(len(rows) - 1):
+        if rows[i][0] == OP_RESTART:
             continue
-        nxt = steps[i + 1]
-        if nxt["op"] == OP_RESTART:
-            nxt = steps[i + 2] if i + 2 < len(ops) else None
-        if nxt is not None and nxt["draw"]:
-            steps[i]["nxt"], steps[i]["nxt_slot"] = nxt["layer"], nxt["slot"]
-            steps[i]["nxt_bias"], steps[i]["nxt_xi"] = nxt["bias"], nxt["layer"] % 2
-    return steps
+        j = i + 2 if rows[i + 1][0] == OP_RESTART else i + 1
+        if j < len(rows) and rows[j][7]:  # the next op with a GEMM draws
+            layer, slot, bias = rows[j][1], rows[j][6], rows[j][8]
+            nxt[i] = (layer, bias, slot, layer % 2)
+    return np.array([r + n for r, n in zip(rows, nxt, strict=True)], dtype=STEP).reshape(-1)
 
 
 def _prefetch_rows(draws):
