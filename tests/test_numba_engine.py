@@ -95,21 +95,22 @@ def _fma_chain_exact(x, m):
 
 def test_fused_products_are_fma_chains_whatever_the_blocking():
     """numba_matvec.rows_times: Y[r, i] is the fma chain over k in order (float64, against
-    exact rationals, bit for bit: width 19 has two vector strips and a scalar tail),
-    and a float32 row's bits do not depend on which rows share its block (of six, four
-    or two rows, padded or not)."""
+    exact rationals, bit for bit: widths 19 and 27 have wide strips (2 SIMD registers,
+    numba_matvec.WIDE_BYTES each), narrow ones (2 AVX2 registers) where the wide ones
+    leave enough, and a scalar tail), and a float32 row's bits do not depend on which
+    rows share its block (of six, four or two rows, padded or not)."""
     from vxsim.engines import numba_matvec
 
     gen = np.random.default_rng(7)
-    n = 19
-    X = gen.standard_normal((6, n))
-    M = gen.standard_normal((n, n))
-    Y = np.zeros((6, n))
-    numba_matvec.rows_times(X, M, Y, np.array([5, 0, 3, 1, 2, 4]), 6)
-    want = np.array([[_fma_chain_exact(X[r], M[:, i]) for i in range(n)] for r in range(6)])
-    np.testing.assert_array_equal(Y, want)
+    for n in (19, 27):
+        X = gen.standard_normal((6, n))
+        M = gen.standard_normal((n, n))
+        Y = np.zeros((6, n))
+        numba_matvec.rows_times(X, M, Y, np.array([5, 0, 3, 1, 2, 4]), 6)
+        want = [[_fma_chain_exact(X[r], M[:, i]) for i in range(n)] for r in range(6)]
+        np.testing.assert_array_equal(Y, np.array(want))
 
-    n = 40  # two float32 strips of 16 and a tail of 8
+    n = 56  # float32 strips (of 32 and 16 with AVX-512, else 16) and a tail of 8
     X = gen.standard_normal((9, n)).astype(np.float32)
     M = gen.standard_normal((n, n)).astype(np.float32)
     Y1 = np.zeros((9, n), dtype=np.float32)
@@ -122,9 +123,42 @@ def test_fused_products_are_fma_chains_whatever_the_blocking():
     for rows in ([1, 7], [0, 2, 3, 4, 5, 6, 8]):  # a pair; six and one padded to two
         numba_matvec.rows_times(X, M, Y3, np.array(rows), len(rows))
     np.testing.assert_array_equal(Y1, Y3)
-    # float32 rounding of 40 products summed in order: |error| < 40 eps sum |x m|
-    bound = 40 * np.finfo(np.float32).eps * (np.abs(X) @ np.abs(M))
+    # float32 rounding of n products summed in order: |error| < n eps sum |x m|
+    bound = n * np.finfo(np.float32).eps * (np.abs(X) @ np.abs(M))
     assert np.all(np.abs(Y1 - X.astype(np.float64) @ M.astype(np.float64)) <= bound)
+
+
+_ROWS_TIMES = """
+import sys, numpy as np
+from vxsim.engines import numba_matvec
+gen = np.random.default_rng(11)
+out = {"wide": numba_matvec.WIDE_BYTES}
+for n, dtype in ((56, np.float32), (27, np.float64), (100, np.float32)):
+    X = gen.standard_normal((7, n)).astype(dtype)
+    M = gen.standard_normal((n, n)).astype(dtype)
+    Y = np.zeros((7, n), dtype)
+    numba_matvec.rows_times(X, M, Y, np.arange(7), 7)
+    out[f"{n}"] = Y
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_fused_products_do_not_depend_on_the_vector_width(tmp_path):
+    """rows_times in two processes: one compiled for this CPU (AVX-512's wide strips where
+    it has them), one for Haswell (NUMBA_CPU_NAME: AVX2 strips only). The same fma
+    chains, so the same bits: files do not depend on which of the two a machine has."""
+    runs = {}
+    for name, extra in (("host", {}), ("haswell", {"NUMBA_CPU_NAME": "haswell"})):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+        env.update(extra, NUMBA_CACHE_DIR=str(tmp_path / name))
+        path = tmp_path / f"{name}.npz"
+        proc = subprocess.run([sys.executable, "-c", _ROWS_TIMES, str(path)], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = dict(np.load(path))
+    assert runs["haswell"]["wide"] == 32  # the narrow kernel alone there
+    for key in ("56", "27", "100"):
+        np.testing.assert_array_equal(runs["host"][key], runs["haswell"][key], err_msg=key)
 
 
 # ---------------------------------------------------------------- same numbers as the oracle

@@ -34,8 +34,9 @@ THREAD_VARIABLES = (
 )
 
 # Width 64 runs the fused kernels, 300 the GEMM path (rows split at verified
-# cuts, on Numba's threads where numba_gemm takes them); the LSTM and the Elman RNN run engines.numba_rnn's stacked-gate GEMMs
-# (rows split the same way) and fused step kernels.
+# cuts, on Numba's threads where numba_gemm takes them); the LSTM and the Elman
+# RNN run engines.numba_rnn's stacked-gate GEMMs (rows split the same way) and
+# fused step kernels.
 SWEEPS = {
     "mlp": [
         "network.width=[64, 300]",
