@@ -50,13 +50,23 @@ def test_cuts_are_verified_on_the_shape():
     rng = np.random.default_rng(4)
     with gemm.one_blas_thread():
         for m in (65, 250, 683):
-            a = rng.standard_normal((m, 96)).astype(np.float32)
-            b = rng.standard_normal((96, 96)).astype(np.float32)
+            a = rng.standard_normal((m, 384)).astype(np.float32)
+            b = rng.standard_normal((384, 384)).astype(np.float32)
             want = a @ b
             cuts = gemm.cuts(a, b, 3)
-            assert cuts[0] == 0 and cuts[-1] == m
+            assert cuts[0] == 0 and cuts[-1] == m and len(cuts) > 2  # split (over MIN_FLOPS)
             for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
                 np.testing.assert_array_equal(a[lo:hi] @ b, want[lo:hi])
+
+
+def test_small_gemms_are_not_split():
+    """Under MIN_FLOPS (2 m n k) one BLAS call: waking threads would cost more."""
+    a = np.ones((1000, 64), np.float32)
+    b = np.ones((64, 64), np.float32)
+    assert 2 * 1000 * 64 * 64 < gemm.MIN_FLOPS
+    assert gemm.cuts(a, b, 4) == (0, 1000)
+    big = np.ones((1000, 256), np.float32)
+    assert len(gemm.cuts(big, np.ones((256, 256), np.float32), 4)) > 2
 
 
 def test_row_blocks():

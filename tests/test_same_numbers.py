@@ -33,13 +33,14 @@ THREAD_VARIABLES = (
     "OPENBLAS_L2_SIZE",
 )
 
-# Width 64 runs the fused kernels, 300 the GEMM path (rows split at verified
-# cuts, on Numba's threads where numba_gemm takes them); the LSTM and the Elman
-# RNN run engines.numba_rnn's stacked-gate GEMMs (rows split the same way) and
+# Width 64 runs the fused kernels, 400 the GEMM path (its forward GEMMs, 96 x 400
+# x 400, over gemm.MIN_FLOPS: rows split at verified cuts, on Numba's threads where
+# numba_gemm takes them); the LSTM and the Elman RNN run engines.numba_rnn's
+# stacked-gate GEMMs (the Elman net's, 192 x 320 x 320, split the same way) and
 # fused step kernels.
 SWEEPS = {
     "mlp": [
-        "network.width=[64, 300]",
+        "network.width=[64, 400]",
         'network.activation=["tanh", "relu"]',
         "network.depth=30",
         "grid.sigma_w2=[0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2, 3.6]",
@@ -48,7 +49,7 @@ SWEEPS = {
     ],
     "rnn": [
         'network.architecture="rnn"',
-        "network.width=[200]",
+        "network.width=[320]",
         'network.activation=["tanh", "relu"]',
         "network.depth=25",
         "grid.sigma_w2=[0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2, 3.6]",

@@ -13,6 +13,9 @@ threadpoolctl, and ``matmul(a, b, out, lanes)`` splits the rows of ``a`` over
 ``lanes`` threads of a ``concurrent.futures`` pool (which also avoids
 OpenBLAS's workers spinning on ``sched_yield`` on a busy machine: measured
 22-25 ms against 8-9 ms for a 342 x 1024 GEMM with one other busy process).
+The numba engines multiply the same verified blocks on Numba's threads instead
+(``numba_gemm``), where NumPy's BLAS allows it. GEMMs under ``MIN_FLOPS`` are
+not split: waking the threads would cost more than it saves.
 
 Why the cuts are verified. A block of rows gives the whole GEMM's bits only
 when it starts at a multiple of the micro-kernel's M tile (24 rows for
@@ -42,6 +45,11 @@ import threadpoolctl
 ALIGNMENTS = (16, 24, 48, 96, 192)
 # Below this many rows per block, one BLAS call.
 MIN_ROWS = 32
+# Below this many flops (2 m n k), one BLAS call: waking the threads of a split costs
+# ~60-70 us here (2 cores, 2026-12-04; OpenMP's passive threads and the Python pool
+# alike), so a split only pays once the GEMM takes well over 0.1 ms on one thread
+# (a 192 x 192 x 192 GEMM, 14 MFLOP, took 113 us on one thread and split).
+MIN_FLOPS = 2**24
 
 _lock = threading.Lock()
 _users = 0  # nesting depth of one_blas_thread() over all threads
@@ -217,8 +225,11 @@ def key(a, b):
 
 def cuts(a, b, lanes, split=_split):
     """Verified row cuts for ``a @ b`` on ``lanes`` threads (see the module docstring)."""
-    if lanes < 2 or a.shape[0] < 2 * MIN_ROWS or np.may_share_memory(a, b):
-        return (0, a.shape[0])  # (np.matmul computes a @ a.T with syrk, not by blocks)
+    (m, k), n = a.shape, b.shape[1]
+    if lanes < 2 or m < 2 * MIN_ROWS or 2 * m * n * k < MIN_FLOPS:
+        return (0, m)
+    if np.may_share_memory(a, b):
+        return (0, m)  # np.matmul computes a @ a.T with syrk, not by blocks
     return verified_cuts(key(a, b), lanes, split)
 
 
