@@ -21,7 +21,8 @@ dE/dh_t by backpropagation through time (E = <gamma, h_T>).
   grid points are timed and the time scaled to P (they are independent).
 
 All in float32 on every core, in the same run, so the ratios hold on a busy
-machine even when the absolute times drift.
+machine even when the absolute times drift; PyTorch in processes of its own
+(``torch_process``: vxsim's OpenMP settings slowed it 2-3.5x in one process).
 
     python scripts/bench_architectures.py            # widths 128, 256, 512, 1024; T = 100
     python scripts/bench_architectures.py --quick    # width 256, T = 40
@@ -34,6 +35,7 @@ import sys
 import time
 
 import numpy as np
+import torch_process  # before vxsim: it keeps the environment PyTorch is timed in
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -322,15 +324,9 @@ def table(args):
     ]
     depth = args.depth or (40 if args.quick else 100)
     repeat = args.repeat or (1 if args.quick else 2)
-    use_torch = not args.no_torch
-    if use_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(os.cpu_count())
-            version = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-        except ImportError:
-            use_torch, version = False, "no torch"
+    torch_version = None if args.no_torch else torch_process.version()
+    use_torch = torch_version is not None
+    version = f"torch {torch_version}, {os.cpu_count()} threads, in processes of its own"
     import numba
 
     print(f"# vxsim numba engine, residual and recurrent nets, {time.strftime('%Y-%m-%d %H:%M')}")
@@ -360,10 +356,13 @@ def table(args):
                 f" {gj * 1e3:>8.2f} {jvp * 1e3:>8.2f} {gj / jvp:>5.2f}"
             )
             if use_torch:
-                ex = min(expert(arch, width, depth) for _ in range(repeat))
+                ex = torch_process.run("bench_architectures", "expert", (arch, width, depth),
+                                       repeat=repeat, threads=os.cpu_count())  # fmt: skip
                 row += f" {ex * 1e3:>10.2f} {ex / vjp:>7.2f} {ex / jvp:>7.2f} {ex / gv:>7.2f}"
                 if args.plain:
-                    pl = plain(arch, width, min(depth, 40))
+                    pl = torch_process.run("bench_architectures", "plain",
+                                           (arch, width, min(depth, 40)),
+                                           threads=os.cpu_count())  # fmt: skip
                     row += f" {pl * 1e3:>9.1f} {pl / vjp:>8.1f}"
             print(row, flush=True)
 

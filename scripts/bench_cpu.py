@@ -15,7 +15,9 @@ gradient backward in VJP), per mode:
   float64 and float32 stores) beside NumPy's ``standard_normal`` (one thread) in the
   same run;
 * the speedup over the NumPy engine (timed on a few layers, per layer), and
-  over the two PyTorch baselines of ``baseline_torch.py`` when torch imports;
+  over the two PyTorch baselines of ``baseline_torch.py`` when torch is installed,
+  each timed in a process of its own (``torch_process``: vxsim's OpenMP settings
+  slowed PyTorch 2-3.5x in one process);
 
 for VJP also the plan (every layer's phi' and Z kept, or checkpoints: see
 ``numba_cpu.vjp_plan``) and the time with checkpoints forced (what runs beyond
@@ -34,6 +36,10 @@ minimum is the figure least disturbed by other processes.
 """
 
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_process  # noqa: E402  (first: it keeps the environment PyTorch is timed in)
 
 # OpenBLAS's worker threads spin for a while after each GEMM (2^28 cycles by
 # default); on a machine with as many threads as cores that spinning steals
@@ -48,7 +54,6 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -218,15 +223,16 @@ def depth_for(width, quick):
 
 
 def torch_rows(width, mode, quick):
-    try:
-        import baseline_torch as bt
-    except ImportError:
-        return None, None
+    """Seconds per layer of baseline_torch's plain and expert versions, each in a process
+    of its own (torch_process: not in this process's OpenMP settings)."""
     depth = 5 if quick else 10
-    bt.expert(width, POINTS, 2, mode)  # warm-up (lazy initialisation)
-    expert = min(bt.expert(width, POINTS, depth, mode) for _ in range(1 if quick else 2))
+    args, warmup = (width, POINTS, depth, mode), (width, POINTS, 2, mode)
+    expert = torch_process.run("baseline_torch", "expert", args,
+                               repeat=1 if quick else 2, warmup=warmup)  # fmt: skip
     sub = 2 if width >= 512 else 4
-    plain = bt.plain(width, POINTS, 3 if width >= 1024 else depth, mode, sub_points=sub)
+    plain = torch_process.run("baseline_torch", "plain",
+                              (width, POINTS, 3 if width >= 1024 else depth, mode),
+                              kwargs={"sub_points": sub})  # fmt: skip
     return plain, expert
 
 
@@ -340,14 +346,8 @@ def table(args):
     repeat = args.repeat or (2 if args.quick else 3)
     widths = [int(w) for w in args.widths.split(",")]
     modes = args.modes.split(",")
-    use_torch = not args.no_torch
-    if use_torch:
-        try:
-            import torch
-
-            torch_version = torch.__version__
-        except ImportError:
-            use_torch, torch_version = False, None
+    torch_version = None if args.no_torch else torch_process.version()
+    use_torch = torch_version is not None
     numba_cpu.run_unit(make_config(32, 2, "both"), 32, 0)  # first JIT, not timed below
     print(f"# vxsim numba engine, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"# {machine()}" + (f"; torch {torch_version}" if use_torch else ""))
