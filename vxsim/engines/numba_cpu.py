@@ -402,17 +402,18 @@ def _steps(ops, kind, keep_kind, has_bias):
         if j < len(rows) and rows[j][7]:  # the next op with a GEMM draws
             layer, slot, bias = rows[j][1], rows[j][6], rows[j][8]
             nxt[i] = (layer, bias, slot, layer % 2)
-    return np.array([r + n for r, n in zip(rows, nxt, strict=True)], dtype=STEP).reshape(-1)
+    return np.array([r + n for r, n in zip(rows, nxt, strict=True)], dtype=STEP)
 
 
 def _prefetch_rows(draws):
-    """PREFETCH rows drawing Z^layer (and xi^layer where ``bias``) into ``slot`` for each
-    (layer, bias, slot) of ``draws`` (xi into ``xis[slot]``)."""
+    """PREFETCH rows drawing Z^layer into ``slot`` (and xi^layer into ``xis[xi]`` where
+    ``bias``) for each (layer, bias, slot, xi) of ``draws``."""
     rows = np.zeros(len(draws), dtype=STEP)
     rows["op"] = OP_PREFETCH
     if draws:
-        rows["nxt"], rows["nxt_bias"], rows["nxt_slot"] = np.array(draws, dtype=np.int64).T
-        rows["nxt_xi"] = rows["nxt_slot"]
+        fields = ("nxt", "nxt_bias", "nxt_slot", "nxt_xi")
+        for name, column in zip(fields, np.array(draws, dtype=np.int64).T, strict=True):
+            rows[name] = column
     return rows
 
 
@@ -456,7 +457,7 @@ def _shared_draws(steps, kept, slots, ring):
                 draws, used, first, in_ring = [], set(), i, 0
                 target = slot[i] if i in kept else slots
             in_ring += i not in kept
-            draws.append((layer[i], bias[i], target))
+            draws.append((layer[i], bias[i], target, target))  # xi^l beside Z^l's slot
             slot[i], draw[i] = target, 0
         used.add(slot[i])
     runs.append((_prefetch_rows(draws), first, len(op)))
@@ -614,11 +615,7 @@ class _Unit:
     def _prefetch(self, nxt, nxt_bias, slot):
         """Z^nxt into slot ``slot`` (and xi^nxt into ``xis[nxt % 2]``), before the first
         step of a GEMM pass."""
-        row = np.zeros(1, dtype=STEP)
-        row[0]["op"], row[0]["nxt"], row[0]["nxt_bias"], row[0]["nxt_slot"] = (
-            OP_PREFETCH, nxt, nxt_bias, slot
-        )  # fmt: skip
-        row[0]["nxt_xi"] = nxt % 2
+        row = _prefetch_rows([(nxt, nxt_bias, slot, nxt % 2)])
         self._call(row, np.int64(0), np.int64(1), False)
 
     def _matmul(self, a, b, out):

@@ -146,10 +146,11 @@ def _call(a, b, out):
                 a_row, out.strides[0])  # fmt: skip
 
 
-def split(a, b, out, cuts):
+def split(a, b, out, cuts, g=None):
     """out[lo:hi] = a[lo:hi] @ b for each block of ``cuts``, on Numba's threads (one
-    region; ``gemm._split``'s blocks), or None where this module does not take it."""
-    g = _call(a, b, out)
+    region; ``gemm._split``'s blocks), or None where this module does not take it.
+    ``g``: the operands' Gemm record, where the caller has it already."""
+    g = _call(a, b, out) if g is None else g
     if g is None:
         return None
     _KERNELS[a.dtype][1](g, np.asarray(cuts, dtype=np.int64))
@@ -170,8 +171,9 @@ def matmul(a, b, out, lanes):
     ``gemm.matmul`` does."""
     if lanes < 2 or not gemm.single_threaded():
         return np.matmul(a, b, out=out)
-    if _call(a, b, out) is not None:
+    g = _call(a, b, out)
+    if g is not None:
         cuts = gemm.cuts(a, b, lanes, split=_split_or_nan)
         if len(cuts) > 2:
-            return split(a, b, out, cuts)
+            return split(a, b, out, cuts, g)
     return gemm.matmul(a, b, out, lanes)  # not taken, not verified, or too few rows
