@@ -87,11 +87,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # microseconds (the GEMM's row blocks, numba_gemm, then the epilogue), and waking
 # a sleeping thread costs ~60-70 us in this VM. Spinning ~0.1 ms first (libgomp's
 # GOMP_SPINCOUNT overrides PASSIVE's zero) keeps them awake between calls and asleep
-# between units. The BLAS inside a unit runs on these threads or on one thread, so
-# no BLAS thread is starved. Measured 2026-12-04 on 2 cores (Zen 5), 10000 against
-# unset, alternating: MLP GEMM path at width 256 JVP 0.70-0.71 -> 0.81 of the
-# matmul, VJP 0.59-0.60 -> 0.73-0.74; residual net at width 128 0.24 -> 0.15-0.17 ms
-# a step (VJP); Elman at 512 0.87 -> 0.56.
+# between units. The BLAS inside a unit runs on these threads or on one thread (or,
+# where numba_gemm cannot call NumPy's BLAS, on gemm.matmul's Python threads, which
+# then share the cores with ~0.1 ms of spinning after each region). Measured
+# 2026-12-04 on 2 cores (Zen 5), 10000 against unset, alternating: MLP GEMM path
+# at width 256 JVP 0.70-0.71 -> 0.81 of the matmul, VJP 0.59-0.60 -> 0.73-0.74;
+# residual net at width 128 0.24 -> 0.15-0.17 ms a step (VJP); Elman at 512
+# 0.87 -> 0.56.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # OpenBLAS's workers spin the same way after each GEMM (2^28 cycles), taking
 # the cores from the epilogue: at width 1024 the JVP layer takes 21.8 ms with
